@@ -1,0 +1,661 @@
+//! The pipeline file: one Kafka topic into one table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::Problems;
+use crate::units::{self, ByteSize, parse_host_ports};
+
+/// A pipeline: where records come from, how they are decoded and indexed, when
+/// segments are sealed, where they are stored and for how long. The table a
+/// pipeline fills carries the pipeline's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Table name, also the pipeline's identity in ZooKeeper and in segment
+    /// names: lower-case letters, digits and single underscores.
+    pub table: String,
+    pub source: KafkaSource,
+    pub schema: Schema,
+    #[serde(default)]
+    pub indexes: Indexes,
+    #[serde(default)]
+    pub flush: FlushThresholds,
+    #[serde(default)]
+    pub deep_store: DeepStore,
+    #[serde(default)]
+    pub bad_records: BadRecords,
+    /// Segments whose newest row is older than this are deleted by the
+    /// cluster leader. Absent: kept forever.
+    #[serde(
+        default,
+        with = "units::option_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    pub topic: String,
+    /// Where to start reading a partition that has no checkpoint yet. Once a
+    /// partition has a checkpoint, the checkpoint alone decides.
+    #[serde(default)]
+    pub start_position: StartPosition,
+    /// Passed through to librdkafka as is (SASL, TLS, fetch tuning, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// librdkafka properties that sluice sets itself, with the reason; overriding
+/// any of them would break exactly-once or duplicate a first-class field.
+pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "bootstrap.servers",
+        "set `source.bootstrap_servers` instead",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed to ZooKeeper with each segment, never by the consumer",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed to ZooKeeper with each segment, never by the consumer",
+    ),
+    ("auto.offset.reset", "set `source.start_position` instead"),
+    (
+        "group.instance.id",
+        "partitions are assigned by sluice, not by a consumer group",
+    ),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+    Offset(u64),
+}
+
+impl Serialize for StartPosition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartPosition::Earliest => serializer.serialize_str("earliest"),
+            StartPosition::Latest => serializer.serialize_str("latest"),
+            StartPosition::Offset(offset) => serializer.serialize_u64(*offset),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartPosition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PositionVisitor;
+        impl Visitor<'_> for PositionVisitor {
+            type Value = StartPosition;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`earliest`, `latest` or a non-negative offset")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StartPosition, E> {
+                Ok(StartPosition::Offset(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StartPosition, E> {
+                u64::try_from(v).map(StartPosition::Offset).map_err(|_| {
+                    E::custom(format!("negative offset {v}, expected `earliest`, `latest` or a non-negative offset"))
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StartPosition, E> {
+                match v {
+                    "earliest" => Ok(StartPosition::Earliest),
+                    "latest" => Ok(StartPosition::Latest),
+                    other => other.parse::<u64>().map(StartPosition::Offset).map_err(|_| {
+                        E::custom(format!("unknown start position `{other}`, expected `earliest`, `latest` or a non-negative offset"))
+                    }),
+                }
+            }
+        }
+        deserializer.deserialize_any(PositionVisitor)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    /// The column that places a row in time: segment time ranges, retention
+    /// and time pruning are all computed from it. Must be a timestamp column.
+    pub time_column: String,
+    pub columns: Vec<Column>,
+}
+
+impl Schema {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    /// A required column (`nullable = false`) rejects records where the value
+    /// is missing or null, unless a `default` fills it in.
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// Where the value is in the JSON record: a field name or a dotted path
+    /// into nested objects (`device.os.name`). Defaults to the column name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Used when the record has no value for the column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Literal>,
+    /// Timestamp columns only: the unit of epoch numbers and of storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<TimeUnit>,
+    /// Timestamp columns only: how the value is written in the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TimestampFormat>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Column {
+    /// The JSON path segments to read this column from.
+    pub fn json_path(&self) -> Vec<&str> {
+        self.path
+            .as_deref()
+            .unwrap_or(&self.name)
+            .split('.')
+            .collect()
+    }
+
+    pub fn time_unit(&self) -> TimeUnit {
+        self.unit.unwrap_or_default()
+    }
+
+    pub fn timestamp_format(&self) -> TimestampFormat {
+        self.format.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Timestamp,
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::String => "string",
+            ColumnType::Bool => "bool",
+            ColumnType::Int32 => "int32",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float32 => "float32",
+            ColumnType::Float64 => "float64",
+            ColumnType::Timestamp => "timestamp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    #[serde(rename = "s")]
+    Seconds,
+    #[default]
+    #[serde(rename = "ms")]
+    Milliseconds,
+    #[serde(rename = "us")]
+    Microseconds,
+    #[serde(rename = "ns")]
+    Nanoseconds,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampFormat {
+    /// A number of `unit`s since 1970-01-01T00:00:00Z.
+    #[default]
+    Epoch,
+    /// An RFC 3339 string such as `2026-11-25T10:00:00.123Z`.
+    Rfc3339,
+}
+
+/// A literal value in a config file (column defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Literal {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+}
+
+impl fmt::Display for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Literal::Bool(v) => write!(f, "{v}"),
+            Literal::Int(v) => write!(f, "{v}"),
+            Literal::Float(v) => write!(f, "{v}"),
+            Literal::String(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Indexes by kind, each a list of column names (Pinot's table index config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Indexes {
+    /// Value → bitmap of rows, over a sorted dictionary.
+    #[serde(default)]
+    pub inverted: Vec<String>,
+    /// At most one: rows are sorted by it at seal time.
+    #[serde(default)]
+    pub sorted: Vec<String>,
+    /// Range predicates evaluated from the index instead of a scan.
+    #[serde(default)]
+    pub range: Vec<String>,
+    /// Per-segment bloom filter, for pruning equality predicates.
+    #[serde(default)]
+    pub bloom: Vec<String>,
+}
+
+impl Indexes {
+    fn lists(&self) -> [(&'static str, &Vec<String>); 4] {
+        [
+            ("inverted", &self.inverted),
+            ("sorted", &self.sorted),
+            ("range", &self.range),
+            ("bloom", &self.bloom),
+        ]
+    }
+
+    pub fn sorted_column(&self) -> Option<&str> {
+        self.sorted.first().map(String::as_str)
+    }
+}
+
+/// A consuming segment is sealed when the first of these is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushThresholds {
+    #[serde(default = "FlushThresholds::default_rows")]
+    pub rows: i64,
+    #[serde(default = "FlushThresholds::default_time", with = "units::duration")]
+    pub time: Duration,
+    #[serde(default = "FlushThresholds::default_bytes")]
+    pub bytes: ByteSize,
+}
+
+impl FlushThresholds {
+    fn default_rows() -> i64 {
+        1_000_000
+    }
+    fn default_time() -> Duration {
+        Duration::from_secs(600)
+    }
+    fn default_bytes() -> ByteSize {
+        ByteSize::mib(256)
+    }
+}
+
+impl Default for FlushThresholds {
+    fn default() -> Self {
+        Self {
+            rows: Self::default_rows(),
+            time: Self::default_time(),
+            bytes: Self::default_bytes(),
+        }
+    }
+}
+
+/// Deep-store URI schemes sluice can write segments to.
+pub const DEEP_STORE_SCHEMES: &[&str] = &["file"];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeepStore {
+    /// Where sealed segment files are uploaded, e.g. `file:///mnt/segments`.
+    /// Absent: `<worker data_dir>/deep-store`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRecordPolicy {
+    /// Count, log and skip.
+    #[default]
+    Skip,
+    /// Count, log, and write the original bytes with a reason header to a topic.
+    DeadLetter,
+    /// Stop the partition at the first bad record.
+    Fail,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadRecords {
+    #[serde(default)]
+    pub policy: BadRecordPolicy,
+    /// The dead-letter topic (policy `dead_letter` only), on the source cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+impl PipelineConfig {
+    /// Checks everything the types alone cannot: references between fields,
+    /// value ranges, name rules. Reports every problem found, not the first.
+    pub fn validate(&self) -> Problems {
+        let mut p = Problems::default();
+        if !is_valid_table_name(&self.table) {
+            p.push(
+                "table",
+                format!("{:?}", self.table),
+                "a name of lower-case letters, digits and `_`, starting with a letter, without `__`, at most 64 characters",
+            );
+        }
+        self.validate_source(&mut p);
+        self.validate_schema(&mut p);
+        self.validate_indexes(&mut p);
+        self.validate_flush(&mut p);
+        self.validate_deep_store(&mut p);
+        self.validate_bad_records(&mut p);
+        if self.retention == Some(Duration::ZERO) {
+            p.push(
+                "retention",
+                "`0s`",
+                "a retention greater than zero (or no `retention` to keep segments forever)",
+            );
+        }
+        p
+    }
+
+    fn validate_source(&self, p: &mut Problems) {
+        if let Err(why) = parse_host_ports(&self.source.bootstrap_servers) {
+            p.push(
+                "source.bootstrap_servers",
+                format!("{:?} ({why})", self.source.bootstrap_servers),
+                "a comma-separated list of `host:port`",
+            );
+        }
+        if !is_valid_topic(&self.source.topic) {
+            p.push(
+                "source.topic",
+                format!("{:?}", self.source.topic),
+                "a Kafka topic name: 1 to 249 of letters, digits, `.`, `_`, `-`",
+            );
+        }
+        for (key, reason) in RESERVED_KAFKA_PROPERTIES {
+            if self.source.properties.contains_key(*key) {
+                p.push(
+                    crate::interpolate::join_key("source.properties", key),
+                    format!("`{key}`, which sluice sets itself"),
+                    format!("no such property: {reason}"),
+                );
+            }
+        }
+    }
+
+    fn validate_schema(&self, p: &mut Problems) {
+        let columns = &self.schema.columns;
+        if columns.is_empty() {
+            p.push("schema.columns", "an empty list", "at least one column");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, column) in columns.iter().enumerate() {
+            let field = format!("schema.columns[{i}]");
+            if !is_valid_column_name(&column.name) {
+                p.push(
+                    format!("{field}.name"),
+                    format!("{:?}", column.name),
+                    "a name of letters, digits and `_`, starting with a letter or `_`",
+                );
+            }
+            if !seen.insert(column.name.to_ascii_lowercase()) {
+                p.push(
+                    format!("{field}.name"),
+                    format!("{:?}, a duplicate column name", column.name),
+                    "column names unique (case-insensitively, as in SQL)",
+                );
+            }
+            if let Some(path) = &column.path
+                && (path.is_empty() || path.split('.').any(str::is_empty))
+            {
+                p.push(
+                    format!("{field}.path"),
+                    format!("{path:?}"),
+                    "a field name or a dotted path such as `device.os.name`",
+                );
+            }
+            if column.data_type != ColumnType::Timestamp {
+                for (name, set) in [
+                    ("unit", column.unit.is_some()),
+                    ("format", column.format.is_some()),
+                ] {
+                    if set {
+                        p.push(
+                            format!("{field}.{name}"),
+                            format!("`{name}` on a column of type {}", column.data_type),
+                            format!("`{name}` only on timestamp columns"),
+                        );
+                    }
+                }
+            }
+            if let Some(default) = &column.default
+                && let Err(expected) = check_literal(column, default)
+            {
+                p.push(format!("{field}.default"), default.to_string(), expected);
+            }
+        }
+        match self.schema.column(&self.schema.time_column) {
+            None => p.push(
+                "schema.time_column",
+                format!(
+                    "{:?}, which is not a column of the schema",
+                    self.schema.time_column
+                ),
+                "the name of a timestamp column in schema.columns",
+            ),
+            Some(c) if c.data_type != ColumnType::Timestamp => p.push(
+                "schema.time_column",
+                format!("{:?}, a column of type {}", c.name, c.data_type),
+                "the name of a column of type timestamp",
+            ),
+            Some(_) => {}
+        }
+    }
+
+    fn validate_indexes(&self, p: &mut Problems) {
+        for (kind, list) in self.indexes.lists() {
+            let mut seen = BTreeSet::new();
+            for (i, name) in list.iter().enumerate() {
+                let field = format!("indexes.{kind}[{i}]");
+                if self.schema.column(name).is_none() {
+                    p.push(
+                        field.clone(),
+                        format!("{name:?}, which is not a column of the schema"),
+                        "a column name from schema.columns",
+                    );
+                }
+                if !seen.insert(name) {
+                    p.push(
+                        field,
+                        format!("{name:?} listed twice"),
+                        "each column at most once per index kind",
+                    );
+                }
+            }
+        }
+        if self.indexes.sorted.len() > 1 {
+            p.push(
+                "indexes.sorted",
+                format!(
+                    "{} columns {:?}",
+                    self.indexes.sorted.len(),
+                    self.indexes.sorted
+                ),
+                "at most one sorted column: rows can be sorted by one column only",
+            );
+        }
+    }
+
+    fn validate_flush(&self, p: &mut Problems) {
+        let flush = &self.flush;
+        if flush.rows <= 0 {
+            p.push(
+                "flush.rows",
+                flush.rows.to_string(),
+                "a number of rows greater than zero",
+            );
+        }
+        if flush.time.is_zero() {
+            p.push(
+                "flush.time",
+                "`0s`",
+                "a duration greater than zero, such as `10m`",
+            );
+        }
+        if flush.bytes.as_u64() == 0 {
+            p.push(
+                "flush.bytes",
+                "0 bytes",
+                "a size greater than zero, such as `256MiB`",
+            );
+        }
+    }
+
+    fn validate_deep_store(&self, p: &mut Problems) {
+        if let Some(uri) = &self.deep_store.uri
+            && let Err(found) = check_deep_store_uri(uri)
+        {
+            p.push(
+                "deep_store.uri",
+                found,
+                format!(
+                    "a URI with one of the schemes {}, such as `file:///var/lib/sluice/segments`",
+                    DEEP_STORE_SCHEMES.join(", ")
+                ),
+            );
+        }
+    }
+
+    fn validate_bad_records(&self, p: &mut Problems) {
+        match (self.bad_records.policy, &self.bad_records.topic) {
+            (BadRecordPolicy::DeadLetter, None) => p.push(
+                "bad_records.topic",
+                "nothing (policy is `dead_letter`)",
+                "the dead-letter topic to write bad records to",
+            ),
+            (BadRecordPolicy::DeadLetter, Some(topic)) if !is_valid_topic(topic) => p.push(
+                "bad_records.topic",
+                format!("{topic:?}"),
+                "a Kafka topic name: 1 to 249 of letters, digits, `.`, `_`, `-`",
+            ),
+            (BadRecordPolicy::DeadLetter, Some(topic)) if *topic == self.source.topic => p.push(
+                "bad_records.topic",
+                format!("{topic:?}, the source topic itself"),
+                "a topic other than the source topic",
+            ),
+            (policy, Some(_)) if policy != BadRecordPolicy::DeadLetter => p.push(
+                "bad_records.topic",
+                format!("a topic with policy `{}`", serde_name(&policy)),
+                "`topic` only with policy = \"dead_letter\"",
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn serde_name<T: Serialize>(value: &T) -> String {
+    toml::Value::try_from(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn check_literal(column: &Column, value: &Literal) -> Result<(), String> {
+    let ok = match (column.data_type, value) {
+        (ColumnType::String, Literal::String(_)) => true,
+        (ColumnType::Bool, Literal::Bool(_)) => true,
+        (ColumnType::Int32, Literal::Int(v)) => i32::try_from(*v).is_ok(),
+        (ColumnType::Int64, Literal::Int(_)) => true,
+        (ColumnType::Float32 | ColumnType::Float64, Literal::Int(_) | Literal::Float(_)) => true,
+        (ColumnType::Timestamp, Literal::Int(_)) => {
+            column.timestamp_format() == TimestampFormat::Epoch
+        }
+        (ColumnType::Timestamp, Literal::String(_)) => {
+            column.timestamp_format() == TimestampFormat::Rfc3339
+        }
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match column.data_type {
+        ColumnType::Int32 => "an integer from -2147483648 to 2147483647".to_string(),
+        ColumnType::Timestamp if column.timestamp_format() == TimestampFormat::Epoch => {
+            "an integer epoch timestamp in the column's unit".to_string()
+        }
+        ColumnType::Timestamp => "an RFC 3339 timestamp string".to_string(),
+        other => format!("a value of type {other}"),
+    })
+}
+
+fn check_deep_store_uri(uri: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!("{uri:?}, which has no scheme"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !DEEP_STORE_SCHEMES.contains(&scheme.as_str()) {
+        return Err(format!("{uri:?}, with the unsupported scheme `{scheme}`"));
+    }
+    if scheme == "file" && !rest.starts_with('/') {
+        return Err(format!(
+            "{uri:?}, a file URI without an absolute path (write `file:///absolute/path`)"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.contains("__")
+}
+
+fn is_valid_column_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

@@ -1,0 +1,507 @@
+//! One test per class of mistake a user can make in a config file. Each checks
+//! that the error names the field, what was found and what was expected.
+
+use std::path::Path;
+
+use sluice_config::{ConfigError, PipelineConfig, parse_pipeline, parse_query_node, parse_worker};
+
+const PIPELINE: &str = r#"
+table = "clicks"
+
+[source]
+bootstrap_servers = "kafka1:9092,kafka2:9092"
+topic = "clicks"
+start_position = "earliest"
+
+[source.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.password" = "${KAFKA_PASSWORD}"
+
+[schema]
+time_column = "ts"
+
+[[schema.columns]]
+name = "ts"
+type = "timestamp"
+unit = "ms"
+nullable = false
+
+[[schema.columns]]
+name = "user_id"
+type = "string"
+nullable = false
+
+[[schema.columns]]
+name = "country"
+type = "string"
+path = "geo.country"
+default = "unknown"
+
+[[schema.columns]]
+name = "latency_ms"
+type = "int32"
+
+[indexes]
+inverted = ["country"]
+sorted = ["user_id"]
+range = ["latency_ms"]
+bloom = ["user_id"]
+
+[flush]
+rows = 100000
+time = "5m"
+bytes = "128MiB"
+
+[bad_records]
+policy = "dead_letter"
+topic = "clicks-dlq"
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "KAFKA_PASSWORD").then(|| "s3cr\"et".to_string())
+}
+
+fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+    parse_pipeline(text, Path::new("pipelines/clicks.toml"), &env)
+}
+
+/// The base pipeline with `from` replaced by `to` (which must change it).
+fn variant(from: &str, to: &str) -> String {
+    assert!(
+        PIPELINE.contains(from),
+        "test bug: {from:?} is not in the base pipeline"
+    );
+    PIPELINE.replacen(from, to, 1)
+}
+
+/// Asserts that `text` is refused with a problem at `field` whose found and
+/// expected parts contain the given fragments; returns the rendered error.
+fn assert_problem(text: &str, field: &str, found: &str, expected: &str) -> String {
+    let error = parse(text).expect_err("the config should be refused");
+    let rendered = error.to_string();
+    let problem = error
+        .problems()
+        .iter()
+        .find(|p| p.field == field)
+        .unwrap_or_else(|| panic!("no problem at {field}; got: {rendered}"));
+    assert!(
+        problem.found.contains(found),
+        "found {:?} lacks {found:?}",
+        problem.found
+    );
+    assert!(
+        problem.expected.contains(expected),
+        "expected {:?} lacks {expected:?}",
+        problem.expected
+    );
+    assert!(
+        rendered.starts_with("pipelines/clicks.toml: "),
+        "the error names the file: {rendered}"
+    );
+    rendered
+}
+
+#[test]
+fn the_base_pipeline_is_valid_and_interpolated() {
+    let config = parse(PIPELINE).unwrap();
+    assert_eq!(config.source.properties["sasl.password"], "s3cr\"et");
+    assert_eq!(config.indexes.sorted_column(), Some("user_id"));
+    assert_eq!(
+        config.schema.column("country").unwrap().json_path(),
+        vec!["geo", "country"]
+    );
+    assert_eq!(config.flush.time, std::time::Duration::from_secs(300));
+}
+
+#[test]
+fn toml_syntax_error_has_line_and_column() {
+    let text = variant("topic = \"clicks\"", "topic = \"clicks");
+    let error = parse(&text).unwrap_err();
+    match &error {
+        ConfigError::Syntax { line, column, .. } => {
+            assert_eq!(*line, 6, "{error}");
+            assert!(*column >= 9, "{error}");
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+    assert!(
+        error.to_string().starts_with("pipelines/clicks.toml:6:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn unknown_field() {
+    let text = variant(
+        "nullable = false\n\n[[schema.columns]]\nname = \"user_id\"",
+        "nullable = false\ncolour = \"red\"\n\n[[schema.columns]]\nname = \"user_id\"",
+    );
+    assert_problem(
+        &text,
+        "schema.columns[0].colour",
+        "unknown field `colour`",
+        "`name`",
+    );
+}
+
+#[test]
+fn unknown_top_level_section() {
+    let text = format!("{PIPELINE}\n[flushing]\nrows = 5\n");
+    assert_problem(&text, "flushing", "unknown field `flushing`", "`flush`");
+}
+
+#[test]
+fn missing_required_field() {
+    let text = variant("topic = \"clicks\"\n", "");
+    assert_problem(&text, "source.topic", "nothing", "`topic`");
+}
+
+#[test]
+fn unknown_column_type() {
+    let text = variant("type = \"int32\"", "type = \"int128\"");
+    assert_problem(&text, "schema.columns[3].type", "`int128`", "`int64`");
+}
+
+#[test]
+fn index_on_a_column_that_does_not_exist() {
+    let text = variant(
+        "inverted = [\"country\"]",
+        "inverted = [\"country\", \"city\"]",
+    );
+    assert_problem(&text, "indexes.inverted[1]", "\"city\"", "a column name");
+}
+
+#[test]
+fn sorted_index_on_more_than_one_column() {
+    let text = variant(
+        "sorted = [\"user_id\"]",
+        "sorted = [\"user_id\", \"country\"]",
+    );
+    assert_problem(
+        &text,
+        "indexes.sorted",
+        "2 columns",
+        "at most one sorted column",
+    );
+}
+
+#[test]
+fn time_column_missing() {
+    let text = variant("time_column = \"ts\"", "time_column = \"event_time\"");
+    assert_problem(
+        &text,
+        "schema.time_column",
+        "\"event_time\", which is not a column",
+        "timestamp",
+    );
+    let text = variant("time_column = \"ts\"\n", "");
+    assert_problem(&text, "schema.time_column", "nothing", "`time_column`");
+}
+
+#[test]
+fn time_column_not_a_timestamp() {
+    let text = variant("time_column = \"ts\"", "time_column = \"latency_ms\"");
+    assert_problem(
+        &text,
+        "schema.time_column",
+        "a column of type int32",
+        "type timestamp",
+    );
+}
+
+#[test]
+fn zero_or_negative_flush_thresholds() {
+    assert_problem(
+        &variant("rows = 100000", "rows = 0"),
+        "flush.rows",
+        "0",
+        "greater than zero",
+    );
+    assert_problem(
+        &variant("rows = 100000", "rows = -5"),
+        "flush.rows",
+        "-5",
+        "greater than zero",
+    );
+    assert_problem(
+        &variant("time = \"5m\"", "time = \"0s\""),
+        "flush.time",
+        "0s",
+        "greater than zero",
+    );
+    assert_problem(
+        &variant("time = \"5m\"", "time = \"-5m\""),
+        "flush.time",
+        "-5m",
+        "`30s`",
+    );
+    assert_problem(
+        &variant("bytes = \"128MiB\"", "bytes = 0"),
+        "flush.bytes",
+        "0 bytes",
+        "greater than zero",
+    );
+    assert_problem(
+        &variant("bytes = \"128MiB\"", "bytes = \"-1MiB\""),
+        "flush.bytes",
+        "negative size",
+        "greater than zero",
+    );
+}
+
+#[test]
+fn malformed_bootstrap_servers() {
+    let text = variant("kafka1:9092,kafka2:9092", "kafka1:9092,kafka2");
+    assert_problem(
+        &text,
+        "source.bootstrap_servers",
+        "has no `:port`",
+        "host:port",
+    );
+}
+
+#[test]
+fn unsupported_deep_store_scheme() {
+    let text = format!("{PIPELINE}\n[deep_store]\nuri = \"ftp://example.com/segments\"\n");
+    assert_problem(&text, "deep_store.uri", "unsupported scheme `ftp`", "file");
+    let text = format!("{PIPELINE}\n[deep_store]\nuri = \"file://relative/dir\"\n");
+    assert_problem(&text, "deep_store.uri", "absolute path", "file");
+}
+
+#[test]
+fn duplicate_column_names() {
+    let text = variant("name = \"latency_ms\"", "name = \"Country\"");
+    assert_problem(
+        &text,
+        "schema.columns[3].name",
+        "duplicate column name",
+        "unique",
+    );
+}
+
+#[test]
+fn dead_letter_policy_without_a_topic() {
+    let text = variant("topic = \"clicks-dlq\"\n", "");
+    assert_problem(&text, "bad_records.topic", "nothing", "dead-letter topic");
+}
+
+#[test]
+fn dead_letter_topic_with_another_policy_is_refused() {
+    let text = variant("policy = \"dead_letter\"", "policy = \"skip\"");
+    assert_problem(&text, "bad_records.topic", "policy `skip`", "dead_letter");
+}
+
+#[test]
+fn undefined_environment_variable() {
+    let text = variant("${KAFKA_PASSWORD}", "${KAFKA_PASSWORD_TYPO}");
+    assert_problem(
+        &text,
+        "source.properties.\"sasl.password\"",
+        "KAFKA_PASSWORD_TYPO is not defined",
+        "KAFKA_PASSWORD_TYPO",
+    );
+}
+
+#[test]
+fn reserved_kafka_property() {
+    let text = variant(
+        "\"security.protocol\"",
+        "\"enable.auto.commit\" = \"true\"\n\"security.protocol\"",
+    );
+    assert_problem(
+        &text,
+        "source.properties.\"enable.auto.commit\"",
+        "sluice sets itself",
+        "ZooKeeper",
+    );
+}
+
+#[test]
+fn start_position_forms() {
+    let config = parse(&variant(
+        "start_position = \"earliest\"",
+        "start_position = 42",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.source.start_position,
+        sluice_config::StartPosition::Offset(42)
+    );
+    let config = parse(&variant(
+        "start_position = \"earliest\"",
+        "start_position = \"latest\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.source.start_position,
+        sluice_config::StartPosition::Latest
+    );
+    assert_problem(
+        &variant(
+            "start_position = \"earliest\"",
+            "start_position = \"newest\"",
+        ),
+        "source.start_position",
+        "`newest`",
+        "earliest",
+    );
+}
+
+#[test]
+fn column_default_must_match_its_type() {
+    let text = variant("default = \"unknown\"", "default = 7");
+    assert_problem(
+        &text,
+        "schema.columns[2].default",
+        "7",
+        "a value of type string",
+    );
+}
+
+#[test]
+fn timestamp_options_on_other_columns_are_refused() {
+    let text = variant("type = \"int32\"", "type = \"int32\"\nunit = \"s\"");
+    assert_problem(
+        &text,
+        "schema.columns[3].unit",
+        "column of type int32",
+        "only on timestamp columns",
+    );
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let text = variant("rows = 100000", "rows = 0")
+        .replace("sorted = [\"user_id\"]", "sorted = [\"a\", \"b\"]");
+    let error = parse(&text).unwrap_err();
+    let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
+    for expected in [
+        "flush.rows",
+        "indexes.sorted",
+        "indexes.sorted[0]",
+        "indexes.sorted[1]",
+    ] {
+        assert!(
+            fields.contains(&expected),
+            "{expected} missing from {fields:?}"
+        );
+    }
+    assert_eq!(error.to_string().lines().count(), error.problems().len());
+}
+
+#[test]
+fn table_names_must_be_identifiers() {
+    assert_problem(
+        &variant("table = \"clicks\"", "table = \"Click Stream\""),
+        "table",
+        "Click Stream",
+        "lower-case",
+    );
+    assert_problem(
+        &variant("table = \"clicks\"", "table = \"a__b\""),
+        "table",
+        "a__b",
+        "without `__`",
+    );
+}
+
+const WORKER: &str = r#"
+node_id = "worker-1"
+data_dir = "/var/lib/sluice"
+memory_budget = "2GiB"
+
+[coordinator]
+connect = "zk1:2181,zk2:2181,zk3:2181"
+root = "/sluice"
+session_timeout = "10s"
+
+[http]
+listen = "0.0.0.0:9100"
+
+[pipelines]
+files = []
+from_coordinator = true
+"#;
+
+fn worker(text: &str) -> Result<sluice_config::WorkerConfig, ConfigError> {
+    parse_worker(text, Path::new("worker.toml"), &env)
+}
+
+#[test]
+fn worker_file_parses() {
+    let config = worker(WORKER).unwrap();
+    assert_eq!(config.memory_budget, sluice_config::ByteSize::gib(2));
+    match config.coordinator.endpoint().unwrap() {
+        sluice_config::CoordinatorEndpoint::ZooKeeper(servers) => assert_eq!(servers.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    let embedded = worker(&WORKER.replace("zk1:2181,zk2:2181,zk3:2181", "embedded")).unwrap();
+    assert_eq!(
+        embedded.coordinator.endpoint().unwrap(),
+        sluice_config::CoordinatorEndpoint::Embedded
+    );
+}
+
+#[test]
+fn malformed_zookeeper_connect_string() {
+    for bad in ["zk1:2181,,zk2:2181", "zk1", "zk1:21x81", "zk1:2181/chroot"] {
+        let error = worker(&WORKER.replace("zk1:2181,zk2:2181,zk3:2181", bad)).unwrap_err();
+        let problem = &error.problems()[0];
+        assert_eq!(problem.field, "coordinator.connect", "{error}");
+        assert!(problem.expected.contains("zk1:2181,zk2:2181"), "{error}");
+    }
+}
+
+#[test]
+fn worker_rules() {
+    let error = worker(&WORKER.replace("root = \"/sluice\"", "root = \"sluice/\"")).unwrap_err();
+    assert_eq!(error.problems()[0].field, "coordinator.root");
+    let error = worker(&WORKER.replace("\"10s\"", "\"100ms\"")).unwrap_err();
+    assert_eq!(error.problems()[0].field, "coordinator.session_timeout");
+    let error =
+        worker(&WORKER.replace("from_coordinator = true", "from_coordinator = false")).unwrap_err();
+    assert_eq!(error.problems()[0].field, "pipelines");
+    let error =
+        worker(&WORKER.replace("listen = \"0.0.0.0:9100\"", "listen = \"nowhere\"")).unwrap_err();
+    assert_eq!(error.problems()[0].field, "http.listen", "{error}");
+}
+
+#[test]
+fn query_node_file() {
+    let text = r#"
+cache_dir = "/var/cache/sluice"
+[coordinator]
+connect = "zk1:2181"
+[http]
+listen = "127.0.0.1:8099"
+[limits]
+query_timeout = "10s"
+max_result_rows = 50000
+max_concurrent_queries = 4
+memory = "1GiB"
+"#;
+    let config = parse_query_node(text, Path::new("query.toml"), &env).unwrap();
+    assert_eq!(config.limits.max_result_rows, 50_000);
+    let error = parse_query_node(
+        &text.replace("max_concurrent_queries = 4", "max_concurrent_queries = 0"),
+        Path::new("query.toml"),
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(error.problems()[0].field, "limits.max_concurrent_queries");
+    let error = parse_query_node(
+        &text.replace("memory = \"1GiB\"", "memroy = \"1GiB\""),
+        Path::new("query.toml"),
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(error.problems()[0].field, "limits.memroy", "{error}");
+}
+
+#[test]
+fn configs_round_trip_through_serde() {
+    let config = parse(PIPELINE).unwrap();
+    let text = toml::to_string(&config).unwrap();
+    let again = parse(&text).unwrap();
+    assert_eq!(config, again);
+}
