@@ -88,16 +88,11 @@ fn describe(config: &AnyConfig) -> String {
                 "worker, coordinator `{}`, pipeline files for [{}]{}",
                 w.config.coordinator.connect,
                 tables.join(", "),
-                if w.config.pipelines.from_coordinator {
-                    " and those applied to the coordinator"
-                } else {
-                    ""
-                }
+                if w.config.pipelines.from_coordinator { " and those applied to the coordinator" } else { "" }
             )
         }
-        AnyConfig::QueryNode(q) => format!(
-            "query node, coordinator `{}`, listening on {}",
-            q.coordinator.connect, q.http.listen
-        ),
+        AnyConfig::QueryNode(q) => {
+            format!("query node, coordinator `{}`, listening on {}", q.coordinator.connect, q.http.listen)
+        }
     }
 }

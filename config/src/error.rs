@@ -14,26 +14,14 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(
-        field: impl Into<String>,
-        found: impl Into<String>,
-        expected: impl Into<String>,
-    ) -> Self {
-        Self {
-            field: field.into(),
-            found: found.into(),
-            expected: expected.into(),
-        }
+    pub fn new(field: impl Into<String>, found: impl Into<String>, expected: impl Into<String>) -> Self {
+        Self { field: field.into(), found: found.into(), expected: expected.into() }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: found {}; expected {}",
-            self.field, self.found, self.expected
-        )
+        write!(f, "{}: found {}; expected {}", self.field, self.found, self.expected)
     }
 }
 
@@ -41,24 +29,13 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read the file: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 
     #[error("{path}:{line}:{column}: TOML syntax error: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
 
     #[error("{}", render_problems(.path, .problems))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 
     #[error(
         "{path}: cannot tell whether this is a pipeline, worker or query-node config \
@@ -95,12 +72,7 @@ fn render_problems(path: &std::path::Path, problems: &[Problem]) -> String {
 pub struct Problems(Vec<Problem>);
 
 impl Problems {
-    pub fn push(
-        &mut self,
-        field: impl Into<String>,
-        found: impl Into<String>,
-        expected: impl Into<String>,
-    ) {
+    pub fn push(&mut self, field: impl Into<String>, found: impl Into<String>, expected: impl Into<String>) {
         self.0.push(Problem::new(field, found, expected));
     }
 
@@ -113,14 +85,7 @@ impl Problems {
     }
 
     pub fn into_result(self, path: impl Into<PathBuf>) -> Result<(), ConfigError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.into(),
-                problems: self.0,
-            })
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { path: path.into(), problems: self.0 }) }
     }
 
     pub fn into_vec(self) -> Vec<Problem> {

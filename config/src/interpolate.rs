@@ -31,14 +31,10 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 /// `$${` stands for a literal `${`. Problems are reported under `field`.
 pub fn interpolate(value: &mut toml::Value, field: &str, env: &dyn Env, problems: &mut Problems) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                match interpolate_str(s, env) {
-                    Ok(replaced) => *s = replaced,
-                    Err((found, expected)) => problems.push(field, found, expected),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains('$') => match interpolate_str(s, env) {
+            Ok(replaced) => *s = replaced,
+            Err((found, expected)) => problems.push(field, found, expected),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 interpolate(item, &format!("{field}[{i}]"), env, problems);
@@ -57,20 +53,9 @@ pub fn interpolate(value: &mut toml::Value, field: &str, env: &dyn Env, problems
 /// Joins a table key onto a field path, quoting keys that are not bare TOML keys
 /// (`source.properties."sasl.password"`).
 pub fn join_key(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_string()
-    } else {
-        format!("{key:?}")
-    };
-    if parent.is_empty() {
-        key
-    } else {
-        format!("{parent}.{key}")
-    }
+    let bare = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare { key.to_string() } else { format!("{key:?}") };
+    if parent.is_empty() { key } else { format!("{parent}.{key}") }
 }
 
 fn interpolate_str(text: &str, env: &dyn Env) -> Result<String, (String, String)> {
@@ -84,10 +69,7 @@ fn interpolate_str(text: &str, env: &dyn Env) -> Result<String, (String, String)
             rest = stripped;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body.find('}').ok_or_else(|| {
-                (
-                    format!("an unclosed `${{` in `{text}`"),
-                    "`${NAME}` with a closing `}`".to_string(),
-                )
+                (format!("an unclosed `${{` in `{text}`"), "`${NAME}` with a closing `}`".to_string())
             })?;
             let spec = &body[..end];
             let (name, fallback) = match spec.split_once(":-") {
@@ -138,25 +120,14 @@ mod tests {
     #[test]
     fn replaces_defined_variables_and_fallbacks() {
         assert_eq!(interpolate_str("u=${USER}", &env).unwrap(), "u=alice");
-        assert_eq!(
-            interpolate_str("${MISSING:-x}-${USER}", &env).unwrap(),
-            "x-alice"
-        );
-        assert_eq!(
-            interpolate_str("$${USER} costs $5", &env).unwrap(),
-            "${USER} costs $5"
-        );
+        assert_eq!(interpolate_str("${MISSING:-x}-${USER}", &env).unwrap(), "x-alice");
+        assert_eq!(interpolate_str("$${USER} costs $5", &env).unwrap(), "${USER} costs $5");
         assert_eq!(interpolate_str("${QUOTED}", &env).unwrap(), "p\"w\n");
     }
 
     #[test]
     fn reports_undefined_and_malformed() {
-        assert!(
-            interpolate_str("${MISSING}", &env)
-                .unwrap_err()
-                .0
-                .contains("MISSING is not defined")
-        );
+        assert!(interpolate_str("${MISSING}", &env).unwrap_err().0.contains("MISSING is not defined"));
         assert!(interpolate_str("${USER", &env).is_err());
         assert!(interpolate_str("${1BAD}", &env).is_err());
     }
@@ -164,15 +135,11 @@ mod tests {
     #[test]
     fn walks_nested_values_with_paths() {
         let mut value: toml::Value =
-            toml::from_str("[a]\nlist = ['${USER}', '${NOPE}']\n[a.props]\n'x.y' = '${NOPE}'\n")
-                .unwrap();
+            toml::from_str("[a]\nlist = ['${USER}', '${NOPE}']\n[a.props]\n'x.y' = '${NOPE}'\n").unwrap();
         let mut problems = Problems::default();
         interpolate(&mut value, "", &env, &mut problems);
         let fields: Vec<String> = problems.into_vec().into_iter().map(|p| p.field).collect();
-        assert_eq!(
-            fields,
-            vec!["a.list[1]".to_string(), "a.props.\"x.y\"".to_string()]
-        );
+        assert_eq!(fields, vec!["a.list[1]".to_string(), "a.props.\"x.y\"".to_string()]);
         assert_eq!(value["a"]["list"][0].as_str(), Some("alice"));
     }
 }

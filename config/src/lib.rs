@@ -28,12 +28,11 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
-    CoordinatorConfig, CoordinatorEndpoint, HttpConfig, PipelineSources, QueryLimits,
-    QueryNodeConfig, WorkerConfig,
+    CoordinatorConfig, CoordinatorEndpoint, HttpConfig, PipelineSources, QueryLimits, QueryNodeConfig, WorkerConfig,
 };
 pub use pipeline::{
-    BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes,
-    KafkaSource, Literal, PipelineConfig, Schema, StartPosition, TimeUnit, TimestampFormat,
+    BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,
+    PipelineConfig, Schema, StartPosition, TimeUnit, TimestampFormat,
 };
 pub use units::{ByteSize, HostPort};
 
@@ -62,11 +61,7 @@ pub enum AnyConfig {
 
 /// Parses and validates a pipeline from TOML text. `path` only names the
 /// source in errors.
-pub fn parse_pipeline(
-    text: &str,
-    path: &Path,
-    env: &dyn Env,
-) -> Result<PipelineConfig, ConfigError> {
+pub fn parse_pipeline(text: &str, path: &Path, env: &dyn Env) -> Result<PipelineConfig, ConfigError> {
     let config: PipelineConfig = deserialize(parse_toml(text, path, env)?, path)?;
     config.validate().into_result(path)?;
     Ok(config)
@@ -79,11 +74,7 @@ pub fn parse_worker(text: &str, path: &Path, env: &dyn Env) -> Result<WorkerConf
     Ok(config)
 }
 
-pub fn parse_query_node(
-    text: &str,
-    path: &Path,
-    env: &dyn Env,
-) -> Result<QueryNodeConfig, ConfigError> {
+pub fn parse_query_node(text: &str, path: &Path, env: &dyn Env) -> Result<QueryNodeConfig, ConfigError> {
     let config: QueryNodeConfig = deserialize(parse_toml(text, path, env)?, path)?;
     config.validate().into_result(path)?;
     Ok(config)
@@ -110,11 +101,7 @@ pub fn load_worker(path: &Path) -> Result<LoadedWorker, ConfigError> {
         if !resolved.is_file() {
             problems.push(
                 format!("pipelines.files[{i}]"),
-                format!(
-                    "{:?}, which does not exist (resolved to {})",
-                    file.display().to_string(),
-                    resolved.display()
-                ),
+                format!("{:?}, which does not exist (resolved to {})", file.display().to_string(), resolved.display()),
                 "the path of a pipeline file, relative to this worker file",
             );
             continue;
@@ -123,11 +110,7 @@ pub fn load_worker(path: &Path) -> Result<LoadedWorker, ConfigError> {
         if let Some((other, _)) = pipelines.iter().find(|(_, p)| p.table == pipeline.table) {
             problems.push(
                 format!("pipelines.files[{i}]"),
-                format!(
-                    "table {:?}, which {} also fills",
-                    pipeline.table,
-                    other.display()
-                ),
+                format!("table {:?}, which {} also fills", pipeline.table, other.display()),
                 "one pipeline per table",
             );
         }
@@ -144,11 +127,8 @@ pub fn load_any(path: &Path, kind: Option<ConfigKind>) -> Result<AnyConfig, Conf
         Some(kind) => kind,
         None => {
             let text = read(path)?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| syntax_error(&e, &text, path))?;
-            detect_kind(&table).ok_or_else(|| ConfigError::UnknownKind {
-                path: path.to_path_buf(),
-            })?
+            let table: toml::Table = toml::from_str(&text).map_err(|e| syntax_error(&e, &text, path))?;
+            detect_kind(&table).ok_or_else(|| ConfigError::UnknownKind { path: path.to_path_buf() })?
         }
     };
     Ok(match kind {
@@ -173,10 +153,7 @@ pub fn detect_kind(table: &toml::Table) -> Option<ConfigKind> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
 
 fn parse_toml(text: &str, path: &Path, env: &dyn Env) -> Result<toml::Value, ConfigError> {
@@ -189,21 +166,12 @@ fn parse_toml(text: &str, path: &Path, env: &dyn Env) -> Result<toml::Value, Con
 }
 
 fn syntax_error(error: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
-    let offset = error
-        .span()
-        .map(|span| span.start)
-        .unwrap_or(0)
-        .min(text.len());
+    let offset = error.span().map(|span| span.start).unwrap_or(0).min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let message = error.message().trim().replace('\n', " ");
-    ConfigError::Syntax {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message,
-    }
+    ConfigError::Syntax { path: path.to_path_buf(), line, column, message }
 }
 
 fn deserialize<T: DeserializeOwned>(value: toml::Value, path: &Path) -> Result<T, ConfigError> {
@@ -213,10 +181,7 @@ fn deserialize<T: DeserializeOwned>(value: toml::Value, path: &Path) -> Result<T
             field => field,
         };
         let message = error.inner().message().trim().to_string();
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems: vec![serde_problem(field, &message)],
-        }
+        ConfigError::Invalid { path: path.to_path_buf(), problems: vec![serde_problem(field, &message)] }
     })
 }
 
@@ -230,27 +195,15 @@ fn serde_problem(field: String, message: &str) -> Problem {
     }
     if let Some(rest) = message.strip_prefix("unknown field ") {
         let name = name_in_backticks(rest);
-        let expected = rest
-            .split_once(", expected ")
-            .map_or("no such field".to_string(), |(_, e)| format!("{e}"));
-        let field = if field.ends_with(&name) {
-            field
-        } else {
-            interpolate::join_key(&field, &name)
-        };
+        let expected = rest.split_once(", expected ").map_or("no such field".to_string(), |(_, e)| e.to_string());
+        let field = if field.ends_with(&name) { field } else { interpolate::join_key(&field, &name) };
         return Problem::new(field, format!("the unknown field `{name}`"), expected);
     }
     if message.starts_with("data did not match any variant of untagged enum Literal") {
-        return Problem::new(
-            field,
-            "a value of an unsupported type",
-            "a boolean, integer, float or string",
-        );
+        return Problem::new(field, "a value of an unsupported type", "a boolean, integer, float or string");
     }
-    let message = message
-        .strip_prefix("invalid type: ")
-        .or_else(|| message.strip_prefix("invalid value: "))
-        .unwrap_or(message);
+    let message =
+        message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: ")).unwrap_or(message);
     match message.split_once(", expected ") {
         Some((found, expected)) => Problem::new(field, found, expected),
         None => Problem::new(field, message, "a valid value"),

@@ -22,10 +22,7 @@ pub struct CoordinatorConfig {
     pub root: String,
     /// How long ZooKeeper waits for a silent node before it expires its
     /// session, and with it every partition lock the node held.
-    #[serde(
-        default = "CoordinatorConfig::default_session_timeout",
-        with = "units::duration"
-    )]
+    #[serde(default = "CoordinatorConfig::default_session_timeout", with = "units::duration")]
     pub session_timeout: Duration,
 }
 
@@ -70,10 +67,7 @@ impl CoordinatorConfig {
         let root = &self.root;
         let well_formed = root.starts_with('/')
             && (root == "/"
-                || (!root.ends_with('/')
-                    && !root[1..]
-                        .split('/')
-                        .any(|s| s.is_empty() || s == "." || s == "..")));
+                || (!root.ends_with('/') && !root[1..].split('/').any(|s| s.is_empty() || s == "." || s == "..")));
         if !well_formed {
             p.push(
                 "coordinator.root",
@@ -117,10 +111,7 @@ fn default_true() -> bool {
 
 impl Default for PipelineSources {
     fn default() -> Self {
-        Self {
-            files: Vec::new(),
-            from_coordinator: true,
-        }
+        Self { files: Vec::new(), from_coordinator: true }
     }
 }
 
@@ -147,9 +138,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     fn default_http() -> HttpConfig {
-        HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9100)),
-        }
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9100)) }
     }
     fn default_data_dir() -> PathBuf {
         PathBuf::from("data/worker")
@@ -163,10 +152,7 @@ impl WorkerConfig {
     pub fn validate(&self) -> Problems {
         let mut p = Problems::default();
         if let Some(id) = &self.node_id
-            && (id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         {
             p.push(
                 "node_id",
@@ -176,11 +162,7 @@ impl WorkerConfig {
         }
         self.coordinator.validate(&mut p);
         if self.memory_budget < ByteSize::mib(16) {
-            p.push(
-                "memory_budget",
-                self.memory_budget.to_string(),
-                "at least `16MiB`",
-            );
+            p.push("memory_budget", self.memory_budget.to_string(), "at least `16MiB`");
         }
         if self.pipelines.files.is_empty() && !self.pipelines.from_coordinator {
             p.push(
@@ -250,9 +232,7 @@ pub struct QueryNodeConfig {
 
 impl QueryNodeConfig {
     fn default_http() -> HttpConfig {
-        HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8099)),
-        }
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8099)) }
     }
     fn default_cache_dir() -> PathBuf {
         PathBuf::from("data/segment-cache")
@@ -263,28 +243,16 @@ impl QueryNodeConfig {
         self.coordinator.validate(&mut p);
         let limits = &self.limits;
         if limits.query_timeout.is_zero() {
-            p.push(
-                "limits.query_timeout",
-                "`0s`",
-                "a duration greater than zero, such as `30s`",
-            );
+            p.push("limits.query_timeout", "`0s`", "a duration greater than zero, such as `30s`");
         }
         if limits.max_result_rows == 0 {
-            p.push(
-                "limits.max_result_rows",
-                "0",
-                "a number of rows greater than zero",
-            );
+            p.push("limits.max_result_rows", "0", "a number of rows greater than zero");
         }
         if limits.max_concurrent_queries == 0 {
             p.push("limits.max_concurrent_queries", "0", "at least one query");
         }
         if limits.memory < ByteSize::mib(16) {
-            p.push(
-                "limits.memory",
-                limits.memory.to_string(),
-                "at least `16MiB`",
-            );
+            p.push("limits.memory", limits.memory.to_string(), "at least `16MiB`");
         }
         p
     }

@@ -31,11 +31,7 @@ pub struct PipelineConfig {
     pub bad_records: BadRecords,
     /// Segments whose newest row is older than this are deleted by the
     /// cluster leader. Absent: kept forever.
-    #[serde(
-        default,
-        with = "units::option_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "units::option_duration", skip_serializing_if = "Option::is_none")]
     pub retention: Option<Duration>,
 }
 
@@ -57,23 +53,11 @@ pub struct KafkaSource {
 /// librdkafka properties that sluice sets itself, with the reason; overriding
 /// any of them would break exactly-once or duplicate a first-class field.
 pub const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    (
-        "bootstrap.servers",
-        "set `source.bootstrap_servers` instead",
-    ),
-    (
-        "enable.auto.commit",
-        "offsets are committed to ZooKeeper with each segment, never by the consumer",
-    ),
-    (
-        "enable.auto.offset.store",
-        "offsets are committed to ZooKeeper with each segment, never by the consumer",
-    ),
+    ("bootstrap.servers", "set `source.bootstrap_servers` instead"),
+    ("enable.auto.commit", "offsets are committed to ZooKeeper with each segment, never by the consumer"),
+    ("enable.auto.offset.store", "offsets are committed to ZooKeeper with each segment, never by the consumer"),
     ("auto.offset.reset", "set `source.start_position` instead"),
-    (
-        "group.instance.id",
-        "partitions are assigned by sluice, not by a consumer group",
-    ),
+    ("group.instance.id", "partitions are assigned by sluice, not by a consumer group"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,7 +99,9 @@ impl<'de> Deserialize<'de> for StartPosition {
                     "earliest" => Ok(StartPosition::Earliest),
                     "latest" => Ok(StartPosition::Latest),
                     other => other.parse::<u64>().map(StartPosition::Offset).map_err(|_| {
-                        E::custom(format!("unknown start position `{other}`, expected `earliest`, `latest` or a non-negative offset"))
+                        E::custom(format!(
+                            "unknown start position `{other}`, expected `earliest`, `latest` or a non-negative offset"
+                        ))
                     }),
                 }
             }
@@ -171,11 +157,7 @@ fn default_true() -> bool {
 impl Column {
     /// The JSON path segments to read this column from.
     pub fn json_path(&self) -> Vec<&str> {
-        self.path
-            .as_deref()
-            .unwrap_or(&self.name)
-            .split('.')
-            .collect()
+        self.path.as_deref().unwrap_or(&self.name).split('.').collect()
     }
 
     pub fn time_unit(&self) -> TimeUnit {
@@ -278,12 +260,7 @@ pub struct Indexes {
 
 impl Indexes {
     fn lists(&self) -> [(&'static str, &Vec<String>); 4] {
-        [
-            ("inverted", &self.inverted),
-            ("sorted", &self.sorted),
-            ("range", &self.range),
-            ("bloom", &self.bloom),
-        ]
+        [("inverted", &self.inverted), ("sorted", &self.sorted), ("range", &self.range), ("bloom", &self.bloom)]
     }
 
     pub fn sorted_column(&self) -> Option<&str> {
@@ -317,11 +294,7 @@ impl FlushThresholds {
 
 impl Default for FlushThresholds {
     fn default() -> Self {
-        Self {
-            rows: Self::default_rows(),
-            time: Self::default_time(),
-            bytes: Self::default_bytes(),
-        }
+        Self { rows: Self::default_rows(), time: Self::default_time(), bytes: Self::default_bytes() }
     }
 }
 
@@ -378,11 +351,7 @@ impl PipelineConfig {
         self.validate_deep_store(&mut p);
         self.validate_bad_records(&mut p);
         if self.retention == Some(Duration::ZERO) {
-            p.push(
-                "retention",
-                "`0s`",
-                "a retention greater than zero (or no `retention` to keep segments forever)",
-            );
+            p.push("retention", "`0s`", "a retention greater than zero (or no `retention` to keep segments forever)");
         }
         p
     }
@@ -445,10 +414,7 @@ impl PipelineConfig {
                 );
             }
             if column.data_type != ColumnType::Timestamp {
-                for (name, set) in [
-                    ("unit", column.unit.is_some()),
-                    ("format", column.format.is_some()),
-                ] {
+                for (name, set) in [("unit", column.unit.is_some()), ("format", column.format.is_some())] {
                     if set {
                         p.push(
                             format!("{field}.{name}"),
@@ -467,10 +433,7 @@ impl PipelineConfig {
         match self.schema.column(&self.schema.time_column) {
             None => p.push(
                 "schema.time_column",
-                format!(
-                    "{:?}, which is not a column of the schema",
-                    self.schema.time_column
-                ),
+                format!("{:?}, which is not a column of the schema", self.schema.time_column),
                 "the name of a timestamp column in schema.columns",
             ),
             Some(c) if c.data_type != ColumnType::Timestamp => p.push(
@@ -495,22 +458,14 @@ impl PipelineConfig {
                     );
                 }
                 if !seen.insert(name) {
-                    p.push(
-                        field,
-                        format!("{name:?} listed twice"),
-                        "each column at most once per index kind",
-                    );
+                    p.push(field, format!("{name:?} listed twice"), "each column at most once per index kind");
                 }
             }
         }
         if self.indexes.sorted.len() > 1 {
             p.push(
                 "indexes.sorted",
-                format!(
-                    "{} columns {:?}",
-                    self.indexes.sorted.len(),
-                    self.indexes.sorted
-                ),
+                format!("{} columns {:?}", self.indexes.sorted.len(), self.indexes.sorted),
                 "at most one sorted column: rows can be sorted by one column only",
             );
         }
@@ -519,25 +474,13 @@ impl PipelineConfig {
     fn validate_flush(&self, p: &mut Problems) {
         let flush = &self.flush;
         if flush.rows <= 0 {
-            p.push(
-                "flush.rows",
-                flush.rows.to_string(),
-                "a number of rows greater than zero",
-            );
+            p.push("flush.rows", flush.rows.to_string(), "a number of rows greater than zero");
         }
         if flush.time.is_zero() {
-            p.push(
-                "flush.time",
-                "`0s`",
-                "a duration greater than zero, such as `10m`",
-            );
+            p.push("flush.time", "`0s`", "a duration greater than zero, such as `10m`");
         }
         if flush.bytes.as_u64() == 0 {
-            p.push(
-                "flush.bytes",
-                "0 bytes",
-                "a size greater than zero, such as `256MiB`",
-            );
+            p.push("flush.bytes", "0 bytes", "a size greater than zero, such as `256MiB`");
         }
     }
 
@@ -584,10 +527,7 @@ impl PipelineConfig {
 }
 
 fn serde_name<T: Serialize>(value: &T) -> String {
-    toml::Value::try_from(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    toml::Value::try_from(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn check_literal(column: &Column, value: &Literal) -> Result<(), String> {
@@ -597,12 +537,8 @@ fn check_literal(column: &Column, value: &Literal) -> Result<(), String> {
         (ColumnType::Int32, Literal::Int(v)) => i32::try_from(*v).is_ok(),
         (ColumnType::Int64, Literal::Int(_)) => true,
         (ColumnType::Float32 | ColumnType::Float64, Literal::Int(_) | Literal::Float(_)) => true,
-        (ColumnType::Timestamp, Literal::Int(_)) => {
-            column.timestamp_format() == TimestampFormat::Epoch
-        }
-        (ColumnType::Timestamp, Literal::String(_)) => {
-            column.timestamp_format() == TimestampFormat::Rfc3339
-        }
+        (ColumnType::Timestamp, Literal::Int(_)) => column.timestamp_format() == TimestampFormat::Epoch,
+        (ColumnType::Timestamp, Literal::String(_)) => column.timestamp_format() == TimestampFormat::Rfc3339,
         _ => false,
     };
     if ok {
@@ -627,9 +563,7 @@ fn check_deep_store_uri(uri: &str) -> Result<(), String> {
         return Err(format!("{uri:?}, with the unsupported scheme `{scheme}`"));
     }
     if scheme == "file" && !rest.starts_with('/') {
-        return Err(format!(
-            "{uri:?}, a file URI without an absolute path (write `file:///absolute/path`)"
-        ));
+        return Err(format!("{uri:?}, a file URI without an absolute path (write `file:///absolute/path`)"));
     }
     Ok(())
 }
@@ -638,9 +572,7 @@ pub(crate) fn is_valid_table_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.contains("__")
 }
 
@@ -655,7 +587,5 @@ fn is_valid_topic(topic: &str) -> bool {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

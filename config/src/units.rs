@@ -21,11 +21,8 @@ pub mod duration {
     }
 
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim()).map_err(|_| {
-            format!(
-                "invalid duration `{text}`, expected a duration such as `30s`, `10m` or `1h 30m`"
-            )
-        })
+        humantime::parse_duration(text.trim())
+            .map_err(|_| format!("invalid duration `{text}`, expected a duration such as `30s`, `10m` or `1h 30m`"))
     }
 }
 
@@ -33,19 +30,14 @@ pub mod duration {
 pub mod option_duration {
     use super::*;
 
-    pub fn serialize<S: Serializer>(
-        value: &Option<Duration>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
         match value {
             Some(d) => super::duration::serialize(d, serializer),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
         super::duration::deserialize(deserializer).map(Some)
     }
 }
@@ -72,9 +64,7 @@ impl ByteSize {
     pub fn parse(text: &str) -> Result<Self, String> {
         let expected = "a size such as `512KiB`, `64MiB`, `2GiB` or a number of bytes";
         let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(trimmed.len());
+        let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
         let (number, unit) = trimmed.split_at(split);
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -88,9 +78,7 @@ impl ByteSize {
             "tib" => 1 << 40,
             _ => return Err(format!("invalid size `{text}`, expected {expected}")),
         };
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid size `{text}`, expected {expected}"))?;
+        let value: f64 = number.parse().map_err(|_| format!("invalid size `{text}`, expected {expected}"))?;
         let bytes = value * multiplier as f64;
         if !bytes.is_finite() || bytes > u64::MAX as f64 {
             return Err(format!("size `{text}` is too large"));
@@ -101,14 +89,9 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -134,17 +117,13 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| {
-                    E::custom(format!(
-                        "negative size {v}, expected a size greater than zero"
-                    ))
-                })
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("negative size {v}, expected a size greater than zero")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 if v.trim_start().starts_with('-') {
-                    return Err(E::custom(format!(
-                        "negative size `{v}`, expected a size greater than zero"
-                    )));
+                    return Err(E::custom(format!("negative size `{v}`, expected a size greater than zero")));
                 }
                 ByteSize::parse(v).map_err(E::custom)
             }
@@ -181,14 +160,8 @@ pub fn parse_host_ports(text: &str) -> Result<Vec<HostPort>, String> {
             return Err(bad("is empty"));
         }
         let (host, port) = if let Some(rest) = item.strip_prefix('[') {
-            let (host, rest) = rest
-                .split_once(']')
-                .ok_or_else(|| bad("has an unclosed `[`"))?;
-            (
-                host,
-                rest.strip_prefix(':')
-                    .ok_or_else(|| bad("has no `:port`"))?,
-            )
+            let (host, rest) = rest.split_once(']').ok_or_else(|| bad("has an unclosed `[`"))?;
+            (host, rest.strip_prefix(':').ok_or_else(|| bad("has no `:port`"))?)
         } else {
             item.rsplit_once(':').ok_or_else(|| bad("has no `:port`"))?
         };
@@ -198,24 +171,14 @@ pub fn parse_host_ports(text: &str) -> Result<Vec<HostPort>, String> {
         if host.contains('/') {
             return Err(bad("contains `/` (a chroot path goes in the `root` field)"));
         }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        {
-            return Err(bad(
-                "has a host with characters outside letters, digits, `.`, `-`, `_`",
-            ));
+        if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
+            return Err(bad("has a host with characters outside letters, digits, `.`, `-`, `_`"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("has a port that is not a number from 1 to 65535"))?;
+        let port: u16 = port.parse().map_err(|_| bad("has a port that is not a number from 1 to 65535"))?;
         if port == 0 {
             return Err(bad("has port 0"));
         }
-        out.push(HostPort {
-            host: host.to_string(),
-            port,
-        });
+        out.push(HostPort { host: host.to_string(), port });
     }
     Ok(out)
 }
@@ -242,27 +205,16 @@ mod tests {
         assert_eq!(hosts.len(), 3);
         assert_eq!(hosts[1].host, "zk2.example.com");
         assert_eq!(hosts[2].to_string(), "[::1]:2183");
-        for bad in [
-            "",
-            "zk1",
-            "zk1:",
-            "zk1:0",
-            "zk1:70000",
-            "zk1:2181,,zk2:2181",
-            ":2181",
-            "zk1:2181/chroot",
-            "zk 1:2181",
-        ] {
+        for bad in
+            ["", "zk1", "zk1:", "zk1:0", "zk1:70000", "zk1:2181,,zk2:2181", ":2181", "zk1:2181/chroot", "zk 1:2181"]
+        {
             assert!(parse_host_ports(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration::parse("1h 30m").unwrap(),
-            Duration::from_secs(5400)
-        );
+        assert_eq!(duration::parse("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(duration::parse("-5s").is_err());
         assert!(duration::parse("soon").is_err());
     }

@@ -67,10 +67,7 @@ fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
 
 /// The base pipeline with `from` replaced by `to` (which must change it).
 fn variant(from: &str, to: &str) -> String {
-    assert!(
-        PIPELINE.contains(from),
-        "test bug: {from:?} is not in the base pipeline"
-    );
+    assert!(PIPELINE.contains(from), "test bug: {from:?} is not in the base pipeline");
     PIPELINE.replacen(from, to, 1)
 }
 
@@ -84,20 +81,9 @@ fn assert_problem(text: &str, field: &str, found: &str, expected: &str) -> Strin
         .iter()
         .find(|p| p.field == field)
         .unwrap_or_else(|| panic!("no problem at {field}; got: {rendered}"));
-    assert!(
-        problem.found.contains(found),
-        "found {:?} lacks {found:?}",
-        problem.found
-    );
-    assert!(
-        problem.expected.contains(expected),
-        "expected {:?} lacks {expected:?}",
-        problem.expected
-    );
-    assert!(
-        rendered.starts_with("pipelines/clicks.toml: "),
-        "the error names the file: {rendered}"
-    );
+    assert!(problem.found.contains(found), "found {:?} lacks {found:?}", problem.found);
+    assert!(problem.expected.contains(expected), "expected {:?} lacks {expected:?}", problem.expected);
+    assert!(rendered.starts_with("pipelines/clicks.toml: "), "the error names the file: {rendered}");
     rendered
 }
 
@@ -106,10 +92,7 @@ fn the_base_pipeline_is_valid_and_interpolated() {
     let config = parse(PIPELINE).unwrap();
     assert_eq!(config.source.properties["sasl.password"], "s3cr\"et");
     assert_eq!(config.indexes.sorted_column(), Some("user_id"));
-    assert_eq!(
-        config.schema.column("country").unwrap().json_path(),
-        vec!["geo", "country"]
-    );
+    assert_eq!(config.schema.column("country").unwrap().json_path(), vec!["geo", "country"]);
     assert_eq!(config.flush.time, std::time::Duration::from_secs(300));
 }
 
@@ -124,10 +107,7 @@ fn toml_syntax_error_has_line_and_column() {
         }
         other => panic!("expected a syntax error, got {other}"),
     }
-    assert!(
-        error.to_string().starts_with("pipelines/clicks.toml:6:"),
-        "{error}"
-    );
+    assert!(error.to_string().starts_with("pipelines/clicks.toml:6:"), "{error}");
 }
 
 #[test]
@@ -136,12 +116,7 @@ fn unknown_field() {
         "nullable = false\n\n[[schema.columns]]\nname = \"user_id\"",
         "nullable = false\ncolour = \"red\"\n\n[[schema.columns]]\nname = \"user_id\"",
     );
-    assert_problem(
-        &text,
-        "schema.columns[0].colour",
-        "unknown field `colour`",
-        "`name`",
-    );
+    assert_problem(&text, "schema.columns[0].colour", "unknown field `colour`", "`name`");
 }
 
 #[test]
@@ -164,36 +139,20 @@ fn unknown_column_type() {
 
 #[test]
 fn index_on_a_column_that_does_not_exist() {
-    let text = variant(
-        "inverted = [\"country\"]",
-        "inverted = [\"country\", \"city\"]",
-    );
+    let text = variant("inverted = [\"country\"]", "inverted = [\"country\", \"city\"]");
     assert_problem(&text, "indexes.inverted[1]", "\"city\"", "a column name");
 }
 
 #[test]
 fn sorted_index_on_more_than_one_column() {
-    let text = variant(
-        "sorted = [\"user_id\"]",
-        "sorted = [\"user_id\", \"country\"]",
-    );
-    assert_problem(
-        &text,
-        "indexes.sorted",
-        "2 columns",
-        "at most one sorted column",
-    );
+    let text = variant("sorted = [\"user_id\"]", "sorted = [\"user_id\", \"country\"]");
+    assert_problem(&text, "indexes.sorted", "2 columns", "at most one sorted column");
 }
 
 #[test]
 fn time_column_missing() {
     let text = variant("time_column = \"ts\"", "time_column = \"event_time\"");
-    assert_problem(
-        &text,
-        "schema.time_column",
-        "\"event_time\", which is not a column",
-        "timestamp",
-    );
+    assert_problem(&text, "schema.time_column", "\"event_time\", which is not a column", "timestamp");
     let text = variant("time_column = \"ts\"\n", "");
     assert_problem(&text, "schema.time_column", "nothing", "`time_column`");
 }
@@ -201,46 +160,16 @@ fn time_column_missing() {
 #[test]
 fn time_column_not_a_timestamp() {
     let text = variant("time_column = \"ts\"", "time_column = \"latency_ms\"");
-    assert_problem(
-        &text,
-        "schema.time_column",
-        "a column of type int32",
-        "type timestamp",
-    );
+    assert_problem(&text, "schema.time_column", "a column of type int32", "type timestamp");
 }
 
 #[test]
 fn zero_or_negative_flush_thresholds() {
-    assert_problem(
-        &variant("rows = 100000", "rows = 0"),
-        "flush.rows",
-        "0",
-        "greater than zero",
-    );
-    assert_problem(
-        &variant("rows = 100000", "rows = -5"),
-        "flush.rows",
-        "-5",
-        "greater than zero",
-    );
-    assert_problem(
-        &variant("time = \"5m\"", "time = \"0s\""),
-        "flush.time",
-        "0s",
-        "greater than zero",
-    );
-    assert_problem(
-        &variant("time = \"5m\"", "time = \"-5m\""),
-        "flush.time",
-        "-5m",
-        "`30s`",
-    );
-    assert_problem(
-        &variant("bytes = \"128MiB\"", "bytes = 0"),
-        "flush.bytes",
-        "0 bytes",
-        "greater than zero",
-    );
+    assert_problem(&variant("rows = 100000", "rows = 0"), "flush.rows", "0", "greater than zero");
+    assert_problem(&variant("rows = 100000", "rows = -5"), "flush.rows", "-5", "greater than zero");
+    assert_problem(&variant("time = \"5m\"", "time = \"0s\""), "flush.time", "0s", "greater than zero");
+    assert_problem(&variant("time = \"5m\"", "time = \"-5m\""), "flush.time", "-5m", "`30s`");
+    assert_problem(&variant("bytes = \"128MiB\"", "bytes = 0"), "flush.bytes", "0 bytes", "greater than zero");
     assert_problem(
         &variant("bytes = \"128MiB\"", "bytes = \"-1MiB\""),
         "flush.bytes",
@@ -252,12 +181,7 @@ fn zero_or_negative_flush_thresholds() {
 #[test]
 fn malformed_bootstrap_servers() {
     let text = variant("kafka1:9092,kafka2:9092", "kafka1:9092,kafka2");
-    assert_problem(
-        &text,
-        "source.bootstrap_servers",
-        "has no `:port`",
-        "host:port",
-    );
+    assert_problem(&text, "source.bootstrap_servers", "has no `:port`", "host:port");
 }
 
 #[test]
@@ -271,12 +195,7 @@ fn unsupported_deep_store_scheme() {
 #[test]
 fn duplicate_column_names() {
     let text = variant("name = \"latency_ms\"", "name = \"Country\"");
-    assert_problem(
-        &text,
-        "schema.columns[3].name",
-        "duplicate column name",
-        "unique",
-    );
+    assert_problem(&text, "schema.columns[3].name", "duplicate column name", "unique");
 }
 
 #[test]
@@ -304,43 +223,18 @@ fn undefined_environment_variable() {
 
 #[test]
 fn reserved_kafka_property() {
-    let text = variant(
-        "\"security.protocol\"",
-        "\"enable.auto.commit\" = \"true\"\n\"security.protocol\"",
-    );
-    assert_problem(
-        &text,
-        "source.properties.\"enable.auto.commit\"",
-        "sluice sets itself",
-        "ZooKeeper",
-    );
+    let text = variant("\"security.protocol\"", "\"enable.auto.commit\" = \"true\"\n\"security.protocol\"");
+    assert_problem(&text, "source.properties.\"enable.auto.commit\"", "sluice sets itself", "ZooKeeper");
 }
 
 #[test]
 fn start_position_forms() {
-    let config = parse(&variant(
-        "start_position = \"earliest\"",
-        "start_position = 42",
-    ))
-    .unwrap();
-    assert_eq!(
-        config.source.start_position,
-        sluice_config::StartPosition::Offset(42)
-    );
-    let config = parse(&variant(
-        "start_position = \"earliest\"",
-        "start_position = \"latest\"",
-    ))
-    .unwrap();
-    assert_eq!(
-        config.source.start_position,
-        sluice_config::StartPosition::Latest
-    );
+    let config = parse(&variant("start_position = \"earliest\"", "start_position = 42")).unwrap();
+    assert_eq!(config.source.start_position, sluice_config::StartPosition::Offset(42));
+    let config = parse(&variant("start_position = \"earliest\"", "start_position = \"latest\"")).unwrap();
+    assert_eq!(config.source.start_position, sluice_config::StartPosition::Latest);
     assert_problem(
-        &variant(
-            "start_position = \"earliest\"",
-            "start_position = \"newest\"",
-        ),
+        &variant("start_position = \"earliest\"", "start_position = \"newest\""),
         "source.start_position",
         "`newest`",
         "earliest",
@@ -350,59 +244,30 @@ fn start_position_forms() {
 #[test]
 fn column_default_must_match_its_type() {
     let text = variant("default = \"unknown\"", "default = 7");
-    assert_problem(
-        &text,
-        "schema.columns[2].default",
-        "7",
-        "a value of type string",
-    );
+    assert_problem(&text, "schema.columns[2].default", "7", "a value of type string");
 }
 
 #[test]
 fn timestamp_options_on_other_columns_are_refused() {
     let text = variant("type = \"int32\"", "type = \"int32\"\nunit = \"s\"");
-    assert_problem(
-        &text,
-        "schema.columns[3].unit",
-        "column of type int32",
-        "only on timestamp columns",
-    );
+    assert_problem(&text, "schema.columns[3].unit", "column of type int32", "only on timestamp columns");
 }
 
 #[test]
 fn several_problems_are_all_reported() {
-    let text = variant("rows = 100000", "rows = 0")
-        .replace("sorted = [\"user_id\"]", "sorted = [\"a\", \"b\"]");
+    let text = variant("rows = 100000", "rows = 0").replace("sorted = [\"user_id\"]", "sorted = [\"a\", \"b\"]");
     let error = parse(&text).unwrap_err();
     let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
-    for expected in [
-        "flush.rows",
-        "indexes.sorted",
-        "indexes.sorted[0]",
-        "indexes.sorted[1]",
-    ] {
-        assert!(
-            fields.contains(&expected),
-            "{expected} missing from {fields:?}"
-        );
+    for expected in ["flush.rows", "indexes.sorted", "indexes.sorted[0]", "indexes.sorted[1]"] {
+        assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
     }
     assert_eq!(error.to_string().lines().count(), error.problems().len());
 }
 
 #[test]
 fn table_names_must_be_identifiers() {
-    assert_problem(
-        &variant("table = \"clicks\"", "table = \"Click Stream\""),
-        "table",
-        "Click Stream",
-        "lower-case",
-    );
-    assert_problem(
-        &variant("table = \"clicks\"", "table = \"a__b\""),
-        "table",
-        "a__b",
-        "without `__`",
-    );
+    assert_problem(&variant("table = \"clicks\"", "table = \"Click Stream\""), "table", "Click Stream", "lower-case");
+    assert_problem(&variant("table = \"clicks\"", "table = \"a__b\""), "table", "a__b", "without `__`");
 }
 
 const WORKER: &str = r#"
@@ -436,10 +301,7 @@ fn worker_file_parses() {
         other => panic!("{other:?}"),
     }
     let embedded = worker(&WORKER.replace("zk1:2181,zk2:2181,zk3:2181", "embedded")).unwrap();
-    assert_eq!(
-        embedded.coordinator.endpoint().unwrap(),
-        sluice_config::CoordinatorEndpoint::Embedded
-    );
+    assert_eq!(embedded.coordinator.endpoint().unwrap(), sluice_config::CoordinatorEndpoint::Embedded);
 }
 
 #[test]
@@ -458,11 +320,9 @@ fn worker_rules() {
     assert_eq!(error.problems()[0].field, "coordinator.root");
     let error = worker(&WORKER.replace("\"10s\"", "\"100ms\"")).unwrap_err();
     assert_eq!(error.problems()[0].field, "coordinator.session_timeout");
-    let error =
-        worker(&WORKER.replace("from_coordinator = true", "from_coordinator = false")).unwrap_err();
+    let error = worker(&WORKER.replace("from_coordinator = true", "from_coordinator = false")).unwrap_err();
     assert_eq!(error.problems()[0].field, "pipelines");
-    let error =
-        worker(&WORKER.replace("listen = \"0.0.0.0:9100\"", "listen = \"nowhere\"")).unwrap_err();
+    let error = worker(&WORKER.replace("listen = \"0.0.0.0:9100\"", "listen = \"nowhere\"")).unwrap_err();
     assert_eq!(error.problems()[0].field, "http.listen", "{error}");
 }
 
@@ -489,12 +349,9 @@ memory = "1GiB"
     )
     .unwrap_err();
     assert_eq!(error.problems()[0].field, "limits.max_concurrent_queries");
-    let error = parse_query_node(
-        &text.replace("memory = \"1GiB\"", "memroy = \"1GiB\""),
-        Path::new("query.toml"),
-        &env,
-    )
-    .unwrap_err();
+    let error =
+        parse_query_node(&text.replace("memory = \"1GiB\"", "memroy = \"1GiB\""), Path::new("query.toml"), &env)
+            .unwrap_err();
     assert_eq!(error.problems()[0].field, "limits.memroy", "{error}");
 }
 
