@@ -1,0 +1,295 @@
+//! The consuming segment: rows of one partition being appended, with live
+//! statistics and indexes, until the segment is sealed.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use roaring::RoaringBitmap;
+use sluice_config::ColumnType;
+
+use crate::builder::ColumnBuilder;
+use crate::error::{RowError, SegmentError};
+use crate::predicate::{self, Columns, Predicate, StatsSource};
+use crate::schema::SegmentSchema;
+use crate::stats::{ColumnStats, LiveStats};
+use crate::types::{Datum, Key};
+
+/// Rows between two exact recomputations of the live indexes' memory.
+const INDEX_MEMORY_RECOUNT_ROWS: u64 = 65_536;
+/// Estimated index growth per indexed row between recounts (a u16 in a
+/// roaring array container).
+const INDEX_BYTES_PER_ROW: usize = 2;
+/// Estimated cost of a BTreeMap entry beyond key and bitmap contents.
+const INDEX_ENTRY_OVERHEAD: usize = std::mem::size_of::<Key>() + std::mem::size_of::<RoaringBitmap>() + 16;
+
+/// Value → rows, ordered, so that it answers equality and ranges.
+type LiveIndex = BTreeMap<Key, RoaringBitmap>;
+
+pub struct ConsumingSegment {
+    schema: Arc<SegmentSchema>,
+    partition: i32,
+    start_offset: i64,
+    /// Last offset consumed into this segment, as a row or skipped.
+    last_offset: Option<i64>,
+    columns: Vec<ColumnBuilder>,
+    offsets: Vec<i64>,
+    live: Vec<Option<LiveIndex>>,
+    stats: Vec<LiveStats>,
+    index_bytes_counted: usize,
+    rows_since_recount: u64,
+}
+
+impl ConsumingSegment {
+    /// An empty segment of `partition` whose first record is at `start_offset`
+    /// (the partition checkpoint's next offset).
+    pub fn new(schema: Arc<SegmentSchema>, partition: i32, start_offset: i64) -> Self {
+        let columns = schema.columns.iter().map(|c| ColumnBuilder::new(c.data_type, c.arrow_type())).collect();
+        let live = (0..schema.columns.len()).map(|i| schema.live_indexed(i).then(LiveIndex::new)).collect();
+        let stats = vec![LiveStats::default(); schema.columns.len()];
+        Self {
+            schema,
+            partition,
+            start_offset,
+            last_offset: None,
+            columns,
+            offsets: Vec::new(),
+            live,
+            stats,
+            index_bytes_counted: 0,
+            rows_since_recount: 0,
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<SegmentSchema> {
+        &self.schema
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn start_offset(&self) -> i64 {
+        self.start_offset
+    }
+
+    /// Last offset consumed (appended or skipped), if any.
+    pub fn last_offset(&self) -> Option<i64> {
+        self.last_offset
+    }
+
+    /// The offset the partition's checkpoint moves to once this segment is
+    /// committed.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset.map_or(self.start_offset, |o| o + 1)
+    }
+
+    /// Offset of the first row appended, if any.
+    pub fn first_row_offset(&self) -> Option<i64> {
+        self.offsets.first().copied()
+    }
+
+    pub fn row_count(&self) -> u32 {
+        self.offsets.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    fn check_offset(&self, offset: i64) -> Result<(), RowError> {
+        let last = self.last_offset.unwrap_or(self.start_offset - 1);
+        if offset <= last {
+            return Err(RowError::OffsetNotIncreasing { offset, last });
+        }
+        Ok(())
+    }
+
+    /// Appends the record at `offset` as a row. On error nothing changes and
+    /// the segment keeps accepting rows; the caller decides what a bad
+    /// record means (skip it with [`ConsumingSegment::skip`], dead-letter it, fail).
+    pub fn append(&mut self, offset: i64, row: &[Datum<'_>]) -> Result<(), RowError> {
+        self.check_offset(offset)?;
+        if row.len() != self.columns.len() {
+            return Err(RowError::Arity { expected: self.columns.len(), found: row.len() });
+        }
+        if self.offsets.len() >= u32::MAX as usize {
+            return Err(RowError::SegmentFull { max: u32::MAX });
+        }
+        for ((datum, builder), spec) in row.iter().zip(&self.columns).zip(&self.schema.columns) {
+            if matches!(datum, Datum::Null) && !spec.nullable {
+                return Err(RowError::NullInRequired { column: spec.name.clone() });
+            }
+            builder.accepts(datum).map_err(|found| match found {
+                "full" => RowError::ColumnFull { column: spec.name.clone() },
+                found => RowError::TypeMismatch { column: spec.name.clone(), expected: spec.data_type, found },
+            })?;
+        }
+        let row_id = self.offsets.len() as u32;
+        for (i, datum) in row.iter().enumerate() {
+            self.columns[i].push(datum);
+            if let Some(key) = Key::of(datum) {
+                if let Some(index) = &mut self.live[i] {
+                    match index.get_mut(&key) {
+                        Some(rows) => {
+                            rows.insert(row_id);
+                        }
+                        None => {
+                            self.index_bytes_counted += INDEX_ENTRY_OVERHEAD + key.heap_size();
+                            let mut rows = RoaringBitmap::new();
+                            rows.insert(row_id);
+                            index.insert(key.clone(), rows);
+                        }
+                    }
+                }
+                self.stats[i].observe(&key);
+            }
+        }
+        self.offsets.push(offset);
+        self.last_offset = Some(offset);
+        self.rows_since_recount += 1;
+        if self.rows_since_recount >= INDEX_MEMORY_RECOUNT_ROWS {
+            self.recount_index_memory();
+        }
+        Ok(())
+    }
+
+    /// Records that `offset` was consumed without producing a row (a bad
+    /// record), so the checkpoint moves past it when this segment commits.
+    pub fn skip(&mut self, offset: i64) -> Result<(), RowError> {
+        self.check_offset(offset)?;
+        self.last_offset = Some(offset);
+        Ok(())
+    }
+
+    fn recount_index_memory(&mut self) {
+        self.index_bytes_counted = self
+            .live
+            .iter()
+            .flatten()
+            .flat_map(|index| index.iter())
+            .map(|(key, rows)| INDEX_ENTRY_OVERHEAD + key.heap_size() + rows.serialized_size())
+            .sum();
+        self.rows_since_recount = 0;
+    }
+
+    fn indexed_columns(&self) -> usize {
+        self.live.iter().filter(|l| l.is_some()).count()
+    }
+
+    /// Bytes of memory this segment holds: column buffers as allocated, row
+    /// offsets, and the live indexes.
+    pub fn memory_bytes(&self) -> usize {
+        let columns: usize = self.columns.iter().map(ColumnBuilder::allocated_bytes).sum();
+        let estimate = self.rows_since_recount as usize * INDEX_BYTES_PER_ROW * self.indexed_columns();
+        columns + self.offsets.capacity() * 8 + self.index_bytes_counted + estimate
+    }
+
+    /// Exact bytes of the live indexes now (walks every bitmap).
+    pub fn index_memory_bytes(&mut self) -> usize {
+        self.recount_index_memory();
+        self.index_bytes_counted
+    }
+
+    /// Statistics of column `column` so far (no distinct count).
+    pub fn column_stats(&self, column: usize) -> ColumnStats {
+        let spec = &self.schema.columns[column];
+        self.stats[column].to_stats(spec.data_type, self.columns[column].null_count() as u64)
+    }
+
+    /// The rows so far as Arrow arrays (copies), with the offset column last.
+    pub fn arrays(&self) -> Vec<ArrayRef> {
+        let mut arrays: Vec<ArrayRef> = self.columns.iter().map(ColumnBuilder::to_array).collect();
+        arrays.push(Arc::new(Int64Array::from(self.offsets.clone())));
+        arrays
+    }
+
+    /// All rows so far, in append order.
+    pub fn to_record_batch(&self) -> Result<RecordBatch, SegmentError> {
+        Ok(RecordBatch::try_new(self.schema.arrow_schema(), self.arrays())?)
+    }
+
+    /// Rows of the segment for which `predicate` is TRUE.
+    pub fn evaluate(&self, predicate: &Predicate) -> Result<RoaringBitmap, SegmentError> {
+        predicate::evaluate(self, predicate)
+    }
+
+    /// False when no row can satisfy `predicate`, judged from statistics only.
+    pub fn can_match(&self, predicate: &Predicate) -> bool {
+        let stats: Vec<ColumnStats> = (0..self.columns.len()).map(|i| self.column_stats(i)).collect();
+        predicate::can_match(&LiveStatsSource { segment: self, stats }, predicate)
+    }
+
+    /// The selected rows of the projected columns (by name; the offset column
+    /// is `__offset`).
+    pub fn materialize(&self, rows: &RoaringBitmap, projection: &[&str]) -> Result<RecordBatch, SegmentError> {
+        crate::sealed::take_rows(&self.schema.arrow_schema(), &self.arrays(), rows, projection)
+    }
+}
+
+impl Columns for ConsumingSegment {
+    fn num_rows(&self) -> u32 {
+        self.row_count()
+    }
+
+    fn resolve(&self, column: &str) -> Option<(usize, ColumnType)> {
+        let i = self.schema.column_index(column)?;
+        Some((i, self.schema.columns[i].data_type))
+    }
+
+    fn array(&self, column: usize) -> Result<ArrayRef, SegmentError> {
+        Ok(self.columns[column].to_array())
+    }
+
+    fn lookup_eq(&self, column: usize, key: &Key) -> Result<Option<RoaringBitmap>, SegmentError> {
+        Ok(self.live[column].as_ref().map(|index| index.get(key).cloned().unwrap_or_default()))
+    }
+
+    fn lookup_range(
+        &self,
+        column: usize,
+        low: Bound<&Key>,
+        high: Bound<&Key>,
+    ) -> Result<Option<RoaringBitmap>, SegmentError> {
+        let Some(index) = &self.live[column] else { return Ok(None) };
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) = (low, high)
+            && (l > h || (l == h && !(matches!(low, Bound::Included(_)) && matches!(high, Bound::Included(_)))))
+        {
+            return Ok(Some(RoaringBitmap::new()));
+        }
+        let mut rows = RoaringBitmap::new();
+        for (_, bitmap) in index.range::<Key, _>((low, high)) {
+            rows |= bitmap;
+        }
+        Ok(Some(rows))
+    }
+
+    fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError> {
+        let builder = &self.columns[column];
+        if builder.null_count() == 0 {
+            return Ok(RoaringBitmap::new());
+        }
+        Ok((0..builder.len()).filter(|&r| !builder.is_valid(r)).map(|r| r as u32).collect())
+    }
+}
+
+struct LiveStatsSource<'a> {
+    segment: &'a ConsumingSegment,
+    stats: Vec<ColumnStats>,
+}
+
+impl StatsSource for LiveStatsSource<'_> {
+    fn row_count(&self) -> u64 {
+        u64::from(self.segment.row_count())
+    }
+
+    fn column_stats(&self, column: &str) -> Option<(ColumnType, &ColumnStats)> {
+        let i = self.segment.schema.column_index(column)?;
+        Some((self.segment.schema.columns[i].data_type, &self.stats[i]))
+    }
+
+    fn may_contain(&self, _column: &str, _key: &Key) -> bool {
+        true
+    }
+}

@@ -1,0 +1,39 @@
+//! sluice's columnar core: the consuming segment rows are appended to, the
+//! immutable segment file it is sealed into, their indexes, and predicate
+//! evaluation to roaring bitmaps. No network, no ZooKeeper.
+//!
+//! Invariants:
+//! - A failed append changes nothing: every value of a row is checked before
+//!   any is written, so a bad record never leaves a partial row behind.
+//! - Offsets only grow within a segment, and a segment covers exactly the
+//!   offsets from its start offset to its last consumed offset (rows and
+//!   skipped records alike), which is what the checkpoint advances by.
+//! - Index, scan and pruning share one total order of values (see [`types`]),
+//!   and every index answers exactly what a scan answers, NULLs included: the
+//!   choice of access path never changes a result.
+//! - A segment file is verified (every byte under a CRC32C, magic, version)
+//!   before any of it is interpreted; a corrupt file is an error naming the
+//!   file and the section, never a panic and never wrong rows.
+//! - A sealed segment is immutable: its file is written under a temporary
+//!   name and renamed into place, then only ever memory-mapped for reading.
+
+mod builder;
+mod consuming;
+mod error;
+mod format;
+mod index;
+mod predicate;
+mod schema;
+mod sealed;
+mod stats;
+pub mod types;
+
+pub use consuming::ConsumingSegment;
+pub use error::{RowError, Section, SegmentError};
+pub use format::{FORMAT_VERSION, MAGIC};
+pub use index::IndexKind;
+pub use predicate::{CmpOp, Predicate};
+pub use schema::{ColumnSpec, SegmentSchema};
+pub use sealed::{ColumnMeta, Encoding, IndexMeta, Segment, SegmentImage, SegmentMeta, seal};
+pub use stats::ColumnStats;
+pub use types::{Datum, Key, OFFSET_COLUMN, Scalar};

@@ -1,0 +1,604 @@
+//! Sealing a consuming segment, and the immutable segment read from a file.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
+use arrow::buffer::Buffer;
+use arrow::compute::{SortColumn, SortOptions, cast, lexsort_to_indices, sort_to_indices, take};
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit as ArrowTimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
+use arrow::ipc::reader::FileDecoder;
+use arrow::ipc::writer::FileWriter;
+use arrow::ipc::{convert::fb_to_schema, reader::read_footer_length, root_as_footer};
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use sluice_config::ColumnType;
+
+use crate::consuming::ConsumingSegment;
+use crate::error::{Section, SegmentError};
+use crate::format::{self, FORMAT_VERSION};
+use crate::index::{self, IndexEntry, IndexKind, Inverted, SectionWriter};
+use crate::predicate::{self, Columns, Predicate, StatsSource};
+use crate::schema::SegmentSchema;
+use crate::stats::ColumnStats;
+use crate::types::{Key, OFFSET_COLUMN, f32_order_bits, f64_order_bits};
+
+/// How a column's values are stored in the data section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Plain,
+    /// Int32 keys into a sorted dictionary of the distinct values.
+    Dictionary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnMeta {
+    pub name: String,
+    pub encoding: Encoding,
+    pub stats: ColumnStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexMeta {
+    pub column: String,
+    pub kind: IndexKind,
+}
+
+/// Everything known about a sealed segment without reading its data: what
+/// the catalog stores and what pruning decides from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub format_version: u32,
+    pub name: String,
+    pub schema: SegmentSchema,
+    pub partition: i32,
+    /// First offset the segment covers (the checkpoint it started from).
+    pub start_offset: i64,
+    /// Last offset it covers (inclusive); the checkpoint moves to `end + 1`.
+    pub end_offset: i64,
+    pub row_count: u64,
+    /// Min and max of the time column, in its unit.
+    pub time_range: Option<(i64, i64)>,
+    pub created_at_ms: i64,
+    pub columns: Vec<ColumnMeta>,
+    pub indexes: Vec<IndexMeta>,
+}
+
+impl SegmentMeta {
+    pub fn column_stats(&self, name: &str) -> Option<&ColumnStats> {
+        self.columns.iter().find(|c| c.name == name).map(|c| &c.stats)
+    }
+}
+
+/// A sealed segment as bytes, ready to be written or opened.
+pub struct SegmentImage {
+    pub bytes: Vec<u8>,
+    pub meta: SegmentMeta,
+}
+
+impl SegmentImage {
+    /// Writes the image to `path` atomically: a temporary file in the same
+    /// directory, fsync, rename, fsync of the directory.
+    pub fn write_file(&self, path: &Path) -> Result<(), SegmentError> {
+        let io = |source| SegmentError::Io { file: path.display().to_string(), source };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&self.bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The segment these bytes describe, read from memory.
+    pub fn open(self) -> Result<Segment, SegmentError> {
+        Segment::from_buffer(&self.meta.name.clone(), Buffer::from_vec(self.bytes))
+    }
+}
+
+/// Seals `segment` into an immutable segment image called `name`.
+pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Result<SegmentImage, SegmentError> {
+    let schema = segment.schema().clone();
+    let end_offset = segment
+        .last_offset()
+        .ok_or_else(|| SegmentError::Predicate("cannot seal a segment that consumed nothing".into()))?;
+    let mut arrays = segment.arrays();
+    if let Some(sorted) = schema.sorted {
+        let options = Some(SortOptions { descending: false, nulls_first: true });
+        let order = lexsort_to_indices(
+            &[
+                SortColumn { values: arrays[sorted].clone(), options },
+                SortColumn { values: arrays[arrays.len() - 1].clone(), options },
+            ],
+            None,
+        )?;
+        arrays = arrays.iter().map(|a| take(a.as_ref(), &order, None)).collect::<Result<_, _>>()?;
+    }
+    let rows = segment.row_count();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut physical: Vec<ArrayRef> = Vec::new();
+    let mut columns = Vec::new();
+    let mut index_meta = Vec::new();
+    let mut section = SectionWriter::default();
+    for (i, spec) in schema.columns.iter().enumerate() {
+        let array = &arrays[i];
+        let wants_groups =
+            schema.inverted.contains(&i) || schema.bloom.contains(&i) || spec.data_type == ColumnType::String;
+        let groups = if wants_groups { group_rows(array.as_ref())? } else { Vec::new() };
+        let distinct = if wants_groups { groups.len() as u64 } else { count_distinct(array.as_ref())? };
+        let mut encoding = Encoding::Plain;
+        let mut stored = array.clone();
+        if spec.data_type == ColumnType::String && dictionary_is_smaller(array.as_string::<i32>(), &groups) {
+            stored = dictionary_encode(array.as_ref(), &groups)?;
+            encoding = Encoding::Dictionary;
+        }
+        fields.push(Field::new(&spec.name, stored.data_type().clone(), spec.nullable));
+        physical.push(stored);
+        let mut stats = segment.column_stats(i);
+        stats.distinct_count = Some(distinct);
+        columns.push(ColumnMeta { name: spec.name.clone(), encoding, stats });
+        let mut add = |kind: IndexKind, payload: Option<Vec<u8>>| {
+            if let Some(payload) = payload {
+                section.add(kind, i, payload);
+            }
+            index_meta.push(IndexMeta { column: spec.name.clone(), kind });
+        };
+        if schema.sorted == Some(i) {
+            add(IndexKind::Sorted, None);
+        }
+        if schema.inverted.contains(&i) {
+            add(IndexKind::Inverted, Some(index::encode_inverted(&groups)));
+        }
+        if schema.range.contains(&i) && schema.sorted != Some(i) {
+            let options = SortOptions { descending: false, nulls_first: true };
+            let order = sort_to_indices(array.as_ref(), Some(options), None)?;
+            let nulls = array.null_count();
+            let mut ids: Vec<u32> = order.values()[nulls..].to_vec();
+            stable_ties(&mut ids, array.as_ref());
+            add(IndexKind::Range, Some(index::encode_range(&ids)));
+        }
+        if schema.bloom.contains(&i) {
+            add(IndexKind::Bloom, Some(index::encode_bloom(groups.iter().map(|(k, _)| k))));
+        }
+    }
+    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+    physical.push(arrays[arrays.len() - 1].clone());
+    let physical_schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(physical_schema.clone(), physical)?;
+    let mut writer = FileWriter::try_new(Vec::new(), &physical_schema)?;
+    writer.write(&batch)?;
+    writer.finish()?;
+    let data = writer.into_inner()?;
+
+    let time_range =
+        columns[schema.time_column].stats.key_range(ColumnType::Timestamp).and_then(|(lo, hi)| match (lo, hi) {
+            (Key::Int(lo), Key::Int(hi)) => Some((lo, hi)),
+            _ => None,
+        });
+    let meta = SegmentMeta {
+        format_version: FORMAT_VERSION,
+        name: name.to_string(),
+        schema: (*schema).clone(),
+        partition: segment.partition(),
+        start_offset: segment.start_offset(),
+        end_offset,
+        row_count: u64::from(rows),
+        time_range,
+        created_at_ms,
+        columns,
+        indexes: index_meta,
+    };
+    let metadata = serde_json::to_vec(&meta).map_err(|e| SegmentError::Predicate(format!("metadata: {e}")))?;
+    let bytes = format::assemble(&data, &section.finish(), &metadata);
+    Ok(SegmentImage { bytes, meta })
+}
+
+/// Orders ids of equal values by row id, so the range index is deterministic.
+fn stable_ties(ids: &mut [u32], array: &dyn Array) {
+    let mut start = 0;
+    while start < ids.len() {
+        let mut end = start + 1;
+        while end < ids.len() && cmp_rows(array, ids[start] as usize, ids[end] as usize) == Ordering::Equal {
+            end += 1;
+        }
+        ids[start..end].sort_unstable();
+        start = end;
+    }
+}
+
+fn cmp_rows(array: &dyn Array, a: usize, b: usize) -> Ordering {
+    match key_at(array, b) {
+        Some(kb) => cmp_at(array, a, &kb),
+        None => Ordering::Equal,
+    }
+}
+
+fn dictionary_is_smaller(array: &StringArray, groups: &[(Key, RoaringBitmap)]) -> bool {
+    let distinct_bytes: usize = groups.iter().map(|(k, _)| k.heap_size()).sum();
+    let dictionary = distinct_bytes + 4 * (groups.len() + 1) + 4 * array.len();
+    let plain = array.value_data().len() + 4 * (array.len() + 1);
+    dictionary < plain
+}
+
+fn dictionary_encode(array: &dyn Array, groups: &[(Key, RoaringBitmap)]) -> Result<ArrayRef, SegmentError> {
+    let mut keys = vec![0i32; array.len()];
+    for (i, (_, rows)) in groups.iter().enumerate() {
+        for row in rows {
+            keys[row as usize] = i as i32;
+        }
+    }
+    let keys = Int32Array::new(keys.into(), array.nulls().cloned());
+    let values: StringArray =
+        groups.iter().map(|(k, _)| if let Key::Str(s) = k { Some(s.as_ref()) } else { None }).collect();
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))?))
+}
+
+/// Distinct non-null values with their rows, in key order.
+fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentError> {
+    fn collect<K: std::hash::Hash + Eq>(
+        len: usize,
+        valid: impl Fn(usize) -> bool,
+        value: impl Fn(usize) -> K,
+        key: impl Fn(K) -> Key,
+    ) -> Vec<(Key, RoaringBitmap)> {
+        let mut groups: HashMap<K, RoaringBitmap> = HashMap::new();
+        for row in (0..len).filter(|r| valid(*r)) {
+            groups.entry(value(row)).or_default().insert(row as u32);
+        }
+        let mut out: Vec<(Key, RoaringBitmap)> = groups.into_iter().map(|(k, rows)| (key(k), rows)).collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+    let len = array.len();
+    let valid = |r: usize| array.is_valid(r);
+    Ok(match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            collect(len, valid, |r| a.value(r), |s| Key::Str(s.into()))
+        }
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            collect(len, valid, |r| a.value(r), Key::Bool)
+        }
+        DataType::Int32 => {
+            let a = array.as_primitive::<Int32Type>();
+            collect(len, valid, |r| a.value(r), |v| Key::Int(i64::from(v)))
+        }
+        DataType::Int64 | DataType::Timestamp(..) => {
+            let a = int64_values(array);
+            collect(len, valid, |r| a[r], Key::Int)
+        }
+        DataType::Float32 => {
+            let a = array.as_primitive::<Float32Type>();
+            collect(len, valid, |r| f32_order_bits(a.value(r)), Key::Float)
+        }
+        DataType::Float64 => {
+            let a = array.as_primitive::<Float64Type>();
+            collect(len, valid, |r| f64_order_bits(a.value(r)), Key::Float)
+        }
+        other => return Err(SegmentError::Predicate(format!("unsupported column type {other}"))),
+    })
+}
+
+fn count_distinct(array: &dyn Array) -> Result<u64, SegmentError> {
+    Ok(group_rows(array)?.len() as u64)
+}
+
+/// The i64 values of an Int64 or timestamp array.
+fn int64_values(array: &dyn Array) -> &[i64] {
+    match array.data_type() {
+        DataType::Timestamp(ArrowTimeUnit::Second, _) => array.as_primitive::<TimestampSecondType>().values(),
+        DataType::Timestamp(ArrowTimeUnit::Millisecond, _) => array.as_primitive::<TimestampMillisecondType>().values(),
+        DataType::Timestamp(ArrowTimeUnit::Microsecond, _) => array.as_primitive::<TimestampMicrosecondType>().values(),
+        DataType::Timestamp(ArrowTimeUnit::Nanosecond, _) => array.as_primitive::<TimestampNanosecondType>().values(),
+        _ => array.as_primitive::<Int64Type>().values(),
+    }
+}
+
+/// The key of a non-null row (None for NULL).
+fn key_at(array: &dyn Array, row: usize) -> Option<Key> {
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::Utf8 => Key::Str(array.as_string::<i32>().value(row).into()),
+        DataType::Dictionary(..) => {
+            let dict = array.as_dictionary::<Int32Type>();
+            let k = dict.keys().value(row) as usize;
+            Key::Str(dict.values().as_string::<i32>().value(k).into())
+        }
+        DataType::Boolean => Key::Bool(array.as_boolean().value(row)),
+        DataType::Int32 => Key::Int(i64::from(array.as_primitive::<Int32Type>().value(row))),
+        DataType::Float32 => Key::Float(f32_order_bits(array.as_primitive::<Float32Type>().value(row))),
+        DataType::Float64 => Key::Float(f64_order_bits(array.as_primitive::<Float64Type>().value(row))),
+        _ => Key::Int(int64_values(array)[row]),
+    })
+}
+
+/// Compares a non-null row's value with `key` without allocating.
+fn cmp_at(array: &dyn Array, row: usize, key: &Key) -> Ordering {
+    match (array.data_type(), key) {
+        (DataType::Utf8, Key::Str(s)) => array.as_string::<i32>().value(row).as_bytes().cmp(s.as_bytes()),
+        (DataType::Dictionary(..), Key::Str(s)) => {
+            let dict = array.as_dictionary::<Int32Type>();
+            let k = dict.keys().value(row) as usize;
+            dict.values().as_string::<i32>().value(k).as_bytes().cmp(s.as_bytes())
+        }
+        _ => key_at(array, row).map_or(Ordering::Less, |k| k.cmp(key)),
+    }
+}
+
+/// An immutable segment read from a file (memory-mapped) or from memory.
+pub struct Segment {
+    file: String,
+    bytes: Buffer,
+    meta: SegmentMeta,
+    batch: RecordBatch,
+    index_range: std::ops::Range<usize>,
+    indexes: Vec<IndexEntry>,
+    logical_schema: SchemaRef,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("file", &self.file).field("rows", &self.meta.row_count).finish()
+    }
+}
+
+impl Segment {
+    /// Memory-maps and verifies a segment file.
+    pub fn open(path: &Path) -> Result<Segment, SegmentError> {
+        let name = path.display().to_string();
+        let io = |source| SegmentError::Io { file: name.clone(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: segment files are immutable once renamed into place; nothing
+        // writes to a file after it has been published.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let buffer = Buffer::from(bytes::Bytes::from_owner(mmap));
+        Segment::from_buffer(&name, buffer)
+    }
+
+    /// Verifies and reads a segment held in `bytes`; `file` names it in errors.
+    pub fn from_buffer(file: &str, bytes: Buffer) -> Result<Segment, SegmentError> {
+        let layout = format::verify(file, bytes.as_slice())?;
+        let meta: SegmentMeta = serde_json::from_slice(&bytes.as_slice()[layout.metadata.clone()])
+            .map_err(|e| SegmentError::corrupt(file, Section::Metadata, format!("malformed: {e}")))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(SegmentError::UnsupportedVersion {
+                file: file.to_string(),
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let columns = meta.schema.columns.len();
+        let indexes = index::parse_directory(&bytes.as_slice()[layout.index.clone()], columns)
+            .map_err(|e| SegmentError::corrupt(file, Section::Index, e))?;
+        let data = bytes.slice_with_length(layout.data.start, layout.data.len());
+        let batch = read_ipc(&data).map_err(|e| SegmentError::corrupt(file, Section::Data, e))?;
+        if batch.num_rows() as u64 != meta.row_count || batch.num_columns() != columns + 1 {
+            return Err(SegmentError::corrupt(file, Section::Data, "row or column count disagrees with the metadata"));
+        }
+        let logical_schema = meta.schema.arrow_schema();
+        Ok(Segment { file: file.to_string(), bytes, meta, batch, index_range: layout.index, indexes, logical_schema })
+    }
+
+    pub fn meta(&self) -> &SegmentMeta {
+        &self.meta
+    }
+
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub fn num_rows(&self) -> u32 {
+        self.batch.num_rows() as u32
+    }
+
+    /// Bytes of the file (mapped, not necessarily resident).
+    pub fn size_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The table's logical schema (dictionary columns as plain strings),
+    /// with the offset column last.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.logical_schema
+    }
+
+    /// Rows of the segment for which `predicate` is TRUE.
+    pub fn evaluate(&self, predicate: &Predicate) -> Result<RoaringBitmap, SegmentError> {
+        predicate::evaluate(self, predicate)
+    }
+
+    /// False when no row can satisfy `predicate`, from metadata and bloom
+    /// filters only.
+    pub fn can_match(&self, predicate: &Predicate) -> bool {
+        predicate::can_match(self, predicate)
+    }
+
+    /// The selected rows of the projected columns, in logical types.
+    pub fn materialize(&self, rows: &RoaringBitmap, projection: &[&str]) -> Result<RecordBatch, SegmentError> {
+        take_rows(&self.logical_schema, self.batch.columns(), rows, projection)
+    }
+
+    /// Every row, in logical types.
+    pub fn to_record_batch(&self) -> Result<RecordBatch, SegmentError> {
+        let names: Vec<&str> = self.logical_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let mut all = RoaringBitmap::new();
+        all.insert_range(0..self.num_rows());
+        self.materialize(&all, &names)
+    }
+
+    fn index(&self, column: usize, kind: IndexKind) -> Option<&IndexEntry> {
+        self.indexes.iter().find(|e| e.column == column && e.kind == kind)
+    }
+
+    fn payload(&self, entry: &IndexEntry) -> &[u8] {
+        let section = &self.bytes.as_slice()[self.index_range.clone()];
+        &section[entry.payload.clone()]
+    }
+
+    fn is_sorted_by(&self, column: usize) -> bool {
+        self.meta.schema.sorted == Some(column)
+    }
+
+    fn corrupt_index(&self, reason: String) -> SegmentError {
+        SegmentError::corrupt(&self.file, Section::Index, reason)
+    }
+}
+
+fn read_ipc(data: &Buffer) -> Result<RecordBatch, String> {
+    let bytes = data.as_slice();
+    if bytes.len() < 10 {
+        return Err("Arrow IPC data too short".into());
+    }
+    let trailer = bytes.len() - 10;
+    let footer_len = read_footer_length(bytes[trailer..].try_into().expect("10 bytes")).map_err(|e| e.to_string())?;
+    let footer_start = trailer.checked_sub(footer_len).ok_or("Arrow IPC footer out of bounds")?;
+    let footer = root_as_footer(&bytes[footer_start..trailer]).map_err(|e| e.to_string())?;
+    let schema = fb_to_schema(footer.schema().ok_or("Arrow IPC footer without schema")?);
+    // SAFETY: the section passed its CRC32C, so these are the bytes our
+    // writer produced from valid arrays; re-validating would cost a pass over
+    // all the data on every load.
+    let mut decoder = unsafe { FileDecoder::new(Arc::new(schema), footer.version()).with_skip_validation(true) };
+    let block_slice = |block: &arrow::ipc::Block| -> Result<Buffer, String> {
+        let start = usize::try_from(block.offset()).map_err(|e| e.to_string())?;
+        let len = block.metaDataLength() as usize + block.bodyLength() as usize;
+        if start.checked_add(len).is_none_or(|end| end > bytes.len()) {
+            return Err("Arrow IPC block out of bounds".into());
+        }
+        Ok(data.slice_with_length(start, len))
+    };
+    for block in footer.dictionaries().iter().flatten() {
+        decoder.read_dictionary(block, &block_slice(block)?).map_err(|e| e.to_string())?;
+    }
+    let blocks = footer.recordBatches().ok_or("Arrow IPC file without record batches")?;
+    if blocks.len() != 1 {
+        return Err(format!("expected one record batch, found {}", blocks.len()));
+    }
+    let block = blocks.get(0);
+    decoder
+        .read_record_batch(block, &block_slice(block)?)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "empty Arrow IPC message".to_string())
+}
+
+/// Selected rows of projected columns, converted to the logical schema.
+pub(crate) fn take_rows(
+    logical: &SchemaRef,
+    arrays: &[ArrayRef],
+    rows: &RoaringBitmap,
+    projection: &[&str],
+) -> Result<RecordBatch, SegmentError> {
+    let indices = UInt32Array::from_iter_values(rows.iter());
+    let mut fields = Vec::with_capacity(projection.len());
+    let mut columns = Vec::with_capacity(projection.len());
+    for name in projection {
+        let (i, field) = logical
+            .column_with_name(name)
+            .ok_or_else(|| SegmentError::Predicate(format!("unknown column `{name}`")))?;
+        let mut column = take(arrays[i].as_ref(), &indices, None)?;
+        if column.data_type() != field.data_type() {
+            column = cast(&column, field.data_type())?;
+        }
+        fields.push(field.clone());
+        columns.push(column);
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
+    Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?)
+}
+
+impl Columns for Segment {
+    fn num_rows(&self) -> u32 {
+        self.num_rows()
+    }
+
+    fn resolve(&self, column: &str) -> Option<(usize, ColumnType)> {
+        let i = self.meta.schema.column_index(column)?;
+        Some((i, self.meta.schema.columns[i].data_type))
+    }
+
+    fn array(&self, column: usize) -> Result<ArrayRef, SegmentError> {
+        Ok(self.batch.column(column).clone())
+    }
+
+    fn lookup_eq(&self, column: usize, key: &Key) -> Result<Option<RoaringBitmap>, SegmentError> {
+        self.lookup_range(column, Bound::Included(key), Bound::Included(key))
+    }
+
+    fn lookup_range(
+        &self,
+        column: usize,
+        low: Bound<&Key>,
+        high: Bound<&Key>,
+    ) -> Result<Option<RoaringBitmap>, SegmentError> {
+        let array = self.batch.column(column).as_ref();
+        if self.is_sorted_by(column) {
+            // NULLs sort first; the non-null rows are ordered by value.
+            let nulls = array.null_count();
+            let range = index::bounds_range(array.len() - nulls, |i, k| Ok(cmp_at(array, nulls + i, k)), low, high)
+                .map_err(|e| self.corrupt_index(e))?;
+            let mut rows = RoaringBitmap::new();
+            rows.insert_range((nulls + range.start) as u32..(nulls + range.end) as u32);
+            return Ok(Some(rows));
+        }
+        if let Some(entry) = self.index(column, IndexKind::Inverted) {
+            let inverted = Inverted::parse(self.payload(entry)).map_err(|e| self.corrupt_index(e))?;
+            return inverted.rows_in(low, high).map(Some).map_err(|e| self.corrupt_index(e));
+        }
+        if let Some(entry) = self.index(column, IndexKind::Range) {
+            let rows = index::range_rows(
+                self.payload(entry),
+                self.num_rows(),
+                |row, k| cmp_at(array, row as usize, k),
+                low,
+                high,
+            )
+            .map_err(|e| self.corrupt_index(e))?;
+            return Ok(Some(rows));
+        }
+        Ok(None)
+    }
+
+    fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError> {
+        let array = self.batch.column(column);
+        let Some(nulls) = array.logical_nulls() else { return Ok(RoaringBitmap::new()) };
+        if nulls.null_count() == 0 {
+            return Ok(RoaringBitmap::new());
+        }
+        let invalid = !nulls.inner();
+        Ok(RoaringBitmap::from_sorted_iter(invalid.set_indices().map(|i| i as u32)).expect("ascending"))
+    }
+}
+
+impl StatsSource for Segment {
+    fn row_count(&self) -> u64 {
+        self.meta.row_count
+    }
+
+    fn column_stats(&self, column: &str) -> Option<(ColumnType, &ColumnStats)> {
+        let i = self.meta.schema.column_index(column)?;
+        Some((self.meta.schema.columns[i].data_type, &self.meta.columns[i].stats))
+    }
+
+    fn may_contain(&self, column: &str, key: &Key) -> bool {
+        let Some(i) = self.meta.schema.column_index(column) else { return true };
+        match self.index(i, IndexKind::Bloom) {
+            Some(entry) => index::bloom_may_contain(self.payload(entry), key).unwrap_or(true),
+            None => true,
+        }
+    }
+}
