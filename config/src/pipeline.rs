@@ -396,6 +396,12 @@ impl PipelineConfig {
                     format!("{:?}", column.name),
                     "a name of letters, digits and `_`, starting with a letter or `_`",
                 );
+            } else if column.name.starts_with("__") {
+                p.push(
+                    format!("{field}.name"),
+                    format!("{:?}, which starts with `__`", column.name),
+                    "a name not starting with `__` (reserved for sluice's own columns, such as `__offset`)",
+                );
             }
             if !seen.insert(column.name.to_ascii_lowercase()) {
                 p.push(

@@ -199,6 +199,12 @@ fn duplicate_column_names() {
 }
 
 #[test]
+fn reserved_column_names() {
+    let text = variant("name = \"latency_ms\"", "name = \"__offset\"");
+    assert_problem(&text, "schema.columns[3].name", "starts with `__`", "reserved");
+}
+
+#[test]
 fn dead_letter_policy_without_a_topic() {
     let text = variant("topic = \"clicks-dlq\"\n", "");
     assert_problem(&text, "bad_records.topic", "nothing", "dead-letter topic");

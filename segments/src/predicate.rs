@@ -140,7 +140,7 @@ struct Truth {
 
 /// Rows for which `predicate` is TRUE.
 pub(crate) fn evaluate(segment: &dyn Columns, predicate: &Predicate) -> Result<RoaringBitmap, SegmentError> {
-    let mut eval = Evaluator { segment, all: full(segment.num_rows()), arrays: Default::default() };
+    let mut eval = Evaluator { segment, all: std::cell::OnceCell::new(), arrays: Default::default() };
     Ok(eval.eval(predicate)?.yes)
 }
 
@@ -152,12 +152,17 @@ fn full(rows: u32) -> RoaringBitmap {
 
 struct Evaluator<'a> {
     segment: &'a dyn Columns,
-    all: RoaringBitmap,
+    /// Every row; built only when a negation or NULL handling needs it.
+    all: std::cell::OnceCell<RoaringBitmap>,
     /// Arrays fetched once per evaluation (a consuming segment builds them).
     arrays: std::collections::HashMap<usize, ArrayRef>,
 }
 
 impl Evaluator<'_> {
+    fn all(&self) -> &RoaringBitmap {
+        self.all.get_or_init(|| full(self.segment.num_rows()))
+    }
+
     fn column(&self, name: &str) -> Result<(usize, ColumnType), SegmentError> {
         self.segment.resolve(name).ok_or_else(|| SegmentError::Predicate(format!("unknown column `{name}`")))
     }
@@ -195,7 +200,7 @@ impl Evaluator<'_> {
                         } else {
                             RoaringBitmap::new()
                         };
-                        let yes = if *negated { &(&self.all - &inside) - &nulls } else { inside };
+                        let yes = if *negated { &(self.all() - &inside) - &nulls } else { inside };
                         Truth { yes, unknown: nulls }
                     }
                     _ => {
@@ -224,27 +229,27 @@ impl Evaluator<'_> {
                 // UNKNOWN rather than FALSE (for IN and NOT IN alike).
                 // An empty list is an empty OR: FALSE for every row, NULLs too.
                 let unknown = if null_in_list {
-                    &self.all - &matched
+                    self.all() - &matched
                 } else if values.is_empty() {
                     RoaringBitmap::new()
                 } else {
                     nulls
                 };
-                let yes = if *negated { &(&self.all - &matched) - &unknown } else { matched };
+                let yes = if *negated { &(self.all() - &matched) - &unknown } else { matched };
                 Truth { yes, unknown }
             }
             Predicate::IsNull { column, negated } => {
                 let (col, _) = self.column(column)?;
                 let nulls = self.segment.nulls(col)?;
-                let yes = if *negated { &self.all - &nulls } else { nulls };
+                let yes = if *negated { self.all() - &nulls } else { nulls };
                 Truth { yes, unknown: RoaringBitmap::new() }
             }
             Predicate::Not(inner) => {
                 let t = self.eval(inner)?;
-                Truth { yes: &(&self.all - &t.yes) - &t.unknown, unknown: t.unknown }
+                Truth { yes: &(self.all() - &t.yes) - &t.unknown, unknown: t.unknown }
             }
             Predicate::And(children) => {
-                let mut acc = Truth { yes: self.all.clone(), unknown: RoaringBitmap::new() };
+                let mut acc = Truth { yes: self.all().clone(), unknown: RoaringBitmap::new() };
                 for child in children {
                     let t = self.eval(child)?;
                     // TRUE in both; UNKNOWN where neither is FALSE and one is UNKNOWN.
@@ -269,7 +274,7 @@ impl Evaluator<'_> {
     }
 
     fn all_unknown(&self) -> Truth {
-        Truth { yes: RoaringBitmap::new(), unknown: self.all.clone() }
+        Truth { yes: RoaringBitmap::new(), unknown: self.all().clone() }
     }
 
     /// Non-null rows where `column op key` holds.
@@ -290,7 +295,7 @@ impl Evaluator<'_> {
             }
             CmpOp::NotEq => {
                 if let Some(rows) = self.segment.lookup_eq(col, key)? {
-                    return Ok(&(&self.all - &rows) - nulls);
+                    return Ok(&(self.all() - &rows) - nulls);
                 }
                 return self.scan(col, op, key);
             }
@@ -312,7 +317,7 @@ impl Evaluator<'_> {
         if let Some(rows) = self.segment.lookup_range(col, low, high)? {
             return Ok(rows);
         }
-        let mut rows = self.all.clone();
+        let mut rows = self.all().clone();
         rows -= nulls;
         match low {
             Bound::Included(k) => rows &= self.scan(col, CmpOp::GtEq, k)?,

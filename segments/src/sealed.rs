@@ -135,14 +135,19 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
     let mut section = SectionWriter::default();
     for (i, spec) in schema.columns.iter().enumerate() {
         let array = &arrays[i];
-        let wants_groups =
-            schema.inverted.contains(&i) || schema.bloom.contains(&i) || spec.data_type == ColumnType::String;
-        let groups = if wants_groups { group_rows(array.as_ref())? } else { Vec::new() };
-        let distinct = if wants_groups { groups.len() as u64 } else { count_distinct(array.as_ref())? };
+        // Bitmaps per value only where an inverted index needs them; the
+        // distinct values alone serve stats, bloom filters and dictionaries.
+        let groups = if schema.inverted.contains(&i) { group_rows(array.as_ref())? } else { Vec::new() };
+        let keys: Vec<Key> = if schema.inverted.contains(&i) {
+            groups.iter().map(|(k, _)| k.clone()).collect()
+        } else {
+            distinct_keys(array.as_ref())?
+        };
+        let distinct = keys.len() as u64;
         let mut encoding = Encoding::Plain;
         let mut stored = array.clone();
-        if spec.data_type == ColumnType::String && dictionary_is_smaller(array.as_string::<i32>(), &groups) {
-            stored = dictionary_encode(array.as_ref(), &groups)?;
+        if spec.data_type == ColumnType::String && dictionary_is_smaller(array.as_string::<i32>(), &keys) {
+            stored = dictionary_encode(array.as_string::<i32>(), &keys)?;
             encoding = Encoding::Dictionary;
         }
         fields.push(Field::new(&spec.name, stored.data_type().clone(), spec.nullable));
@@ -171,7 +176,7 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
             add(IndexKind::Range, Some(index::encode_range(&ids)));
         }
         if schema.bloom.contains(&i) {
-            add(IndexKind::Bloom, Some(index::encode_bloom(groups.iter().map(|(k, _)| k))));
+            add(IndexKind::Bloom, Some(index::encode_bloom(keys.iter())));
         }
     }
     fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
@@ -226,75 +231,106 @@ fn cmp_rows(array: &dyn Array, a: usize, b: usize) -> Ordering {
     }
 }
 
-fn dictionary_is_smaller(array: &StringArray, groups: &[(Key, RoaringBitmap)]) -> bool {
-    let distinct_bytes: usize = groups.iter().map(|(k, _)| k.heap_size()).sum();
-    let dictionary = distinct_bytes + 4 * (groups.len() + 1) + 4 * array.len();
+fn dictionary_is_smaller(array: &StringArray, distinct: &[Key]) -> bool {
+    let distinct_bytes: usize = distinct.iter().map(Key::heap_size).sum();
+    let dictionary = distinct_bytes + 4 * (distinct.len() + 1) + 4 * array.len();
     let plain = array.value_data().len() + 4 * (array.len() + 1);
     dictionary < plain
 }
 
-fn dictionary_encode(array: &dyn Array, groups: &[(Key, RoaringBitmap)]) -> Result<ArrayRef, SegmentError> {
-    let mut keys = vec![0i32; array.len()];
-    for (i, (_, rows)) in groups.iter().enumerate() {
-        for row in rows {
-            keys[row as usize] = i as i32;
-        }
-    }
+/// Int32 keys into `distinct` (sorted, so key order is value order).
+fn dictionary_encode(array: &StringArray, distinct: &[Key]) -> Result<ArrayRef, SegmentError> {
+    let ids: HashMap<&str, i32> = distinct
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| if let Key::Str(s) = k { Some((s.as_ref(), i as i32)) } else { None })
+        .collect();
+    let keys: Vec<i32> = (0..array.len())
+        .map(|r| if array.is_valid(r) { ids.get(array.value(r)).copied().unwrap_or(0) } else { 0 })
+        .collect();
     let keys = Int32Array::new(keys.into(), array.nulls().cloned());
     let values: StringArray =
-        groups.iter().map(|(k, _)| if let Key::Str(s) = k { Some(s.as_ref()) } else { None }).collect();
+        distinct.iter().map(|k| if let Key::Str(s) = k { Some(s.as_ref()) } else { None }).collect();
     Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))?))
 }
 
-/// Distinct non-null values with their rows, in key order.
-fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentError> {
-    fn collect<K: std::hash::Hash + Eq>(
-        len: usize,
-        valid: impl Fn(usize) -> bool,
-        value: impl Fn(usize) -> K,
-        key: impl Fn(K) -> Key,
-    ) -> Vec<(Key, RoaringBitmap)> {
-        let mut groups: HashMap<K, RoaringBitmap> = HashMap::new();
-        for row in (0..len).filter(|r| valid(*r)) {
-            groups.entry(value(row)).or_default().insert(row as u32);
-        }
-        let mut out: Vec<(Key, RoaringBitmap)> = groups.into_iter().map(|(k, rows)| (key(k), rows)).collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-    let len = array.len();
-    let valid = |r: usize| array.is_valid(r);
+/// Something computed over a column's non-null values through a hashable
+/// stand-in `K` of each value, mapped to [`Key`] only once per distinct value.
+trait KeyVisitor {
+    type Out;
+    fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, key: impl Fn(K) -> Key) -> Self::Out;
+}
+
+fn visit_keys<V: KeyVisitor>(array: &dyn Array, visitor: V) -> Result<V::Out, SegmentError> {
+    let rows = (0..array.len()).filter(|r| array.is_valid(*r));
     Ok(match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            collect(len, valid, |r| a.value(r), |s| Key::Str(s.into()))
+            visitor.visit(rows.map(|r| (r as u32, a.value(r))), |s| Key::Str(s.into()))
         }
         DataType::Boolean => {
             let a = array.as_boolean();
-            collect(len, valid, |r| a.value(r), Key::Bool)
+            visitor.visit(rows.map(|r| (r as u32, a.value(r))), Key::Bool)
         }
         DataType::Int32 => {
             let a = array.as_primitive::<Int32Type>();
-            collect(len, valid, |r| a.value(r), |v| Key::Int(i64::from(v)))
+            visitor.visit(rows.map(|r| (r as u32, a.value(r))), |v| Key::Int(i64::from(v)))
         }
         DataType::Int64 | DataType::Timestamp(..) => {
             let a = int64_values(array);
-            collect(len, valid, |r| a[r], Key::Int)
+            visitor.visit(rows.map(|r| (r as u32, a[r])), Key::Int)
         }
         DataType::Float32 => {
             let a = array.as_primitive::<Float32Type>();
-            collect(len, valid, |r| f32_order_bits(a.value(r)), Key::Float)
+            visitor.visit(rows.map(|r| (r as u32, f32_order_bits(a.value(r)))), Key::Float)
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
-            collect(len, valid, |r| f64_order_bits(a.value(r)), Key::Float)
+            visitor.visit(rows.map(|r| (r as u32, f64_order_bits(a.value(r)))), Key::Float)
         }
         other => return Err(SegmentError::Predicate(format!("unsupported column type {other}"))),
     })
 }
 
-fn count_distinct(array: &dyn Array) -> Result<u64, SegmentError> {
-    Ok(group_rows(array)?.len() as u64)
+/// Distinct non-null values with their rows, in key order.
+fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentError> {
+    struct Groups;
+    impl KeyVisitor for Groups {
+        type Out = Vec<(Key, RoaringBitmap)>;
+        fn visit<K: std::hash::Hash + Eq>(
+            self,
+            rows: impl Iterator<Item = (u32, K)>,
+            key: impl Fn(K) -> Key,
+        ) -> Self::Out {
+            let mut groups: HashMap<K, RoaringBitmap> = HashMap::new();
+            for (row, value) in rows {
+                groups.entry(value).or_default().insert(row);
+            }
+            let mut out: Vec<(Key, RoaringBitmap)> = groups.into_iter().map(|(k, rows)| (key(k), rows)).collect();
+            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out
+        }
+    }
+    visit_keys(array, Groups)
+}
+
+/// Distinct non-null values, in key order.
+fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
+    struct Distinct;
+    impl KeyVisitor for Distinct {
+        type Out = Vec<Key>;
+        fn visit<K: std::hash::Hash + Eq>(
+            self,
+            rows: impl Iterator<Item = (u32, K)>,
+            key: impl Fn(K) -> Key,
+        ) -> Self::Out {
+            let set: std::collections::HashSet<K> = rows.map(|(_, v)| v).collect();
+            let mut keys: Vec<Key> = set.into_iter().map(key).collect();
+            keys.sort_unstable();
+            keys
+        }
+    }
+    visit_keys(array, Distinct)
 }
 
 /// The i64 values of an Int64 or timestamp array.

@@ -10,9 +10,14 @@ use sluice_segments::{ConsumingSegment, FORMAT_VERSION, Section, Segment, Segmen
 const FOOTER_LEN: usize = 96;
 
 fn image() -> Vec<u8> {
-    let mut segment = ConsumingSegment::new(common::clickstream_schema(Some("country")), 1, 0);
-    common::fill(&mut segment, 3_000, 5);
-    seal(&segment, "clicks__1__0__20261125T1000Z", 0).unwrap().bytes
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let mut segment = ConsumingSegment::new(common::clickstream_schema(Some("country")), 1, 0);
+            common::fill(&mut segment, 3_000, 5);
+            seal(&segment, "clicks__1__0__20261125T1000Z", 0).unwrap().bytes
+        })
+        .clone()
 }
 
 /// Section byte ranges (header, data, index, metadata, footer) from the footer.
@@ -119,4 +124,30 @@ fn a_corrupt_file_on_disk_is_refused_with_its_path() {
     let error = Segment::open(&path).unwrap_err();
     assert!(error.to_string().starts_with(&format!("{}: data section: checksum mismatch", path.display())), "{error}");
     assert!(Segment::open(&dir.path().join("missing.seg")).is_err());
+}
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes are an error, never a panic.
+        #[test]
+        fn garbage_is_refused(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            prop_assert!(open(bytes).is_err());
+        }
+
+        /// Several damaged bytes at once, anywhere, are still refused.
+        #[test]
+        fn multiple_damage_is_refused(damage in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8)) {
+            let mut bytes = image();
+            for (index, xor) in damage {
+                let i = index.index(bytes.len());
+                bytes[i] ^= xor;
+            }
+            prop_assert!(open(bytes).is_err());
+        }
+    }
 }

@@ -1,0 +1,151 @@
+use serde::{Deserialize, Serialize};
+
+/// A worker's registration (`/workers/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub http_addr: String,
+    pub started_at_ms: i64,
+}
+
+/// Where a partition continues from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    Offset(i64),
+    Earliest,
+    Latest,
+}
+
+/// A partition's checkpoint: the JSON stored in its `checkpoint` node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Next offset to consume; `None` until the first commit or after a reset
+    /// to `earliest`/`latest`, when [`Checkpoint::reset_to`] or the
+    /// pipeline's start position decides.
+    pub next_offset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_to: Option<Position>,
+    /// Sequence number of the next segment of this partition.
+    pub next_seq: u64,
+    /// Bumped by every acquisition and every reset: the fencing epoch.
+    pub epoch: u64,
+}
+
+impl Checkpoint {
+    pub(crate) fn initial() -> Self {
+        Checkpoint { next_offset: None, reset_to: None, next_seq: 0, epoch: 0 }
+    }
+
+    pub(crate) fn after(&self, segment: &SegmentRecord) -> Self {
+        Checkpoint {
+            next_offset: Some(segment.end_offset + 1),
+            reset_to: None,
+            next_seq: self.next_seq + 1,
+            epoch: self.epoch,
+        }
+    }
+
+    pub(crate) fn reset(&self, to: Position) -> Self {
+        let (next_offset, reset_to) = match to {
+            Position::Offset(o) => (Some(o), None),
+            other => (None, Some(other)),
+        };
+        Checkpoint { next_offset, reset_to, next_seq: self.next_seq, epoch: self.epoch + 1 }
+    }
+}
+
+/// The right to commit segments of one partition, held until released,
+/// fenced or its session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub pipeline: String,
+    pub partition: i32,
+    pub owner: String,
+    /// The checkpoint as of the last acquire or commit under this lease.
+    pub checkpoint: Checkpoint,
+    pub(crate) session: u64,
+    /// Version of the checkpoint node this lease last wrote: the fencing token.
+    pub(crate) token: i64,
+}
+
+impl Lease {
+    pub fn epoch(&self) -> u64 {
+        self.checkpoint.epoch
+    }
+}
+
+/// A committed segment's catalog entry (`/pipelines/<p>/segments/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// `<pipeline>__<partition>__<seq>__<yyyyMMddTHHmmZ>`.
+    pub name: String,
+    pub partition: i32,
+    pub seq: u64,
+    pub start_offset: i64,
+    /// Inclusive.
+    pub end_offset: i64,
+    pub row_count: u64,
+    /// Where the segment file is (deep-store URI).
+    pub uri: String,
+    pub size_bytes: u64,
+    /// CRC32C of the whole file.
+    pub crc32c: u32,
+    /// Min and max of the time column, in its unit.
+    pub time_range: Option<(i64, i64)>,
+    pub created_at_ms: i64,
+}
+
+impl SegmentRecord {
+    /// Pinot's naming convention.
+    pub fn segment_name(pipeline: &str, partition: i32, seq: u64, created_at_ms: i64) -> String {
+        let secs = created_at_ms.div_euclid(1000);
+        let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+        let rem = secs.rem_euclid(86_400);
+        format!("{pipeline}__{partition}__{seq}__{y:04}{mo:02}{d:02}T{:02}{:02}Z", rem / 3600, rem % 3600 / 60)
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// What became of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// Someone else owns the partition now (or an operator reset it): drop
+    /// the consuming state, stop consuming it.
+    Fenced,
+    /// The segment does not start where the checkpoint is.
+    Discontinuous {
+        expected: i64,
+        found: i64,
+    },
+    /// Unknown whether it landed (connection loss): retry the same commit.
+    Transient(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_follow_pinot() {
+        // 2026-11-25T10:07:59.999Z
+        assert_eq!(SegmentRecord::segment_name("clicks", 3, 12, 1_796_292_479_999), "clicks__3__12__20261125T1007Z");
+        assert_eq!(SegmentRecord::segment_name("t", 0, 0, 0), "t__0__0__19700101T0000Z");
+        assert_eq!(SegmentRecord::segment_name("t", 0, 0, 951_782_400_000), "t__0__0__20000229T0000Z");
+    }
+}

@@ -1,0 +1,611 @@
+//! The ZooKeeper coordinator. Layout under the configured root:
+//!
+//! ```text
+//! /workers/<id>                                   ephemeral: WorkerInfo
+//! /leader/n-<seq>                                 ephemeral sequential: node id
+//! /pipelines/<p>/config                           the pipeline config text
+//! /pipelines/<p>/partitions/<n>/lock              ephemeral: {"owner", "session"}
+//! /pipelines/<p>/partitions/<n>/checkpoint        Checkpoint; its version is the fencing token
+//! /pipelines/<p>/segments/<name>                  SegmentRecord
+//! ```
+//!
+//! When the session expires, every lease of it is dead (the generation
+//! changes), a new session is opened and the worker registration is
+//! restored; the caller re-acquires what it still should own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, select_all};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError, MultiWriteResult};
+
+use crate::{
+    Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, Position, SegmentRecord, WorkerInfo,
+};
+
+#[derive(Debug, Clone)]
+pub struct ZooKeeperOptions {
+    /// `host:port,host:port`.
+    pub connect: String,
+    /// Chroot all nodes live under, e.g. `/sluice`.
+    pub root: String,
+    pub session_timeout: Duration,
+}
+
+pub struct ZooKeeperCoordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ZooKeeperOptions,
+    client: RwLock<Client>,
+    /// Incremented each time a session is replaced; leases carry it.
+    generation: AtomicU64,
+    generation_tx: watch::Sender<u64>,
+    registered: Mutex<Option<WorkerInfo>>,
+}
+
+fn persistent() -> CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(Acls::anyone_all())
+}
+
+fn ephemeral() -> CreateOptions<'static> {
+    CreateMode::Ephemeral.with_acls(Acls::anyone_all())
+}
+
+fn err(operation: &str, e: ZkError) -> CoordError {
+    let operation = operation.to_string();
+    match e {
+        ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Throttled => {
+            CoordError::Transient { operation, reason: e.to_string() }
+        }
+        ZkError::SessionExpired | ZkError::ClientClosed => CoordError::SessionExpired { operation },
+        other => CoordError::Unexpected { operation, reason: other.to_string() },
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("coordination records serialize")
+}
+
+fn from_json<T: DeserializeOwned>(operation: &str, path: &str, data: &[u8]) -> Result<T, CoordError> {
+    serde_json::from_slice(data).map_err(|e| CoordError::Malformed {
+        operation: operation.to_string(),
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn partition_dir(pipeline: &str, partition: i32) -> String {
+    format!("/pipelines/{pipeline}/partitions/{partition}")
+}
+
+fn segments_dir(pipeline: &str) -> String {
+    format!("/pipelines/{pipeline}/segments")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LockData {
+    owner: String,
+    session: u64,
+}
+
+impl ZooKeeperCoordinator {
+    /// Connects, creates the root and the top-level nodes if missing, and
+    /// starts following the session.
+    pub async fn connect(options: ZooKeeperOptions) -> Result<Self, CoordError> {
+        let client = open_session(&options).await?;
+        let (generation_tx, _) = watch::channel(1);
+        let inner = Arc::new(Inner {
+            options,
+            client: RwLock::new(client),
+            generation: AtomicU64::new(1),
+            generation_tx,
+            registered: Mutex::new(None),
+        });
+        tokio::spawn(follow_session(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    fn client(&self) -> Client {
+        self.inner.client()
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// A watch that also fires when the session is replaced.
+    fn change(&self, watcher: zookeeper_client::OneshotWatcher) -> Change {
+        let session_end = self.session_end();
+        async move {
+            futures::future::select(watcher.changed().boxed(), session_end).await;
+        }
+        .boxed()
+    }
+
+    fn session_end(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.inner.generation_tx.subscribe();
+        rx.borrow_and_update();
+        async move {
+            let _ = rx.changed().await;
+        }
+        .boxed()
+    }
+
+    async fn read_checkpoint(
+        &self,
+        client: &Client,
+        pipeline: &str,
+        partition: i32,
+    ) -> Result<Option<(Checkpoint, i32)>, CoordError> {
+        let path = format!("{}/checkpoint", partition_dir(pipeline, partition));
+        match client.get_data(&path).await {
+            Ok((data, stat)) => Ok(Some((from_json("read checkpoint", &path, &data)?, stat.version))),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(err("read checkpoint", e)),
+        }
+    }
+
+    /// Sets the checkpoint with `update`, retrying on concurrent writers;
+    /// returns the new checkpoint and node version.
+    async fn update_checkpoint(
+        &self,
+        client: &Client,
+        pipeline: &str,
+        partition: i32,
+        update: impl Fn(&Checkpoint) -> Checkpoint + Send + Sync,
+    ) -> Result<(Checkpoint, i32), CoordError> {
+        let dir = partition_dir(pipeline, partition);
+        let path = format!("{dir}/checkpoint");
+        client.mkdir(&dir, &persistent()).await.map_err(|e| err("create partition node", e))?;
+        for _ in 0..16 {
+            match self.read_checkpoint(client, pipeline, partition).await? {
+                None => match client.create(&path, &to_json(&update(&Checkpoint::initial())), &persistent()).await {
+                    Ok((stat, _)) => return Ok((update(&Checkpoint::initial()), stat.version)),
+                    Err(ZkError::NodeExists) => continue,
+                    Err(e) => return Err(err("create checkpoint", e)),
+                },
+                Some((current, version)) => {
+                    let next = update(&current);
+                    match client.set_data(&path, &to_json(&next), Some(version)).await {
+                        Ok(stat) => return Ok((next, stat.version)),
+                        Err(ZkError::BadVersion) => continue,
+                        Err(e) => return Err(err("update checkpoint", e)),
+                    }
+                }
+            }
+        }
+        Err(CoordError::Transient {
+            operation: "update checkpoint".into(),
+            reason: "too many concurrent writers".into(),
+        })
+    }
+
+    /// After a failed or ambiguous commit: did *this* commit land? It did if
+    /// the checkpoint is exactly what it would have written and the segment
+    /// node holds exactly this segment.
+    async fn commit_landed(
+        &self,
+        client: &Client,
+        lease: &Lease,
+        segment: &SegmentRecord,
+    ) -> Result<Option<i32>, CoordError> {
+        let Some((current, version)) = self.read_checkpoint(client, &lease.pipeline, lease.partition).await? else {
+            return Ok(None);
+        };
+        if current != lease.checkpoint.after(segment) {
+            return Ok(None);
+        }
+        let path = format!("{}/{}", segments_dir(&lease.pipeline), segment.name);
+        match client.get_data(&path).await {
+            Ok((data, _)) if from_json::<SegmentRecord>("verify commit", &path, &data)? == *segment => {
+                Ok(Some(version))
+            }
+            Ok(_) | Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(err("verify commit", e)),
+        }
+    }
+}
+
+impl Inner {
+    fn client(&self) -> Client {
+        self.client.read().expect("client lock poisoned").clone()
+    }
+}
+
+async fn open_session(options: &ZooKeeperOptions) -> Result<Client, CoordError> {
+    let root_client = Client::connector()
+        .with_session_timeout(options.session_timeout)
+        .with_connection_timeout(options.session_timeout)
+        .connect(&options.connect)
+        .await
+        .map_err(|e| err(&format!("connect to ZooKeeper at {}", options.connect), e))?;
+    let client = if options.root == "/" {
+        root_client
+    } else {
+        root_client.mkdir(&options.root, &persistent()).await.map_err(|e| err("create the root node", e))?;
+        root_client.chroot(options.root.clone()).map_err(|_| CoordError::Unexpected {
+            operation: "chroot".into(),
+            reason: format!("invalid root {}", options.root),
+        })?
+    };
+    for dir in ["/workers", "/pipelines", "/leader"] {
+        client.mkdir(dir, &persistent()).await.map_err(|e| err("create top-level nodes", e))?;
+    }
+    Ok(client)
+}
+
+/// Replaces an ended session: bumps the generation (killing its leases),
+/// reconnects, and restores the worker registration.
+async fn follow_session(inner: Weak<Inner>) {
+    loop {
+        let mut states = match inner.upgrade() {
+            Some(inner) => inner.client().state_watcher(),
+            None => return,
+        };
+        loop {
+            let state = states.changed().await;
+            if state.is_terminated() {
+                break;
+            }
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        let generation = strong.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        strong.generation_tx.send_replace(generation);
+        tracing::warn!(generation, "ZooKeeper session ended; every lease of it is lost; reconnecting");
+        let options = strong.options.clone();
+        drop(strong);
+        let client = loop {
+            match open_session(&options).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnecting to ZooKeeper");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let Some(strong) = inner.upgrade() else { return };
+        *strong.client.write().expect("client lock poisoned") = client.clone();
+        let registered = strong.registered.lock().expect("registration lock poisoned").clone();
+        if let Some(worker) = registered {
+            let path = format!("/workers/{}", worker.id);
+            if let Err(e) = client.create(&path, &to_json(&worker), &ephemeral()).await {
+                tracing::warn!(error = %e, "re-registering worker after a new session");
+            }
+        }
+        strong.generation_tx.send_modify(|_| {});
+    }
+}
+
+#[async_trait]
+impl Coordinator for ZooKeeperCoordinator {
+    fn session_id(&self) -> u64 {
+        self.generation()
+    }
+
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), CoordError> {
+        let client = self.client();
+        let path = format!("/workers/{}", worker.id);
+        match client.create(&path, &to_json(worker), &ephemeral()).await {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => {
+                // Ours from this session (a retry) is fine; another live
+                // session's is a duplicate worker id.
+                let stat = client.check_stat(&path).await.map_err(|e| err("register worker", e))?;
+                if stat.is_some_and(|s| s.ephemeral_owner != client.session_id().0) {
+                    return Err(CoordError::Unexpected {
+                        operation: "register worker".into(),
+                        reason: format!("worker id {} is registered by another live session", worker.id),
+                    });
+                }
+            }
+            Err(e) => return Err(err("register worker", e)),
+        }
+        *self.inner.registered.lock().expect("registration lock poisoned") = Some(worker.clone());
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<(Vec<WorkerInfo>, Change), CoordError> {
+        let client = self.client();
+        let (names, _, watcher) =
+            client.get_and_watch_children("/workers").await.map_err(|e| err("list workers", e))?;
+        let mut workers = Vec::with_capacity(names.len());
+        for name in names {
+            let path = format!("/workers/{name}");
+            match client.get_data(&path).await {
+                Ok((data, _)) => workers.push(from_json::<WorkerInfo>("list workers", &path, &data)?),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(err("list workers", e)),
+            }
+        }
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((workers, self.change(watcher)))
+    }
+
+    async fn acquire(&self, pipeline: &str, partition: i32, owner: &str) -> Result<Option<Lease>, CoordError> {
+        let client = self.client();
+        let session = self.generation();
+        let dir = partition_dir(pipeline, partition);
+        client.mkdir(&dir, &persistent()).await.map_err(|e| err("acquire", e))?;
+        let lock = format!("{dir}/lock");
+        match client.create(&lock, &to_json(&LockData { owner: owner.to_string(), session }), &ephemeral()).await {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => return Ok(None),
+            Err(e) => return Err(err("acquire", e)),
+        }
+        let bumped = self
+            .update_checkpoint(&client, pipeline, partition, |c| Checkpoint { epoch: c.epoch + 1, ..c.clone() })
+            .await;
+        match bumped {
+            Ok((checkpoint, version)) => Ok(Some(Lease {
+                pipeline: pipeline.to_string(),
+                partition,
+                owner: owner.to_string(),
+                checkpoint,
+                session,
+                token: i64::from(version),
+            })),
+            Err(e) => {
+                // Do not hold a lock whose epoch we could not claim.
+                let _ = client.delete(&lock, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn release(&self, lease: Lease) -> Result<(), CoordError> {
+        if lease.session != self.generation() {
+            return Ok(()); // the session that held it is gone, and its lock with it
+        }
+        let client = self.client();
+        let lock = format!("{}/lock", partition_dir(&lease.pipeline, lease.partition));
+        match client.get_data(&lock).await {
+            Ok((_, stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                match client.delete(&lock, Some(stat.version)).await {
+                    Ok(()) | Err(ZkError::NoNode) => Ok(()),
+                    Err(e) => Err(err("release", e)),
+                }
+            }
+            Ok(_) | Err(ZkError::NoNode) => Ok(()),
+            Err(e) => Err(err("release", e)),
+        }
+    }
+
+    async fn still_owner(&self, lease: &Lease) -> Result<bool, CoordError> {
+        if lease.session != self.generation() {
+            return Ok(false);
+        }
+        let client = self.client();
+        let lock = format!("{}/lock", partition_dir(&lease.pipeline, lease.partition));
+        let owns_lock = match client.get_data(&lock).await {
+            Ok((_, stat)) => stat.ephemeral_owner == client.session_id().0,
+            Err(ZkError::NoNode) => false,
+            Err(e) => return Err(err("check ownership", e)),
+        };
+        let token = self.read_checkpoint(&client, &lease.pipeline, lease.partition).await?.map(|(_, v)| i64::from(v));
+        Ok(owns_lock && token == Some(lease.token))
+    }
+
+    async fn commit(&self, lease: &mut Lease, segment: &SegmentRecord) -> Result<CommitOutcome, CoordError> {
+        if let Some(expected) = lease.checkpoint.next_offset
+            && segment.start_offset != expected
+        {
+            return Ok(CommitOutcome::Discontinuous { expected, found: segment.start_offset });
+        }
+        if lease.session != self.generation() {
+            return Ok(CommitOutcome::Fenced);
+        }
+        let client = self.client();
+        let dir = partition_dir(&lease.pipeline, lease.partition);
+        let checkpoint_path = format!("{dir}/checkpoint");
+        let segment_path = format!("{}/{}", segments_dir(&lease.pipeline), segment.name);
+        client.mkdir(&segments_dir(&lease.pipeline), &persistent()).await.map_err(|e| err("commit", e))?;
+        let next = lease.checkpoint.after(segment);
+        let token = i32::try_from(lease.token).unwrap_or(-2);
+        let mut multi = client.new_multi_writer();
+        let built = multi
+            .add_check_version(&checkpoint_path, token)
+            .and_then(|_| multi.add_create(&segment_path, &to_json(segment), &persistent()))
+            .and_then(|_| multi.add_set_data(&checkpoint_path, &to_json(&next), Some(token)));
+        built.map_err(|e| err("commit", e))?;
+        match multi.commit().await {
+            Ok(results) => {
+                let version = results.into_iter().find_map(|r| match r {
+                    MultiWriteResult::SetData { stat } => Some(stat.version),
+                    _ => None,
+                });
+                lease.token = i64::from(version.unwrap_or(token + 1));
+                lease.checkpoint = next;
+                Ok(CommitOutcome::Committed)
+            }
+            Err(MultiWriteError::OperationFailed { .. }) => {
+                // Fenced, unless this is the retry of a commit that landed
+                // before its answer was lost.
+                match self.commit_landed(&client, lease, segment).await? {
+                    Some(version) => {
+                        lease.token = i64::from(version);
+                        lease.checkpoint = next;
+                        Ok(CommitOutcome::Committed)
+                    }
+                    None => Ok(CommitOutcome::Fenced),
+                }
+            }
+            Err(MultiWriteError::RequestFailed { source }) => match err("commit", source) {
+                CoordError::Transient { reason, .. } => Ok(CommitOutcome::Transient(reason)),
+                CoordError::SessionExpired { .. } => Ok(CommitOutcome::Fenced),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn checkpoint(&self, pipeline: &str, partition: i32) -> Result<Option<Checkpoint>, CoordError> {
+        Ok(self.read_checkpoint(&self.client(), pipeline, partition).await?.map(|(c, _)| c))
+    }
+
+    async fn reset_offset(&self, pipeline: &str, partition: i32, to: Position) -> Result<Checkpoint, CoordError> {
+        Ok(self.update_checkpoint(&self.client(), pipeline, partition, |c| c.reset(to)).await?.0)
+    }
+
+    async fn partition_owners(&self, pipeline: &str) -> Result<Vec<(i32, String)>, CoordError> {
+        let client = self.client();
+        let dir = format!("/pipelines/{pipeline}/partitions");
+        let partitions = match client.list_children(&dir).await {
+            Ok(p) => p,
+            Err(ZkError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(err("list owners", e)),
+        };
+        let mut owners = Vec::new();
+        for p in partitions {
+            let Ok(partition) = p.parse::<i32>() else { continue };
+            let path = format!("{dir}/{p}/lock");
+            match client.get_data(&path).await {
+                Ok((data, _)) => owners.push((partition, from_json::<LockData>("list owners", &path, &data)?.owner)),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(err("list owners", e)),
+            }
+        }
+        owners.sort();
+        Ok(owners)
+    }
+
+    async fn segments(&self, pipeline: &str) -> Result<(Vec<SegmentRecord>, Change), CoordError> {
+        let client = self.client();
+        let dir = segments_dir(pipeline);
+        client.mkdir(&dir, &persistent()).await.map_err(|e| err("list segments", e))?;
+        let (names, _, watcher) = client.get_and_watch_children(&dir).await.map_err(|e| err("list segments", e))?;
+        let mut records = Vec::with_capacity(names.len());
+        for name in names {
+            let path = format!("{dir}/{name}");
+            match client.get_data(&path).await {
+                Ok((data, _)) => records.push(from_json::<SegmentRecord>("list segments", &path, &data)?),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(err("list segments", e)),
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((records, self.change(watcher)))
+    }
+
+    async fn delete_segment(&self, pipeline: &str, name: &str) -> Result<(), CoordError> {
+        match self.client().delete(&format!("{}/{name}", segments_dir(pipeline)), None).await {
+            Ok(()) | Err(ZkError::NoNode) => Ok(()),
+            Err(e) => Err(err("delete segment", e)),
+        }
+    }
+
+    async fn apply_pipeline(&self, pipeline: &str, config: &str) -> Result<(), CoordError> {
+        let client = self.client();
+        let dir = format!("/pipelines/{pipeline}");
+        client.mkdir(&dir, &persistent()).await.map_err(|e| err("apply pipeline", e))?;
+        let path = format!("{dir}/config");
+        match client.create(&path, config.as_bytes(), &persistent()).await {
+            Ok(_) => Ok(()),
+            Err(ZkError::NodeExists) => {
+                client.set_data(&path, config.as_bytes(), None).await.map(|_| ()).map_err(|e| err("apply pipeline", e))
+            }
+            Err(e) => Err(err("apply pipeline", e)),
+        }
+    }
+
+    async fn delete_pipeline(&self, pipeline: &str) -> Result<(), CoordError> {
+        match self.client().delete(&format!("/pipelines/{pipeline}/config"), None).await {
+            Ok(()) | Err(ZkError::NoNode) => Ok(()),
+            Err(e) => Err(err("delete pipeline", e)),
+        }
+    }
+
+    async fn pipelines(&self) -> Result<(Vec<(String, String)>, Change), CoordError> {
+        let client = self.client();
+        let (names, _, children_watch) =
+            client.get_and_watch_children("/pipelines").await.map_err(|e| err("list pipelines", e))?;
+        let mut watches: Vec<BoxFuture<'static, ()>> = vec![self.change(children_watch)];
+        let mut configs = Vec::new();
+        for name in names {
+            let path = format!("/pipelines/{name}/config");
+            // Watch every config's content, and the creation of missing ones.
+            match client.get_and_watch_data(&path).await {
+                Ok((data, _, watcher)) => {
+                    let text = String::from_utf8(data).map_err(|e| CoordError::Malformed {
+                        operation: "list pipelines".into(),
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    configs.push((name, text));
+                    watches.push(self.change(watcher));
+                }
+                Err(ZkError::NoNode) => {
+                    let (_, watcher) =
+                        client.check_and_watch_stat(&path).await.map_err(|e| err("list pipelines", e))?;
+                    watches.push(self.change(watcher));
+                }
+                Err(e) => return Err(err("list pipelines", e)),
+            }
+        }
+        configs.sort();
+        let change = async move {
+            select_all(watches).await;
+        }
+        .boxed();
+        Ok((configs, change))
+    }
+
+    async fn campaign(&self, node: &str) -> Result<Leadership, CoordError> {
+        let client = self.client();
+        let generation = self.generation();
+        let (_, sequence) = client
+            .create("/leader/n-", node.as_bytes(), &CreateMode::EphemeralSequential.with_acls(Acls::anyone_all()))
+            .await
+            .map_err(|e| err("campaign", e))?;
+        let mine = format!("n-{sequence}");
+        loop {
+            if self.generation() != generation {
+                return Err(CoordError::SessionExpired { operation: "campaign".into() });
+            }
+            let mut candidates = client.list_children("/leader").await.map_err(|e| err("campaign", e))?;
+            candidates.sort();
+            let position = candidates
+                .iter()
+                .position(|c| *c == mine)
+                .ok_or(CoordError::SessionExpired { operation: "campaign".into() })?;
+            if position == 0 {
+                break;
+            }
+            // Watch only the predecessor: no herd when the leader goes.
+            let predecessor = format!("/leader/{}", candidates[position - 1]);
+            let (stat, watcher) = client.check_and_watch_stat(&predecessor).await.map_err(|e| err("campaign", e))?;
+            if stat.is_some() {
+                self.change(watcher).await;
+            }
+        }
+        let path = format!("/leader/{mine}");
+        let watcher_client = client.clone();
+        let session_end = self.session_end();
+        let watched_path = path.clone();
+        let lost = async move {
+            let node_gone = async move {
+                loop {
+                    match watcher_client.check_and_watch_stat(&watched_path).await {
+                        Ok((Some(_), watcher)) => {
+                            watcher.changed().await;
+                        }
+                        _ => return,
+                    }
+                }
+            };
+            futures::future::select(node_gone.boxed(), session_end).await;
+        }
+        .boxed();
+        let resign = async move {
+            let _ = client.delete(&path, None).await;
+        }
+        .boxed();
+        Ok(Leadership::new(lost, resign))
+    }
+}
