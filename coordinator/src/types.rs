@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn segment_names_follow_pinot() {
         // 2026-11-25T10:07:59.999Z
-        assert_eq!(SegmentRecord::segment_name("clicks", 3, 12, 1_796_292_479_999), "clicks__3__12__20261125T1007Z");
+        assert_eq!(SegmentRecord::segment_name("clicks", 3, 12, 1_795_601_279_999), "clicks__3__12__20261125T1007Z");
         assert_eq!(SegmentRecord::segment_name("t", 0, 0, 0), "t__0__0__19700101T0000Z");
         assert_eq!(SegmentRecord::segment_name("t", 0, 0, 951_782_400_000), "t__0__0__20000229T0000Z");
     }

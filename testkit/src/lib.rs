@@ -16,6 +16,7 @@
 pub mod kafka;
 pub mod net;
 pub mod process;
+pub mod proxy;
 mod wait;
 pub mod zookeeper;
 
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use kafka::{EXTERNAL_BROKER_ENV, KafkaBroker, TestProducer};
 pub use process::GuardedChild;
+pub use proxy::TcpProxy;
 pub use wait::{wait_until, wait_until_blocking};
 pub use zookeeper::{ZooKeeper, ZooKeeperEnsemble};
 
