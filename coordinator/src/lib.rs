@@ -25,6 +25,7 @@
 //!   without reaching the store.
 
 mod assignment;
+mod balancer;
 mod error;
 mod memory;
 mod types;
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 pub use assignment::{fair_assignment, fair_share};
+pub use balancer::{Rebalance, keep_balanced, rebalance};
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
 pub use types::{Checkpoint, CommitOutcome, Lease, Position, SegmentRecord, WorkerInfo};

@@ -212,6 +212,60 @@ impl ZooKeeperCoordinator {
             Err(e) => Err(err("verify commit", e)),
         }
     }
+
+    /// The commit itself; transient errors are returned as errors here and
+    /// turned into [`CommitOutcome::Transient`] by the caller. It sends
+    /// nothing before the `multi`, so a lost answer is always the multi's.
+    async fn try_commit(&self, lease: &mut Lease, segment: &SegmentRecord) -> Result<CommitOutcome, CoordError> {
+        if let Some(expected) = lease.checkpoint.next_offset
+            && segment.start_offset != expected
+        {
+            return Ok(CommitOutcome::Discontinuous { expected, found: segment.start_offset });
+        }
+        if lease.session != self.generation() {
+            return Ok(CommitOutcome::Fenced);
+        }
+        let client = self.client();
+        let dir = partition_dir(&lease.pipeline, lease.partition);
+        let checkpoint_path = format!("{dir}/checkpoint");
+        let segment_path = format!("{}/{}", segments_dir(&lease.pipeline), segment.name);
+        let next = lease.checkpoint.after(segment);
+        let token = i32::try_from(lease.token).unwrap_or(-2);
+        let mut multi = client.new_multi_writer();
+        let built = multi
+            .add_check_version(&checkpoint_path, token)
+            .and_then(|_| multi.add_create(&segment_path, &to_json(segment), &persistent()))
+            .and_then(|_| multi.add_set_data(&checkpoint_path, &to_json(&next), Some(token)));
+        built.map_err(|e| err("commit", e))?;
+        match multi.commit().await {
+            Ok(results) => {
+                let version = results.into_iter().find_map(|r| match r {
+                    MultiWriteResult::SetData { stat } => Some(stat.version),
+                    _ => None,
+                });
+                lease.token = i64::from(version.unwrap_or(token + 1));
+                lease.checkpoint = next;
+                Ok(CommitOutcome::Committed)
+            }
+            Err(MultiWriteError::OperationFailed { .. }) => {
+                // Fenced, unless this is the retry of a commit that landed
+                // before its answer was lost.
+                match self.commit_landed(&client, lease, segment).await? {
+                    Some(version) => {
+                        lease.token = i64::from(version);
+                        lease.checkpoint = next;
+                        Ok(CommitOutcome::Committed)
+                    }
+                    None => Ok(CommitOutcome::Fenced),
+                }
+            }
+            Err(MultiWriteError::RequestFailed { source }) => match err("commit", source) {
+                CoordError::Transient { reason, .. } => Ok(CommitOutcome::Transient(reason)),
+                CoordError::SessionExpired { .. } => Ok(CommitOutcome::Fenced),
+                other => Err(other),
+            },
+        }
+    }
 }
 
 impl Inner {
@@ -334,6 +388,7 @@ impl Coordinator for ZooKeeperCoordinator {
         let session = self.generation();
         let dir = partition_dir(pipeline, partition);
         client.mkdir(&dir, &persistent()).await.map_err(|e| err("acquire", e))?;
+        client.mkdir(&segments_dir(pipeline), &persistent()).await.map_err(|e| err("acquire", e))?;
         let lock = format!("{dir}/lock");
         match client.create(&lock, &to_json(&LockData { owner: owner.to_string(), session }), &ephemeral()).await {
             Ok(_) => {}
@@ -394,54 +449,9 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn commit(&self, lease: &mut Lease, segment: &SegmentRecord) -> Result<CommitOutcome, CoordError> {
-        if let Some(expected) = lease.checkpoint.next_offset
-            && segment.start_offset != expected
-        {
-            return Ok(CommitOutcome::Discontinuous { expected, found: segment.start_offset });
-        }
-        if lease.session != self.generation() {
-            return Ok(CommitOutcome::Fenced);
-        }
-        let client = self.client();
-        let dir = partition_dir(&lease.pipeline, lease.partition);
-        let checkpoint_path = format!("{dir}/checkpoint");
-        let segment_path = format!("{}/{}", segments_dir(&lease.pipeline), segment.name);
-        client.mkdir(&segments_dir(&lease.pipeline), &persistent()).await.map_err(|e| err("commit", e))?;
-        let next = lease.checkpoint.after(segment);
-        let token = i32::try_from(lease.token).unwrap_or(-2);
-        let mut multi = client.new_multi_writer();
-        let built = multi
-            .add_check_version(&checkpoint_path, token)
-            .and_then(|_| multi.add_create(&segment_path, &to_json(segment), &persistent()))
-            .and_then(|_| multi.add_set_data(&checkpoint_path, &to_json(&next), Some(token)));
-        built.map_err(|e| err("commit", e))?;
-        match multi.commit().await {
-            Ok(results) => {
-                let version = results.into_iter().find_map(|r| match r {
-                    MultiWriteResult::SetData { stat } => Some(stat.version),
-                    _ => None,
-                });
-                lease.token = i64::from(version.unwrap_or(token + 1));
-                lease.checkpoint = next;
-                Ok(CommitOutcome::Committed)
-            }
-            Err(MultiWriteError::OperationFailed { .. }) => {
-                // Fenced, unless this is the retry of a commit that landed
-                // before its answer was lost.
-                match self.commit_landed(&client, lease, segment).await? {
-                    Some(version) => {
-                        lease.token = i64::from(version);
-                        lease.checkpoint = next;
-                        Ok(CommitOutcome::Committed)
-                    }
-                    None => Ok(CommitOutcome::Fenced),
-                }
-            }
-            Err(MultiWriteError::RequestFailed { source }) => match err("commit", source) {
-                CoordError::Transient { reason, .. } => Ok(CommitOutcome::Transient(reason)),
-                CoordError::SessionExpired { .. } => Ok(CommitOutcome::Fenced),
-                other => Err(other),
-            },
+        match self.try_commit(lease, segment).await {
+            Err(CoordError::Transient { reason, .. }) => Ok(CommitOutcome::Transient(reason)),
+            other => other,
         }
     }
 

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use sluice_coordinator::{
-    CommitOutcome, Coordinator, InProcessCoordinator, Position, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions,
+    CommitOutcome, Coordinator, InProcessCoordinator, Position, SegmentRecord, WorkerInfo, ZooKeeperCoordinator,
+    ZooKeeperOptions,
 };
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 
@@ -67,8 +68,11 @@ impl Cluster for Zk {
         async move {
             let upstream = format!("127.0.0.1:{}", self.server.port()).parse().unwrap();
             let proxy = Arc::new(TcpProxy::start(upstream).await.unwrap());
-            let options =
-                ZooKeeperOptions { connect: proxy.addr().to_string(), root: self.root.clone(), session_timeout: SESSION_TIMEOUT };
+            let options = ZooKeeperOptions {
+                connect: proxy.addr().to_string(),
+                root: self.root.clone(),
+                session_timeout: SESSION_TIMEOUT,
+            };
             let coordinator: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
             let watched = coordinator.clone();
             Node {
@@ -196,7 +200,11 @@ async fn the_catalog_is_watched_and_pruned(cluster: &dyn Cluster) {
     reader.delete_segment("clicks", &listed[0].name).await.unwrap();
     tokio::time::timeout(Duration::from_secs(1), changed).await.expect("a deletion wakes catalog watchers");
     assert!(reader.segments("clicks").await.unwrap().0.is_empty());
-    assert_eq!(reader.checkpoint("clicks", 0).await.unwrap().unwrap().next_offset, Some(10), "retention keeps checkpoints");
+    assert_eq!(
+        reader.checkpoint("clicks", 0).await.unwrap().unwrap().next_offset,
+        Some(10),
+        "retention keeps checkpoints"
+    );
 }
 
 async fn pipeline_configs_are_stored_and_watched(cluster: &dyn Cluster) {
@@ -220,10 +228,17 @@ async fn exactly_one_leader_and_failover(cluster: &dyn Cluster) {
     let mut leader_a = a.campaign("a").await.unwrap();
     let b_coordinator = b.coordinator.clone();
     let mut b_campaign = tokio::spawn(async move { b_coordinator.campaign("b").await.map(|_| ()) });
-    assert!(tokio::time::timeout(Duration::from_millis(500), &mut b_campaign).await.is_err(), "b must wait while a leads");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut b_campaign).await.is_err(),
+        "b must wait while a leads"
+    );
     (a.end_session)().await;
     tokio::time::timeout(Duration::from_secs(1), leader_a.lost()).await.expect("a knows it lost leadership");
-    tokio::time::timeout(SESSION_TIMEOUT, b_campaign).await.expect("b takes over within the session timeout").unwrap().unwrap();
+    tokio::time::timeout(SESSION_TIMEOUT, b_campaign)
+        .await
+        .expect("b takes over within the session timeout")
+        .unwrap()
+        .unwrap();
 }
 
 async fn a_resigning_leader_hands_over(cluster: &dyn Cluster) {
