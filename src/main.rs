@@ -1,5 +1,7 @@
 //! The `sluice` command line.
 
+mod admin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,6 +31,47 @@ enum Command {
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
     },
+    /// Manage pipelines stored in ZooKeeper.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Show workers, partition owners, checkpoints and segments from ZooKeeper.
+    Status {
+        #[command(flatten)]
+        coordinator: admin::CoordinatorArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// Validate pipeline files and store them in ZooKeeper; workers that
+    /// follow the coordinator pick them up (and later changes) without restart.
+    Apply {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        coordinator: admin::CoordinatorArgs,
+    },
+    /// List the pipelines applied to ZooKeeper.
+    List {
+        #[command(flatten)]
+        coordinator: admin::CoordinatorArgs,
+    },
+    /// Remove an applied pipeline (its checkpoints and segments are kept).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        coordinator: admin::CoordinatorArgs,
+    },
+    /// Make a partition restart from an offset, `earliest` or `latest`. The
+    /// partition's current owner is fenced: it can no longer commit.
+    ResetOffset {
+        pipeline: String,
+        partition: i32,
+        #[arg(value_parser = admin::parse_position, allow_hyphen_values = true)]
+        position: sluice_coordinator::Position,
+        #[command(flatten)]
+        coordinator: admin::CoordinatorArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,9 +93,31 @@ impl From<KindArg> for ConfigKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { files, kind } => validate(&files, kind.map(Into::into)),
+    let result = match cli.command {
+        Command::Validate { files, kind } => return validate(&files, kind.map(Into::into)),
+        Command::Pipeline(command) => run_async(async move {
+            match command {
+                PipelineCommand::Apply { files, coordinator } => admin::apply(&files, &coordinator).await,
+                PipelineCommand::List { coordinator } => admin::list(&coordinator).await,
+                PipelineCommand::Delete { name, coordinator } => admin::delete(&name, &coordinator).await,
+                PipelineCommand::ResetOffset { pipeline, partition, position, coordinator } => {
+                    admin::reset_offset(&pipeline, partition, position, &coordinator).await
+                }
+            }
+        }),
+        Command::Status { coordinator } => run_async(async move { admin::status(&coordinator).await }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(work)
 }
 
 fn validate(files: &[PathBuf], kind: Option<ConfigKind>) -> ExitCode {

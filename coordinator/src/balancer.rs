@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Coordinator, CoordError, Lease, fair_assignment};
+use crate::{CoordError, Coordinator, Lease, fair_assignment};
 
 /// What one balancing round did.
 #[derive(Debug, Default, PartialEq, Eq)]

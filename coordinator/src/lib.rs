@@ -100,6 +100,8 @@ pub trait Coordinator: Send + Sync {
     async fn checkpoint(&self, pipeline: &str, partition: i32) -> Result<Option<Checkpoint>, CoordError>;
     /// Operator reset: the partition restarts from `to`. Fences the owner.
     async fn reset_offset(&self, pipeline: &str, partition: i32, to: Position) -> Result<Checkpoint, CoordError>;
+    /// Every partition of `pipeline` that has a checkpoint, with it.
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<(i32, Checkpoint)>, CoordError>;
     /// Current owner of every locked partition of `pipeline`.
     async fn partition_owners(&self, pipeline: &str) -> Result<Vec<(i32, String)>, CoordError>;
 
@@ -116,6 +118,9 @@ pub trait Coordinator: Send + Sync {
     async fn apply_pipeline(&self, pipeline: &str, config: &str) -> Result<(), CoordError>;
     /// Removes a pipeline's config; its checkpoints and segments stay.
     async fn delete_pipeline(&self, pipeline: &str) -> Result<(), CoordError>;
+    /// Every pipeline with any state (applied config, checkpoints or
+    /// segments), sorted; pipelines run from files appear here too.
+    async fn known_pipelines(&self) -> Result<Vec<String>, CoordError>;
     /// Every applied pipeline config, sorted by name, and a watch on the set
     /// and on each config's content.
     async fn pipelines(&self) -> Result<(Vec<(String, String)>, Change), CoordError>;

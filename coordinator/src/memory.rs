@@ -213,6 +213,18 @@ impl Coordinator for InProcessCoordinator {
         Ok(checkpoint)
     }
 
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<(i32, Checkpoint)>, CoordError> {
+        let state = self.lock();
+        let mut out: Vec<(i32, Checkpoint)> = state
+            .checkpoints
+            .iter()
+            .filter(|((p, _), _)| p == pipeline)
+            .map(|((_, n), (c, _))| (*n, c.clone()))
+            .collect();
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out)
+    }
+
     async fn partition_owners(&self, pipeline: &str) -> Result<Vec<(i32, String)>, CoordError> {
         let state = self.lock();
         let mut owners: Vec<(i32, String)> =
@@ -249,6 +261,18 @@ impl Coordinator for InProcessCoordinator {
         state.pipelines.remove(pipeline);
         self.notify();
         Ok(())
+    }
+
+    async fn known_pipelines(&self) -> Result<Vec<String>, CoordError> {
+        let state = self.lock();
+        let names: std::collections::BTreeSet<String> = state
+            .pipelines
+            .keys()
+            .chain(state.segments.keys())
+            .chain(state.checkpoints.keys().map(|(p, _)| p))
+            .cloned()
+            .collect();
+        Ok(names.into_iter().collect())
     }
 
     async fn pipelines(&self) -> Result<(Vec<(String, String)>, Change), CoordError> {

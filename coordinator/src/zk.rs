@@ -463,6 +463,23 @@ impl Coordinator for ZooKeeperCoordinator {
         Ok(self.update_checkpoint(&self.client(), pipeline, partition, |c| c.reset(to)).await?.0)
     }
 
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<(i32, Checkpoint)>, CoordError> {
+        let client = self.client();
+        let partitions = match client.list_children(&format!("/pipelines/{pipeline}/partitions")).await {
+            Ok(p) => p,
+            Err(ZkError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(err("list checkpoints", e)),
+        };
+        let mut out = Vec::new();
+        for partition in partitions.iter().filter_map(|p| p.parse::<i32>().ok()) {
+            if let Some((checkpoint, _)) = self.read_checkpoint(&client, pipeline, partition).await? {
+                out.push((partition, checkpoint));
+            }
+        }
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out)
+    }
+
     async fn partition_owners(&self, pipeline: &str) -> Result<Vec<(i32, String)>, CoordError> {
         let client = self.client();
         let dir = format!("/pipelines/{pipeline}/partitions");
@@ -529,6 +546,12 @@ impl Coordinator for ZooKeeperCoordinator {
             Ok(()) | Err(ZkError::NoNode) => Ok(()),
             Err(e) => Err(err("delete pipeline", e)),
         }
+    }
+
+    async fn known_pipelines(&self) -> Result<Vec<String>, CoordError> {
+        let mut names = self.client().list_children("/pipelines").await.map_err(|e| err("list pipelines", e))?;
+        names.sort();
+        Ok(names)
     }
 
     async fn pipelines(&self) -> Result<(Vec<(String, String)>, Change), CoordError> {

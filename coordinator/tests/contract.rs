@@ -151,6 +151,9 @@ async fn commits_advance_the_checkpoint_atomically(cluster: &dyn Cluster) {
     let (segments, _) = node.segments("clicks").await.unwrap();
     assert_eq!(segments, vec![segment(3, 0, 0, 99), segment(3, 1, 100, 199)]);
     assert_eq!(node.checkpoint("clicks", 3).await.unwrap().unwrap().next_offset, Some(200));
+    assert_eq!(node.known_pipelines().await.unwrap(), vec!["clicks".to_string()]);
+    let listed = node.checkpoints("clicks").await.unwrap();
+    assert_eq!(listed.iter().map(|(p, c)| (*p, c.next_offset)).collect::<Vec<_>>(), vec![(3, Some(200))]);
 
     // The checkpoint survives the owner: the next owner continues from it.
     node.release(lease).await.unwrap();

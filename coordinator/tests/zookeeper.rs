@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_coordinator::{
-    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions, fair_share, keep_balanced,
+    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions, fair_share,
+    keep_balanced,
 };
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 use zookeeper_client::Client;
@@ -133,12 +134,15 @@ struct Worker {
 
 async fn start_worker(zk: &ZooKeeper, root: &str, id: &str, partitions: i32) -> Worker {
     let coordinator = node(zk, root).await;
-    let info = WorkerInfo { id: id.into(), host: "localhost".into(), http_addr: "127.0.0.1:0".into(), started_at_ms: 0 };
+    let info =
+        WorkerInfo { id: id.into(), host: "localhost".into(), http_addr: "127.0.0.1:0".into(), started_at_ms: 0 };
     coordinator.register_worker(&info).await.unwrap();
     let held = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
     let (c, h, me) = (coordinator.clone(), held.clone(), id.to_string());
     let task = tokio::spawn(async move {
-        keep_balanced(c.as_ref(), "clicks", partitions, &me, &h, Duration::from_millis(200), |_| async {}).await.unwrap();
+        keep_balanced(c.as_ref(), "clicks", partitions, &me, &h, Duration::from_millis(200), |_| async {})
+            .await
+            .unwrap();
     });
     Worker { id: id.into(), coordinator, held, task }
 }

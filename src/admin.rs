@@ -1,0 +1,172 @@
+//! Operator commands that talk to the coordinator: `pipeline apply/list/
+//! delete/reset-offset` and `status`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sluice_config::{CoordinatorConfig, CoordinatorEndpoint, ProcessEnv};
+use sluice_coordinator::{Coordinator, Position, ZooKeeperCoordinator, ZooKeeperOptions};
+
+/// Where the cluster's ZooKeeper is: `--zookeeper` (+ `--root`), or the
+/// `[coordinator]` section of a worker or query-node file.
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// ZooKeeper connect string, e.g. `zk1:2181,zk2:2181,zk3:2181`.
+    #[arg(long, conflicts_with = "config")]
+    zookeeper: Option<String>,
+    /// ZooKeeper root (chroot) of the cluster.
+    #[arg(long, default_value = "/sluice", requires = "zookeeper")]
+    root: String,
+    /// A worker or query-node config file to take the coordinator from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl CoordinatorArgs {
+    fn coordinator_config(&self) -> anyhow::Result<CoordinatorConfig> {
+        if let Some(connect) = &self.zookeeper {
+            let config = CoordinatorConfig {
+                connect: connect.clone(),
+                root: self.root.clone(),
+                ..CoordinatorConfig::embedded()
+            };
+            if let Err(why) = config.endpoint() {
+                bail!("--zookeeper {connect:?}: {why}");
+            }
+            return Ok(config);
+        }
+        let Some(path) = &self.config else {
+            bail!("name the cluster with --zookeeper <host:port,...> or --config <worker or query-node file>");
+        };
+        Ok(match sluice_config::load_any(path, None)? {
+            sluice_config::AnyConfig::Worker(w) => w.config.coordinator,
+            sluice_config::AnyConfig::QueryNode(q) => q.coordinator,
+            sluice_config::AnyConfig::Pipeline(_) => {
+                bail!("{}: a pipeline file has no coordinator; pass a worker or query-node file", path.display())
+            }
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<ZooKeeperCoordinator> {
+        let config = self.coordinator_config()?;
+        match config.endpoint().map_err(anyhow::Error::msg)? {
+            CoordinatorEndpoint::Embedded => bail!(
+                "the embedded coordinator lives inside one sluice process; these commands need a ZooKeeper cluster"
+            ),
+            CoordinatorEndpoint::ZooKeeper(_) => {}
+        }
+        let options = ZooKeeperOptions {
+            connect: config.connect.clone(),
+            root: config.root.clone(),
+            session_timeout: config.session_timeout,
+        };
+        tokio::time::timeout(Duration::from_secs(30), ZooKeeperCoordinator::connect(options))
+            .await
+            .with_context(|| format!("ZooKeeper at {} did not answer within 30 s", config.connect))?
+            .with_context(|| format!("connect to ZooKeeper at {}", config.connect))
+    }
+}
+
+/// Validates each file and stores it as written: `${VAR}`s stay unresolved in
+/// ZooKeeper and are resolved by each worker from its own environment, so
+/// secrets never reach the coordinator.
+pub async fn apply(files: &[PathBuf], args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let mut pipelines = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        let config = sluice_config::parse_pipeline(&text, file, &ProcessEnv)?;
+        pipelines.push((config.table, text));
+    }
+    let coordinator = args.connect().await?;
+    for ((name, text), file) in pipelines.iter().zip(files) {
+        coordinator.apply_pipeline(name, text).await.with_context(|| format!("apply {}", file.display()))?;
+        println!("applied pipeline `{name}` from {}", file.display());
+    }
+    Ok(())
+}
+
+pub async fn list(args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let coordinator = args.connect().await?;
+    let (pipelines, _) = coordinator.pipelines().await?;
+    if pipelines.is_empty() {
+        println!("no pipelines applied");
+    }
+    for (name, text) in pipelines {
+        match sluice_config::parse_pipeline(&text, Path::new(&name), &ProcessEnv) {
+            Ok(p) => println!("{name}\ttopic {}\t{} columns", p.source.topic, p.schema.columns.len()),
+            Err(e) => println!("{name}\t(does not validate here: {})", e.to_string().replace('\n', "; ")),
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(name: &str, args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let coordinator = args.connect().await?;
+    let (pipelines, _) = coordinator.pipelines().await?;
+    if !pipelines.iter().any(|(n, _)| n == name) {
+        bail!("no pipeline `{name}` is applied");
+    }
+    coordinator.delete_pipeline(name).await?;
+    println!("deleted pipeline `{name}` (its checkpoints and segments are kept)");
+    Ok(())
+}
+
+pub fn parse_position(text: &str) -> Result<Position, String> {
+    match text {
+        "earliest" => Ok(Position::Earliest),
+        "latest" => Ok(Position::Latest),
+        other => other
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .map(Position::Offset)
+            .ok_or_else(|| format!("`{other}`: expected `earliest`, `latest` or a non-negative offset")),
+    }
+}
+
+pub async fn reset_offset(pipeline: &str, partition: i32, to: Position, args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let coordinator = args.connect().await?;
+    let checkpoint = coordinator.reset_offset(pipeline, partition, to).await?;
+    let at = match (checkpoint.next_offset, checkpoint.reset_to) {
+        (Some(offset), _) => offset.to_string(),
+        (None, Some(position)) => format!("{position:?}").to_lowercase(),
+        (None, None) => "the pipeline's start position".to_string(),
+    };
+    println!(
+        "partition {partition} of `{pipeline}` restarts at {at}; its owner is fenced (epoch {})",
+        checkpoint.epoch
+    );
+    Ok(())
+}
+
+pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
+    let coordinator = args.connect().await?;
+    let (workers, _) = coordinator.workers().await?;
+    println!("workers: {}", workers.len());
+    for w in &workers {
+        println!("  {}\thost {}\thttp {}", w.id, w.host, w.http_addr);
+    }
+    for name in coordinator.known_pipelines().await? {
+        let owners: BTreeMap<i32, String> = coordinator.partition_owners(&name).await?.into_iter().collect();
+        let (segments, _) = coordinator.segments(&name).await?;
+        println!(
+            "pipeline {name}: {} segments, {} rows",
+            segments.len(),
+            segments.iter().map(|s| s.row_count).sum::<u64>()
+        );
+        println!("  partition\towner\tnext offset\tsegments\tepoch");
+        for (partition, checkpoint) in coordinator.checkpoints(&name).await? {
+            let count = segments.iter().filter(|s| s.partition == partition).count();
+            let next = checkpoint.next_offset.map_or_else(
+                || checkpoint.reset_to.map_or("start position".into(), |p| format!("{p:?}").to_lowercase()),
+                |o| o.to_string(),
+            );
+            let owner = owners.get(&partition).map_or("-", String::as_str);
+            println!("  {partition}\t{owner}\t{next}\t{count}\t{}", checkpoint.epoch);
+        }
+    }
+    Ok(())
+}
