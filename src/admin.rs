@@ -149,24 +149,64 @@ pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
     for w in &workers {
         println!("  {}\thost {}\thttp {}", w.id, w.host, w.http_addr);
     }
+    let (applied, _) = coordinator.pipelines().await?;
     for name in coordinator.known_pipelines().await? {
         let owners: BTreeMap<i32, String> = coordinator.partition_owners(&name).await?.into_iter().collect();
         let (segments, _) = coordinator.segments(&name).await?;
-        println!(
-            "pipeline {name}: {} segments, {} rows",
-            segments.len(),
-            segments.iter().map(|s| s.row_count).sum::<u64>()
-        );
-        println!("  partition\towner\tnext offset\tsegments\tepoch");
-        for (partition, checkpoint) in coordinator.checkpoints(&name).await? {
+        let config = applied
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, text)| sluice_config::parse_pipeline(text, Path::new(&name), &ProcessEnv).ok());
+        let checkpoints = coordinator.checkpoints(&name).await?;
+        let watermarks = match config {
+            Some(config) => {
+                let partitions: Vec<i32> = checkpoints.iter().map(|(p, _)| *p).collect();
+                tokio::task::spawn_blocking(move || high_watermarks(&config, &partitions)).await?
+            }
+            None => Err("the pipeline is not applied to ZooKeeper, so its topic is unknown here".to_string()),
+        };
+        let rows: u64 = segments.iter().map(|s| s.row_count).sum();
+        println!("pipeline {name}: {} segments, {rows} rows", segments.len());
+        if let Err(why) = &watermarks {
+            println!("  lag unknown: {why}");
+        }
+        println!("  partition\towner\tnext offset\tsegments\tepoch\tlag");
+        for (partition, checkpoint) in checkpoints {
             let count = segments.iter().filter(|s| s.partition == partition).count();
             let next = checkpoint.next_offset.map_or_else(
                 || checkpoint.reset_to.map_or("start position".into(), |p| format!("{p:?}").to_lowercase()),
                 |o| o.to_string(),
             );
             let owner = owners.get(&partition).map_or("-", String::as_str);
-            println!("  {partition}\t{owner}\t{next}\t{count}\t{}", checkpoint.epoch);
+            let lag = match (&watermarks, checkpoint.next_offset) {
+                (Ok(high), Some(next)) => {
+                    high.get(&partition).map_or("-".to_string(), |h| (h - next).max(0).to_string())
+                }
+                _ => "-".to_string(),
+            };
+            println!("  {partition}\t{owner}\t{next}\t{count}\t{}\t{lag}", checkpoint.epoch);
         }
     }
     Ok(())
+}
+
+/// High watermark per partition of the pipeline's topic, asked of Kafka with
+/// the pipeline's own connection properties.
+fn high_watermarks(config: &sluice_config::PipelineConfig, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut client = rdkafka::ClientConfig::new();
+    for (key, value) in &config.source.properties {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.source.bootstrap_servers).set("group.id", "sluice-status");
+    let consumer: BaseConsumer = client.create().map_err(|e| format!("Kafka client: {e}"))?;
+    partitions
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&config.source.topic, *p, Duration::from_secs(5))
+                .map(|(_, high)| (*p, high))
+                .map_err(|e| format!("Kafka at {}: {e}", config.source.bootstrap_servers))
+        })
+        .collect()
 }

@@ -42,8 +42,9 @@ fn apply_list_reset_status_and_delete() {
     let out = ok(run(&["status"]));
     assert!(out.contains("workers: 0"), "{out}");
     assert!(out.contains("pipeline clickstream: 0 segments, 0 rows"), "{out}");
-    assert!(out.contains("  3\t-\t42\t0\t1"), "{out}");
-    assert!(out.contains("  4\t-\tearliest\t0\t1"), "{out}");
+    assert!(out.contains("lag unknown: Kafka at localhost:9092"), "{out}");
+    assert!(out.contains("  3\t-\t42\t0\t1\t-"), "{out}");
+    assert!(out.contains("  4\t-\tearliest\t0\t1\t-"), "{out}");
 
     ok(run(&["pipeline", "delete", "iot_readings"]));
     let out = ok(run(&["pipeline", "list"]));
@@ -75,4 +76,29 @@ fn bad_input_is_refused_with_a_reason() {
 
     let out = sluice(&["pipeline", "delete", "nope", "--zookeeper", &connect]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pipeline `nope` is applied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_lag_from_the_brokers_high_watermark() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = sluice_testkit::KafkaBroker::start_mock(1).unwrap();
+    broker.create_topic("clickstream", 2).await.unwrap();
+    let producer = broker.producer().unwrap();
+    producer.send_all("clickstream", (0..100).map(|i| (i % 2, b"{}".to_vec()))).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("clickstream.toml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/clickstream.toml")).unwrap();
+    std::fs::write(&pipeline, text.replace("${KAFKA_BOOTSTRAP:-localhost:9092}", broker.bootstrap_servers())).unwrap();
+    let connect = zk.connect_string();
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--zookeeper", connect.as_str(), "--root", "/lag"]);
+        sluice(&all)
+    };
+    ok(run(&["pipeline", "apply", pipeline.to_str().unwrap()]));
+    ok(run(&["pipeline", "reset-offset", "clickstream", "0", "20"]));
+    ok(run(&["pipeline", "reset-offset", "clickstream", "1", "50"]));
+    let out = ok(run(&["status"]));
+    assert!(out.contains("  0\t-\t20\t0\t1\t30"), "50 produced to partition 0, checkpoint at 20: {out}");
+    assert!(out.contains("  1\t-\t50\t0\t1\t0"), "{out}");
 }

@@ -26,6 +26,7 @@
 
 mod assignment;
 mod balancer;
+pub mod duties;
 mod error;
 mod memory;
 mod types;

@@ -194,3 +194,38 @@ async fn partitions_rebalance_as_workers_join_and_leave() {
     w1.task.abort();
     w3.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
+    let zk = ZooKeeper::start().unwrap();
+    let root = format!("/{}", unique_name("expiry"));
+    let proxy = TcpProxy::start(format!("127.0.0.1:{}", zk.port()).parse().unwrap()).await.unwrap();
+    let options = ZooKeeperOptions {
+        connect: proxy.addr().to_string(),
+        root: root.clone(),
+        session_timeout: Duration::from_secs(2),
+    };
+    let worker = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
+    let info = WorkerInfo { id: "w1".into(), host: "h".into(), http_addr: "127.0.0.1:9100".into(), started_at_ms: 1 };
+    worker.register_worker(&info).await.unwrap();
+    let mut lease = worker.acquire("clicks", 0, "w1").await.unwrap().unwrap();
+    let observer = node(&zk, &root).await;
+    assert_eq!(observer.workers().await.unwrap().0, vec![info.clone()]);
+
+    let session = worker.session_id();
+    proxy.blackhole();
+    let gone = || async { observer.workers().await.unwrap().0.is_empty() };
+    wait_until("ZooKeeper expires the partitioned worker's session", Duration::from_secs(20), gone).await.unwrap();
+    proxy.restore();
+    let new_session = || async { worker.session_id() != session };
+    wait_until("the worker opens a new session", Duration::from_secs(20), new_session).await.unwrap();
+    let back = || async { observer.workers().await.unwrap().0 == vec![info.clone()] };
+    wait_until("the worker is registered again", Duration::from_secs(20), back).await.unwrap();
+
+    // Nothing is ever committed under the expired session's lease...
+    assert_eq!(worker.commit(&mut lease, &segment(0, 0, 9)).await.unwrap(), CommitOutcome::Fenced);
+    assert!(observer.segments("clicks").await.unwrap().0.is_empty());
+    // ...and the new session acquires afresh, with a new epoch.
+    let fresh = worker.acquire("clicks", 0, "w1").await.unwrap().expect("the old lock died with the old session");
+    assert!(fresh.epoch() > lease.epoch());
+}

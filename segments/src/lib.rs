@@ -19,6 +19,7 @@
 
 mod builder;
 mod consuming;
+pub mod deepstore;
 mod error;
 mod format;
 mod index;
