@@ -9,17 +9,13 @@ pub fn fair_share(partitions: usize, workers: usize) -> usize {
 }
 
 fn score(worker: &str, pipeline: &str, partition: i32) -> u64 {
-    // FNV-1a + splitmix finaliser: stable across processes and builds.
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in worker.bytes().chain([0]).chain(pipeline.bytes()).chain([0]).chain(partition.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    let mut bytes = Vec::with_capacity(worker.len() + pipeline.len() + 6);
+    bytes.extend_from_slice(worker.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(pipeline.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&partition.to_le_bytes());
+    sluice_segments::types::stable_hash(&bytes, 0)
 }
 
 /// Partitions per worker: rendezvous hashing (each partition prefers the

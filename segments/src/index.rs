@@ -18,7 +18,7 @@ use std::ops::{Bound, Range};
 
 use roaring::RoaringBitmap;
 
-use crate::types::Key;
+use crate::types::{Key, stable_hash};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -353,25 +353,10 @@ const BLOOM_HASHES: u32 = 7;
 /// ~1% false positives at 7 hashes.
 const BLOOM_BITS_PER_KEY: u64 = 10;
 
-fn hash64(bytes: &[u8], seed: u64) -> u64 {
-    // FNV-1a, then a splitmix64 finaliser: stable across builds and platforms,
-    // which a file format needs (std's hasher is not).
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 fn bloom_positions(key: &Key, bits: u64, scratch: &mut Vec<u8>) -> impl Iterator<Item = u64> {
     key.hash_bytes(scratch);
-    let h1 = hash64(scratch, 0);
-    let h2 = hash64(scratch, 0x9e37_79b9_7f4a_7c15) | 1;
+    let h1 = stable_hash(scratch, 0);
+    let h2 = stable_hash(scratch, 0x9e37_79b9_7f4a_7c15) | 1;
     (0..u64::from(BLOOM_HASHES)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
 }
 

@@ -204,6 +204,23 @@ impl Key {
     }
 }
 
+/// A 64-bit hash that is the same on every platform, build and run — what
+/// a file format (bloom filters) and independently computing processes
+/// (partition assignment) need, and what std's hasher does not promise.
+/// FNV-1a over the bytes, then a splitmix64 finaliser for avalanche.
+pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// Maps an f64 to bits whose unsigned order is IEEE 754 `totalOrder`.
 pub fn f64_order_bits(v: f64) -> u64 {
     let bits = v.to_bits();
