@@ -124,8 +124,13 @@ fn load(c: &mut Criterion) {
         seal(&segment, "bench", 0).unwrap().write_file(&path).unwrap();
         let size = std::fs::metadata(&path).unwrap().len();
         group.throughput(Throughput::Bytes(size));
-        group.bench_function(BenchmarkId::new("verify_and_map", format!("{rows}_rows_{}MiB", size >> 20)), |b| {
+        let label = format!("{rows}_rows_{}MiB", size >> 20);
+        group.bench_function(BenchmarkId::new("verify_and_map", &label), |b| {
             b.iter(|| black_box(Segment::open(&path).unwrap().num_rows()))
+        });
+        // SAFETY: written just above by this crate, and verified by `open`.
+        group.bench_function(BenchmarkId::new("trusted_map", &label), |b| {
+            b.iter(|| black_box(unsafe { Segment::open_trusted(&path) }.unwrap().num_rows()))
         });
     }
     group.finish();

@@ -304,7 +304,7 @@ impl Evaluator<'_> {
             CmpOp::Gt => (Excluded(key), Unbounded),
             CmpOp::GtEq => (Included(key), Unbounded),
         };
-        self.range(col, range.0, range.1, nulls).or_else(|_| self.scan(col, op, key))
+        self.range(col, range.0, range.1, nulls)
     }
 
     fn range(

@@ -407,9 +407,32 @@ impl Segment {
         Segment::from_buffer(&name, buffer)
     }
 
+    /// Memory-maps a segment file whose every byte was verified before (for
+    /// example by [`Segment::open`] right after it arrived), checking only
+    /// the footer, header, index and metadata. Opening then costs the same
+    /// for any segment size, where [`Segment::open`] checksums every byte.
+    ///
+    /// # Safety
+    /// The data section is neither checksummed nor validated. The caller
+    /// guarantees the file is exactly as this crate wrote it and verified it,
+    /// unchanged since. A damaged data section opened this way can make later
+    /// reads misbehave (undefined behaviour).
+    pub unsafe fn open_trusted(path: &Path) -> Result<Segment, SegmentError> {
+        let name = path.display().to_string();
+        let io = |source| SegmentError::Io { file: name.clone(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: as in `open`: published segment files are never written.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Segment::read(&name, Buffer::from(bytes::Bytes::from_owner(mmap)), false)
+    }
+
     /// Verifies and reads a segment held in `bytes`; `file` names it in errors.
     pub fn from_buffer(file: &str, bytes: Buffer) -> Result<Segment, SegmentError> {
-        let layout = format::verify(file, bytes.as_slice())?;
+        Segment::read(file, bytes, true)
+    }
+
+    fn read(file: &str, bytes: Buffer, check_data: bool) -> Result<Segment, SegmentError> {
+        let layout = format::verify(file, bytes.as_slice(), check_data)?;
         let meta: SegmentMeta = serde_json::from_slice(&bytes.as_slice()[layout.metadata.clone()])
             .map_err(|e| SegmentError::corrupt(file, Section::Metadata, format!("malformed: {e}")))?;
         if meta.format_version != FORMAT_VERSION {

@@ -126,6 +126,27 @@ fn a_corrupt_file_on_disk_is_refused_with_its_path() {
     assert!(Segment::open(&dir.path().join("missing.seg")).is_err());
 }
 
+#[test]
+fn a_trusted_open_still_checks_everything_but_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.seg");
+    let bytes = image();
+    std::fs::write(&path, &bytes).unwrap();
+    // SAFETY: the file is an intact image written by this crate.
+    let trusted = unsafe { Segment::open_trusted(&path) }.unwrap();
+    assert_eq!(trusted.to_record_batch().unwrap(), open(bytes.clone()).unwrap().to_record_batch().unwrap());
+    for (section, range) in sections(&bytes) {
+        if section == Section::Data {
+            continue;
+        }
+        let mut damaged = bytes.clone();
+        damaged[range.start + range.len() / 2] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
+        // SAFETY: only a non-data section is damaged, which is checked.
+        assert!(unsafe { Segment::open_trusted(&path) }.is_err(), "damage in the {section} is still refused");
+    }
+}
+
 mod no_panic {
     use super::*;
     use proptest::prelude::*;
