@@ -61,9 +61,10 @@ pub(crate) struct Layout {
     pub metadata: Range<usize>,
 }
 
-/// Checks the footer, the header and every section checksum — the data
-/// section's only when `check_data` (see `Segment::open_trusted`).
-pub(crate) fn verify(file: &str, bytes: &[u8], check_data: bool) -> Result<Layout, SegmentError> {
+/// Checks the footer, the header and every section checksum — those of the
+/// bulk sections (data, index), whose size grows with the rows, only when
+/// `check_bulk` (see `Segment::open_trusted`).
+pub(crate) fn verify(file: &str, bytes: &[u8], check_bulk: bool) -> Result<Layout, SegmentError> {
     let corrupt = |section, reason: String| SegmentError::corrupt(file, section, reason);
     if bytes.len() < HEADER_LEN + FOOTER_LEN {
         return Err(corrupt(
@@ -102,7 +103,7 @@ pub(crate) fn verify(file: &str, bytes: &[u8], check_data: bool) -> Result<Layou
         let Some(end) = end.filter(|_| start == expected_start) else {
             return Err(corrupt(section, format!("section at {start}+{len} does not fit the file layout")));
         };
-        let skip = section == Section::Data && !check_data;
+        let skip = matches!(section, Section::Data | Section::Index) && !check_bulk;
         if !skip && crc32c::crc32c(&bytes[start..end]) != crc {
             return Err(corrupt(section, "checksum mismatch".into()));
         }

@@ -409,14 +409,16 @@ impl Segment {
 
     /// Memory-maps a segment file whose every byte was verified before (for
     /// example by [`Segment::open`] right after it arrived), checking only
-    /// the footer, header, index and metadata. Opening then costs the same
-    /// for any segment size, where [`Segment::open`] checksums every byte.
+    /// the footer, header and metadata checksums. Opening then costs about
+    /// the same for any segment size, where [`Segment::open`] checksums every
+    /// byte.
     ///
     /// # Safety
-    /// The data section is neither checksummed nor validated. The caller
-    /// guarantees the file is exactly as this crate wrote it and verified it,
-    /// unchanged since. A damaged data section opened this way can make later
-    /// reads misbehave (undefined behaviour).
+    /// The data and index sections are not checksummed and the Arrow data is
+    /// not validated. The caller guarantees the file is exactly as this crate
+    /// wrote it and as it was verified, unchanged since. A damaged data
+    /// section opened this way can make later reads misbehave (undefined
+    /// behaviour); a damaged index gives errors or wrong rows.
     pub unsafe fn open_trusted(path: &Path) -> Result<Segment, SegmentError> {
         let name = path.display().to_string();
         let io = |source| SegmentError::Io { file: name.clone(), source };
@@ -431,8 +433,8 @@ impl Segment {
         Segment::read(file, bytes, true)
     }
 
-    fn read(file: &str, bytes: Buffer, check_data: bool) -> Result<Segment, SegmentError> {
-        let layout = format::verify(file, bytes.as_slice(), check_data)?;
+    fn read(file: &str, bytes: Buffer, check_bulk: bool) -> Result<Segment, SegmentError> {
+        let layout = format::verify(file, bytes.as_slice(), check_bulk)?;
         let meta: SegmentMeta = serde_json::from_slice(&bytes.as_slice()[layout.metadata.clone()])
             .map_err(|e| SegmentError::corrupt(file, Section::Metadata, format!("malformed: {e}")))?;
         if meta.format_version != FORMAT_VERSION {
