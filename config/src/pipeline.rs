@@ -322,7 +322,7 @@ pub enum BadRecordPolicy {
     Fail,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BadRecords {
     #[serde(default)]
@@ -330,6 +330,21 @@ pub struct BadRecords {
     /// The dead-letter topic (policy `dead_letter` only), on the source cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// Records larger than this are bad records (`oversized`), not decoded.
+    #[serde(default = "BadRecords::default_max_message_bytes")]
+    pub max_message_bytes: ByteSize,
+}
+
+impl BadRecords {
+    fn default_max_message_bytes() -> ByteSize {
+        ByteSize::mib(1)
+    }
+}
+
+impl Default for BadRecords {
+    fn default() -> Self {
+        Self { policy: BadRecordPolicy::default(), topic: None, max_message_bytes: Self::default_max_message_bytes() }
+    }
 }
 
 impl PipelineConfig {
@@ -506,6 +521,9 @@ impl PipelineConfig {
     }
 
     fn validate_bad_records(&self, p: &mut Problems) {
+        if self.bad_records.max_message_bytes.as_u64() == 0 {
+            p.push("bad_records.max_message_bytes", "0 bytes", "a size greater than zero, such as `1MiB`");
+        }
         match (self.bad_records.policy, &self.bad_records.topic) {
             (BadRecordPolicy::DeadLetter, None) => p.push(
                 "bad_records.topic",

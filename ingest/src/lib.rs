@@ -1,0 +1,19 @@
+//! Ingestion: turning Kafka records into segment rows. So far this crate
+//! holds the decoder; the partition consumers, the seal → upload → commit
+//! loop and the worker join it as they are built.
+//!
+//! Invariants:
+//! - Decoding never panics and never recurses without bound: every input is
+//!   either a row or a [`BadRecord`] with its reason and the column it concerns.
+//! - A bad record is classified, never dropped silently: the caller counts it
+//!   per reason and skips, dead-letters or fails, as the pipeline says.
+//! - Conversions are strict and explicit: a JSON value becomes a column value
+//!   only when its JSON type is the column's (integers into integer columns
+//!   within range, numbers into float columns, strings into string columns,
+//!   integers into epoch timestamps, strings into RFC 3339 timestamps).
+
+mod decode;
+mod timestamp;
+
+pub use decode::{BadRecord, BadRecordKind, Decoder, Row};
+pub use timestamp::parse_rfc3339;
