@@ -61,7 +61,7 @@ pub async fn enforce_retention(
 }
 
 /// Deletes files in `table`'s deep-store directory that no catalog entry
-/// names and that are older than `grace`. Returns the removed paths.
+/// points to and that are older than `grace`. Returns the removed paths.
 pub async fn collect_orphans(
     coordinator: &dyn Coordinator,
     table: &str,
@@ -71,10 +71,12 @@ pub async fn collect_orphans(
 ) -> Result<Vec<PathBuf>, CoordError> {
     let unexpected = |reason: String| CoordError::Unexpected { operation: "collect orphans".into(), reason };
     let (segments, _) = coordinator.segments(table).await?;
-    let cataloged: HashSet<String> = segments.into_iter().map(|s| s.name).collect();
+    // By path, not by name: a zombie's upload has a committed segment's
+    // name but its own file, and is an orphan.
+    let cataloged: HashSet<PathBuf> = segments.iter().filter_map(|s| file_uri_path(&s.uri)).collect();
     let mut removed = Vec::new();
     for file in store.list(table).map_err(|e| unexpected(e.to_string()))? {
-        let orphan = file.segment.as_ref().is_none_or(|name| !cataloged.contains(name));
+        let orphan = !cataloged.contains(&file.path);
         let old_enough = now.duration_since(file.modified).is_ok_and(|age| age >= grace);
         if orphan && old_enough {
             store.remove(&file.path).map_err(|e| unexpected(e.to_string()))?;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use sluice_config::TimeUnit;
 use sluice_coordinator::duties::{Duties, collect_orphans, enforce_retention};
 use sluice_coordinator::{CommitOutcome, Coordinator, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_segments::deepstore::DeepStore;
+use sluice_segments::deepstore::{DeepStore, file_uri_path};
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -34,7 +34,7 @@ async fn commit_with_file(
     let seq = lease.checkpoint.next_seq;
     let start = lease.checkpoint.next_offset.unwrap_or(0);
     let name = SegmentRecord::segment_name(table, partition, seq, newest_ms);
-    let path = store.segment_path(table, &name);
+    let path = store.segment_path(table, &name, lease.epoch());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, b"segment").unwrap();
     let record = SegmentRecord {
@@ -44,7 +44,7 @@ async fn commit_with_file(
         start_offset: start,
         end_offset: start + 9,
         row_count: 10,
-        uri: store.segment_uri(table, &SegmentRecord::segment_name(table, partition, seq, newest_ms)),
+        uri: DeepStore::uri_of(&path),
         size_bytes: 7,
         crc32c: 0,
         time_range: Some((newest_ms - 1000, newest_ms)),
@@ -81,32 +81,34 @@ async fn retention_removes_old_segments_and_orphans_are_collected_after_a_grace_
     assert_eq!(deleted, vec![old.name.clone()]);
     let (left, _) = c.segments("clicks").await.unwrap();
     assert_eq!(left, vec![fresh.clone()]);
-    assert!(!store.segment_path("clicks", &old.name).exists(), "the expired file is deleted");
-    assert!(store.segment_path("clicks", &fresh.name).exists());
+    assert!(!file_uri_path(&old.uri).unwrap().exists(), "the expired file is deleted");
+    assert!(file_uri_path(&fresh.uri).unwrap().exists());
     assert_eq!(
         c.checkpoint("clicks", 0).await.unwrap().unwrap().next_offset,
         Some(20),
         "checkpoints survive retention"
     );
 
-    // Orphans: an uncommitted upload (old and young) and a stray temp file.
-    let old_orphan = store.segment_path("clicks", "clicks__0__9__20200101T0000Z");
-    let young_orphan = store.segment_path("clicks", "clicks__0__10__20200101T0000Z");
+    // Orphans: uncommitted uploads (old and young), a zombie's upload under
+    // a committed segment's name, and a stray temp file.
+    let old_orphan = store.segment_path("clicks", "clicks__0__9__20200101T0000Z", 1);
+    let young_orphan = store.segment_path("clicks", "clicks__0__10__20200101T0000Z", 1);
+    let zombie = store.segment_path("clicks", &fresh.name, 999);
     let stray = store.table_dir("clicks").join(".clicks__0__11.tmp-42");
-    for path in [&old_orphan, &young_orphan, &stray] {
+    for path in [&old_orphan, &young_orphan, &zombie, &stray] {
         std::fs::write(path, b"x").unwrap();
     }
-    age(&old_orphan, Duration::from_secs(7200));
-    age(&stray, Duration::from_secs(7200));
-    age(&store.segment_path("clicks", &fresh.name), Duration::from_secs(7200));
+    for path in [&old_orphan, &zombie, &stray, &file_uri_path(&fresh.uri).unwrap()] {
+        age(path, Duration::from_secs(7200));
+    }
     let mut removed =
         collect_orphans(c.as_ref(), "clicks", &store, Duration::from_secs(3600), SystemTime::now()).await.unwrap();
     removed.sort();
-    let mut expected = vec![old_orphan.clone(), stray.clone()];
+    let mut expected = vec![old_orphan.clone(), zombie.clone(), stray.clone()];
     expected.sort();
     assert_eq!(removed, expected);
     assert!(young_orphan.exists(), "within the grace period an upload may still be committing");
-    assert!(store.segment_path("clicks", &fresh.name).exists(), "a cataloged file is never an orphan");
+    assert!(file_uri_path(&fresh.uri).unwrap().exists(), "a cataloged file is never an orphan");
 
     // Seconds as the time unit.
     let secs = commit_with_file(c.as_ref(), &store, "secs", 0, (now_ms() - 48 * HOUR_MS) / 1000).await;
@@ -163,7 +165,7 @@ async fn the_leader_runs_the_duties_and_a_successor_takes_over() {
     wait_until("the successor expires the next old segment", Duration::from_secs(10), gone(second.name.clone()))
         .await
         .unwrap();
-    assert!(!store.segment_path("clickstream", &second.name).exists());
+    assert!(!file_uri_path(&second.uri).unwrap().exists());
     a.abort();
     b.abort();
 }

@@ -1,5 +1,8 @@
 //! The deep store: where sealed segment files live for good. Layout:
-//! `<root>/<table>/<segment name>.seg`. Only `file://` roots exist today
+//! `<root>/<table>/<segment name>.e<epoch>.seg`. The lease epoch is in the
+//! file name because two writers can build a segment of the same name — a
+//! zombie and the partition's new owner, at the same sequence number — and a
+//! zombie's late upload must never overwrite a committed file. Only `file://` roots exist today
 //! (a local or shared filesystem); other schemes are refused by config
 //! validation until they are implemented.
 
@@ -19,9 +22,6 @@ pub struct DeepStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFile {
     pub path: PathBuf,
-    /// The segment name for `*.seg` files, `None` for anything else (such as
-    /// an interrupted upload's temporary file).
-    pub segment: Option<String>,
     pub modified: SystemTime,
 }
 
@@ -47,13 +47,14 @@ impl DeepStore {
         self.root.join(table)
     }
 
-    pub fn segment_path(&self, table: &str, segment: &str) -> PathBuf {
-        self.table_dir(table).join(format!("{segment}.{SEGMENT_EXTENSION}"))
+    /// Where the writer holding lease `epoch` stores segment `segment`.
+    pub fn segment_path(&self, table: &str, segment: &str, epoch: u64) -> PathBuf {
+        self.table_dir(table).join(format!("{segment}.e{epoch}.{SEGMENT_EXTENSION}"))
     }
 
-    /// The URI a segment's catalog entry records.
-    pub fn segment_uri(&self, table: &str, segment: &str) -> String {
-        format!("file://{}", self.segment_path(table, segment).display())
+    /// The URI a catalog entry records for a path of this store.
+    pub fn uri_of(path: &Path) -> String {
+        format!("file://{}", path.display())
     }
 
     /// Every file in the table's directory (none if it does not exist).
@@ -72,11 +73,7 @@ impl DeepStore {
             if !meta.is_file() {
                 continue;
             }
-            let path = entry.path();
-            let segment = (path.extension().and_then(|e| e.to_str()) == Some(SEGMENT_EXTENSION))
-                .then(|| path.file_stem().and_then(|s| s.to_str()).map(str::to_string))
-                .flatten();
-            files.push(StoredFile { path, segment, modified: meta.modified().map_err(io)? });
+            files.push(StoredFile { path: entry.path(), modified: meta.modified().map_err(io)? });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(files)
