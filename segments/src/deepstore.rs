@@ -105,17 +105,14 @@ mod tests {
         let uri = format!("file://{}", dir.path().display());
         let store = DeepStore::from_uri(&uri).unwrap();
         assert!(store.list("clicks").unwrap().is_empty());
-        let path = store.segment_path("clicks", "clicks__0__0__20261125T1000Z");
+        let path = store.segment_path("clicks", "clicks__0__0__20261125T1000Z", 3);
+        assert!(path.ends_with("clicks/clicks__0__0__20261125T1000Z.e3.seg"));
+        assert_ne!(path, store.segment_path("clicks", "clicks__0__0__20261125T1000Z", 4), "one file per writer");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"x").unwrap();
         std::fs::write(store.table_dir("clicks").join(".upload.tmp-1"), b"y").unwrap();
-        let files = store.list("clicks").unwrap();
-        assert_eq!(files.len(), 2);
-        assert_eq!(
-            files.iter().filter_map(|f| f.segment.clone()).collect::<Vec<_>>(),
-            vec!["clicks__0__0__20261125T1000Z"]
-        );
-        assert_eq!(file_uri_path(&store.segment_uri("clicks", "s")), Some(store.segment_path("clicks", "s")));
+        assert_eq!(store.list("clicks").unwrap().len(), 2);
+        assert_eq!(file_uri_path(&DeepStore::uri_of(&path)), Some(path.clone()));
         store.remove(&path).unwrap();
         store.remove(&path).unwrap();
         assert!(DeepStore::from_uri("s3://bucket").is_err());
