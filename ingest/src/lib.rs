@@ -1,6 +1,7 @@
-//! Ingestion: turning Kafka records into segment rows. So far this crate
-//! holds the decoder; the partition consumers, the seal → upload → commit
-//! loop and the worker join it as they are built.
+//! Ingestion: Kafka partitions to committed segments. The decoder turns
+//! records into rows; [`partition::ingest_partition`] runs one owned
+//! partition through consume → seal → upload → fenced commit. The worker
+//! process that balances partitions and serves metrics joins it next.
 //!
 //! Invariants:
 //! - Decoding never panics and never recurses without bound: every input is
@@ -13,6 +14,7 @@
 //!   integers into epoch timestamps, strings into RFC 3339 timestamps).
 
 mod decode;
+pub mod partition;
 mod timestamp;
 
 pub use decode::{BadRecord, BadRecordKind, Decoder, Row};

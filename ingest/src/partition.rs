@@ -1,0 +1,297 @@
+//! One owned partition: Kafka → decode → consuming segment → seal → deep
+//! store → fenced commit, until stopped or fenced.
+//!
+//! Exactly-once rests on three facts: the consumer seeks to the checkpoint's
+//! next offset (or, for a partition never committed, the start position);
+//! a segment covers every offset from that checkpoint to the last one it
+//! consumed, rows and bad records alike; and the commit that advances the
+//! checkpoint is fenced by the lease. Whatever was consumed but not committed
+//! when a worker dies is read again by the next owner, and a worker that lost
+//! its lease cannot commit what it read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sluice_config::{BadRecordPolicy, PipelineConfig, StartPosition};
+use sluice_coordinator::{CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
+use sluice_segments::deepstore::DeepStore;
+use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
+use tokio::sync::watch;
+
+use crate::decode::{BadRecord, Decoder};
+
+/// How a partition's ingestion ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop: the consumed tail was committed and the lease released.
+    Stopped,
+    /// Someone else owns the partition now; nothing more was committed.
+    Fenced,
+    /// The pipeline's `fail` policy met a bad record, or an unrecoverable error.
+    Failed(String),
+}
+
+/// Everything a partition's ingestion shares with its pipeline.
+pub struct PipelineContext {
+    pub config: Arc<PipelineConfig>,
+    pub schema: Arc<SegmentSchema>,
+    pub decoder: Arc<Decoder>,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub store: DeepStore,
+    /// Producer for the dead-letter topic (policy `dead_letter`).
+    pub dead_letters: Option<FutureProducer>,
+}
+
+impl PipelineContext {
+    pub fn new(
+        config: Arc<PipelineConfig>,
+        coordinator: Arc<dyn Coordinator>,
+        store: DeepStore,
+    ) -> Result<Self, String> {
+        let dead_letters = match config.bad_records.policy {
+            BadRecordPolicy::DeadLetter => Some(
+                kafka_config(&config)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .create::<FutureProducer>()
+                    .map_err(|e| format!("dead-letter producer: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            schema: Arc::new(SegmentSchema::from_pipeline(&config)),
+            decoder: Arc::new(Decoder::new(&config)),
+            config,
+            coordinator,
+            store,
+            dead_letters,
+        })
+    }
+}
+
+/// Client properties for a pipeline's Kafka connection.
+pub fn kafka_config(config: &PipelineConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.source.properties {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.source.bootstrap_servers);
+    client
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Ingests one partition under `lease` until `stop` turns true (then commits
+/// what was consumed and releases the lease) or the lease is fenced.
+pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut stop: watch::Receiver<bool>) -> Exit {
+    let config = &ctx.config;
+    let partition = lease.partition;
+    let consumer: StreamConsumer = match kafka_config(config)
+        .set("group.id", format!("sluice-{}", config.table))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(e) => return Exit::Failed(format!("Kafka consumer: {e}")),
+    };
+    let start = match (lease.checkpoint.next_offset, lease.checkpoint.reset_to, config.source.start_position) {
+        (Some(offset), _, _) => Offset::Offset(offset),
+        (None, Some(Position::Offset(o)), _) => Offset::Offset(o),
+        (None, Some(Position::Earliest), _) | (None, None, StartPosition::Earliest) => Offset::Beginning,
+        (None, Some(Position::Latest), _) | (None, None, StartPosition::Latest) => Offset::End,
+        (None, None, StartPosition::Offset(o)) => Offset::Offset(o as i64),
+    };
+    let mut assignment = TopicPartitionList::new();
+    if let Err(e) = assignment.add_partition_offset(&config.source.topic, partition, start) {
+        return Exit::Failed(format!("assign: {e}"));
+    }
+    if let Err(e) = consumer.assign(&assignment) {
+        return Exit::Failed(format!("assign: {e}"));
+    }
+    tracing::info!(table = %config.table, partition, ?start, epoch = lease.epoch(), "consuming");
+
+    let mut state = Consuming { segment: None, started: None };
+    loop {
+        let message = tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return match flush(&ctx, &mut lease, &mut state, &stop).await {
+                        Ok(()) => {
+                            let _ = ctx.coordinator.release(lease).await;
+                            Exit::Stopped
+                        }
+                        Err(exit) => exit,
+                    };
+                }
+                continue;
+            }
+            received = tokio::time::timeout(Duration::from_millis(200), consumer.recv()) => received,
+        };
+        match message {
+            Ok(Ok(message)) => {
+                let offset = message.offset();
+                let payload = message.payload().unwrap_or_default();
+                if let Err(exit) = state.consume(&ctx, &lease, offset, payload).await {
+                    return exit;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => {} // poll timeout: fall through to the time-based flush
+        }
+        if state.should_flush(config)
+            && let Err(exit) = flush(&ctx, &mut lease, &mut state, &stop).await
+        {
+            return exit;
+        }
+    }
+}
+
+struct Consuming {
+    segment: Option<ConsumingSegment>,
+    started: Option<Instant>,
+}
+
+impl Consuming {
+    async fn consume(&mut self, ctx: &PipelineContext, lease: &Lease, offset: i64, payload: &[u8]) -> Result<(), Exit> {
+        let segment = self.segment.get_or_insert_with(|| {
+            // Continue exactly where the checkpoint is; a first segment
+            // starts at the first record read.
+            let start = lease.checkpoint.next_offset.unwrap_or(offset);
+            ConsumingSegment::new(ctx.schema.clone(), lease.partition, start)
+        });
+        if offset < segment.next_offset() {
+            return Ok(()); // already covered: a redelivery after a seek
+        }
+        self.started.get_or_insert_with(Instant::now);
+        let bad = match ctx.decoder.decode(payload) {
+            Ok(row) => match segment.append(offset, &row.datums()) {
+                Ok(()) => return Ok(()),
+                Err(e) => BadRecord { kind: crate::BadRecordKind::WrongType, column: None, detail: e.to_string() },
+            },
+            Err(bad) => bad,
+        };
+        handle_bad_record(ctx, lease.partition, offset, payload, &bad).await?;
+        segment.skip(offset).map_err(|e| Exit::Failed(e.to_string()))
+    }
+
+    fn should_flush(&self, config: &PipelineConfig) -> bool {
+        let Some(segment) = &self.segment else { return false };
+        if segment.last_offset().is_none() {
+            return false;
+        }
+        i64::from(segment.row_count()) >= config.flush.rows
+            || segment.memory_bytes() as u64 >= config.flush.bytes.as_u64()
+            || self.started.is_some_and(|t| t.elapsed() >= config.flush.time)
+    }
+}
+
+async fn handle_bad_record(
+    ctx: &PipelineContext,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    bad: &BadRecord,
+) -> Result<(), Exit> {
+    let table = &ctx.config.table;
+    tracing::warn!(%table, partition, offset, reason = bad.kind.as_str(), detail = %bad, "bad record");
+    match ctx.config.bad_records.policy {
+        BadRecordPolicy::Skip => Ok(()),
+        BadRecordPolicy::Fail => {
+            Err(Exit::Failed(format!("bad record at partition {partition} offset {offset}: {bad}")))
+        }
+        BadRecordPolicy::DeadLetter => {
+            let (Some(producer), Some(topic)) = (&ctx.dead_letters, &ctx.config.bad_records.topic) else {
+                return Err(Exit::Failed("dead_letter policy without a producer".into()));
+            };
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "sluice.reason", value: Some(bad.kind.as_str()) })
+                .insert(Header { key: "sluice.detail", value: Some(&bad.detail) })
+                .insert(Header {
+                    key: "sluice.source",
+                    value: Some(&format!("{}/{partition}/{offset}", ctx.config.source.topic)),
+                });
+            // The offset moves past the record only once the dead letter is
+            // durably written: a crash before that re-reads the record.
+            loop {
+                let record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+                match producer.send(record, Duration::from_secs(30)).await {
+                    Ok(_) => return Ok(()),
+                    Err((e, _)) => {
+                        tracing::warn!(%table, partition, offset, error = %e, "dead-letter write failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Seals, uploads and commits the consuming segment, if it consumed
+/// anything. Transient failures are retried with backoff, never skipped.
+async fn flush(
+    ctx: &PipelineContext,
+    lease: &mut Lease,
+    state: &mut Consuming,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), Exit> {
+    let Some(segment) = state.segment.as_ref() else { return Ok(()) };
+    let Some(end_offset) = segment.last_offset() else { return Ok(()) };
+    let config = &ctx.config;
+    let created_at_ms = now_ms();
+    let name = SegmentRecord::segment_name(&config.table, lease.partition, lease.checkpoint.next_seq, created_at_ms);
+    let image = seal(segment, &name, created_at_ms).map_err(|e| Exit::Failed(format!("seal {name}: {e}")))?;
+    let path = ctx.store.segment_path(&config.table, &name, lease.epoch());
+    image.write_file(&path).map_err(|e| Exit::Failed(format!("upload {name}: {e}")))?;
+    let record = SegmentRecord {
+        name: name.clone(),
+        partition: lease.partition,
+        seq: lease.checkpoint.next_seq,
+        start_offset: segment.start_offset(),
+        end_offset,
+        row_count: image.meta.row_count,
+        uri: DeepStore::uri_of(&path),
+        size_bytes: image.bytes.len() as u64,
+        crc32c: crc32c::crc32c(&image.bytes),
+        time_range: image.meta.time_range,
+        created_at_ms,
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ctx.coordinator.commit(lease, &record).await {
+            Ok(CommitOutcome::Committed) => {
+                tracing::info!(table = %config.table, segment = %name, rows = record.row_count, end_offset, "committed");
+                state.segment = None;
+                state.started = None;
+                return Ok(());
+            }
+            Ok(CommitOutcome::Fenced) => {
+                tracing::warn!(table = %config.table, partition = lease.partition, "fenced: another worker owns the partition");
+                let _ = std::fs::remove_file(&path);
+                return Err(Exit::Fenced);
+            }
+            Ok(CommitOutcome::Discontinuous { expected, found }) => {
+                return Err(Exit::Failed(format!("segment starts at {found}, the checkpoint is at {expected}")));
+            }
+            Ok(CommitOutcome::Transient(reason)) => tracing::warn!(%reason, "commit outcome unknown; retrying"),
+            Err(e) => tracing::warn!(error = %e, "commit failed; retrying"),
+        }
+        if stop.has_changed().is_err() {
+            // The worker is going away without a coordinator to retry against.
+            return Err(Exit::Failed("stopped while the commit was still uncertain".into()));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,281 @@
+//! A partition ingested through crashes and bad records, against real
+//! ZooKeeper and a Kafka-protocol broker; exactly-once is checked by reading
+//! the committed segment files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use sluice_config::parse_pipeline;
+use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_ingest::partition::{Exit, PipelineContext, ingest_partition};
+use sluice_segments::Segment;
+use sluice_segments::deepstore::{DeepStore, file_uri_path};
+use sluice_testkit::{KafkaBroker, ZooKeeper, unique_name, wait_until};
+use tokio::sync::watch;
+
+fn pipeline(topic: &str, bootstrap: &str, extra: &str) -> sluice_config::PipelineConfig {
+    let text = format!(
+        r#"
+table = "events"
+[source]
+bootstrap_servers = "{bootstrap}"
+topic = "{topic}"
+[schema]
+time_column = "ts"
+[[schema.columns]]
+name = "ts"
+type = "timestamp"
+nullable = false
+[[schema.columns]]
+name = "id"
+type = "int64"
+nullable = false
+[indexes]
+inverted = ["id"]
+[flush]
+rows = 250
+time = "1s"
+{extra}
+"#
+    );
+    parse_pipeline(&text, Path::new("events.toml"), &|_: &str| None).unwrap()
+}
+
+async fn coordinator(zk: &ZooKeeper, root: &str) -> Arc<dyn Coordinator> {
+    let options =
+        ZooKeeperOptions { connect: zk.connect_string(), root: root.into(), session_timeout: Duration::from_secs(2) };
+    Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
+}
+
+/// (partition, offset) → id over every committed segment file.
+async fn committed_rows(c: &dyn Coordinator) -> (BTreeMap<(i32, i64), i64>, usize) {
+    let (segments, _) = c.segments("events").await.unwrap();
+    let mut rows = BTreeMap::new();
+    let mut duplicates = 0;
+    for record in &segments {
+        let segment = Segment::open(&file_uri_path(&record.uri).unwrap()).unwrap();
+        let batch = segment.to_record_batch().unwrap();
+        let ids = batch.column(1).as_primitive::<Int64Type>();
+        let offsets = batch.column(2).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            if rows.insert((record.partition, offsets.value(i)), ids.value(i)).is_some() {
+                duplicates += 1;
+            }
+        }
+    }
+    (rows, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 2).await.unwrap();
+    let producer = broker.producer().unwrap();
+    let first = producer
+        .send_all(
+            &topic,
+            (0..2_000i64).map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("/{}", unique_name("ingest"));
+    let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), ""));
+
+    // Worker A takes both partitions, and dies (no flush, no release) after
+    // committing some segments.
+    let a = coordinator(&zk, &root).await;
+    let ctx_a = Arc::new(PipelineContext::new(config.clone(), a.clone(), DeepStore::at(dir.path())).unwrap());
+    let (_stop_a, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for p in 0..2 {
+        let lease = a.acquire("events", p, "a").await.unwrap().unwrap();
+        tasks.push(tokio::spawn(ingest_partition(ctx_a.clone(), lease, stop_rx.clone())));
+    }
+    let some_committed = || async { committed_rows(a.as_ref()).await.0.len() >= 500 };
+    wait_until("A commits some segments", Duration::from_secs(30), some_committed).await.unwrap();
+    for task in &tasks {
+        task.abort();
+    }
+    drop(ctx_a);
+    drop(a); // the session closes: A's locks vanish as on a crash
+
+    // More records arrive; worker B takes over from the checkpoints.
+    let second = producer
+        .send_all(
+            &topic,
+            (2_000..3_000i64).map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())),
+        )
+        .await
+        .unwrap();
+    let b = coordinator(&zk, &root).await;
+    let ctx_b = Arc::new(PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path())).unwrap());
+    let (stop_b, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for p in 0..2 {
+        let lease = loop {
+            if let Some(lease) = b.acquire("events", p, "b").await.unwrap() {
+                break lease;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        tasks.push(tokio::spawn(ingest_partition(ctx_b.clone(), lease, stop_rx.clone())));
+    }
+    let all = || async { committed_rows(b.as_ref()).await.0.len() >= 3_000 };
+    wait_until("B commits everything", Duration::from_secs(60), all).await.unwrap();
+    stop_b.send(true).unwrap();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Exit::Stopped);
+    }
+
+    let (rows, duplicates) = committed_rows(b.as_ref()).await;
+    assert_eq!(duplicates, 0, "no (partition, offset) in two segments");
+    let produced: BTreeMap<(i32, i64), i64> =
+        first.iter().chain(&second).enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows, produced, "every produced record exactly once, at its offset");
+    for p in 0..2 {
+        let next = b.checkpoint("events", p).await.unwrap().unwrap().next_offset.unwrap();
+        let last = produced.keys().filter(|(q, _)| *q == p).map(|(_, o)| *o).max().unwrap();
+        assert_eq!(next, last + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    let dead = format!("{topic}-dlq");
+    broker.create_topic(&topic, 1).await.unwrap();
+    broker.create_topic(&dead, 1).await.unwrap();
+    let producer = broker.producer().unwrap();
+    let payloads: Vec<Vec<u8>> = vec![
+        b"{\"ts\": 1, \"id\": 1}".to_vec(),
+        b"not json".to_vec(),
+        b"{\"ts\": 3, \"id\": \"three\"}".to_vec(),
+        b"{\"ts\": 4, \"id\": 4}".to_vec(),
+        b"".to_vec(),
+        b"{\"ts\": 6, \"id\": 6}".to_vec(),
+    ];
+    producer.send_all(&topic, payloads.iter().map(|p| (0, p.clone()))).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[bad_records]\npolicy = \"dead_letter\"\ntopic = \"{dead}\"\n");
+    let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), &extra));
+    let c = coordinator(&zk, &format!("/{}", unique_name("dlq"))).await;
+    let ctx = Arc::new(PipelineContext::new(config, c.clone(), DeepStore::at(dir.path())).unwrap());
+    let (stop, stop_rx) = watch::channel(false);
+    let lease = c.acquire("events", 0, "w").await.unwrap().unwrap();
+    let task = tokio::spawn(ingest_partition(ctx, lease, stop_rx));
+    let done = || async { c.checkpoint("events", 0).await.unwrap().and_then(|cp| cp.next_offset) == Some(6) };
+    wait_until("the checkpoint passes every record, bad ones included", Duration::from_secs(30), done).await.unwrap();
+    stop.send(true).unwrap();
+    assert_eq!(task.await.unwrap(), Exit::Stopped);
+    let (rows, _) = committed_rows(c.as_ref()).await;
+    assert_eq!(rows.values().copied().collect::<Vec<_>>(), vec![1, 4, 6]);
+
+    let consumer: StreamConsumer = broker.consumer_config().create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(&dead, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await.unwrap().unwrap();
+        let headers = m.headers().unwrap();
+        let reason = headers
+            .iter()
+            .find(|h| h.key == "sluice.reason")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string());
+        letters.push((m.payload().unwrap_or_default().to_vec(), reason.unwrap()));
+    }
+    assert_eq!(
+        letters,
+        vec![
+            (b"not json".to_vec(), "invalid_json".to_string()),
+            (b"{\"ts\": 3, \"id\": \"three\"}".to_vec(), "wrong_type".to_string()),
+            (Vec::new(), "empty".to_string()),
+        ],
+        "the original bytes, with the reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let producer = broker.producer().unwrap();
+    let mut produced = producer
+        .send_all(&topic, (0..600i64).map(|id| (0, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("/{}", unique_name("zombie"));
+    // Segments flush by time only, so A holds an uncommitted tail.
+    let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), "").clone());
+    let mut slow = (*config).clone();
+    slow.flush.rows = 1_000_000;
+    slow.flush.time = Duration::from_secs(3);
+    let slow = Arc::new(slow);
+
+    let proxy = sluice_testkit::TcpProxy::start(format!("127.0.0.1:{}", zk.port()).parse().unwrap()).await.unwrap();
+    let options = ZooKeeperOptions {
+        connect: proxy.addr().to_string(),
+        root: root.clone(),
+        session_timeout: Duration::from_secs(2),
+    };
+    let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
+    let ctx_a = Arc::new(PipelineContext::new(slow.clone(), a.clone(), DeepStore::at(dir.path())).unwrap());
+    let (_stop_a, stop_rx) = watch::channel(false);
+    let lease = a.acquire("events", 0, "a").await.unwrap().unwrap();
+    let zombie = tokio::spawn(ingest_partition(ctx_a, lease, stop_rx));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // A is cut off from ZooKeeper (still reading Kafka) past its session
+    // timeout; B takes the partition and commits everything.
+    proxy.blackhole();
+    let b = coordinator(&zk, &root).await;
+    let lease_b = loop {
+        if let Some(lease) = b.acquire("events", 0, "b").await.unwrap() {
+            break lease;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    produced.extend(
+        producer
+            .send_all(&topic, (600..900i64).map(|id| (0, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())))
+            .await
+            .unwrap(),
+    );
+    let ctx_b = Arc::new(PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path())).unwrap());
+    let (stop_b, stop_rx) = watch::channel(false);
+    let task_b = tokio::spawn(ingest_partition(ctx_b, lease_b, stop_rx));
+    let all = || async { committed_rows(b.as_ref()).await.0.len() >= 900 };
+    wait_until("B commits everything", Duration::from_secs(60), all).await.unwrap();
+
+    // A comes back: its commit is fenced and it stops.
+    proxy.restore();
+    let exit = tokio::time::timeout(Duration::from_secs(30), zombie).await.expect("the zombie stops").unwrap();
+    assert_eq!(exit, Exit::Fenced);
+    stop_b.send(true).unwrap();
+    assert_eq!(task_b.await.unwrap(), Exit::Stopped);
+
+    let (rows, duplicates) = committed_rows(b.as_ref()).await;
+    assert_eq!(duplicates, 0);
+    let expected: BTreeMap<(i32, i64), i64> =
+        produced.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows, expected, "exactly once despite the zombie");
+    let files = DeepStore::at(dir.path()).list("events").unwrap().len();
+    let (segments, _) = b.segments("events").await.unwrap();
+    assert_eq!(files, segments.len(), "the zombie's upload was removed when it was fenced");
+}
