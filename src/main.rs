@@ -31,6 +31,14 @@ enum Command {
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
     },
+    /// Run an ingestion worker: take this worker's share of its pipelines'
+    /// partitions and turn them into committed segments. SIGTERM or SIGINT
+    /// commits what was consumed and exits; a second signal exits at once.
+    Ingest {
+        /// The worker config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Manage pipelines stored in ZooKeeper.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
@@ -106,6 +114,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Status { coordinator } => run_async(async move { admin::status(&coordinator).await }),
+        Command::Ingest { config } => run_async(async move { ingest(&config).await }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +123,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::sync::Arc;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let loaded = sluice_config::load_worker(path)?;
+    let coordinator_config = &loaded.config.coordinator;
+    let coordinator: Arc<dyn sluice_coordinator::Coordinator> =
+        match coordinator_config.endpoint().map_err(anyhow::Error::msg)? {
+            sluice_config::CoordinatorEndpoint::Embedded => Arc::new(sluice_coordinator::InProcessCoordinator::new()),
+            sluice_config::CoordinatorEndpoint::ZooKeeper(_) => Arc::new(
+                sluice_coordinator::ZooKeeperCoordinator::connect(sluice_coordinator::ZooKeeperOptions {
+                    connect: coordinator_config.connect.clone(),
+                    root: coordinator_config.root.clone(),
+                    session_timeout: coordinator_config.session_timeout,
+                })
+                .await
+                .with_context(|| format!("connect to ZooKeeper at {}", coordinator_config.connect))?,
+            ),
+        };
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal received: committing consumed data, then exiting (signal again to exit at once)");
+        let _ = shutdown.send(true);
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: exiting now; the uncommitted tail will be read again by the next owner");
+        std::process::exit(130);
+    });
+    sluice_ingest::worker::run_worker(loaded, coordinator, shutdown_rx).await?;
+    Ok(())
 }
 
 fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

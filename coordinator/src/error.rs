@@ -8,6 +8,10 @@ pub enum CoordError {
     SessionExpired { operation: String },
     #[error("{operation}: malformed data at {path}: {reason}")]
     Malformed { operation: String, path: String, reason: String },
+    /// Another live session registered this worker id (for example the
+    /// previous incarnation of a restarted worker, until its session expires).
+    #[error("worker id {id} is registered by another live session")]
+    WorkerIdTaken { id: String },
     #[error("{operation}: {reason}")]
     Unexpected { operation: String, reason: String },
 }

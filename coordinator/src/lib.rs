@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 pub use assignment::{fair_assignment, fair_share};
-pub use balancer::{Rebalance, keep_balanced, rebalance};
+pub use balancer::assigned_partitions;
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
 pub use types::{Checkpoint, CommitOutcome, Lease, Position, SegmentRecord, WorkerInfo};

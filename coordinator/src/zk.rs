@@ -354,10 +354,7 @@ impl Coordinator for ZooKeeperCoordinator {
                 // session's is a duplicate worker id.
                 let stat = client.check_stat(&path).await.map_err(|e| err("register worker", e))?;
                 if stat.is_some_and(|s| s.ephemeral_owner != client.session_id().0) {
-                    return Err(CoordError::Unexpected {
-                        operation: "register worker".into(),
-                        reason: format!("worker id {} is registered by another live session", worker.id),
-                    });
+                    return Err(CoordError::WorkerIdTaken { id: worker.id.clone() });
                 }
             }
             Err(e) => return Err(err("register worker", e)),

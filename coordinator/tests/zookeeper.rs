@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_coordinator::{
-    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions, fair_share,
-    keep_balanced,
+    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions, assigned_partitions,
+    fair_share,
 };
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 use zookeeper_client::Client;
@@ -140,9 +140,33 @@ async fn start_worker(zk: &ZooKeeper, root: &str, id: &str, partitions: i32) -> 
     let held = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
     let (c, h, me) = (coordinator.clone(), held.clone(), id.to_string());
     let task = tokio::spawn(async move {
-        keep_balanced(c.as_ref(), "clicks", partitions, &me, &h, Duration::from_millis(200), |_| async {})
-            .await
-            .unwrap();
+        // What the ingest supervisor does, minus the ingestion: release what
+        // is no longer ours, acquire what newly is, on every membership change.
+        loop {
+            let (mine, changed) = assigned_partitions(c.as_ref(), "clicks", partitions, &me).await.unwrap();
+            let mut held = h.lock().await;
+            let surplus: Vec<i32> = held.keys().copied().filter(|p| !mine.contains(p)).collect();
+            for p in surplus {
+                c.release(held.remove(&p).unwrap()).await.unwrap();
+            }
+            let mut waiting = false;
+            for p in mine {
+                if !held.contains_key(&p) {
+                    match c.acquire("clicks", p, &me).await.unwrap() {
+                        Some(lease) => {
+                            held.insert(p, lease);
+                        }
+                        None => waiting = true,
+                    }
+                }
+            }
+            drop(held);
+            if waiting {
+                let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+            } else {
+                changed.await;
+            }
+        }
     });
     Worker { id: id.into(), coordinator, held, task }
 }

@@ -16,6 +16,7 @@
 mod decode;
 pub mod partition;
 mod timestamp;
+pub mod worker;
 
 pub use decode::{BadRecord, BadRecordKind, Decoder, Row};
 pub use timestamp::parse_rfc3339;

@@ -1,0 +1,283 @@
+//! The worker: runs its pipelines' share of partitions, follows membership
+//! and pipeline changes, runs the leader's duties when elected, and shuts
+//! down by committing what it consumed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_config::{LoadedWorker, PipelineConfig, ProcessEnv};
+use sluice_coordinator::duties::Duties;
+use sluice_coordinator::{Coordinator, WorkerInfo, assigned_partitions};
+use sluice_segments::deepstore::DeepStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::partition::{Exit, PipelineContext, ingest_partition, kafka_config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] sluice_coordinator::CoordError),
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+}
+
+/// How long a restarted worker waits for its previous session to expire.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(120);
+
+/// How long a partition that failed waits before it is tried again.
+const FAILED_PARTITION_BACKOFF: Duration = Duration::from_secs(10);
+
+/// This worker's id: the configured one, else `<hostname>-<pid>`.
+pub fn worker_id(configured: Option<&str>) -> String {
+    configured.map(str::to_string).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+/// Runs the worker until `shutdown` turns true, then stops every partition
+/// (committing what it consumed) and returns.
+pub async fn run_worker(
+    loaded: LoadedWorker,
+    coordinator: Arc<dyn Coordinator>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let config = &loaded.config;
+    let id = worker_id(config.node_id.as_deref());
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let default_store = DeepStore::at(data_dir.join("deep-store"));
+    let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let info = WorkerInfo { id: id.clone(), host, http_addr: config.http.listen.to_string(), started_at_ms };
+    // A restarted worker may find its previous incarnation still registered
+    // until that session expires: wait for it, within reason.
+    let registering = Instant::now();
+    loop {
+        match coordinator.register_worker(&info).await {
+            Ok(()) => break,
+            Err(sluice_coordinator::CoordError::WorkerIdTaken { .. }) if registering.elapsed() < REGISTRATION_WAIT => {
+                tracing::info!(worker = %id, "waiting for the previous session of this worker id to expire");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(worker = %id, "registered");
+
+    let local: Vec<PipelineConfig> = loaded.pipelines.iter().map(|(_, p)| p.clone()).collect();
+    let duties = Duties {
+        node: id.clone(),
+        interval: Duration::from_secs(60),
+        orphan_grace: Duration::from_secs(3600),
+        default_deep_store: default_store.clone(),
+        local_pipelines: local.clone(),
+    };
+    let duties_task = tokio::spawn(duties.run(coordinator.clone()));
+
+    let mut supervisors: BTreeMap<String, Supervisor> = BTreeMap::new();
+    loop {
+        // The pipelines to run: the worker's files, then those applied to
+        // the coordinator (a file wins over an applied config of the same table).
+        let mut wanted: BTreeMap<String, PipelineConfig> = local.iter().map(|p| (p.table.clone(), p.clone())).collect();
+        let changed = if config.pipelines.from_coordinator {
+            match coordinator.pipelines().await {
+                Ok((applied, changed)) => {
+                    for (name, text) in applied {
+                        match sluice_config::parse_pipeline(&text, Path::new(&name), &ProcessEnv) {
+                            Ok(p) => {
+                                wanted.entry(p.table.clone()).or_insert(p);
+                            }
+                            Err(e) => {
+                                tracing::error!(pipeline = %name, error = %e, "applied pipeline does not validate here; not running it")
+                            }
+                        }
+                    }
+                    Some(changed)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading applied pipelines; keeping the current ones");
+                    wanted.extend(supervisors.iter().map(|(t, s)| (t.clone(), (*s.config).clone())));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // Stop what is gone or changed, start what is new or changed.
+        let stale: Vec<String> = supervisors
+            .iter()
+            .filter(|(t, s)| wanted.get(*t).is_none_or(|w| *w != *s.config))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in stale {
+            tracing::info!(%table, "pipeline removed or changed: stopping it");
+            supervisors.remove(&table).expect("present").stop().await;
+        }
+        for (table, pipeline) in wanted {
+            if supervisors.contains_key(&table) {
+                continue;
+            }
+            let store = match &pipeline.deep_store.uri {
+                Some(uri) => match DeepStore::from_uri(uri) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        tracing::error!(%table, error = %e, "deep store");
+                        continue;
+                    }
+                },
+                None => default_store.clone(),
+            };
+            match PipelineContext::new(Arc::new(pipeline), coordinator.clone(), store) {
+                Ok(ctx) => {
+                    tracing::info!(%table, "starting pipeline");
+                    supervisors.insert(table, Supervisor::start(Arc::new(ctx), id.clone()));
+                }
+                Err(e) => tracing::error!(%table, error = %e, "cannot start pipeline"),
+            }
+        }
+        let changed = async move {
+            match changed {
+                Some(changed) => changed.await,
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+        };
+        tokio::select! {
+            _ = changed => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    tracing::info!(worker = %id, "shutting down: committing consumed data");
+    duties_task.abort();
+    for (_, supervisor) in std::mem::take(&mut supervisors) {
+        supervisor.stop().await;
+    }
+    Ok(())
+}
+
+/// A running pipeline.
+struct Supervisor {
+    config: Arc<PipelineConfig>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Supervisor {
+    fn start(ctx: Arc<PipelineContext>, me: String) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let config = ctx.config.clone();
+        let task = tokio::spawn(supervise(ctx, me, stop_rx));
+        Self { config, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Exit>,
+}
+
+/// Keeps this worker's share of a pipeline's partitions running.
+async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Receiver<bool>) {
+    let table = ctx.config.table.clone();
+    let metadata: Option<BaseConsumer> =
+        kafka_config(&ctx.config).set("group.id", format!("sluice-{table}")).create().ok();
+    let metadata = Arc::new(metadata);
+    let mut partitions = 0;
+    let mut running: BTreeMap<i32, Running> = BTreeMap::new();
+    let mut failed_until: BTreeMap<i32, Instant> = BTreeMap::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Partition count from Kafka, every round: growth is picked up
+        // without a restart.
+        let topic = ctx.config.source.topic.clone();
+        let meta = metadata.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            let consumer = meta.as_ref().as_ref()?;
+            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).ok()?;
+            md.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32)
+        })
+        .await
+        .ok()
+        .flatten();
+        match count {
+            Some(n) if n != partitions => {
+                tracing::info!(%table, partitions = n, "topic partitions");
+                partitions = n;
+            }
+            Some(_) => {}
+            None => tracing::warn!(%table, "cannot read the topic's partitions from Kafka; keeping {partitions}"),
+        }
+        let (mine, changed) = match assigned_partitions(ctx.coordinator.as_ref(), &table, partitions, &me).await {
+            Ok(assigned) => assigned,
+            Err(e) => {
+                tracing::warn!(%table, error = %e, "assignment");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Reap partitions that ended by themselves.
+        let finished: Vec<i32> = running.iter().filter(|(_, r)| r.task.is_finished()).map(|(p, _)| *p).collect();
+        for partition in finished {
+            let exit = running.remove(&partition).expect("present").task.await;
+            match exit {
+                Ok(Exit::Failed(reason)) => {
+                    tracing::error!(%table, partition, %reason, "partition failed; retrying later");
+                    failed_until.insert(partition, Instant::now() + FAILED_PARTITION_BACKOFF);
+                }
+                Ok(exit) => tracing::info!(%table, partition, ?exit, "partition ended"),
+                Err(e) => tracing::error!(%table, partition, error = %e, "partition task panicked"),
+            }
+        }
+        // Hand over what is no longer ours: the task commits, then releases.
+        let surplus: Vec<i32> = running.keys().copied().filter(|p| !mine.contains(p)).collect();
+        for partition in surplus {
+            let r = running.remove(&partition).expect("present");
+            let _ = r.stop.send(true);
+            let _ = r.task.await;
+            tracing::info!(%table, partition, "handed over");
+        }
+        // Take what is newly ours.
+        for &partition in &mine {
+            if running.contains_key(&partition) || failed_until.get(&partition).is_some_and(|t| *t > Instant::now()) {
+                continue;
+            }
+            match ctx.coordinator.acquire(&table, partition, &me).await {
+                Ok(Some(lease)) => {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
+                    running.insert(partition, Running { stop: stop_tx, task });
+                }
+                Ok(None) => {} // its previous owner has not let go yet
+                Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),
+            }
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    for r in running.values() {
+        let _ = r.stop.send(true);
+    }
+    // Stopped tasks commit in parallel; wait for all.
+    for (_, r) in running {
+        let _ = r.task.await;
+    }
+}

@@ -1,0 +1,157 @@
+//! Real `sluice ingest` processes against real ZooKeeper and a
+//! Kafka-protocol broker: workers are SIGKILLed and restarted while records
+//! keep arriving, and the committed segment files — read back, not counted —
+//! hold every record exactly once. Then SIGTERM drains cleanly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_segments::Segment;
+use sluice_segments::deepstore::file_uri_path;
+use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    zk_connect: String,
+    root: String,
+}
+
+impl Cluster {
+    fn worker_config(&self, id: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{id}.toml"));
+        let text = format!(
+            "node_id = \"{id}\"\ndata_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\nsession_timeout = \"2s\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[pipelines]\nfiles = [\"events.toml\"]\nfrom_coordinator = false\n",
+            self.dir.path().join(id).display(),
+            self.zk_connect,
+            self.root
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn start(&self, id: &str) -> GuardedChild {
+        let config = self.worker_config(id);
+        let log =
+            std::fs::File::options().create(true).append(true).open(self.dir.path().join(format!("{id}.log"))).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .arg("ingest")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        GuardedChild::spawn(command).unwrap()
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
+}
+
+fn write_pipeline(dir: &Path, topic: &str, bootstrap: &str) {
+    let text = format!(
+        "table = \"events\"\n[source]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
+         [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
+         [[schema.columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\
+         [flush]\nrows = 700\ntime = \"1s\"\n[deep_store]\nuri = \"file://{}\"\n",
+        dir.join("deep").display()
+    );
+    std::fs::write(dir.join("events.toml"), text).unwrap();
+}
+
+/// (partition, offset) → id over every committed segment file, and how many
+/// (partition, offset) pairs appeared in more than one segment.
+async fn committed(c: &dyn Coordinator) -> (BTreeMap<(i32, i64), i64>, usize) {
+    let (segments, _) = c.segments("events").await.unwrap();
+    let mut rows = BTreeMap::new();
+    let mut duplicates = 0;
+    for record in segments {
+        let batch = Segment::open(&file_uri_path(&record.uri).unwrap()).unwrap().to_record_batch().unwrap();
+        let (ids, offsets) = (batch.column(1).as_primitive::<Int64Type>(), batch.column(2).as_primitive::<Int64Type>());
+        for i in 0..batch.num_rows() {
+            duplicates += usize::from(rows.insert((record.partition, offsets.value(i)), ids.value(i)).is_some());
+        }
+    }
+    (rows, duplicates)
+}
+
+async fn committed_rows(c: &dyn Coordinator) -> u64 {
+    c.segments("events").await.unwrap().0.iter().map(|s| s.row_count).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_restarted_workers_keep_exactly_once() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 4).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name("e2e")),
+    };
+    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+
+    // An independent producer keeps writing while workers die.
+    let total = 30_000i64;
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let producer_topic = topic.clone();
+    let producing = tokio::spawn(async move {
+        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
+        let mut delivered = Vec::new();
+        for chunk in 0..10 {
+            let ids = chunk * 3_000..(chunk + 1) * 3_000;
+            let records = ids.map(|id| ((id % 4) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()));
+            delivered.extend(producer.send_all(&producer_topic, records).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        delivered
+    });
+
+    let mut w1 = cluster.start("w1");
+    let mut w2 = cluster.start("w2");
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let victim = if round % 2 == 0 { &mut w1 } else { &mut w2 };
+        victim.signal(libc::SIGKILL).unwrap();
+        victim.wait_timeout(Duration::from_secs(5)).unwrap();
+        *victim = cluster.start(if round % 2 == 0 { "w1" } else { "w2" });
+    }
+    let delivered = producing.await.unwrap();
+    assert_eq!(delivered.len(), total as usize);
+
+    let all = || async { committed_rows(&observer).await >= total as u64 };
+    if let Err(e) = wait_until("every record is committed", Duration::from_secs(90), all).await {
+        panic!("{e}\n--- w1 ---\n{}\n--- w2 ---\n{}", cluster.log("w1"), cluster.log("w2"));
+    }
+
+    // SIGTERM: each worker commits what it consumed, releases, exits 0.
+    for worker in [&mut w1, &mut w2] {
+        worker.signal(libc::SIGTERM).unwrap();
+    }
+    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
+        let status = worker.wait_timeout(Duration::from_secs(30)).unwrap().expect("exits after SIGTERM");
+        assert!(status.success(), "{id} exit {status:?}\n{}", cluster.log(id));
+    }
+
+    let (rows, duplicates) = committed(&observer).await;
+    assert_eq!(duplicates, 0, "no record committed twice");
+    let expected: BTreeMap<(i32, i64), i64> =
+        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows.len(), expected.len(), "no record lost");
+    assert_eq!(rows, expected, "each record at its own offset");
+}
