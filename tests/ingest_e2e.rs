@@ -113,7 +113,7 @@ async fn killed_and_restarted_workers_keep_exactly_once() {
     let producing = tokio::spawn(async move {
         let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
         let mut delivered = Vec::new();
-        for chunk in 0..10 {
+        for chunk in 0..10i64 {
             let ids = chunk * 3_000..(chunk + 1) * 3_000;
             let records = ids.map(|id| ((id % 4) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()));
             delivered.extend(producer.send_all(&producer_topic, records).await.unwrap());
