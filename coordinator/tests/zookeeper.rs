@@ -151,10 +151,10 @@ async fn start_worker(zk: &ZooKeeper, root: &str, id: &str, partitions: i32) -> 
             }
             let mut waiting = false;
             for p in mine {
-                if !held.contains_key(&p) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = held.entry(p) {
                     match c.acquire("clicks", p, &me).await.unwrap() {
                         Some(lease) => {
-                            held.insert(p, lease);
+                            slot.insert(lease);
                         }
                         None => waiting = true,
                     }
