@@ -86,10 +86,26 @@ async fn committed_rows(c: &dyn Coordinator) -> u64 {
     c.segments("events").await.unwrap().0.iter().map(|s| s.row_count).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_and_restarted_workers_keep_exactly_once() {
-    let zk = ZooKeeper::start().unwrap();
+/// What happens to the cluster while records flow.
+enum Disturbance {
+    /// SIGKILL a worker and start it again, alternating, three times.
+    KillAndRestart,
+    /// SIGSTOP a worker past its session timeout while the other takes its
+    /// partitions over, then SIGCONT it: a zombie that must commit nothing.
+    Zombie,
+    /// Every broker down for 10 s.
+    BrokerDown,
+    /// ZooKeeper killed and restarted.
+    ZooKeeperRestart,
+}
+
+async fn scenario(disturbance: Disturbance) {
+    let mut zk = ZooKeeper::start().unwrap();
     let broker = KafkaBroker::start().unwrap();
+    if matches!(disturbance, Disturbance::BrokerDown) && !broker.is_mock() {
+        eprintln!("skipped: taking the broker down needs the mock broker");
+        return;
+    }
     let topic = unique_name("events");
     broker.create_topic(&topic, 4).await.unwrap();
     let cluster = Cluster {
@@ -101,12 +117,12 @@ async fn killed_and_restarted_workers_keep_exactly_once() {
     let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
         connect: zk.connect_string(),
         root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(5),
+        session_timeout: Duration::from_secs(30),
     })
     .await
     .unwrap();
 
-    // An independent producer keeps writing while workers die.
+    // An independent producer keeps writing throughout.
     let total = 30_000i64;
     let bootstrap = broker.bootstrap_servers().to_string();
     let producer_topic = topic.clone();
@@ -124,18 +140,51 @@ async fn killed_and_restarted_workers_keep_exactly_once() {
 
     let mut w1 = cluster.start("w1");
     let mut w2 = cluster.start("w2");
-    for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let victim = if round % 2 == 0 { &mut w1 } else { &mut w2 };
-        victim.signal(libc::SIGKILL).unwrap();
-        victim.wait_timeout(Duration::from_secs(5)).unwrap();
-        *victim = cluster.start(if round % 2 == 0 { "w1" } else { "w2" });
+    match disturbance {
+        Disturbance::KillAndRestart => {
+            for round in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                let (victim, id) = if round % 2 == 0 { (&mut w1, "w1") } else { (&mut w2, "w2") };
+                victim.signal(libc::SIGKILL).unwrap();
+                victim.wait_timeout(Duration::from_secs(5)).unwrap();
+                *victim = cluster.start(id);
+            }
+        }
+        Disturbance::Zombie => {
+            let both_own = || async {
+                let owners = observer.partition_owners("events").await.unwrap();
+                owners.iter().any(|(_, o)| o == "w1") && owners.iter().any(|(_, o)| o == "w2")
+            };
+            wait_until("both workers own partitions", Duration::from_secs(30), both_own).await.unwrap();
+            w1.signal(libc::SIGSTOP).unwrap();
+            let w2_owns_all = || async {
+                let owners = observer.partition_owners("events").await.unwrap();
+                owners.len() == 4 && owners.iter().all(|(_, o)| o == "w2")
+            };
+            wait_until("w2 takes over the stopped worker's partitions", Duration::from_secs(30), w2_owns_all)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            w1.signal(libc::SIGCONT).unwrap();
+        }
+        Disturbance::BrokerDown => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            broker.take_down().unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            broker.bring_up().unwrap();
+        }
+        Disturbance::ZooKeeperRestart => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            zk.stop();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            zk.restart().unwrap();
+        }
     }
     let delivered = producing.await.unwrap();
     assert_eq!(delivered.len(), total as usize);
 
     let all = || async { committed_rows(&observer).await >= total as u64 };
-    if let Err(e) = wait_until("every record is committed", Duration::from_secs(90), all).await {
+    if let Err(e) = wait_until("every record is committed", Duration::from_secs(120), all).await {
         panic!("{e}\n--- w1 ---\n{}\n--- w2 ---\n{}", cluster.log("w1"), cluster.log("w2"));
     }
 
@@ -154,4 +203,31 @@ async fn killed_and_restarted_workers_keep_exactly_once() {
         delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
     assert_eq!(rows.len(), expected.len(), "no record lost");
     assert_eq!(rows, expected, "each record at its own offset");
+    if matches!(disturbance, Disturbance::Zombie) {
+        assert!(
+            cluster.log("w1").contains("fenced") || cluster.log("w1").contains("session ended"),
+            "{}",
+            cluster.log("w1")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_restarted_workers_keep_exactly_once() {
+    scenario(Disturbance::KillAndRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_zombie_worker_commits_nothing() {
+    scenario(Disturbance::Zombie).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_resumes_after_the_broker_was_down_for_ten_seconds() {
+    scenario(Disturbance::BrokerDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_resumes_after_zookeeper_restarts() {
+    scenario(Disturbance::ZooKeeperRestart).await;
 }

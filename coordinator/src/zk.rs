@@ -328,13 +328,44 @@ async fn follow_session(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         *strong.client.write().expect("client lock poisoned") = client.clone();
         let registered = strong.registered.lock().expect("registration lock poisoned").clone();
+        drop(strong);
         if let Some(worker) = registered {
-            let path = format!("/workers/{}", worker.id);
-            if let Err(e) = client.create(&path, &to_json(&worker), &ephemeral()).await {
-                tracing::warn!(error = %e, "re-registering worker after a new session");
+            reregister(&client, &worker).await;
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        strong.generation_tx.send_modify(|_| {});
+    }
+}
+
+/// Registers `worker` under a new session. The previous session's node can
+/// outlive it by up to a session timeout (a restarted server restores its
+/// sessions before expiring them), so wait for that node to go rather than
+/// give up: a worker missing from the list gets no partitions.
+async fn reregister(client: &Client, worker: &WorkerInfo) {
+    let path = format!("/workers/{}", worker.id);
+    loop {
+        if client.state().is_terminated() {
+            return; // this session ended too; the next one registers
+        }
+        match client.create(&path, &to_json(worker), &ephemeral()).await {
+            Ok(_) => {
+                tracing::info!(worker = %worker.id, "registered again under the new session");
+                return;
+            }
+            Err(ZkError::NodeExists) => match client.check_and_watch_stat(&path).await {
+                Ok((Some(stat), _)) if stat.ephemeral_owner == client.session_id().0 => return,
+                Ok((Some(_), watcher)) => {
+                    tracing::info!(worker = %worker.id, "waiting for the previous session's registration to expire");
+                    let _ = tokio::time::timeout(Duration::from_secs(5), watcher.changed()).await;
+                }
+                Ok((None, _)) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "re-registering worker; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        strong.generation_tx.send_modify(|_| {});
     }
 }
 
