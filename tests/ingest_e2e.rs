@@ -23,10 +23,14 @@ struct Cluster {
 
 impl Cluster {
     fn worker_config(&self, id: &str) -> PathBuf {
+        self.worker_config_listening(id, "127.0.0.1:0")
+    }
+
+    fn worker_config_listening(&self, id: &str, listen: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{id}.toml"));
         let text = format!(
             "node_id = \"{id}\"\ndata_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\nsession_timeout = \"2s\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[pipelines]\nfiles = [\"events.toml\"]\nfrom_coordinator = false\n",
+             [http]\nlisten = \"{listen}\"\n[pipelines]\nfiles = [\"events.toml\"]\nfrom_coordinator = false\n",
             self.dir.path().join(id).display(),
             self.zk_connect,
             self.root
@@ -36,7 +40,10 @@ impl Cluster {
     }
 
     fn start(&self, id: &str) -> GuardedChild {
-        let config = self.worker_config(id);
+        self.start_with(id, self.worker_config(id))
+    }
+
+    fn start_with(&self, id: &str, config: PathBuf) -> GuardedChild {
         let log =
             std::fs::File::options().create(true).append(true).open(self.dir.path().join(format!("{id}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -230,4 +237,79 @@ async fn ingestion_resumes_after_the_broker_was_down_for_ten_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_resumes_after_zookeeper_restarts() {
     scenario(Disturbance::ZooKeeperRestart).await;
+}
+
+/// A plain HTTP/1.1 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_health_and_metrics() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 2).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name("http")),
+    };
+    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let producer = broker.producer().unwrap();
+    let mut records: Vec<(i32, Vec<u8>)> =
+        (0..1_000i64).map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())).collect();
+    records.push((0, b"not json".to_vec()));
+    producer.send_all(&topic, records).await.unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let mut worker = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let done = || async { committed_rows(&observer).await >= 1_000 };
+    wait_until("the worker commits the records", Duration::from_secs(60), done).await.unwrap();
+    let (workers, _) = observer.workers().await.unwrap();
+    assert_eq!(workers[0].http_addr, addr, "the registration names the HTTP address");
+
+    let (status, body) = http_get(&addr, "/health");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\"") && body.contains("\"worker\":\"w1\""), "{body}");
+    let metrics_ready = || async {
+        let (_, body) = http_get(&addr, "/metrics");
+        body.contains("sluice_partition_lag")
+    };
+    wait_until("lag is reported", Duration::from_secs(15), metrics_ready).await.unwrap();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for metric in [
+        "sluice_records_consumed_total",
+        "sluice_bytes_consumed_total",
+        "sluice_segments_sealed_total",
+        "sluice_segments_committed_total",
+        "sluice_seal_seconds",
+        "sluice_commit_seconds",
+        "sluice_consuming_segment_bytes",
+        "sluice_partitions_owned",
+        "sluice_partition_lag",
+    ] {
+        assert!(body.contains(metric), "{metric} missing from /metrics:\n{body}");
+    }
+    assert!(
+        body.contains("sluice_bad_records_total{table=\"events\",partition=\"0\",reason=\"invalid_json\"} 1"),
+        "{body}"
+    );
+    worker.signal(libc::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success());
 }

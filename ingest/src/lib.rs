@@ -14,6 +14,7 @@
 //!   integers into epoch timestamps, strings into RFC 3339 timestamps).
 
 mod decode;
+pub mod metrics;
 pub mod partition;
 mod timestamp;
 pub mod worker;

@@ -23,6 +23,7 @@ use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
 use tokio::sync::watch;
 
 use crate::decode::{BadRecord, Decoder};
+use crate::metrics as m;
 
 /// How a partition's ingestion ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +93,15 @@ fn now_ms() -> i64 {
 pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut stop: watch::Receiver<bool>) -> Exit {
     let config = &ctx.config;
     let partition = lease.partition;
-    let consumer: StreamConsumer = match kafka_config(config)
+    let consumer: Arc<StreamConsumer> = match kafka_config(config)
         .set("group.id", format!("sluice-{}", config.table))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create::<StreamConsumer>()
     {
-        Ok(consumer) => consumer,
+        Ok(consumer) => Arc::new(consumer),
         Err(e) => return Exit::Failed(format!("Kafka consumer: {e}")),
     };
     let start = match (lease.checkpoint.next_offset, lease.checkpoint.reset_to, config.source.start_position) {
@@ -119,7 +120,9 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     }
     tracing::info!(table = %config.table, partition, ?start, epoch = lease.epoch(), "consuming");
 
-    let mut state = Consuming { segment: None, started: None };
+    let labels = [("table", config.table.clone()), ("partition", partition.to_string())];
+    let mut state = Consuming { segment: None, started: None, labels: labels.clone(), log: LogLimiter::default() };
+    let mut next_lag_check = Instant::now();
     loop {
         let message = tokio::select! {
             changed = stop.changed() => {
@@ -155,12 +158,60 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
         {
             return exit;
         }
+        let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
+        metrics::gauge!(m::CONSUMING_BYTES, &labels).set(memory as f64);
+        if next_lag_check <= Instant::now() {
+            next_lag_check = Instant::now() + Duration::from_secs(5);
+            let next = state.segment.as_ref().map(ConsumingSegment::next_offset).or(lease.checkpoint.next_offset);
+            // A metadata round trip; bounded, and only every few seconds.
+            let (lag_consumer, topic) = (consumer.clone(), config.source.topic.clone());
+            let high = tokio::task::spawn_blocking(move || {
+                lag_consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1)).ok().map(|(_, h)| h)
+            })
+            .await
+            .ok()
+            .flatten();
+            if let (Some(high), Some(next)) = (high, next) {
+                metrics::gauge!(m::LAG, &labels).set((high - next).max(0) as f64);
+            }
+        }
     }
 }
 
 struct Consuming {
     segment: Option<ConsumingSegment>,
     started: Option<Instant>,
+    labels: [(&'static str, String); 2],
+    log: LogLimiter,
+}
+
+/// At most [`LogLimiter::PER_WINDOW`] bad-record log lines per partition
+/// every ten seconds; the rest are counted (and always counted in metrics).
+#[derive(Default)]
+struct LogLimiter {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_WINDOW: u32 = 10;
+
+    /// Whether to log now, and how many lines were suppressed before it.
+    fn admit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(10)) {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < Self::PER_WINDOW {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 impl Consuming {
@@ -175,6 +226,8 @@ impl Consuming {
             return Ok(()); // already covered: a redelivery after a seek
         }
         self.started.get_or_insert_with(Instant::now);
+        metrics::counter!(m::RECORDS_CONSUMED, &self.labels).increment(1);
+        metrics::counter!(m::BYTES_CONSUMED, &self.labels).increment(payload.len() as u64);
         let bad = match ctx.decoder.decode(payload) {
             Ok(row) => match segment.append(offset, &row.datums()) {
                 Ok(()) => return Ok(()),
@@ -182,6 +235,15 @@ impl Consuming {
             },
             Err(bad) => bad,
         };
+        let reason = [
+            ("table", self.labels[0].1.clone()),
+            ("partition", self.labels[1].1.clone()),
+            ("reason", bad.kind.as_str().to_string()),
+        ];
+        metrics::counter!(m::BAD_RECORDS, &reason).increment(1);
+        if let Some(suppressed) = self.log.admit() {
+            tracing::warn!(table = %ctx.config.table, partition = lease.partition, offset, reason = bad.kind.as_str(), detail = %bad, suppressed, "bad record");
+        }
         handle_bad_record(ctx, lease.partition, offset, payload, &bad).await?;
         segment.skip(offset).map_err(|e| Exit::Failed(e.to_string()))
     }
@@ -205,7 +267,6 @@ async fn handle_bad_record(
     bad: &BadRecord,
 ) -> Result<(), Exit> {
     let table = &ctx.config.table;
-    tracing::warn!(%table, partition, offset, reason = bad.kind.as_str(), detail = %bad, "bad record");
     match ctx.config.bad_records.policy {
         BadRecordPolicy::Skip => Ok(()),
         BadRecordPolicy::Fail => {
@@ -251,7 +312,10 @@ async fn flush(
     let config = &ctx.config;
     let created_at_ms = now_ms();
     let name = SegmentRecord::segment_name(&config.table, lease.partition, lease.checkpoint.next_seq, created_at_ms);
+    let sealing = Instant::now();
     let image = seal(segment, &name, created_at_ms).map_err(|e| Exit::Failed(format!("seal {name}: {e}")))?;
+    metrics::histogram!(m::SEAL_SECONDS, &state.labels).record(sealing.elapsed().as_secs_f64());
+    metrics::counter!(m::SEGMENTS_SEALED, &state.labels).increment(1);
     let path = ctx.store.segment_path(&config.table, &name, lease.epoch());
     image.write_file(&path).map_err(|e| Exit::Failed(format!("upload {name}: {e}")))?;
     let record = SegmentRecord {
@@ -268,15 +332,19 @@ async fn flush(
         created_at_ms,
     };
     let mut backoff = Duration::from_millis(100);
+    let committing = Instant::now();
     loop {
         match ctx.coordinator.commit(lease, &record).await {
             Ok(CommitOutcome::Committed) => {
+                metrics::histogram!(m::COMMIT_SECONDS, &state.labels).record(committing.elapsed().as_secs_f64());
+                metrics::counter!(m::SEGMENTS_COMMITTED, &state.labels).increment(1);
                 tracing::info!(table = %config.table, segment = %name, rows = record.row_count, end_offset, "committed");
                 state.segment = None;
                 state.started = None;
                 return Ok(());
             }
             Ok(CommitOutcome::Fenced) => {
+                metrics::counter!(m::FENCED, &state.labels).increment(1);
                 tracing::warn!(table = %config.table, partition = lease.partition, "fenced: another worker owns the partition");
                 let _ = std::fs::remove_file(&path);
                 return Err(Exit::Fenced);
@@ -287,6 +355,7 @@ async fn flush(
             Ok(CommitOutcome::Transient(reason)) => tracing::warn!(%reason, "commit outcome unknown; retrying"),
             Err(e) => tracing::warn!(error = %e, "commit failed; retrying"),
         }
+        metrics::counter!(m::COMMIT_RETRIES, &state.labels).increment(1);
         if stop.has_changed().is_err() {
             // The worker is going away without a coordinator to retry against.
             return Err(Exit::Failed("stopped while the commit was still uncertain".into()));

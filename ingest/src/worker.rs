@@ -23,6 +23,8 @@ pub enum WorkerError {
     Coordinator(#[from] sluice_coordinator::CoordError),
     #[error("data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error("HTTP listen address {addr}: {source}")]
+    Http { addr: String, source: std::io::Error },
 }
 
 /// How long a restarted worker waits for its previous session to expire.
@@ -55,7 +57,11 @@ pub async fn run_worker(
     let default_store = DeepStore::at(data_dir.join("deep-store"));
     let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let info = WorkerInfo { id: id.clone(), host, http_addr: config.http.listen.to_string(), started_at_ms };
+    let http_addr = crate::metrics::serve(config.http.listen, id.clone(), crate::metrics::install_recorder())
+        .await
+        .map_err(|source| WorkerError::Http { addr: config.http.listen.to_string(), source })?;
+    tracing::info!(%http_addr, "serving /health and /metrics");
+    let info = WorkerInfo { id: id.clone(), host, http_addr: http_addr.to_string(), started_at_ms };
     // A restarted worker may find its previous incarnation still registered
     // until that session expires: wait for it, within reason.
     let registering = Instant::now();
@@ -267,6 +273,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),
             }
         }
+        metrics::gauge!(crate::metrics::PARTITIONS_OWNED, "table" => table.clone()).set(running.len() as f64);
         tokio::select! {
             _ = changed => {}
             _ = stop.changed() => {}
