@@ -13,6 +13,7 @@
 //!   within range, numbers into float columns, strings into string columns,
 //!   integers into epoch timestamps, strings into RFC 3339 timestamps).
 
+pub mod budget;
 mod decode;
 pub mod metrics;
 pub mod partition;

@@ -22,6 +22,7 @@ use sluice_segments::deepstore::DeepStore;
 use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
 use tokio::sync::watch;
 
+use crate::budget::{MemoryBudget, Pressure};
 use crate::decode::{BadRecord, Decoder};
 use crate::metrics as m;
 
@@ -45,6 +46,8 @@ pub struct PipelineContext {
     pub store: DeepStore,
     /// Producer for the dead-letter topic (policy `dead_letter`).
     pub dead_letters: Option<FutureProducer>,
+    /// The worker's memory budget, shared by all its partitions.
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl PipelineContext {
@@ -52,6 +55,7 @@ impl PipelineContext {
         config: Arc<PipelineConfig>,
         coordinator: Arc<dyn Coordinator>,
         store: DeepStore,
+        budget: Arc<MemoryBudget>,
     ) -> Result<Self, String> {
         let dead_letters = match config.bad_records.policy {
             BadRecordPolicy::DeadLetter => Some(
@@ -70,6 +74,7 @@ impl PipelineContext {
             coordinator,
             store,
             dead_letters,
+            budget,
         })
     }
 }
@@ -123,11 +128,29 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     let labels = [("table", config.table.clone()), ("partition", partition.to_string())];
     let mut state = Consuming { segment: None, started: None, labels: labels.clone(), log: LogLimiter::default() };
     let mut next_lag_check = Instant::now();
-    loop {
+    let exit = loop {
+        // Over the memory budget: the largest segment seals early, the rest wait.
+        let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
+        match ctx.budget.report(&config.table, partition, memory) {
+            Pressure::None => {}
+            Pressure::SealNow => {
+                tracing::info!(table = %config.table, partition, memory, "memory budget exceeded: sealing early");
+                if let Err(exit) = flush(&ctx, &mut lease, &mut state, &stop).await {
+                    break exit;
+                }
+                continue;
+            }
+            Pressure::Pause => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if !*stop.borrow() {
+                    continue;
+                }
+            }
+        }
         let message = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    return match flush(&ctx, &mut lease, &mut state, &stop).await {
+                    break match flush(&ctx, &mut lease, &mut state, &stop).await {
                         Ok(()) => {
                             let _ = ctx.coordinator.release(lease).await;
                             Exit::Stopped
@@ -144,7 +167,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
                 let offset = message.offset();
                 let payload = message.payload().unwrap_or_default();
                 if let Err(exit) = state.consume(&ctx, &lease, offset, payload).await {
-                    return exit;
+                    break exit;
                 }
             }
             Ok(Err(e)) => {
@@ -156,7 +179,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
         if state.should_flush(config)
             && let Err(exit) = flush(&ctx, &mut lease, &mut state, &stop).await
         {
-            return exit;
+            break exit;
         }
         let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
         metrics::gauge!(m::CONSUMING_BYTES, &labels).set(memory as f64);
@@ -175,7 +198,9 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
                 metrics::gauge!(m::LAG, &labels).set((high - next).max(0) as f64);
             }
         }
-    }
+    };
+    ctx.budget.remove(&config.table, partition);
+    exit
 }
 
 struct Consuming {

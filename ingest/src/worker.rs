@@ -15,6 +15,7 @@ use sluice_segments::deepstore::DeepStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::budget::MemoryBudget;
 use crate::partition::{Exit, PipelineContext, ingest_partition, kafka_config};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,7 @@ pub async fn run_worker(
     };
     let duties_task = tokio::spawn(duties.run(coordinator.clone()));
 
+    let budget = Arc::new(MemoryBudget::new(config.memory_budget.as_u64() as usize));
     let mut supervisors: BTreeMap<String, Supervisor> = BTreeMap::new();
     loop {
         // The pipelines to run: the worker's files, then those applied to
@@ -140,7 +142,7 @@ pub async fn run_worker(
                 },
                 None => default_store.clone(),
             };
-            match PipelineContext::new(Arc::new(pipeline), coordinator.clone(), store) {
+            match PipelineContext::new(Arc::new(pipeline), coordinator.clone(), store, budget.clone()) {
                 Ok(ctx) => {
                     tracing::info!(%table, "starting pipeline");
                     supervisors.insert(table, Supervisor::start(Arc::new(ctx), id.clone()));

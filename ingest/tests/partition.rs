@@ -14,6 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use sluice_config::parse_pipeline;
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_ingest::budget::MemoryBudget;
 use sluice_ingest::partition::{Exit, PipelineContext, ingest_partition};
 use sluice_segments::Segment;
 use sluice_segments::deepstore::{DeepStore, file_uri_path};
@@ -94,7 +95,10 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
     // Worker A takes both partitions, and dies (no flush, no release) after
     // committing some segments.
     let a = coordinator(&zk, &root).await;
-    let ctx_a = Arc::new(PipelineContext::new(config.clone(), a.clone(), DeepStore::at(dir.path())).unwrap());
+    let ctx_a = Arc::new(
+        PipelineContext::new(config.clone(), a.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
     let (_stop_a, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for p in 0..2 {
@@ -118,7 +122,10 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
         .await
         .unwrap();
     let b = coordinator(&zk, &root).await;
-    let ctx_b = Arc::new(PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path())).unwrap());
+    let ctx_b = Arc::new(
+        PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
     let (stop_b, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for p in 0..2 {
@@ -171,7 +178,10 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing
     let extra = format!("[bad_records]\npolicy = \"dead_letter\"\ntopic = \"{dead}\"\n");
     let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), &extra));
     let c = coordinator(&zk, &format!("/{}", unique_name("dlq"))).await;
-    let ctx = Arc::new(PipelineContext::new(config, c.clone(), DeepStore::at(dir.path())).unwrap());
+    let ctx = Arc::new(
+        PipelineContext::new(config, c.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let lease = c.acquire("events", 0, "w").await.unwrap().unwrap();
     let task = tokio::spawn(ingest_partition(ctx, lease, stop_rx));
@@ -235,7 +245,10 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
         session_timeout: Duration::from_secs(2),
     };
     let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
-    let ctx_a = Arc::new(PipelineContext::new(slow.clone(), a.clone(), DeepStore::at(dir.path())).unwrap());
+    let ctx_a = Arc::new(
+        PipelineContext::new(slow.clone(), a.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
     let (_stop_a, stop_rx) = watch::channel(false);
     let lease = a.acquire("events", 0, "a").await.unwrap().unwrap();
     let zombie = tokio::spawn(ingest_partition(ctx_a, lease, stop_rx));
@@ -257,7 +270,10 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
             .await
             .unwrap(),
     );
-    let ctx_b = Arc::new(PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path())).unwrap());
+    let ctx_b = Arc::new(
+        PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
     let (stop_b, stop_rx) = watch::channel(false);
     let task_b = tokio::spawn(ingest_partition(ctx_b, lease_b, stop_rx));
     let all = || async { committed_rows(b.as_ref()).await.0.len() >= 900 };
@@ -278,4 +294,51 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
     let files = DeepStore::at(dir.path()).list("events").unwrap().len();
     let (segments, _) = b.segments("events").await.unwrap();
     assert_eq!(files, segments.len(), "the zombie's upload was removed when it was fenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_the_largest_segment_seals_early() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 4).await.unwrap();
+    let producer = broker.producer().unwrap();
+    let produced = producer
+        .send_all(
+            &topic,
+            (0..20_000i64).map(|id| ((id % 4) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Neither rows nor time would seal within this test: only the budget can.
+    let mut config = pipeline(&topic, broker.bootstrap_servers(), "");
+    config.flush.rows = 10_000_000;
+    config.flush.time = Duration::from_secs(3600);
+    let c = coordinator(&zk, &format!("/{}", unique_name("budget"))).await;
+    let budget = Arc::new(MemoryBudget::new(256 * 1024));
+    let ctx =
+        Arc::new(PipelineContext::new(Arc::new(config), c.clone(), DeepStore::at(dir.path()), budget.clone()).unwrap());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let lease = c.acquire("events", p, "w").await.unwrap().unwrap();
+        tasks.push(tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx.clone())));
+    }
+    let mut peak = 0;
+    let sealed_early = || async { !c.segments("events").await.unwrap().0.is_empty() };
+    wait_until("the budget forces an early seal", Duration::from_secs(30), sealed_early).await.unwrap();
+    for _ in 0..20 {
+        peak = peak.max(budget.total());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(peak <= 2 * budget.limit(), "consuming memory stays near the budget: peak {peak}");
+    stop.send(true).unwrap();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Exit::Stopped);
+    }
+    let (rows, duplicates) = committed_rows(c.as_ref()).await;
+    assert_eq!(duplicates, 0);
+    assert_eq!(rows.len(), produced.len(), "everything committed by the end, exactly once");
+    assert!(c.segments("events").await.unwrap().0.len() > 4, "more segments than partitions: sealed early");
 }
