@@ -313,3 +313,78 @@ async fn a_worker_serves_health_and_metrics() {
     worker.signal(libc::SIGTERM).unwrap();
     assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success());
 }
+
+/// The full scale: 200,000 records with unique ids over 8
+/// partitions, 3 workers, one of them SIGKILLed and restarted every few
+/// seconds for as long as ingestion runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_records_through_repeated_kills() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 8).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name("scale")),
+    };
+    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let text =
+        std::fs::read_to_string(cluster.dir.path().join("events.toml")).unwrap().replace("rows = 700", "rows = 5000");
+    std::fs::write(cluster.dir.path().join("events.toml"), text).unwrap();
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+
+    let total = 200_000i64;
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let producer_topic = topic.clone();
+    let producing = tokio::spawn(async move {
+        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
+        let mut delivered = Vec::new();
+        for chunk in 0..20i64 {
+            let ids = chunk * 10_000..(chunk + 1) * 10_000;
+            let records = ids.map(|id| ((id % 8) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()));
+            delivered.extend(producer.send_all(&producer_topic, records).await.unwrap());
+            // Paced, so that kills land throughout ingestion.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        delivered
+    });
+
+    let ids = ["w1", "w2", "w3"];
+    let mut workers: Vec<GuardedChild> = ids.iter().map(|id| cluster.start(id)).collect();
+    let mut kills = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while committed_rows(&observer).await < total as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "not done after 240 s\n{}", cluster.log("w1"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = kills % ids.len();
+        workers[victim].signal(libc::SIGKILL).unwrap();
+        workers[victim].wait_timeout(Duration::from_secs(5)).unwrap();
+        workers[victim] = cluster.start(ids[victim]);
+        kills += 1;
+    }
+    let delivered = producing.await.unwrap();
+    assert!(kills >= 4, "workers were killed throughout ingestion ({kills})");
+    for worker in &mut workers {
+        worker.signal(libc::SIGTERM).unwrap();
+    }
+    for (id, worker) in ids.iter().zip(&mut workers) {
+        let status = worker.wait_timeout(Duration::from_secs(30)).unwrap().expect("exits after SIGTERM");
+        assert!(status.success(), "{id}: {status:?}");
+    }
+    let (rows, duplicates) = committed(&observer).await;
+    assert_eq!(duplicates, 0, "no (partition, offset) committed twice");
+    let expected: BTreeMap<(i32, i64), i64> =
+        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows.len(), total as usize, "no record lost");
+    assert_eq!(rows, expected, "every id exactly once, at its offset");
+    let unique_ids: std::collections::BTreeSet<i64> = rows.values().copied().collect();
+    assert_eq!(unique_ids.len(), total as usize);
+    eprintln!("{kills} kills during ingestion of {total} records");
+}
