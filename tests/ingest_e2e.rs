@@ -81,7 +81,8 @@ async fn committed(c: &dyn Coordinator) -> (BTreeMap<(i32, i64), i64>, usize) {
     let mut duplicates = 0;
     for record in segments {
         let batch = Segment::open(&file_uri_path(&record.uri).unwrap()).unwrap().to_record_batch().unwrap();
-        let (ids, offsets) = (batch.column(1).as_primitive::<Int64Type>(), batch.column(2).as_primitive::<Int64Type>());
+        let column = |name: &str| batch.column_by_name(name).unwrap().as_primitive::<Int64Type>().clone();
+        let (ids, offsets) = (column("id"), column("__offset"));
         for i in 0..batch.num_rows() {
             duplicates += usize::from(rows.insert((record.partition, offsets.value(i)), ids.value(i)).is_some());
         }
@@ -242,7 +243,7 @@ async fn ingestion_resumes_after_zookeeper_restarts() {
 /// A plain HTTP/1.1 GET: (status code, body).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -387,4 +388,191 @@ async fn two_hundred_thousand_records_through_repeated_kills() {
     let unique_ids: std::collections::BTreeSet<i64> = rows.values().copied().collect();
     assert_eq!(unique_ids.len(), total as usize);
     eprintln!("{kills} kills during ingestion of {total} records");
+}
+
+/// Every class of bad record, mixed into a valid stream, through a real
+/// worker with the `dead_letter` policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_record_class_in_a_valid_stream() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    let dead = format!("{topic}-dead");
+    broker.create_topic(&topic, 1).await.unwrap();
+    broker.create_topic(&dead, 1).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name("bad")),
+    };
+    let pipeline = format!(
+        "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
+         [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
+         [[schema.columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\
+         [[schema.columns]]\nname = \"small\"\ntype = \"int32\"\n\
+         [[schema.columns]]\nname = \"seen\"\ntype = \"timestamp\"\nformat = \"rfc3339\"\n\
+         [flush]\nrows = 300\ntime = \"1s\"\n[deep_store]\nuri = \"file://{}\"\n\
+         [bad_records]\npolicy = \"dead_letter\"\ntopic = \"{dead}\"\nmax_message_bytes = \"2KiB\"\n",
+        broker.bootstrap_servers(),
+        cluster.dir.path().join("deep").display()
+    );
+    std::fs::write(cluster.dir.path().join("events.toml"), pipeline).unwrap();
+    let deep_array = format!("{{\"ts\": 5, \"id\": 1, \"small\": {}{}}}", "[".repeat(900), "]".repeat(900));
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid_json", b"{\"ts\": 1,".to_vec()),
+        ("not_an_object", b"[1, 2]".to_vec()),
+        ("missing_required", b"{\"ts\": 5}".to_vec()),
+        ("wrong_type", b"{\"ts\": 5, \"id\": \"x\"}".to_vec()),
+        ("out_of_range", b"{\"ts\": 5, \"id\": 1, \"small\": 99999999999}".to_vec()),
+        ("invalid_timestamp", b"{\"ts\": 5, \"id\": 1, \"seen\": \"yesterday\"}".to_vec()),
+        ("invalid_utf8", b"{\"ts\": 5, \"id\": 1, \"x\": \"\xff\"}".to_vec()),
+        ("empty", Vec::new()),
+        ("oversized", format!("{{\"ts\": 5, \"id\": 1, \"pad\": \"{}\"}}", "x".repeat(3000)).into_bytes()),
+        ("wrong_type", deep_array.into_bytes()),
+        ("null_in_required", b"{\"ts\": 5, \"id\": null}".to_vec()),
+        ("duplicate_key", b"{\"ts\": 5, \"id\": 1, \"id\": 2}".to_vec()),
+    ];
+    // 1,000 valid records with the bad ones spread among them.
+    let mut stream: Vec<(i32, Vec<u8>)> = Vec::new();
+    for id in 0..1_000i64 {
+        if id % 80 == 40 && (id / 80) < bad.len() as i64 {
+            stream.push((0, bad[(id / 80) as usize].1.clone()));
+        }
+        stream.push((
+            0,
+            format!(
+                "{{\"ts\": {id}, \"id\": {id}, \"ignored\": {{\"deep\": {}{}}}}}",
+                "[".repeat(id as usize % 50 + 1),
+                "]".repeat(id as usize % 50 + 1)
+            )
+            .into_bytes(),
+        ));
+    }
+    let producer = broker.producer().unwrap();
+    let delivered = producer.send_all(&topic, stream.clone()).await.unwrap();
+    let last_offset = delivered.iter().map(|(_, o)| *o).max().unwrap();
+
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let mut worker = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let past_everything = || async {
+        observer.checkpoint("events", 0).await.unwrap().and_then(|c| c.next_offset) == Some(last_offset + 1)
+    };
+    if let Err(e) = wait_until("the partition passes every record", Duration::from_secs(60), past_everything).await {
+        panic!("{e}\n{}", cluster.log("w1"));
+    }
+
+    let (rows, duplicates) = committed(&observer).await;
+    assert_eq!(duplicates, 0);
+    let ids: Vec<i64> = rows.values().copied().collect();
+    assert_eq!(ids, (0..1_000).collect::<Vec<_>>(), "every valid row landed, once");
+
+    let (_, metrics) = http_get(&addr, "/metrics");
+    for reason in bad.iter().map(|(r, _)| *r).collect::<std::collections::BTreeSet<_>>() {
+        let count = bad.iter().filter(|(r, _)| *r == reason).count();
+        let line = format!("sluice_bad_records_total{{table=\"events\",partition=\"0\",reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = broker.consumer_config().create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(&dead, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < bad.len() {
+        let m = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await.expect("dead letters").unwrap();
+        let reason =
+            m.headers().and_then(|h| h.iter().find(|h| h.key == "sluice.reason").and_then(|h| h.value)).unwrap();
+        letters.push((String::from_utf8_lossy(reason).to_string(), m.payload().unwrap_or_default().to_vec()));
+    }
+    let expected: Vec<(String, Vec<u8>)> = bad.iter().map(|(r, b)| (r.to_string(), b.clone())).collect();
+    assert_eq!(letters, expected, "each bad record in the dead-letter topic, original bytes and reason");
+
+    worker.signal(libc::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success());
+}
+
+/// SIGTERM commits the consumed tail (below every flush threshold); the
+/// next worker continues exactly after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_it() {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 2).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name("drain")),
+    };
+    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let text = std::fs::read_to_string(cluster.dir.path().join("events.toml"))
+        .unwrap()
+        .replace("rows = 700", "rows = 1000000")
+        .replace("time = \"1s\"", "time = \"1h\"");
+    std::fs::write(cluster.dir.path().join("events.toml"), text).unwrap();
+    let producer = broker.producer().unwrap();
+    let make = |ids: std::ops::Range<i64>| {
+        ids.map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()))
+    };
+    let mut delivered = producer.send_all(&topic, make(0..5_000)).await.unwrap();
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let mut first = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
+    let consumed_all = || async {
+        let (_, metrics) = http_get(&addr, "/metrics");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_records_consumed_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            >= 5_000.0
+    };
+    wait_until("the first worker consumed everything", Duration::from_secs(30), consumed_all).await.unwrap();
+    assert_eq!(committed_rows(&observer).await, 0, "no threshold reached: nothing committed yet");
+    first.signal(libc::SIGTERM).unwrap();
+    assert!(first.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", cluster.log("w1"));
+    assert_eq!(committed_rows(&observer).await, 5_000, "shutdown committed the consumed tail");
+    let tails: Vec<(i32, i64)> =
+        observer.checkpoints("events").await.unwrap().iter().map(|(p, c)| (*p, c.next_offset.unwrap())).collect();
+
+    delivered.extend(producer.send_all(&topic, make(5_000..8_000)).await.unwrap());
+    let mut second = cluster.start("w2");
+    let all = || async {
+        observer.checkpoints("events").await.unwrap().iter().map(|(_, c)| c.next_offset.unwrap_or(0)).sum::<i64>()
+            >= 8_000
+    };
+    // The second worker holds its tail too; SIGTERM once it has read it all.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    second.signal(libc::SIGTERM).unwrap();
+    assert!(second.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", cluster.log("w2"));
+    wait_until("everything committed", Duration::from_secs(5), all).await.unwrap();
+    let (segments, _) = observer.segments("events").await.unwrap();
+    for (partition, tail) in tails {
+        let next = segments.iter().filter(|s| s.partition == partition && s.seq == 1).map(|s| s.start_offset).next();
+        assert_eq!(
+            next,
+            Some(tail),
+            "partition {partition}: the next worker's first segment starts exactly after the tail"
+        );
+    }
+    let (rows, duplicates) = committed(&observer).await;
+    assert_eq!(duplicates, 0);
+    assert_eq!(rows.len(), delivered.len());
 }
