@@ -1,0 +1,190 @@
+//! `cargo run --release -p sluice-bench --bin ingest-bench -- [records] [partitions]`
+//!
+//! Produces `records` ten-column click events (~250 bytes of JSON) to a
+//! fresh topic on the test-kit broker (or `SLUICE_TEST_KAFKA_BROKERS`), then
+//! measures in the same run:
+//!   (a) a bare rdkafka consumer that reads every record and parses its JSON;
+//!   (b) `sluice ingest` (the release binary next to this one), from process
+//!       start until the last segment is committed in ZooKeeper.
+//! Prints rows/s of both, the ratio b/a, commit latency and consuming-segment
+//! memory per million rows, as a markdown table for docs/PERFORMANCE.md.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name};
+
+const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
+const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
+
+fn event(i: u64) -> Vec<u8> {
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!(
+        "{{\"ts\":{},\"session\":\"s-{:08}\",\"user\":{{\"id\":\"u-{:06}\",\"country\":\"{}\"}},\"device\":\"{}\",\
+         \"url\":\"/product/{}/view?ref=search&page={}\",\"status\":{},\"latency_ms\":{},\"bytes\":{},\"is_bot\":{},\
+         \"referrer\":\"https://www.example.com/search?q=item-{}\"}}",
+        1_764_000_000_000u64 + i,
+        i / 20,
+        h % 200_000,
+        COUNTRIES[(h >> 8) as usize % 8],
+        DEVICES[(h >> 16) as usize % 3],
+        h % 5_000,
+        (h >> 20) % 10,
+        [200, 200, 200, 200, 301, 404, 500][(h >> 24) as usize % 7],
+        (h >> 32) % 2_000,
+        (h >> 40) % 1_000_000,
+        (h >> 50).is_multiple_of(20),
+        h % 100_000,
+    )
+    .into_bytes()
+}
+
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l.as_bytes().get(name.len()) == Some(&b'{') || l.as_bytes().get(name.len()) == Some(&b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let records: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let partitions: i32 = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(8);
+    let sluice = std::env::current_exe()?.with_file_name("sluice");
+    anyhow::ensure!(sluice.exists(), "{} not found: build it with `cargo build --release`", sluice.display());
+
+    let zk = ZooKeeper::start()?;
+    let broker = KafkaBroker::start()?;
+    let topic = unique_name("bench");
+    broker.create_topic(&topic, partitions).await?;
+    let producer = broker.producer()?;
+    let started = Instant::now();
+    let sample = event(0).len();
+    producer.send_all(&topic, (0..records).map(|i| ((i % partitions as u64) as i32, event(i)))).await?;
+    eprintln!("produced {records} records ({sample} bytes each) in {:.1?}", started.elapsed());
+
+    // (a) A bare consumer that only parses the JSON.
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let topic_a = topic.clone();
+    let baseline = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "bench-baseline")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(&topic_a, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut seen = 0u64;
+        while seen < records {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message?;
+                let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+                std::hint::black_box(value);
+                seen += 1;
+            }
+        }
+        Ok(started.elapsed())
+    })
+    .await??;
+
+    // (b) sluice end to end.
+    let dir = tempfile::tempdir()?;
+    let root = format!("/{}", unique_name("bench"));
+    let pipeline = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/clickstream.toml"))?
+        .replace("${KAFKA_BOOTSTRAP:-localhost:9092}", broker.bootstrap_servers())
+        .replace("topic = \"clickstream\"", &format!("topic = \"{topic}\""))
+        .replace("rows = 500000", "rows = 250000")
+        .replace("time = \"10m\"", "time = \"5s\"")
+        .replace("policy = \"dead_letter\"\ntopic = \"clickstream-dead-letters\"", "policy = \"skip\"")
+        .replace(
+            "[bad_records]",
+            &format!("[deep_store]\nuri = \"file://{}\"\n\n[bad_records]", dir.path().join("deep").display()),
+        );
+    std::fs::write(dir.path().join("clickstream.toml"), pipeline)?;
+    let http = format!("127.0.0.1:{}", sluice_testkit::net::free_port()?);
+    let worker = format!(
+        "node_id = \"bench\"\ndata_dir = \"{}\"\nmemory_budget = \"4GiB\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n\
+         [http]\nlisten = \"{http}\"\n[pipelines]\nfiles = [\"clickstream.toml\"]\nfrom_coordinator = false\n",
+        dir.path().join("data").display(),
+        zk.connect_string()
+    );
+    std::fs::write(dir.path().join("worker.toml"), worker)?;
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: root.clone(),
+        session_timeout: Duration::from_secs(30),
+    })
+    .await?;
+    let log = std::fs::File::create(dir.path().join("worker.log"))?;
+    let mut command = Command::new(&sluice);
+    command
+        .args(["ingest", "--config"])
+        .arg(dir.path().join("worker.toml"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(log);
+    let started = Instant::now();
+    let mut process = GuardedChild::spawn(command).context("start sluice ingest")?;
+    let mut peak_bytes_per_row = 0f64;
+    let elapsed = loop {
+        let (segments, _) = observer.segments("clickstream").await?;
+        let committed: u64 = segments.iter().map(|s| s.row_count).sum();
+        if committed >= records {
+            break started.elapsed();
+        }
+        let metrics = http_get(&http, "/metrics");
+        let in_flight = metric_sum(&metrics, "sluice_records_consumed_total") - committed as f64;
+        let memory = metric_sum(&metrics, "sluice_consuming_segment_bytes");
+        if in_flight > 50_000.0 {
+            peak_bytes_per_row = peak_bytes_per_row.max(memory / in_flight);
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "sluice did not finish within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let metrics = http_get(&http, "/metrics");
+    let commit_sum = metric_sum(&metrics, "sluice_commit_seconds_sum");
+    let commit_count = metric_sum(&metrics, "sluice_commit_seconds_count");
+    process.signal(libc::SIGTERM)?;
+    process.wait_timeout(Duration::from_secs(30))?;
+
+    let a = records as f64 / baseline.as_secs_f64();
+    let b = records as f64 / elapsed.as_secs_f64();
+    println!(
+        "| records | partitions | (a) bare consumer + JSON parse | (b) sluice end to end | b/a | commit latency (mean) | consuming memory per 1M rows |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {records} | {partitions} | {:.0} rows/s ({:.2?}) | {:.0} rows/s ({:.2?}) | {:.2} | {:.1} ms over {commit_count} commits | {:.0} MiB |",
+        a,
+        baseline,
+        b,
+        elapsed,
+        b / a,
+        if commit_count > 0.0 { commit_sum / commit_count * 1000.0 } else { 0.0 },
+        peak_bytes_per_row * 1_000_000.0 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
