@@ -116,7 +116,9 @@ async fn main() -> anyhow::Result<()> {
     let pipeline = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/clickstream.toml"))?
         .replace("${KAFKA_BOOTSTRAP:-localhost:9092}", broker.bootstrap_servers())
         .replace("topic = \"clickstream\"", &format!("topic = \"{topic}\""))
-        .replace("rows = 500000", "rows = 250000")
+        // Four segments per partition, the last one sealed by its final row,
+        // so the run ends on throughput, not on the flush timer.
+        .replace("rows = 500000", &format!("rows = {}", (records / partitions as u64 / 4).max(1)))
         .replace("time = \"10m\"", "time = \"5s\"")
         .replace("policy = \"dead_letter\"\ntopic = \"clickstream-dead-letters\"", "policy = \"skip\"")
         .replace(

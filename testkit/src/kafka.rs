@@ -289,9 +289,15 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
     }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    // Build in the profile of the running binary, where it is looked for.
+    let release = exe.components().any(|c| c.as_os_str() == "release");
+    let mut args = vec!["build", "-p", "sluice-testkit", "--bin", "sluice-mock-broker"];
+    if release {
+        args.push("--release");
+    }
     let status = Command::new(cargo)
         .current_dir(&workspace)
-        .args(["build", "-p", "sluice-testkit", "--bin", "sluice-mock-broker"])
+        .args(&args)
         .status()
         .context("run cargo to build sluice-mock-broker")?;
     anyhow::ensure!(status.success(), "cargo build of sluice-mock-broker failed");
