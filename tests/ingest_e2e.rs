@@ -94,6 +94,87 @@ async fn committed_rows(c: &dyn Coordinator) -> u64 {
     c.segments("events").await.unwrap().0.iter().map(|s| s.row_count).sum()
 }
 
+/// ZooKeeper, a broker, a topic, a cluster directory holding the default
+/// pipeline, and an observer session on the cluster's root.
+struct Setup {
+    zk: ZooKeeper,
+    broker: KafkaBroker,
+    topic: String,
+    cluster: Cluster,
+    observer: ZooKeeperCoordinator,
+}
+
+async fn setup(partitions: i32, name: &str) -> Setup {
+    let zk = ZooKeeper::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, partitions).await.unwrap();
+    let cluster = Cluster {
+        dir: tempfile::tempdir().unwrap(),
+        zk_connect: zk.connect_string(),
+        root: format!("/{}", unique_name(name)),
+    };
+    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: cluster.root.clone(),
+        session_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    Setup { zk, broker, topic, cluster, observer }
+}
+
+/// `{"ts": id, "id": id}` records, spread over `partitions` by id.
+fn events(ids: std::ops::Range<i64>, partitions: i64) -> impl Iterator<Item = (i32, Vec<u8>)> {
+    ids.map(move |id| ((id % partitions) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()))
+}
+
+/// An independent producer writing `chunks` chunks of `chunk` records, with
+/// a pause after each, so that disturbances land while records flow.
+fn produce_paced(
+    s: &Setup,
+    chunks: i64,
+    chunk: i64,
+    partitions: i64,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<(i32, i64)>> {
+    let bootstrap = s.broker.bootstrap_servers().to_string();
+    let topic = s.topic.clone();
+    tokio::spawn(async move {
+        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
+        let mut delivered = Vec::new();
+        for n in 0..chunks {
+            delivered.extend(producer.send_all(&topic, events(n * chunk..(n + 1) * chunk, partitions)).await.unwrap());
+            tokio::time::sleep(pause).await;
+        }
+        delivered
+    })
+}
+
+/// SIGTERM to every worker: each commits what it consumed and exits 0.
+fn drain<'a>(cluster: &Cluster, workers: impl IntoIterator<Item = (&'a str, &'a mut GuardedChild)>) {
+    let mut workers: Vec<_> = workers.into_iter().collect();
+    for (_, worker) in workers.iter_mut() {
+        worker.signal(libc::SIGTERM).unwrap();
+    }
+    for (id, worker) in workers.iter_mut() {
+        let status = worker.wait_timeout(Duration::from_secs(30)).unwrap().expect("exits after SIGTERM");
+        assert!(status.success(), "{id} exit {status:?}\n{}", cluster.log(id));
+    }
+}
+
+/// The committed segment files hold every delivered record exactly once, at
+/// its own offset (the id is the delivery order).
+async fn assert_exactly_once(observer: &ZooKeeperCoordinator, delivered: &[(i32, i64)]) {
+    let (rows, duplicates) = committed(observer).await;
+    assert_eq!(duplicates, 0, "no record committed twice");
+    let expected: BTreeMap<(i32, i64), i64> =
+        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows.len(), expected.len(), "no record lost");
+    assert_eq!(rows, expected, "each record at its own offset");
+}
+
 /// What happens to the cluster while records flow.
 enum Disturbance {
     /// SIGKILL a worker and start it again, alternating, three times.
@@ -108,43 +189,14 @@ enum Disturbance {
 }
 
 async fn scenario(disturbance: Disturbance) {
-    let mut zk = ZooKeeper::start().unwrap();
-    let broker = KafkaBroker::start().unwrap();
-    if matches!(disturbance, Disturbance::BrokerDown) && !broker.is_mock() {
+    let mut s = setup(4, "e2e").await;
+    if matches!(disturbance, Disturbance::BrokerDown) && !s.broker.is_mock() {
         eprintln!("skipped: taking the broker down needs the mock broker");
         return;
     }
-    let topic = unique_name("events");
-    broker.create_topic(&topic, 4).await.unwrap();
-    let cluster = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        zk_connect: zk.connect_string(),
-        root: format!("/{}", unique_name("e2e")),
-    };
-    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
-
-    // An independent producer keeps writing throughout.
     let total = 30_000i64;
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let producer_topic = topic.clone();
-    let producing = tokio::spawn(async move {
-        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
-        let mut delivered = Vec::new();
-        for chunk in 0..10i64 {
-            let ids = chunk * 3_000..(chunk + 1) * 3_000;
-            let records = ids.map(|id| ((id % 4) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()));
-            delivered.extend(producer.send_all(&producer_topic, records).await.unwrap());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        delivered
-    });
+    let producing = produce_paced(&s, 10, 3_000, 4, Duration::from_millis(300));
+    let (cluster, observer) = (&s.cluster, &s.observer);
 
     let mut w1 = cluster.start("w1");
     let mut w2 = cluster.start("w2");
@@ -177,40 +229,27 @@ async fn scenario(disturbance: Disturbance) {
         }
         Disturbance::BrokerDown => {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            broker.take_down().unwrap();
+            s.broker.take_down().unwrap();
             tokio::time::sleep(Duration::from_secs(10)).await;
-            broker.bring_up().unwrap();
+            s.broker.bring_up().unwrap();
         }
         Disturbance::ZooKeeperRestart => {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            zk.stop();
+            s.zk.stop();
             tokio::time::sleep(Duration::from_secs(3)).await;
-            zk.restart().unwrap();
+            s.zk.restart().unwrap();
         }
     }
     let delivered = producing.await.unwrap();
     assert_eq!(delivered.len(), total as usize);
 
-    let all = || async { committed_rows(&observer).await >= total as u64 };
+    let all = || async { committed_rows(observer).await >= total as u64 };
     if let Err(e) = wait_until("every record is committed", Duration::from_secs(120), all).await {
         panic!("{e}\n--- w1 ---\n{}\n--- w2 ---\n{}", cluster.log("w1"), cluster.log("w2"));
     }
 
-    // SIGTERM: each worker commits what it consumed, releases, exits 0.
-    for worker in [&mut w1, &mut w2] {
-        worker.signal(libc::SIGTERM).unwrap();
-    }
-    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
-        let status = worker.wait_timeout(Duration::from_secs(30)).unwrap().expect("exits after SIGTERM");
-        assert!(status.success(), "{id} exit {status:?}\n{}", cluster.log(id));
-    }
-
-    let (rows, duplicates) = committed(&observer).await;
-    assert_eq!(duplicates, 0, "no record committed twice");
-    let expected: BTreeMap<(i32, i64), i64> =
-        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
-    assert_eq!(rows.len(), expected.len(), "no record lost");
-    assert_eq!(rows, expected, "each record at its own offset");
+    drain(cluster, [("w1", &mut w1), ("w2", &mut w2)]);
+    assert_exactly_once(observer, &delivered).await;
     if matches!(disturbance, Disturbance::Zombie) {
         assert!(
             cluster.log("w1").contains("fenced") || cluster.log("w1").contains("session ended"),
@@ -255,31 +294,15 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_health_and_metrics() {
-    let zk = ZooKeeper::start().unwrap();
-    let broker = KafkaBroker::start().unwrap();
-    let topic = unique_name("events");
-    broker.create_topic(&topic, 2).await.unwrap();
-    let cluster = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        zk_connect: zk.connect_string(),
-        root: format!("/{}", unique_name("http")),
-    };
-    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
-    let producer = broker.producer().unwrap();
-    let mut records: Vec<(i32, Vec<u8>)> =
-        (0..1_000i64).map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())).collect();
+    let s = setup(2, "http").await;
+    let (cluster, observer) = (&s.cluster, &s.observer);
+    let producer = s.broker.producer().unwrap();
+    let mut records: Vec<(i32, Vec<u8>)> = events(0..1_000, 2).collect();
     records.push((0, b"not json".to_vec()));
-    producer.send_all(&topic, records).await.unwrap();
+    producer.send_all(&s.topic, records).await.unwrap();
     let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
     let mut worker = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
-    let done = || async { committed_rows(&observer).await >= 1_000 };
+    let done = || async { committed_rows(observer).await >= 1_000 };
     wait_until("the worker commits the records", Duration::from_secs(60), done).await.unwrap();
     let (workers, _) = observer.workers().await.unwrap();
     assert_eq!(workers[0].http_addr, addr, "the registration names the HTTP address");
@@ -320,48 +343,20 @@ async fn a_worker_serves_health_and_metrics() {
 /// seconds for as long as ingestion runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_thousand_records_through_repeated_kills() {
-    let zk = ZooKeeper::start().unwrap();
-    let broker = KafkaBroker::start().unwrap();
-    let topic = unique_name("events");
-    broker.create_topic(&topic, 8).await.unwrap();
-    let cluster = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        zk_connect: zk.connect_string(),
-        root: format!("/{}", unique_name("scale")),
-    };
-    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let s = setup(8, "scale").await;
     let text =
-        std::fs::read_to_string(cluster.dir.path().join("events.toml")).unwrap().replace("rows = 700", "rows = 5000");
-    std::fs::write(cluster.dir.path().join("events.toml"), text).unwrap();
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
-
+        std::fs::read_to_string(s.cluster.dir.path().join("events.toml")).unwrap().replace("rows = 700", "rows = 5000");
+    std::fs::write(s.cluster.dir.path().join("events.toml"), text).unwrap();
+    let (cluster, observer) = (&s.cluster, &s.observer);
     let total = 200_000i64;
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let producer_topic = topic.clone();
-    let producing = tokio::spawn(async move {
-        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
-        let mut delivered = Vec::new();
-        for chunk in 0..20i64 {
-            let ids = chunk * 10_000..(chunk + 1) * 10_000;
-            let records = ids.map(|id| ((id % 8) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()));
-            delivered.extend(producer.send_all(&producer_topic, records).await.unwrap());
-            // Paced, so that kills land throughout ingestion.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-        }
-        delivered
-    });
+    // Paced, so that kills land throughout ingestion.
+    let producing = produce_paced(&s, 20, 10_000, 8, Duration::from_millis(600));
 
     let ids = ["w1", "w2", "w3"];
     let mut workers: Vec<GuardedChild> = ids.iter().map(|id| cluster.start(id)).collect();
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    while committed_rows(&observer).await < total as u64 {
+    while committed_rows(observer).await < total as u64 {
         assert!(tokio::time::Instant::now() < deadline, "not done after 240 s\n{}", cluster.log("w1"));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim = kills % ids.len();
@@ -372,19 +367,9 @@ async fn two_hundred_thousand_records_through_repeated_kills() {
     }
     let delivered = producing.await.unwrap();
     assert!(kills >= 4, "workers were killed throughout ingestion ({kills})");
-    for worker in &mut workers {
-        worker.signal(libc::SIGTERM).unwrap();
-    }
-    for (id, worker) in ids.iter().zip(&mut workers) {
-        let status = worker.wait_timeout(Duration::from_secs(30)).unwrap().expect("exits after SIGTERM");
-        assert!(status.success(), "{id}: {status:?}");
-    }
-    let (rows, duplicates) = committed(&observer).await;
-    assert_eq!(duplicates, 0, "no (partition, offset) committed twice");
-    let expected: BTreeMap<(i32, i64), i64> =
-        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
-    assert_eq!(rows.len(), total as usize, "no record lost");
-    assert_eq!(rows, expected, "every id exactly once, at its offset");
+    drain(cluster, ids.iter().copied().zip(workers.iter_mut()));
+    assert_exactly_once(observer, &delivered).await;
+    let (rows, _) = committed(observer).await;
     let unique_ids: std::collections::BTreeSet<i64> = rows.values().copied().collect();
     assert_eq!(unique_ids.len(), total as usize);
     eprintln!("{kills} kills during ingestion of {total} records");
@@ -394,17 +379,10 @@ async fn two_hundred_thousand_records_through_repeated_kills() {
 /// worker with the `dead_letter` policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_record_class_in_a_valid_stream() {
-    let zk = ZooKeeper::start().unwrap();
-    let broker = KafkaBroker::start().unwrap();
-    let topic = unique_name("events");
+    let s = setup(1, "bad").await;
+    let (cluster, observer, broker, topic) = (&s.cluster, &s.observer, &s.broker, &s.topic);
     let dead = format!("{topic}-dead");
-    broker.create_topic(&topic, 1).await.unwrap();
     broker.create_topic(&dead, 1).await.unwrap();
-    let cluster = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        zk_connect: zk.connect_string(),
-        root: format!("/{}", unique_name("bad")),
-    };
     let pipeline = format!(
         "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
          [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
@@ -449,18 +427,11 @@ async fn every_bad_record_class_in_a_valid_stream() {
         ));
     }
     let producer = broker.producer().unwrap();
-    let delivered = producer.send_all(&topic, stream.clone()).await.unwrap();
+    let delivered = producer.send_all(topic, stream.clone()).await.unwrap();
     let last_offset = delivered.iter().map(|(_, o)| *o).max().unwrap();
 
     let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
     let mut worker = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
     let past_everything = || async {
         observer.checkpoint("events", 0).await.unwrap().and_then(|c| c.next_offset) == Some(last_offset + 1)
     };
@@ -468,7 +439,7 @@ async fn every_bad_record_class_in_a_valid_stream() {
         panic!("{e}\n{}", cluster.log("w1"));
     }
 
-    let (rows, duplicates) = committed(&observer).await;
+    let (rows, duplicates) = committed(observer).await;
     assert_eq!(duplicates, 0);
     let ids: Vec<i64> = rows.values().copied().collect();
     assert_eq!(ids, (0..1_000).collect::<Vec<_>>(), "every valid row landed, once");
@@ -505,33 +476,15 @@ async fn every_bad_record_class_in_a_valid_stream() {
 /// next worker continues exactly after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_it() {
-    let zk = ZooKeeper::start().unwrap();
-    let broker = KafkaBroker::start().unwrap();
-    let topic = unique_name("events");
-    broker.create_topic(&topic, 2).await.unwrap();
-    let cluster = Cluster {
-        dir: tempfile::tempdir().unwrap(),
-        zk_connect: zk.connect_string(),
-        root: format!("/{}", unique_name("drain")),
-    };
-    write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
+    let s = setup(2, "drain").await;
+    let (cluster, observer) = (&s.cluster, &s.observer);
     let text = std::fs::read_to_string(cluster.dir.path().join("events.toml"))
         .unwrap()
         .replace("rows = 700", "rows = 1000000")
         .replace("time = \"1s\"", "time = \"1h\"");
     std::fs::write(cluster.dir.path().join("events.toml"), text).unwrap();
-    let producer = broker.producer().unwrap();
-    let make = |ids: std::ops::Range<i64>| {
-        ids.map(|id| ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes()))
-    };
-    let mut delivered = producer.send_all(&topic, make(0..5_000)).await.unwrap();
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
+    let producer = s.broker.producer().unwrap();
+    let mut delivered = producer.send_all(&s.topic, events(0..5_000, 2)).await.unwrap();
 
     let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
     let mut first = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
@@ -545,14 +498,14 @@ async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_
             >= 5_000.0
     };
     wait_until("the first worker consumed everything", Duration::from_secs(30), consumed_all).await.unwrap();
-    assert_eq!(committed_rows(&observer).await, 0, "no threshold reached: nothing committed yet");
+    assert_eq!(committed_rows(observer).await, 0, "no threshold reached: nothing committed yet");
     first.signal(libc::SIGTERM).unwrap();
     assert!(first.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", cluster.log("w1"));
-    assert_eq!(committed_rows(&observer).await, 5_000, "shutdown committed the consumed tail");
+    assert_eq!(committed_rows(observer).await, 5_000, "shutdown committed the consumed tail");
     let tails: Vec<(i32, i64)> =
         observer.checkpoints("events").await.unwrap().iter().map(|(p, c)| (*p, c.next_offset.unwrap())).collect();
 
-    delivered.extend(producer.send_all(&topic, make(5_000..8_000)).await.unwrap());
+    delivered.extend(producer.send_all(&s.topic, events(5_000..8_000, 2)).await.unwrap());
     let mut second = cluster.start("w2");
     let all = || async {
         observer.checkpoints("events").await.unwrap().iter().map(|(_, c)| c.next_offset.unwrap_or(0)).sum::<i64>()
@@ -572,7 +525,5 @@ async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_
             "partition {partition}: the next worker's first segment starts exactly after the tail"
         );
     }
-    let (rows, duplicates) = committed(&observer).await;
-    assert_eq!(duplicates, 0);
-    assert_eq!(rows.len(), delivered.len());
+    assert_exactly_once(observer, &delivered).await;
 }
