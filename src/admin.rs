@@ -194,12 +194,10 @@ pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
 /// the pipeline's own connection properties.
 fn high_watermarks(config: &sluice_config::PipelineConfig, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut client = rdkafka::ClientConfig::new();
-    for (key, value) in &config.source.properties {
-        client.set(key, value);
-    }
-    client.set("bootstrap.servers", &config.source.bootstrap_servers).set("group.id", "sluice-status");
-    let consumer: BaseConsumer = client.create().map_err(|e| format!("Kafka client: {e}"))?;
+    let consumer: BaseConsumer = sluice_ingest::partition::kafka_config(config)
+        .set("group.id", "sluice-status")
+        .create()
+        .map_err(|e| format!("Kafka client: {e}"))?;
     partitions
         .iter()
         .map(|p| {

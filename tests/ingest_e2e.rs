@@ -13,6 +13,7 @@ use arrow::datatypes::Int64Type;
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_segments::Segment;
 use sluice_segments::deepstore::file_uri_path;
+use sluice_testkit::net::{http_get, metric_sum};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
 
 struct Cluster {
@@ -279,19 +280,6 @@ async fn ingestion_resumes_after_zookeeper_restarts() {
     scenario(Disturbance::ZooKeeperRestart).await;
 }
 
-/// A plain HTTP/1.1 GET: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_health_and_metrics() {
     let s = setup(2, "http").await;
@@ -490,12 +478,7 @@ async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_
     let mut first = cluster.start_with("w1", cluster.worker_config_listening("w1", &addr));
     let consumed_all = || async {
         let (_, metrics) = http_get(&addr, "/metrics");
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("sluice_records_consumed_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-            >= 5_000.0
+        metric_sum(&metrics, "sluice_records_consumed_total") >= 5_000.0
     };
     wait_until("the first worker consumed everything", Duration::from_secs(30), consumed_all).await.unwrap();
     assert_eq!(committed_rows(observer).await, 0, "no threshold reached: nothing committed yet");

@@ -16,6 +16,7 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_testkit::net::{http_get, metric_sum};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name};
 
 const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
@@ -41,27 +42,6 @@ fn event(i: u64) -> Vec<u8> {
         h % 100_000,
     )
     .into_bytes()
-}
-
-fn metric_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.as_bytes().get(name.len()) == Some(&b'{') || l.as_bytes().get(name.len()) == Some(&b' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
         if committed >= records {
             break started.elapsed();
         }
-        let metrics = http_get(&http, "/metrics");
+        let (_, metrics) = http_get(&http, "/metrics");
         let in_flight = metric_sum(&metrics, "sluice_records_consumed_total") - committed as f64;
         let memory = metric_sum(&metrics, "sluice_consuming_segment_bytes");
         if in_flight > 50_000.0 {
@@ -166,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "sluice did not finish within 10 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let metrics = http_get(&http, "/metrics");
+    let (_, metrics) = http_get(&http, "/metrics");
     let commit_sum = metric_sum(&metrics, "sluice_commit_seconds_sum");
     let commit_count = metric_sum(&metrics, "sluice_commit_seconds_count");
     process.signal(libc::SIGTERM)?;

@@ -139,6 +139,23 @@ impl ZooKeeperCoordinator {
         .boxed()
     }
 
+    /// The JSON records in the children of `dir`, and a watch on the set.
+    /// A child deleted between the listing and its read is skipped.
+    async fn list_json<T: DeserializeOwned>(&self, dir: &str, operation: &str) -> Result<(Vec<T>, Change), CoordError> {
+        let client = self.client();
+        let (names, _, watcher) = client.get_and_watch_children(dir).await.map_err(|e| err(operation, e))?;
+        let mut records = Vec::with_capacity(names.len());
+        for name in names {
+            let path = format!("{dir}/{name}");
+            match client.get_data(&path).await {
+                Ok((data, _)) => records.push(from_json::<T>(operation, &path, &data)?),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(err(operation, e)),
+            }
+        }
+        Ok((records, self.change(watcher)))
+    }
+
     async fn read_checkpoint(
         &self,
         client: &Client,
@@ -395,20 +412,9 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn workers(&self) -> Result<(Vec<WorkerInfo>, Change), CoordError> {
-        let client = self.client();
-        let (names, _, watcher) =
-            client.get_and_watch_children("/workers").await.map_err(|e| err("list workers", e))?;
-        let mut workers = Vec::with_capacity(names.len());
-        for name in names {
-            let path = format!("/workers/{name}");
-            match client.get_data(&path).await {
-                Ok((data, _)) => workers.push(from_json::<WorkerInfo>("list workers", &path, &data)?),
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(err("list workers", e)),
-            }
-        }
+        let (mut workers, change) = self.list_json::<WorkerInfo>("/workers", "list workers").await?;
         workers.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok((workers, self.change(watcher)))
+        Ok((workers, change))
     }
 
     async fn acquire(&self, pipeline: &str, partition: i32, owner: &str) -> Result<Option<Lease>, CoordError> {
@@ -531,21 +537,11 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn segments(&self, pipeline: &str) -> Result<(Vec<SegmentRecord>, Change), CoordError> {
-        let client = self.client();
         let dir = segments_dir(pipeline);
-        client.mkdir(&dir, &persistent()).await.map_err(|e| err("list segments", e))?;
-        let (names, _, watcher) = client.get_and_watch_children(&dir).await.map_err(|e| err("list segments", e))?;
-        let mut records = Vec::with_capacity(names.len());
-        for name in names {
-            let path = format!("{dir}/{name}");
-            match client.get_data(&path).await {
-                Ok((data, _)) => records.push(from_json::<SegmentRecord>("list segments", &path, &data)?),
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(err("list segments", e)),
-            }
-        }
+        self.client().mkdir(&dir, &persistent()).await.map_err(|e| err("list segments", e))?;
+        let (mut records, change) = self.list_json::<SegmentRecord>(&dir, "list segments").await?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((records, self.change(watcher)))
+        Ok((records, change))
     }
 
     async fn delete_segment(&self, pipeline: &str, name: &str) -> Result<(), CoordError> {

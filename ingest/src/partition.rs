@@ -89,7 +89,7 @@ pub fn kafka_config(config: &PipelineConfig) -> ClientConfig {
     client
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_config::{LoadedWorker, PipelineConfig, ProcessEnv};
@@ -37,9 +37,13 @@ const FAILED_PARTITION_BACKOFF: Duration = Duration::from_secs(10);
 /// This worker's id: the configured one, else `<hostname>-<pid>`.
 pub fn worker_id(configured: Option<&str>) -> String {
     configured.map(str::to_string).unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
-        format!("{}-{}", host.trim(), std::process::id())
+        let host = hostname();
+        format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
     })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 /// Runs the worker until `shutdown` turns true, then stops every partition
@@ -56,8 +60,8 @@ pub async fn run_worker(
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let default_store = DeepStore::at(data_dir.join("deep-store"));
-    let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let started_at_ms = crate::partition::now_ms();
+    let host = hostname();
     let http_addr = crate::metrics::serve(config.http.listen, id.clone(), crate::metrics::install_recorder())
         .await
         .map_err(|source| WorkerError::Http { addr: config.http.listen.to_string(), source })?;

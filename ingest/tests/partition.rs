@@ -55,6 +55,16 @@ async fn coordinator(zk: &ZooKeeper, root: &str) -> Arc<dyn Coordinator> {
     Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
 }
 
+/// Acquires the partition once its previous owner (or its session) let go.
+async fn acquire_when_free(c: &dyn Coordinator, partition: i32, owner: &str) -> sluice_coordinator::Lease {
+    loop {
+        if let Some(lease) = c.acquire("events", partition, owner).await.unwrap() {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// (partition, offset) → id over every committed segment file.
 async fn committed_rows(c: &dyn Coordinator) -> (BTreeMap<(i32, i64), i64>, usize) {
     let (segments, _) = c.segments("events").await.unwrap();
@@ -129,12 +139,7 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (stop_b, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for p in 0..2 {
-        let lease = loop {
-            if let Some(lease) = b.acquire("events", p, "b").await.unwrap() {
-                break lease;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let lease = acquire_when_free(b.as_ref(), p, "b").await;
         tasks.push(tokio::spawn(ingest_partition(ctx_b.clone(), lease, stop_rx.clone())));
     }
     let all = || async { committed_rows(b.as_ref()).await.0.len() >= 3_000 };
@@ -258,12 +263,7 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
     // timeout; B takes the partition and commits everything.
     proxy.blackhole();
     let b = coordinator(&zk, &root).await;
-    let lease_b = loop {
-        if let Some(lease) = b.acquire("events", 0, "b").await.unwrap() {
-            break lease;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let lease_b = acquire_when_free(b.as_ref(), 0, "b").await;
     produced.extend(
         producer
             .send_all(&topic, (600..900i64).map(|id| (0, format!("{{\"ts\": {id}, \"id\": {id}}}").into_bytes())))
