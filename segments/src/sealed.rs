@@ -564,21 +564,32 @@ pub(crate) fn take_rows(
     rows: &RoaringBitmap,
     projection: &[&str],
 ) -> Result<RecordBatch, SegmentError> {
-    let indices = UInt32Array::from_iter_values(rows.iter());
+    // A contiguous run of rows (a whole segment, a sorted-column range) is a
+    // zero-copy slice; anything else is gathered.
+    let run = match (rows.min(), rows.max()) {
+        (Some(lo), Some(hi)) if u64::from(hi - lo) + 1 == rows.len() => Some((lo as usize, rows.len() as usize)),
+        _ => None,
+    };
+    let indices = if run.is_none() { Some(UInt32Array::from_iter_values(rows.iter())) } else { None };
+    let row_count = rows.len() as usize;
     let mut fields = Vec::with_capacity(projection.len());
     let mut columns = Vec::with_capacity(projection.len());
     for name in projection {
         let (i, field) = logical
             .column_with_name(name)
             .ok_or_else(|| SegmentError::Predicate(format!("unknown column `{name}`")))?;
-        let mut column = take(arrays[i].as_ref(), &indices, None)?;
+        let mut column = match (&indices, run) {
+            (Some(indices), _) => take(arrays[i].as_ref(), indices, None)?,
+            (None, Some((offset, len))) => arrays[i].slice(offset, len),
+            (None, None) => arrays[i].slice(0, 0),
+        };
         if column.data_type() != field.data_type() {
             column = cast(&column, field.data_type())?;
         }
         fields.push(field.clone());
         columns.push(column);
     }
-    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(row_count));
     Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?)
 }
 

@@ -1,0 +1,259 @@
+//! Follows the segment catalog: every committed segment of every pipeline is
+//! copied from the deep store into the local cache, verified, memory-mapped
+//! and served; segments removed from the catalog stop being served and
+//! leave the cache.
+//!
+//! A segment is served only after two checks: the whole file's CRC32C and
+//! size equal what its catalog entry recorded at commit, and every section
+//! passes its own checksum when the file is opened. A file failing either is
+//! never served: it is counted, logged, deleted from the cache and fetched
+//! again later with backoff (the deep store may be repaired). A cached file
+//! that passes both checks is served without downloading again, which is how
+//! a restarted node comes back without re-reading the deep store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sluice_coordinator::{Coordinator, SegmentRecord};
+use sluice_segments::deepstore::file_uri_path;
+use sluice_segments::{Segment, SegmentSchema};
+use tokio::sync::watch;
+
+use crate::engine::QueryEngine;
+use crate::table::SegmentTable;
+
+/// Resync even without a watch firing, in case a notification was missed
+/// across a session change.
+const RESYNC: Duration = Duration::from_secs(30);
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+struct Loaded {
+    uri: String,
+    segment: Arc<Segment>,
+    cached: PathBuf,
+}
+
+struct Failure {
+    attempts: u32,
+    retry_at: Instant,
+}
+
+#[derive(Default)]
+struct TableState {
+    table: Option<Arc<SegmentTable>>,
+    segments: BTreeMap<String, Loaded>,
+    failures: HashMap<String, Failure>,
+}
+
+pub struct CatalogFollower {
+    coordinator: Arc<dyn Coordinator>,
+    engine: Arc<QueryEngine>,
+    cache_dir: PathBuf,
+    tables: BTreeMap<String, TableState>,
+}
+
+impl CatalogFollower {
+    pub fn new(coordinator: Arc<dyn Coordinator>, engine: Arc<QueryEngine>, cache_dir: PathBuf) -> Self {
+        CatalogFollower { coordinator, engine, cache_dir, tables: BTreeMap::new() }
+    }
+
+    /// Follows the catalog until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let mut watches: Vec<BoxFuture<'static, ()>> = Vec::new();
+            let wait = match self.sync(&mut watches).await {
+                Ok(next_retry) => next_retry.map_or(RESYNC, |at| at.saturating_duration_since(Instant::now())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the segment catalog failed; retrying");
+                    RETRY_MIN
+                }
+            };
+            watches.push(tokio::time::sleep(wait.max(Duration::from_millis(50))).boxed());
+            tokio::select! {
+                _ = futures::future::select_all(watches) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One pass over the catalog. Returns when a failed segment is due for
+    /// another try, if any.
+    pub async fn sync(
+        &mut self,
+        watches: &mut Vec<BoxFuture<'static, ()>>,
+    ) -> Result<Option<Instant>, sluice_coordinator::CoordError> {
+        let (configs, change) = self.coordinator.pipelines().await?;
+        watches.push(change);
+        let names = self.coordinator.known_pipelines().await?;
+        let mut next_retry: Option<Instant> = None;
+        for name in &names {
+            let (records, change) = self.coordinator.segments(name).await?;
+            watches.push(change);
+            let config = configs.iter().find(|(n, _)| n == name).map(|(_, text)| text.as_str());
+            if let Some(at) = self.sync_table(name, config, records).await {
+                next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
+            }
+        }
+        let gone: Vec<String> = self.tables.keys().filter(|t| !names.contains(t)).cloned().collect();
+        for name in gone {
+            if let Some(state) = self.tables.remove(&name) {
+                tracing::info!(table = %name, "pipeline removed; no longer served");
+                self.engine.deregister(&name);
+                for loaded in state.segments.values() {
+                    let _ = std::fs::remove_file(&loaded.cached);
+                }
+                set_gauges(&name, &TableState::default());
+            }
+        }
+        Ok(next_retry)
+    }
+
+    async fn sync_table(&mut self, name: &str, config: Option<&str>, records: Vec<SegmentRecord>) -> Option<Instant> {
+        let state = self.tables.entry(name.to_string()).or_default();
+        if state.table.is_none()
+            && let Some(schema) = config.and_then(|text| schema_from_config(name, text))
+        {
+            state.table = Some(Arc::new(SegmentTable::new(name, &schema)));
+        }
+        let wanted: HashMap<&str, &SegmentRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
+        let mut changed = false;
+        state.segments.retain(|segment, loaded| {
+            let keep = wanted.get(segment.as_str()).is_some_and(|r| r.uri == loaded.uri);
+            if !keep {
+                tracing::info!(table = %name, segment = %segment, "segment left the catalog; no longer served");
+                let _ = std::fs::remove_file(&loaded.cached);
+                changed = true;
+            }
+            keep
+        });
+        state.failures.retain(|segment, _| wanted.contains_key(segment.as_str()));
+        let now = Instant::now();
+        let mut next_retry: Option<Instant> = None;
+        for record in &records {
+            if state.segments.contains_key(&record.name) {
+                continue;
+            }
+            if let Some(f) = state.failures.get(&record.name)
+                && f.retry_at > now
+            {
+                next_retry = Some(next_retry.map_or(f.retry_at, |t| t.min(f.retry_at)));
+                continue;
+            }
+            let cache = self.cache_dir.join(name);
+            let owned = record.clone();
+            let loaded = tokio::task::spawn_blocking(move || load(&cache, &owned))
+                .await
+                .unwrap_or_else(|e| Err(format!("loader panicked: {e}")));
+            let accepted = loaded.and_then(|loaded| {
+                let table = state
+                    .table
+                    .get_or_insert_with(|| Arc::new(SegmentTable::new(name, loaded.segment.schema())))
+                    .clone();
+                match table.accepts(&loaded.segment) {
+                    Ok(()) => Ok(loaded),
+                    Err(reason) => {
+                        let _ = std::fs::remove_file(&loaded.cached);
+                        Err(reason)
+                    }
+                }
+            });
+            match accepted {
+                Ok(loaded) => {
+                    tracing::debug!(table = %name, segment = %record.name, rows = record.row_count, "segment loaded");
+                    state.failures.remove(&record.name);
+                    state.segments.insert(record.name.clone(), loaded);
+                    changed = true;
+                }
+                Err(reason) => {
+                    metrics::counter!("sluice_query_segment_load_failures_total", "table" => name.to_string())
+                        .increment(1);
+                    let failure =
+                        state.failures.entry(record.name.clone()).or_insert(Failure { attempts: 0, retry_at: now });
+                    failure.attempts += 1;
+                    let backoff = RETRY_MIN.saturating_mul(1 << failure.attempts.min(6)).min(RETRY_MAX);
+                    failure.retry_at = now + backoff;
+                    next_retry = Some(next_retry.map_or(failure.retry_at, |t| t.min(failure.retry_at)));
+                    tracing::warn!(
+                        table = %name, segment = %record.name, uri = %record.uri, attempts = failure.attempts,
+                        retry_in = ?backoff, reason = %reason, "segment refused; not served"
+                    );
+                }
+            }
+        }
+        if let Some(table) = &state.table {
+            if changed || self.engine.table(name).is_none() {
+                table.replace(state.segments.values().map(|l| l.segment.clone()).collect());
+            }
+            if self.engine.table(name).is_none() {
+                self.engine.register(table.clone());
+            }
+        }
+        set_gauges(name, state);
+        next_retry
+    }
+}
+
+fn set_gauges(table: &str, state: &TableState) {
+    let bytes: usize = state.segments.values().map(|l| l.segment.size_bytes()).sum();
+    metrics::gauge!("sluice_query_segments_loaded", "table" => table.to_string()).set(state.segments.len() as f64);
+    metrics::gauge!("sluice_query_bytes_mapped", "table" => table.to_string()).set(bytes as f64);
+}
+
+/// The table schema of an applied pipeline config, when it parses here
+/// (its `${VAR}`s may only resolve on workers; the segments then decide).
+fn schema_from_config(name: &str, text: &str) -> Option<arrow::datatypes::Schema> {
+    let origin = PathBuf::from(format!("zookeeper:/pipelines/{name}/config"));
+    let config = sluice_config::parse_pipeline(text, &origin, &sluice_config::ProcessEnv).ok()?;
+    Some(SegmentSchema::from_pipeline(&config).arrow_schema().as_ref().clone())
+}
+
+/// A verified, memory-mapped copy of the record's file in `cache`: the
+/// cached copy when it is intact, else a fresh one from the deep store.
+fn load(cache: &Path, record: &SegmentRecord) -> Result<Loaded, String> {
+    let source = file_uri_path(&record.uri).ok_or_else(|| format!("unsupported deep-store URI `{}`", record.uri))?;
+    let file_name = source.file_name().ok_or_else(|| format!("deep-store URI `{}` names no file", record.uri))?;
+    let cached = cache.join(file_name);
+    let intact = |bytes: &[u8]| bytes.len() as u64 == record.size_bytes && crc32c::crc32c(bytes) == record.crc32c;
+    if let Ok(bytes) = std::fs::read(&cached) {
+        if intact(&bytes)
+            && let Ok(segment) = Segment::open(&cached)
+        {
+            return Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached });
+        }
+        let _ = std::fs::remove_file(&cached);
+    }
+    let bytes = std::fs::read(&source).map_err(|e| format!("reading {}: {e}", source.display()))?;
+    if !intact(&bytes) {
+        return Err(format!(
+            "{}: checksum mismatch: the catalog recorded {} bytes with CRC32C {:08x}, the file has {} bytes with {:08x}",
+            source.display(),
+            record.size_bytes,
+            record.crc32c,
+            bytes.len(),
+            crc32c::crc32c(&bytes)
+        ));
+    }
+    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    let temp = cache.join(format!(".{}.download", file_name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &cached)
+    };
+    write().map_err(|e| format!("writing {}: {e}", cached.display()))?;
+    metrics::counter!("sluice_query_segments_downloaded_total").increment(1);
+    match Segment::open(&cached) {
+        Ok(segment) => Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&cached);
+            Err(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Runs one SQL query under the node's limits and answers in Pinot's shape.
+//!
+//! Limits are enforced here, not by the HTTP layer: a bounded number of
+//! queries run at once and a bounded number wait (beyond that: overloaded),
+//! each query has a deadline covering its wait, planning and execution (the
+//! query's future is dropped at the deadline, which cancels DataFusion's
+//! tasks), a memory pool bounds sorts, joins and aggregations, and a result
+//! may hold at most `max_result_rows` rows.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+use sluice_config::QueryLimits;
+use tokio::sync::Semaphore;
+
+use crate::response::{self, PinotResponse};
+use crate::table::{QUERY_STATS, ScanStats, SegmentTable};
+
+/// Why a query did not answer. Each maps to an HTTP status and a Pinot
+/// error code ([`QueryError::status`], [`QueryError::pinot_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("SQL syntax error: {message}")]
+    Syntax { message: String },
+    #[error("{message}")]
+    UnknownTable { message: String },
+    #[error("sluice is read-only, the statement was refused: {message}")]
+    ReadOnly { message: String },
+    #[error("invalid query: {message}")]
+    Invalid { message: String },
+    #[error("query failed: {message}")]
+    Execution { message: String },
+    #[error("query exceeded the memory limit: {message}")]
+    OutOfMemory { message: String },
+    #[error("query timed out after {limit:?}")]
+    Timeout { limit: Duration },
+    #[error("the result has more than {limit} rows (the node's max_result_rows); add a LIMIT or aggregate")]
+    TooManyRows { limit: u64 },
+    #[error("the query node is overloaded ({running} queries running, {queued} waiting); retry later")]
+    Overloaded { running: usize, queued: usize },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl QueryError {
+    pub fn status(&self) -> u16 {
+        match self {
+            QueryError::Syntax { .. }
+            | QueryError::UnknownTable { .. }
+            | QueryError::ReadOnly { .. }
+            | QueryError::Invalid { .. }
+            | QueryError::Execution { .. } => 400,
+            QueryError::TooManyRows { .. } => 413,
+            QueryError::Timeout { .. } => 504,
+            QueryError::Overloaded { .. } | QueryError::OutOfMemory { .. } => 503,
+            QueryError::Internal { .. } => 500,
+        }
+    }
+
+    /// Pinot's `QueryErrorCode` numbers, so clients recognise the class.
+    pub fn pinot_code(&self) -> i32 {
+        match self {
+            QueryError::Syntax { .. } => 150,
+            QueryError::UnknownTable { .. } => 190,
+            QueryError::ReadOnly { .. } | QueryError::Invalid { .. } => 700,
+            QueryError::Execution { .. } | QueryError::Internal { .. } => 200,
+            QueryError::OutOfMemory { .. } => 211,
+            QueryError::Timeout { .. } => 250,
+            QueryError::TooManyRows { .. } => 240,
+            QueryError::Overloaded { .. } => 503,
+        }
+    }
+
+    /// The metric label of the outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            QueryError::Syntax { .. }
+            | QueryError::UnknownTable { .. }
+            | QueryError::ReadOnly { .. }
+            | QueryError::Invalid { .. }
+            | QueryError::Execution { .. } => "bad_query",
+            QueryError::TooManyRows { .. } => "too_many_rows",
+            QueryError::Timeout { .. } => "timeout",
+            QueryError::Overloaded { .. } => "overloaded",
+            QueryError::OutOfMemory { .. } => "out_of_memory",
+            QueryError::Internal { .. } => "error",
+        }
+    }
+
+    fn from_datafusion(e: DataFusionError) -> QueryError {
+        let root = e.find_root();
+        let message = root.to_string();
+        match root {
+            DataFusionError::SQL(..) => QueryError::Syntax { message },
+            DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("not found") => {
+                QueryError::UnknownTable { message: format!("unknown table: {m}") }
+            }
+            DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_) => QueryError::Invalid { message },
+            // Runtime failures caused by the data and the query: a failed
+            // cast, a division by zero, an overflow.
+            DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => QueryError::Execution { message },
+            DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory { message },
+            _ => QueryError::Internal { message },
+        }
+    }
+}
+
+/// The tables a query node serves, and how it runs queries over them.
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+    tables: RwLock<BTreeMap<String, Arc<SegmentTable>>>,
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+}
+
+/// How many queries may wait for a slot, per slot.
+const QUEUE_PER_SLOT: usize = 4;
+
+impl QueryEngine {
+    pub fn new(limits: QueryLimits) -> Result<Self, QueryError> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = SessionConfig::new()
+            .with_target_partitions(threads)
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("sluice", "public");
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory.as_u64() as usize, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Internal { message: e.to_string() })?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let permits = Semaphore::new(limits.max_concurrent_queries.max(1) as usize);
+        Ok(QueryEngine {
+            ctx,
+            limits,
+            tables: RwLock::default(),
+            permits,
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// Serves `table` under its name, replacing a previous table of that name.
+    pub fn register(&self, table: Arc<SegmentTable>) {
+        let name = table.name().to_string();
+        // Only fails for a missing catalog or schema, and ours are created
+        // with the context.
+        if let Err(e) = self.ctx.register_table(name.as_str(), table.clone()) {
+            tracing::error!(table = %name, error = %e, "could not register table");
+            return;
+        }
+        self.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table);
+    }
+
+    pub fn deregister(&self, name: &str) {
+        let _ = self.ctx.deregister_table(name);
+        self.tables.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    pub fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// Served tables, sorted by name.
+    pub fn tables(&self) -> Vec<Arc<SegmentTable>> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Runs `sql` and builds the Pinot broker response.
+    pub async fn query(&self, sql: &str) -> Result<PinotResponse, QueryError> {
+        let started = Instant::now();
+        let result = self.query_inner(sql, started).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        metrics::counter!("sluice_query_queries_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("sluice_query_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn query_inner(&self, sql: &str, started: Instant) -> Result<PinotResponse, QueryError> {
+        let queue_limit = self.limits.max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _unqueue = Defer(|| {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                });
+                if queued >= queue_limit {
+                    return Err(QueryError::Overloaded { running: self.running.load(Ordering::SeqCst), queued });
+                }
+                let limit = self.limits.query_timeout;
+                match tokio::time::timeout(limit, self.permits.acquire()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(QueryError::Internal { message: "query slots closed".into() }),
+                    Err(_) => return Err(QueryError::Timeout { limit }),
+                }
+            }
+        };
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let _done = Defer(|| {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        });
+        let remaining = self.limits.query_timeout.saturating_sub(started.elapsed());
+        let stats = Arc::new(std::sync::Mutex::new(ScanStats::default()));
+        let run = QUERY_STATS.scope(stats.clone(), self.run(sql));
+        let batches = match tokio::time::timeout(remaining, run).await {
+            Ok(result) => result?,
+            Err(_) => return Err(QueryError::Timeout { limit: self.limits.query_timeout }),
+        };
+        drop(permit);
+        let stats = *stats.lock().unwrap_or_else(|e| e.into_inner());
+        response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
+    }
+
+    async fn run(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_datafusion)?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| QueryError::ReadOnly { message: e.find_root().to_string() })?;
+        let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_datafusion)?;
+        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
+        let schema = physical.schema();
+        let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(QueryError::from_datafusion)?;
+        let limit = self.limits.max_result_rows;
+        let mut rows = 0u64;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(QueryError::from_datafusion)?;
+            rows += batch.num_rows() as u64;
+            if rows > limit {
+                return Err(QueryError::TooManyRows { limit });
+            }
+            batches.push(batch);
+        }
+        Ok((schema, batches))
+    }
+
+    /// The physical plan of `sql`, as `EXPLAIN` prints it.
+    pub async fn explain(&self, sql: &str) -> Result<String, QueryError> {
+        let frame = self.ctx.sql(sql).await.map_err(QueryError::from_datafusion)?;
+        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
+        Ok(datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string())
+    }
+
+    /// The session, for tests that compare against plain DataFusion.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+}
+
+/// Runs a closure on drop: counters stay right on every early return and on
+/// cancellation.
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}

@@ -1,0 +1,488 @@
+//! A pipeline's table: the set of sealed segments currently served, as a
+//! DataFusion [`TableProvider`], and the scan that reads them.
+//!
+//! Planning does the index work: filters are translated once
+//! ([`crate::pushdown`]), segments that cannot match are pruned from their
+//! statistics and bloom filters, and the rest are evaluated to bitmaps of
+//! matching rows. The scan then only materializes those rows of the
+//! projected columns. Because the bitmaps exist before execution, the scan
+//! knows its exact row count when every filter was exact, and DataFusion
+//! answers `COUNT(*)` from that statistic without reading a column.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use arrow::array::RecordBatchOptions;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, Statistics};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::statistics::StatisticsArgs;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use roaring::RoaringBitmap;
+use sluice_segments::{OFFSET_COLUMN, Predicate, Segment};
+
+use crate::pushdown;
+
+/// Counters of one query's scans, in Pinot's vocabulary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Segments of the tables read.
+    pub segments_queried: u64,
+    /// Segments left after pruning by statistics and bloom filters.
+    pub segments_processed: u64,
+    /// Segments with at least one matching row.
+    pub segments_matched: u64,
+    /// Rows selected by the pushed filters (before DataFusion's own).
+    pub docs_scanned: u64,
+    /// Rows in the segments of the tables read.
+    pub total_docs: u64,
+}
+
+impl ScanStats {
+    pub fn add(&mut self, other: &ScanStats) {
+        self.segments_queried += other.segments_queried;
+        self.segments_processed += other.segments_processed;
+        self.segments_matched += other.segments_matched;
+        self.docs_scanned += other.docs_scanned;
+        self.total_docs += other.total_docs;
+    }
+}
+
+tokio::task_local! {
+    /// Where the scans planned by one query report their counters. Planning
+    /// runs in the task that called it, so a task-local reaches every scan
+    /// of the query, including those DataFusion later folds into constants.
+    pub static QUERY_STATS: Arc<std::sync::Mutex<ScanStats>>;
+}
+
+/// The segments of one table. The set is swapped whole, so a query sees one
+/// consistent snapshot from planning to its last row.
+pub struct SegmentTable {
+    name: String,
+    schema: SchemaRef,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+}
+
+impl fmt::Debug for SegmentTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentTable").field("name", &self.name).field("segments", &self.snapshot().len()).finish()
+    }
+}
+
+impl SegmentTable {
+    /// A table over segments with `segment_schema` (a segment's logical
+    /// schema; the hidden offset column is dropped). Every column is exposed
+    /// as nullable, so a segment written under a stricter or looser
+    /// nullability of the same column is served the same way.
+    pub fn new(name: &str, segment_schema: &Schema) -> Self {
+        let fields: Vec<Field> = segment_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != OFFSET_COLUMN)
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        SegmentTable { name: name.to_string(), schema: Arc::new(Schema::new(fields)), segments: RwLock::default() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a segment's columns are this table's (names and types).
+    pub fn accepts(&self, segment: &Segment) -> Result<(), String> {
+        let theirs: Vec<_> = segment.schema().fields().iter().filter(|f| f.name() != OFFSET_COLUMN).collect();
+        let ours = self.schema.fields();
+        let same = theirs.len() == ours.len()
+            && theirs.iter().zip(ours.iter()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        if same {
+            Ok(())
+        } else {
+            let describe = |fields: Vec<&Arc<Field>>| {
+                fields.iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
+            };
+            Err(format!(
+                "segment columns ({}) differ from table `{}` ({})",
+                describe(theirs),
+                self.name,
+                describe(ours.iter().collect())
+            ))
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, segments: Vec<Arc<Segment>>) {
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(segments);
+    }
+
+    pub fn row_count(&self) -> u64 {
+        self.snapshot().iter().map(|s| u64::from(s.num_rows())).sum()
+    }
+}
+
+#[async_trait]
+impl TableProvider for SegmentTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters.iter().map(|f| pushdown::classify(f, &self.schema)).collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let (predicate, exact) = pushdown::translate_all(filters, &self.schema);
+        // DataFusion may rewrite a filter after asking about it (say, an IN
+        // list holding a NULL into an OR), so a filter promised Exact can
+        // arrive in a form that no longer translates exactly. Whatever is not
+        // exact is evaluated here as well: a promise is never silently broken.
+        let residual: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !pushdown::translate(f, &self.schema).is_some_and(|t| t.exact))
+            .cloned()
+            .collect();
+        let read = Reader::new(state, &self.schema, &schema, residual)?;
+        let threads = state.config().target_partitions().max(1);
+        let segments = self.snapshot();
+        let selection = {
+            let predicate = predicate.clone();
+            tokio::task::spawn_blocking(move || select(&segments, predicate.as_ref(), threads))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??
+        };
+        let (mut parts, stats) = selection;
+        // DataFusion passes a limit only when every filter was pushed exactly.
+        if let (Some(limit), true) = (limit, exact) {
+            truncate(&mut parts, limit as u64);
+        }
+        let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
+        Ok(Arc::new(SegmentScanExec::new(self.name.clone(), schema, read, parts, predicate, exact, threads)))
+    }
+}
+
+/// Which columns a scan materializes and how it turns them into output:
+/// the projection plus the columns of residual filters, filtered, then
+/// projected.
+#[derive(Debug, Clone)]
+struct Reader {
+    read_schema: SchemaRef,
+    residual: Option<Arc<dyn PhysicalExpr>>,
+    /// Positions of the output columns in `read_schema`.
+    output: Vec<usize>,
+}
+
+impl Reader {
+    fn new(state: &dyn Session, table: &Schema, output: &Schema, residual: Vec<Expr>) -> Result<Self> {
+        let Some(expr) = datafusion::logical_expr::utils::conjunction(residual) else {
+            return Ok(Reader {
+                read_schema: Arc::new(output.clone()),
+                residual: None,
+                output: (0..output.fields().len()).collect(),
+            });
+        };
+        let mut needed: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
+        for column in expr.column_refs() {
+            if !needed.contains(&column.name) {
+                needed.push(column.name.clone());
+            }
+        }
+        let fields: Vec<Field> =
+            table.fields().iter().filter(|f| needed.contains(f.name())).map(|f| f.as_ref().clone()).collect();
+        let read_schema = Arc::new(Schema::new(fields));
+        let output = output.fields().iter().map(|f| read_schema.index_of(f.name())).collect::<Result<Vec<_>, _>>()?;
+        let df_schema = datafusion::common::DFSchema::try_from(read_schema.as_ref().clone())?;
+        let residual = state.create_physical_expr(expr, &df_schema)?;
+        Ok(Reader { read_schema, residual: Some(residual), output })
+    }
+
+    fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
+        let names: Vec<&str> = self.read_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let batch = segment.materialize(rows, &names).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let mut batch =
+            RecordBatch::try_new_with_options(self.read_schema.clone(), batch.columns().to_vec(), &options)?;
+        if let Some(residual) = &self.residual {
+            let mask = residual.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let mask = mask
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .ok_or_else(|| DataFusionError::Internal("a filter did not evaluate to booleans".into()))?;
+            batch = arrow::compute::filter_record_batch(&batch, mask)?;
+        }
+        let columns = self.output.iter().map(|&i| batch.column(i).clone()).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(out_schema.clone(), columns, &options)?)
+    }
+}
+
+/// The rows of one segment a scan reads.
+#[derive(Clone)]
+struct Part {
+    segment: Arc<Segment>,
+    rows: Arc<RoaringBitmap>,
+}
+
+/// Prunes and evaluates, spreading segments over `threads`.
+fn select(segments: &[Arc<Segment>], predicate: Option<&Predicate>, threads: usize) -> Result<(Vec<Part>, ScanStats)> {
+    let one = |segment: &Arc<Segment>| -> Result<Option<Part>> {
+        let rows = match predicate {
+            Some(p) if !segment.can_match(p) => return Ok(None),
+            Some(p) => segment.evaluate(p).map_err(|e| DataFusionError::External(Box::new(e)))?,
+            None => {
+                let mut all = RoaringBitmap::new();
+                all.insert_range(0..segment.num_rows());
+                all
+            }
+        };
+        Ok(Some(Part { segment: segment.clone(), rows: Arc::new(rows) }))
+    };
+    let chunk = segments.len().div_ceil(threads.max(1)).max(1);
+    let results: Vec<Result<Option<Part>>> = if segments.len() <= 1 || threads == 1 {
+        segments.iter().map(one).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                segments.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    };
+    let mut stats = ScanStats {
+        segments_queried: segments.len() as u64,
+        total_docs: segments.iter().map(|s| u64::from(s.num_rows())).sum(),
+        ..ScanStats::default()
+    };
+    let mut parts = Vec::new();
+    for result in results {
+        if let Some(part) = result? {
+            stats.segments_processed += 1;
+            if !part.rows.is_empty() {
+                stats.segments_matched += 1;
+                stats.docs_scanned += part.rows.len();
+                parts.push(part);
+            }
+        }
+    }
+    Ok((parts, stats))
+}
+
+/// Keeps the first `limit` selected rows.
+fn truncate(parts: &mut Vec<Part>, limit: u64) {
+    let mut left = limit;
+    parts.retain_mut(|part| {
+        if left == 0 {
+            return false;
+        }
+        let n = part.rows.len();
+        if n > left {
+            let cut = part.rows.select(left as u32).expect("left < len");
+            let mut rows = (*part.rows).clone();
+            rows.remove_range(cut..);
+            part.rows = Arc::new(rows);
+            left = 0;
+        } else {
+            left -= n;
+        }
+        true
+    });
+}
+
+/// Reads the selected rows of segments; one output partition per group of
+/// segments of about equal row count.
+pub struct SegmentScanExec {
+    table: String,
+    schema: SchemaRef,
+    reader: Reader,
+    partitions: Vec<Vec<Part>>,
+    predicate: Option<Predicate>,
+    exact: bool,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for SegmentScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentScanExec").field("table", &self.table).field("predicate", &self.predicate).finish()
+    }
+}
+
+impl SegmentScanExec {
+    fn new(
+        table: String,
+        schema: SchemaRef,
+        reader: Reader,
+        parts: Vec<Part>,
+        predicate: Option<Predicate>,
+        exact: bool,
+        target: usize,
+    ) -> Self {
+        let n = target.min(parts.len()).max(1);
+        let mut partitions: Vec<Vec<Part>> = vec![Vec::new(); n];
+        let mut load = vec![0u64; n];
+        let mut by_size = parts;
+        by_size.sort_by_key(|p| std::cmp::Reverse(p.rows.len()));
+        for part in by_size {
+            let lightest = (0..n).min_by_key(|&i| load[i]).expect("n >= 1");
+            load[lightest] += part.rows.len();
+            partitions[lightest].push(part);
+        }
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(n),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        SegmentScanExec { table, schema, reader, partitions, predicate, exact, properties }
+    }
+
+    /// Rows the scan produces, in total or for one partition.
+    pub fn rows(&self, partition: Option<usize>) -> u64 {
+        let parts: Box<dyn Iterator<Item = &Part>> = match partition {
+            Some(i) => Box::new(self.partitions.get(i).into_iter().flatten()),
+            None => Box::new(self.partitions.iter().flatten()),
+        };
+        parts.map(|p| p.rows.len()).sum()
+    }
+
+    /// Whether the scan's rows are exactly the rows of the filters it took.
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
+    pub fn predicate(&self) -> Option<&Predicate> {
+        self.predicate.as_ref()
+    }
+}
+
+impl DisplayAs for SegmentScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let segments: usize = self.partitions.iter().map(Vec::len).sum();
+        write!(f, "SegmentScanExec: table={}, segments={segments}, rows={}", self.table, self.rows(None))?;
+        if let Some(p) = &self.predicate {
+            write!(f, ", predicate={p:?}, exact={}", self.exact)?;
+        }
+        if let Some(residual) = &self.reader.residual {
+            write!(f, ", residual={residual}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for SegmentScanExec {
+    fn name(&self) -> &str {
+        "SegmentScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        match &self.reader.residual {
+            Some(expr) => f(expr),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let parts = self
+            .partitions
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("SegmentScanExec has no partition {partition}")))?;
+        let batch_size = context.session_config().batch_size().max(1) as u32;
+        let schema = self.schema.clone();
+        let reader = Arc::new(self.reader.clone());
+        let out_schema = schema.clone();
+        let batches = parts.into_iter().flat_map(move |part| {
+            let reader = reader.clone();
+            let schema = out_schema.clone();
+            chunks(&part.rows, batch_size).into_iter().map(move |rows| reader.read(&part.segment, &rows, &schema))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches))))
+    }
+
+    fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+        let rows = self.rows(args.partition()) as usize;
+        let rows = if self.exact { Precision::Exact(rows) } else { Precision::Inexact(rows) };
+        Ok(Arc::new(Statistics::new_unknown(&self.schema).with_num_rows(rows)))
+    }
+}
+
+/// `rows` split into bitmaps of at most `size` rows, in order.
+fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
+    let total = rows.len();
+    if total <= u64::from(size) {
+        return vec![rows.clone()];
+    }
+    let mut out = Vec::with_capacity(total.div_ceil(u64::from(size)) as usize);
+    let mut start = 0u64;
+    while start < total {
+        let lo = rows.select(start as u32).expect("start < len");
+        let end = start + u64::from(size);
+        let mut chunk = RoaringBitmap::new();
+        match rows.select(end.min(u64::from(u32::MAX)) as u32).filter(|_| end < total) {
+            Some(hi) => chunk.insert_range(lo..hi),
+            None => chunk.insert_range(lo..=rows.max().expect("non-empty")),
+        };
+        chunk &= rows;
+        out.push(chunk);
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_once_in_order() {
+        let mut rows = RoaringBitmap::new();
+        rows.insert_range(10..1000);
+        rows.extend([5000, 70_000, 70_001, 200_000]);
+        for size in [1, 7, 100, 993, 994, 10_000] {
+            let parts = chunks(&rows, size);
+            assert!(parts.iter().all(|c| c.len() <= u64::from(size) && !c.is_empty()));
+            let joined: Vec<u32> = parts.iter().flat_map(|c| c.iter()).collect();
+            assert_eq!(joined, rows.iter().collect::<Vec<_>>(), "size {size}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Deterministic clickstream and users tables, as sealed segments for
+//! sluice's provider and as plain Arrow batches built independently from
+//! the same rows, for differential tests and benchmarks.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit as ArrowUnit};
+use sluice_config::{ColumnType, TimeUnit};
+use sluice_segments::{ColumnSpec, ConsumingSegment, Datum, Segment, SegmentSchema, seal};
+
+pub const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
+pub const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
+pub const BASE_TS: i64 = 1_764_000_000_000;
+
+/// xorshift: the same rows on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Click {
+    pub ts: i64,
+    pub user_id: String,
+    pub country: Option<&'static str>,
+    pub device: Option<&'static str>,
+    pub url: String,
+    pub status: i32,
+    pub latency_ms: Option<i32>,
+    pub bytes: Option<i64>,
+    pub score: Option<f64>,
+    pub is_bot: Option<bool>,
+}
+
+pub fn clicks_schema() -> Arc<SegmentSchema> {
+    let col = |name: &str, data_type, nullable| ColumnSpec {
+        name: name.into(),
+        data_type,
+        nullable,
+        unit: TimeUnit::Milliseconds,
+    };
+    let columns = vec![
+        col("ts", ColumnType::Timestamp, false),
+        col("user_id", ColumnType::String, false),
+        col("country", ColumnType::String, true),
+        col("device", ColumnType::String, true),
+        col("url", ColumnType::String, false),
+        col("status", ColumnType::Int32, false),
+        col("latency_ms", ColumnType::Int32, true),
+        col("bytes", ColumnType::Int64, true),
+        col("score", ColumnType::Float64, true),
+        col("is_bot", ColumnType::Bool, true),
+    ];
+    let at = |name: &str| columns.iter().position(|c| c.name == name).unwrap();
+    Arc::new(SegmentSchema {
+        table: "clicks".into(),
+        time_column: 0,
+        sorted: Some(at("ts")),
+        inverted: vec![at("country"), at("device"), at("status")],
+        range: vec![at("latency_ms")],
+        bloom: vec![at("user_id")],
+        columns,
+    })
+}
+
+/// `n` clicks with timestamps from `start_ts`, 10 ms apart; NULLs, NaN,
+/// ±0.0 and infinities included.
+pub fn clicks(n: usize, start_ts: i64, seed: u64, users: u64) -> Vec<Click> {
+    let mut rng = Rng(seed | 1);
+    (0..n)
+        .map(|i| Click {
+            ts: start_ts + i as i64 * 10,
+            user_id: format!("u-{:05}", rng.below(users)),
+            country: (rng.below(50) != 0).then(|| COUNTRIES[rng.below(8) as usize]),
+            device: (rng.below(30) != 0).then(|| DEVICES[rng.below(3) as usize]),
+            url: format!("/product/{}/view", rng.below(500)),
+            status: [200, 200, 200, 200, 301, 404, 500][rng.below(7) as usize],
+            latency_ms: (rng.below(40) != 0).then(|| rng.below(2_000) as i32),
+            bytes: (rng.below(25) != 0).then(|| rng.below(1 << 20) as i64),
+            score: match rng.below(200) {
+                0 => None,
+                1 => Some(f64::NAN),
+                2 => Some(-0.0),
+                3 => Some(f64::INFINITY),
+                _ => Some(rng.below(10_000) as f64 / 100.0),
+            },
+            is_bot: match rng.below(30) {
+                0 => None,
+                1 | 2 => Some(true),
+                _ => Some(false),
+            },
+        })
+        .collect()
+}
+
+fn click_datums(c: &Click) -> Vec<Datum<'_>> {
+    let opt = |v: Option<Datum<'static>>| v.unwrap_or(Datum::Null);
+    vec![
+        Datum::Timestamp(c.ts),
+        Datum::Str(&c.user_id),
+        opt(c.country.map(Datum::Str)),
+        opt(c.device.map(Datum::Str)),
+        Datum::Str(&c.url),
+        Datum::Int32(c.status),
+        opt(c.latency_ms.map(Datum::Int32)),
+        opt(c.bytes.map(Datum::Int64)),
+        opt(c.score.map(Datum::Float64)),
+        opt(c.is_bot.map(Datum::Bool)),
+    ]
+}
+
+/// Seals `rows` as one segment of `schema`.
+pub fn sealed<'a, R: 'a>(
+    schema: &Arc<SegmentSchema>,
+    name: &str,
+    rows: &'a [R],
+    datums: impl Fn(&'a R) -> Vec<Datum<'a>>,
+) -> Segment {
+    let mut consuming = ConsumingSegment::new(schema.clone(), 0, 0);
+    for (offset, row) in rows.iter().enumerate() {
+        consuming.append(offset as i64, &datums(row)).expect("valid row");
+    }
+    seal(&consuming, name, 0).expect("seal").open().expect("open")
+}
+
+pub fn click_segment(name: &str, rows: &[Click]) -> Segment {
+    sealed(&clicks_schema(), name, rows, click_datums)
+}
+
+/// The clicks table schema as the provider exposes it (every column nullable).
+pub fn clicks_arrow_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp(ArrowUnit::Millisecond, Some("UTC".into())), true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("device", DataType::Utf8, true),
+        Field::new("url", DataType::Utf8, true),
+        Field::new("status", DataType::Int32, true),
+        Field::new("latency_ms", DataType::Int32, true),
+        Field::new("bytes", DataType::Int64, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("is_bot", DataType::Boolean, true),
+    ]))
+}
+
+/// The same rows built directly with Arrow, without any sluice code.
+pub fn clicks_batch(rows: &[Click]) -> RecordBatch {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|c| c.ts)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|c| c.user_id.as_str()))),
+        Arc::new(rows.iter().map(|c| c.country).collect::<StringArray>()),
+        Arc::new(rows.iter().map(|c| c.device).collect::<StringArray>()),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|c| c.url.as_str()))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|c| c.status))),
+        Arc::new(rows.iter().map(|c| c.latency_ms).collect::<Int32Array>()),
+        Arc::new(rows.iter().map(|c| c.bytes).collect::<Int64Array>()),
+        Arc::new(rows.iter().map(|c| c.score).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|c| c.is_bot).collect::<BooleanArray>()),
+    ];
+    RecordBatch::try_new(clicks_arrow_schema(), columns).expect("batch")
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    pub plan: Option<&'static str>,
+    pub age: Option<i32>,
+}
+
+pub fn users_schema() -> Arc<SegmentSchema> {
+    let col = |name: &str, data_type, nullable| ColumnSpec {
+        name: name.into(),
+        data_type,
+        nullable,
+        unit: TimeUnit::Milliseconds,
+    };
+    Arc::new(SegmentSchema {
+        table: "users".into(),
+        time_column: 0,
+        sorted: None,
+        inverted: vec![2],
+        range: vec![],
+        bloom: vec![1],
+        columns: vec![
+            col("signup", ColumnType::Timestamp, false),
+            col("user_id", ColumnType::String, false),
+            col("plan", ColumnType::String, true),
+            col("age", ColumnType::Int32, true),
+        ],
+    })
+}
+
+/// Users `u-00000`.. with every fifth one missing (so joins have misses).
+pub fn users(n: u64, seed: u64) -> Vec<User> {
+    let mut rng = Rng(seed | 1);
+    (0..n)
+        .filter(|i| i % 5 != 4)
+        .map(|i| User {
+            user_id: format!("u-{i:05}"),
+            plan: match rng.below(10) {
+                0 => None,
+                1..=3 => Some("pro"),
+                _ => Some("free"),
+            },
+            age: (rng.below(8) != 0).then(|| 18 + rng.below(60) as i32),
+        })
+        .collect()
+}
+
+pub fn user_segment(name: &str, rows: &[User]) -> Segment {
+    sealed(&users_schema(), name, rows, |u| {
+        vec![
+            Datum::Timestamp(BASE_TS),
+            Datum::Str(&u.user_id),
+            u.plan.map_or(Datum::Null, Datum::Str),
+            u.age.map_or(Datum::Null, Datum::Int32),
+        ]
+    })
+}
+
+pub fn users_batch(rows: &[User]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("signup", DataType::Timestamp(ArrowUnit::Millisecond, Some("UTC".into())), true),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("plan", DataType::Utf8, true),
+        Field::new("age", DataType::Int32, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| BASE_TS)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|u| u.user_id.as_str()))),
+        Arc::new(rows.iter().map(|u| u.plan).collect::<StringArray>()),
+        Arc::new(rows.iter().map(|u| u.age).collect::<Int32Array>()),
+    ];
+    RecordBatch::try_new(schema, columns).expect("batch")
+}
