@@ -95,6 +95,16 @@ impl QueryError {
         }
     }
 
+    /// A failure while planning: DataFusion reports some type errors of the
+    /// query as internal ones (for example `ts BETWEEN 1 AND 2` on a
+    /// timestamp), and a query that cannot be planned is the query's fault.
+    fn from_planning(e: DataFusionError) -> QueryError {
+        match e.find_root() {
+            DataFusionError::Internal(m) => QueryError::Invalid { message: format!("the query cannot be planned: {m}") },
+            _ => QueryError::from_datafusion(e),
+        }
+    }
+
     fn from_datafusion(e: DataFusionError) -> QueryError {
         let root = e.find_root();
         let message = root.to_string();
@@ -234,15 +244,15 @@ impl QueryEngine {
 
     async fn run(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_datafusion)?;
+        let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| QueryError::ReadOnly { message: e.find_root().to_string() })?;
-        let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_datafusion)?;
-        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
+        let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_planning)?;
+        let physical = frame.create_physical_plan().await.map_err(QueryError::from_planning)?;
         let schema = physical.schema();
         let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(QueryError::from_datafusion)?;
         let limit = self.limits.max_result_rows;

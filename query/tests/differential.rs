@@ -4,18 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use common::*;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use sluice_config::QueryLimits;
-use sluice_query::{QueryEngine, SegmentTable};
-
-const SEGMENT_ROWS: [usize; 6] = [3000, 5000, 1, 2500, 4000, 7000];
+use sluice_query::QueryEngine;
 
 struct Fixture {
     engine: QueryEngine,
@@ -24,31 +19,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let engine = QueryEngine::new(QueryLimits::default()).unwrap();
-    let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
-    let mut segments = Vec::new();
-    let mut batches = Vec::new();
-    let mut ts = BASE_TS;
-    for (i, n) in SEGMENT_ROWS.into_iter().enumerate() {
-        let rows = clicks(n, ts, 1000 + i as u64, 2000);
-        ts += n as i64 * 10;
-        segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), &rows)));
-        batches.push(clicks_batch(&rows));
-    }
-    let clicks = SegmentTable::new("clicks", &clicks_arrow_schema());
-    clicks.replace(segments);
-    engine.register(Arc::new(clicks));
-    reference
-        .register_table("clicks", Arc::new(MemTable::try_new(clicks_arrow_schema(), vec![batches]).unwrap()))
-        .unwrap();
-
-    let people = users(1500, 7);
-    let (first, second) = people.split_at(600);
-    let users_batches = vec![users_batch(first), users_batch(second)];
-    let table = SegmentTable::new("users", &users_batches[0].schema());
-    table.replace(vec![Arc::new(user_segment("users__0__0", first)), Arc::new(user_segment("users__0__1", second))]);
-    engine.register(Arc::new(table));
-    let schema = users_batches[0].schema();
-    reference.register_table("users", Arc::new(MemTable::try_new(schema, vec![users_batches]).unwrap())).unwrap();
+    let reference = register_fixture(&engine);
     Fixture { engine, reference }
 }
 

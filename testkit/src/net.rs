@@ -28,13 +28,27 @@ pub fn four_letter(port: u16, command: &str) -> io::Result<String> {
 /// A plain HTTP/1.1 GET on loopback: `(status, body)`, or `(0, "")` when
 /// nothing listens there (yet).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, b"")
+}
+
+/// A plain HTTP/1.1 POST of a JSON body on loopback, as [`http_get`].
+pub fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_request(addr, "POST", path, body)
+}
+
+fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else { return (0, String::new()) };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).is_err() {
         return (0, String::new());
     }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)

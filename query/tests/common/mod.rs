@@ -246,3 +246,42 @@ pub fn users_batch(rows: &[User]) -> RecordBatch {
     ];
     RecordBatch::try_new(schema, columns).expect("batch")
 }
+
+pub const SEGMENT_ROWS: [usize; 6] = [3000, 5000, 1, 2500, 4000, 7000];
+
+/// Serves `clicks` (six segments of [`SEGMENT_ROWS`], 10 ms apart, the
+/// first one covering the first 30 s) and `users` (two segments) from
+/// `engine`, and returns a plain DataFusion context holding the same rows
+/// in `MemTable`s.
+pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelude::SessionContext {
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use sluice_query::SegmentTable;
+
+    let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    let mut segments = Vec::new();
+    let mut batches = Vec::new();
+    let mut ts = BASE_TS;
+    for (i, n) in SEGMENT_ROWS.into_iter().enumerate() {
+        let rows = clicks(n, ts, 1000 + i as u64, 2000);
+        ts += n as i64 * 10;
+        segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), &rows)));
+        batches.push(clicks_batch(&rows));
+    }
+    let table = SegmentTable::new("clicks", &clicks_arrow_schema());
+    table.replace(segments);
+    engine.register(Arc::new(table));
+    reference
+        .register_table("clicks", Arc::new(MemTable::try_new(clicks_arrow_schema(), vec![batches]).unwrap()))
+        .unwrap();
+
+    let people = users(1500, 7);
+    let (first, second) = people.split_at(600);
+    let users_batches = vec![users_batch(first), users_batch(second)];
+    let schema = users_batches[0].schema();
+    let table = SegmentTable::new("users", &schema);
+    table.replace(vec![Arc::new(user_segment("users__0__0", first)), Arc::new(user_segment("users__0__1", second))]);
+    engine.register(Arc::new(table));
+    reference.register_table("users", Arc::new(MemTable::try_new(schema, vec![users_batches]).unwrap())).unwrap();
+    reference
+}

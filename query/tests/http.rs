@@ -1,0 +1,260 @@
+//! The HTTP endpoint: Pinot's response shape, errors with their status and
+//! code, limits, the real `pinotdb` client, and a fuzz run.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_config::QueryLimits;
+use sluice_query::QueryEngine;
+use sluice_testkit::net::{http_get, http_post};
+use tokio::sync::watch;
+
+struct Server {
+    addr: String,
+    _stop: watch::Sender<bool>,
+}
+
+async fn server(limits: QueryLimits) -> Server {
+    let engine = Arc::new(QueryEngine::new(limits).unwrap());
+    common::register_fixture(&engine);
+    let (stop, rx) = watch::channel(false);
+    let (addr, _) = sluice_query::http::serve("127.0.0.1:0".parse().unwrap(), engine, None, rx).await.unwrap();
+    Server { addr: addr.to_string(), _stop: stop }
+}
+
+async fn post(addr: &str, body: Vec<u8>) -> (u16, Value) {
+    let addr = addr.to_string();
+    let (status, text) = tokio::task::spawn_blocking(move || http_post(&addr, "/query/sql", &body)).await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: not JSON ({e}): {text}"));
+    (status, value)
+}
+
+async fn sql(addr: &str, sql: &str) -> (u16, Value) {
+    post(addr, serde_json::to_vec(&json!({ "sql": sql })).unwrap()).await
+}
+
+async fn get(addr: &str, path: &str) -> (u16, Value) {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    let (status, text) = tokio::task::spawn_blocking(move || http_get(&addr, &path)).await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn error_code(body: &Value) -> i64 {
+    body["exceptions"][0]["errorCode"].as_i64().unwrap_or_else(|| panic!("no exception in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_in_pinot_shape() {
+    let s = server(QueryLimits::default()).await;
+    let (status, body) =
+        sql(&s.addr, "SELECT country, COUNT(*) AS n FROM clicks WHERE status = 404 GROUP BY country ORDER BY n DESC LIMIT 3")
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resultTable"]["dataSchema"]["columnNames"], json!(["country", "n"]));
+    assert_eq!(body["resultTable"]["dataSchema"]["columnDataTypes"], json!(["STRING", "LONG"]));
+    assert_eq!(body["resultTable"]["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(body["exceptions"], json!([]));
+    for field in ["numServersQueried", "numServersResponded"] {
+        assert_eq!(body[field], 1, "{field}");
+    }
+    assert_eq!(body["numSegmentsQueried"], 6);
+    assert_eq!(body["totalDocs"], common::SEGMENT_ROWS.iter().sum::<usize>());
+    assert!(body["numDocsScanned"].as_u64().unwrap() > 0);
+    assert!(body["timeUsedMs"].is_u64());
+
+    let (status, body) = sql(&s.addr, "SELECT ts, score, is_bot FROM clicks ORDER BY ts LIMIT 1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["resultTable"]["dataSchema"]["columnDataTypes"], json!(["TIMESTAMP", "DOUBLE", "BOOLEAN"]));
+    assert_eq!(body["resultTable"]["rows"][0][0], "2025-11-24 16:00:00.000");
+
+    let (status, body) = get(&s.addr, "/tables").await;
+    assert_eq!((status, body), (200, json!({"tables": ["clicks", "users"]})));
+    let (status, body) = get(&s.addr, "/tables/clicks/schema").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["dateTimeFieldSpecs"][0]["name"], "ts");
+    assert_eq!(body["dimensionFieldSpecs"].as_array().unwrap().len(), 9);
+    assert_eq!(get(&s.addr, "/tables/nope/schema").await.0, 404);
+    assert_eq!(get(&s.addr, "/health").await, (200, json!({"status": "ok"})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_get_a_400_with_the_reason() {
+    let s = server(QueryLimits::default()).await;
+    let (status, body) = sql(&s.addr, "SELEC * FROM clicks").await;
+    assert_eq!((status, error_code(&body)), (400, 150), "{body}");
+    let (status, body) = sql(&s.addr, "SELECT * FROM nope").await;
+    assert_eq!((status, error_code(&body)), (400, 190), "{body}");
+    assert!(body["exceptions"][0]["message"].as_str().unwrap().contains("nope"));
+    let (status, body) = sql(&s.addr, "SELECT no_such_column FROM clicks").await;
+    assert_eq!((status, error_code(&body)), (400, 700), "{body}");
+    let (status, body) = sql(&s.addr, "SELECT CAST(url AS INT) FROM clicks").await;
+    assert_eq!((status, error_code(&body)), (400, 200), "{body}");
+    for (body, what) in [
+        (b"not json".to_vec(), "garbage"),
+        (b"[1,2]".to_vec(), "an array"),
+        (br#"{"pql": "SELECT 1"}"#.to_vec(), "no sql"),
+        (br#"{"sql": 42}"#.to_vec(), "a number"),
+        (br#"{"sql": "  "}"#.to_vec(), "blank"),
+    ] {
+        let (status, answer) = post(&s.addr, body).await;
+        assert_eq!((status, error_code(&answer)), (400, 150), "{what}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anything_that_writes_is_refused() {
+    let s = server(QueryLimits::default()).await;
+    for statement in [
+        "CREATE TABLE t (a INT)",
+        "CREATE TABLE t AS SELECT * FROM clicks",
+        "INSERT INTO clicks SELECT * FROM clicks",
+        "DROP TABLE clicks",
+        "DELETE FROM clicks WHERE status = 200",
+        "CREATE VIEW v AS SELECT 1",
+        "COPY (SELECT * FROM clicks) TO '/tmp/sluice-copy.csv'",
+        "CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '/etc/passwd'",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let (status, body) = sql(&s.addr, statement).await;
+        assert_eq!(status, 400, "{statement}: {body}");
+        let message = body["exceptions"][0]["message"].as_str().unwrap();
+        assert!(message.contains("read-only") || message.contains("not supported"), "{statement}: {message}");
+    }
+    assert!(!std::path::Path::new("/tmp/sluice-copy.csv").exists());
+    let (status, body) = get(&s.addr, "/tables").await;
+    assert_eq!((status, body), (200, json!({"tables": ["clicks", "users"]})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_413_504_and_503() {
+    let limits = QueryLimits {
+        max_result_rows: 100,
+        query_timeout: Duration::from_millis(500),
+        max_concurrent_queries: 1,
+        ..QueryLimits::default()
+    };
+    let s = server(limits).await;
+    let (status, body) = sql(&s.addr, "SELECT * FROM clicks").await;
+    assert_eq!((status, error_code(&body)), (413, 240), "{body}");
+    assert_eq!(sql(&s.addr, "SELECT * FROM clicks LIMIT 100").await.0, 200);
+
+    let slow = "SELECT COUNT(*) FROM clicks a, clicks b WHERE a.latency_ms + b.latency_ms = 7";
+    let (status, body) = sql(&s.addr, slow).await;
+    assert_eq!((status, error_code(&body)), (504, 250), "{body}");
+
+    // One slot and four waiting places: of 12 at once, some are refused.
+    let answers = futures::future::join_all((0..12).map(|_| sql(&s.addr, slow))).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(statuses.iter().all(|s| *s == 503 || *s == 504), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    // The node recovers once the load is gone.
+    assert_eq!(sql(&s.addr, "SELECT COUNT(*) FROM users").await.0, 200);
+}
+
+/// Deterministic pseudo-random inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+const TOKENS: &[&str] = &[
+    "SELECT", "FROM", "WHERE", "GROUP BY", "ORDER BY", "LIMIT", "HAVING", "JOIN", "ON", "AND", "OR", "NOT", "IN", "IS",
+    "NULL", "BETWEEN", "LIKE", "(", ")", ",", "*", "=", "<>", "<", ">=", "+", "-", "/", "%", "'FR'", "''", "'%'", "0",
+    "-1", "1e308", "9223372036854775807", "0.0", "NaN", "clicks", "users", "c", "country", "status", "score", "ts",
+    "user_id", "latency_ms", "COUNT(*)", "COUNT(DISTINCT", "SUM(", "AVG(", "date_trunc('hour',", "CAST(", "AS",
+    "INT", "TIMESTAMP", "'2025-11-24'", "WITH", "x", "UNION", "SELECT 1", "CASE", "WHEN", "THEN", "ELSE", "END",
+    "OVER", "DISTINCT", "approx_distinct(", "EXPLAIN", "INSERT", "DROP", "CREATE", ";", "\"", "\\", "`", "\u{0}",
+    "é", "🦀", "--", "/*", "*/", "ARRAY[", "]", "::", "[1,2]", "regexp_like(url, '(a*)*b')", "repeat('x', 100000)",
+];
+
+fn random_sql(rng: &mut Rng) -> String {
+    match rng.below(4) {
+        0 => (0..rng.below(40)).map(|_| rng.pick(TOKENS)).collect::<Vec<_>>().join(" "),
+        1 => {
+            // A valid-looking query with one mutation.
+            let base = format!(
+                "SELECT {} FROM {} WHERE {} {} {} GROUP BY 1 ORDER BY 1 LIMIT {}",
+                rng.pick(&["country", "COUNT(*)", "status, COUNT(*)", "*", "SUM(bytes)", "date_trunc('minute', ts)"]),
+                rng.pick(&["clicks", "users", "clicks c JOIN users u ON c.user_id = u.user_id"]),
+                rng.pick(&["country", "status", "score", "ts", "url", "is_bot"]),
+                rng.pick(&["=", "IN", "<", "LIKE", "IS", "BETWEEN"]),
+                rng.pick(&["'FR'", "(1, 2)", "NULL", "0.0", "'a%'", "1 AND 2", "NOT NULL", "TIMESTAMP '2025-11-24'"]),
+                rng.below(5),
+            );
+            let mut chars: Vec<char> = base.chars().collect();
+            let at = rng.below(chars.len());
+            match rng.below(3) {
+                0 => {
+                    chars.remove(at);
+                }
+                1 => chars.insert(at, rng.pick(TOKENS).chars().next().unwrap_or('x')),
+                _ => chars.truncate(at),
+            }
+            chars.into_iter().collect()
+        }
+        2 => (0..rng.below(200)).map(|_| char::from_u32(rng.below(0x250) as u32).unwrap_or('?')).collect(),
+        _ => "(".repeat(rng.below(3000)) + "1" + &")".repeat(rng.below(3000)),
+    }
+}
+
+fn random_body(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(6) {
+        0 => serde_json::to_vec(&json!({ "sql": random_sql(rng) })).unwrap(),
+        1 => serde_json::to_vec(&json!({ "sql": random_sql(rng), "queryOptions": "timeoutMs=10" })).unwrap(),
+        2 => (0..rng.below(100)).map(|_| rng.next() as u8).collect(),
+        3 => rng.pick(&["{}", "null", "[]", "{\"sql\":null}", "{\"sql\":[\"SELECT 1\"]}", "\"SELECT 1\"", "{\"sql\""]).into(),
+        4 => format!("{}{}", "[".repeat(rng.below(10_000)), "]".repeat(rng.below(10_000))).into_bytes(),
+        _ => serde_json::to_vec(&json!({ "sql": random_sql(rng), "sql2": {"nested": [1, 2, {"a": null}]} })).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_never_panics_or_fails_with_a_5xx() {
+    let limits = QueryLimits { query_timeout: Duration::from_secs(2), max_result_rows: 1000, ..QueryLimits::default() };
+    let s = server(limits).await;
+    let mut rng = Rng(0x5eed_cafe);
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..10_000 {
+        let body = random_body(&mut rng);
+        let addr = s.addr.clone();
+        let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
+        let (status, text) = tokio::task::spawn_blocking(move || http_post(&addr, "/query/sql", &body)).await.unwrap();
+        *by_status.entry(status).or_default() += 1;
+        let allowed = matches!(status, 200 | 400 | 413 | 503 | 504);
+        assert!(allowed, "input {i} got {status}: {shown}\n{text}");
+        let parsed: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("input {i}: {e}: {text}"));
+        assert_eq!(parsed["numServersQueried"], 1, "input {i}");
+    }
+    eprintln!("fuzz statuses: {by_status:?}");
+    assert_eq!(sql(&s.addr, "SELECT COUNT(*) FROM clicks").await.0, 200, "the node still answers");
+}
+
+/// The real Pinot Python client (PyPI `pinotdb`, installed by
+/// `scripts/test`) queries the endpoint as it would a Pinot broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinotdb_client_works() {
+    let s = server(QueryLimits::default()).await;
+    let (host, port) = s.addr.rsplit_once(':').unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pinotdb_client.py");
+    let output =
+        tokio::process::Command::new("python3").args([script, host, port]).output().await.expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "pinotdb client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("pinotdb ok"), "{stdout}");
+}
