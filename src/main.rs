@@ -1,12 +1,15 @@
 //! The `sluice` command line.
 
 mod admin;
+mod quickstart;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_config::{AnyConfig, ConfigKind};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +42,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a query node: follow the segment catalog, serve every committed
+    /// segment, answer SQL on a Pinot-compatible `POST /query/sql`.
+    Query {
+        /// The query-node config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The whole system in one process, no external services: an embedded
+    /// Kafka-protocol broker, a clickstream generator, a worker and a query
+    /// node on 127.0.0.1:8099. Ctrl-C stops it cleanly.
+    Quickstart(quickstart::Args),
     /// Manage pipelines stored in ZooKeeper.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
@@ -115,6 +129,8 @@ fn main() -> ExitCode {
         }),
         Command::Status { coordinator } => run_async(async move { admin::status(&coordinator).await }),
         Command::Ingest { config } => run_async(async move { ingest(&config).await }),
+        Command::Query { config } => run_async(async move { query(&config).await }),
+        Command::Quickstart(args) => run_async(async move { quickstart::run(args).await }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,9 +141,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::sync::Arc;
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -135,35 +149,66 @@ async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let loaded = sluice_config::load_worker(path)?;
-    let coordinator_config = &loaded.config.coordinator;
-    let coordinator: Arc<dyn sluice_coordinator::Coordinator> =
-        match coordinator_config.endpoint().map_err(anyhow::Error::msg)? {
-            sluice_config::CoordinatorEndpoint::Embedded => Arc::new(sluice_coordinator::InProcessCoordinator::new()),
-            sluice_config::CoordinatorEndpoint::ZooKeeper(_) => Arc::new(
-                sluice_coordinator::ZooKeeperCoordinator::connect(sluice_coordinator::ZooKeeperOptions {
-                    connect: coordinator_config.connect.clone(),
-                    root: coordinator_config.root.clone(),
-                    session_timeout: coordinator_config.session_timeout,
-                })
-                .await
-                .with_context(|| format!("connect to ZooKeeper at {}", coordinator_config.connect))?,
-            ),
-        };
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+}
+
+/// The coordinator a node config names: ZooKeeper, or the in-process one.
+async fn connect_coordinator(
+    config: &sluice_config::CoordinatorConfig,
+) -> anyhow::Result<Arc<dyn sluice_coordinator::Coordinator>> {
+    use anyhow::Context;
+    Ok(match config.endpoint().map_err(anyhow::Error::msg)? {
+        sluice_config::CoordinatorEndpoint::Embedded => Arc::new(sluice_coordinator::InProcessCoordinator::new()),
+        sluice_config::CoordinatorEndpoint::ZooKeeper(_) => Arc::new(
+            sluice_coordinator::ZooKeeperCoordinator::connect(sluice_coordinator::ZooKeeperOptions {
+                connect: config.connect.clone(),
+                root: config.root.clone(),
+                session_timeout: config.session_timeout,
+            })
+            .await
+            .with_context(|| format!("connect to ZooKeeper at {}", config.connect))?,
+        ),
+    })
+}
+
+/// Turns true on the first SIGTERM or SIGINT; a second one exits at once
+/// (after `on_second`, which says what that means for this command).
+fn shutdown_on_signals(on_first: &'static str, on_second: &'static str) -> watch::Receiver<bool> {
+    let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("signal received: committing consumed data, then exiting (signal again to exit at once)");
+        tracing::info!("signal received: {on_first} (signal again to exit at once)");
         let _ = shutdown.send(true);
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!("second signal: exiting now; the uncommitted tail will be read again by the next owner");
+        tracing::warn!("second signal: exiting now; {on_second}");
         std::process::exit(130);
     });
+    shutdown_rx
+}
+
+async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
+    init_tracing();
+    let loaded = sluice_config::load_worker(path)?;
+    let coordinator = connect_coordinator(&loaded.config.coordinator).await?;
+    let shutdown_rx = shutdown_on_signals(
+        "committing consumed data, then exiting",
+        "the uncommitted tail will be read again by the next owner",
+    );
     sluice_ingest::worker::run_worker(loaded, coordinator, shutdown_rx).await?;
+    Ok(())
+}
+
+async fn query(path: &std::path::Path) -> anyhow::Result<()> {
+    init_tracing();
+    let config = sluice_config::load_query_node(path)?;
+    let coordinator = connect_coordinator(&config.coordinator).await?;
+    let shutdown_rx = shutdown_on_signals("finishing running queries, then exiting", "running queries were cut off");
+    let metrics = sluice_ingest::metrics::install_recorder();
+    let node = sluice_query::QueryNode::start(&config, coordinator, Some(metrics), shutdown_rx).await?;
+    node.join().await;
     Ok(())
 }
 

@@ -100,7 +100,9 @@ impl QueryError {
     /// timestamp), and a query that cannot be planned is the query's fault.
     fn from_planning(e: DataFusionError) -> QueryError {
         match e.find_root() {
-            DataFusionError::Internal(m) => QueryError::Invalid { message: format!("the query cannot be planned: {m}") },
+            DataFusionError::Internal(m) => {
+                QueryError::Invalid { message: format!("the query cannot be planned: {m}") }
+            }
             _ => QueryError::from_datafusion(e),
         }
     }
