@@ -10,7 +10,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit as ArrowUnit};
 use sluice_config::{ColumnType, TimeUnit};
-use sluice_segments::{ColumnSpec, ConsumingSegment, Datum, Segment, SegmentSchema, seal};
+use sluice_segments::{ColumnSpec, ConsumingSegment, Datum, Segment, SegmentImage, SegmentSchema, seal};
 
 pub const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
 pub const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
@@ -86,7 +86,7 @@ pub fn clicks(n: usize, start_ts: i64, seed: u64, users: u64) -> Vec<Click> {
             user_id: format!("u-{:05}", rng.below(users)),
             country: (rng.below(50) != 0).then(|| COUNTRIES[rng.below(8) as usize]),
             device: (rng.below(30) != 0).then(|| DEVICES[rng.below(3) as usize]),
-            url: format!("/product/{}/view", rng.below(500)),
+            url: format!("/product/{}/view", rng.below(1000)),
             status: [200, 200, 200, 200, 301, 404, 500][rng.below(7) as usize],
             latency_ms: (rng.below(40) != 0).then(|| rng.below(2_000) as i32),
             bytes: (rng.below(25) != 0).then(|| rng.below(1 << 20) as i64),
@@ -106,7 +106,7 @@ pub fn clicks(n: usize, start_ts: i64, seed: u64, users: u64) -> Vec<Click> {
         .collect()
 }
 
-fn click_datums(c: &Click) -> Vec<Datum<'_>> {
+pub fn click_datums(c: &Click) -> Vec<Datum<'_>> {
     let opt = |v: Option<Datum<'static>>| v.unwrap_or(Datum::Null);
     vec![
         Datum::Timestamp(c.ts),
@@ -122,18 +122,28 @@ fn click_datums(c: &Click) -> Vec<Datum<'_>> {
     ]
 }
 
-/// Seals `rows` as one segment of `schema`.
+/// Seals `rows` as one segment of `schema`, in memory.
 pub fn sealed<'a, R: 'a>(
     schema: &Arc<SegmentSchema>,
     name: &str,
     rows: &'a [R],
     datums: impl Fn(&'a R) -> Vec<Datum<'a>>,
 ) -> Segment {
+    sealed_image(schema, name, rows, datums).open().expect("open")
+}
+
+/// The sealed file image of `rows` (what a worker uploads).
+pub fn sealed_image<'a, R: 'a>(
+    schema: &Arc<SegmentSchema>,
+    name: &str,
+    rows: &'a [R],
+    datums: impl Fn(&'a R) -> Vec<Datum<'a>>,
+) -> SegmentImage {
     let mut consuming = ConsumingSegment::new(schema.clone(), 0, 0);
     for (offset, row) in rows.iter().enumerate() {
         consuming.append(offset as i64, &datums(row)).expect("valid row");
     }
-    seal(&consuming, name, 0).expect("seal").open().expect("open")
+    seal(&consuming, name, 0).expect("seal")
 }
 
 pub fn click_segment(name: &str, rows: &[Click]) -> Segment {

@@ -1,0 +1,207 @@
+//! Query benchmark: N rows of the clickstream schema as sealed, memory-mapped
+//! segment files served by sluice's query engine, against DuckDB (PyPI
+//! `duckdb`) holding the same rows in memory, in the same run. Each query is
+//! timed warm (median of repeats); then p50/p99 of the filter queries at 16
+//! concurrent clients.
+//!
+//! ```text
+//! pip install duckdb pyarrow
+//! cargo build --release -p sluice-bench
+//! ./target/release/query-bench [rows=10000000] [segments=10] [repeats=10]
+//! ```
+
+#[path = "../../query/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::*;
+use sluice_config::{ByteSize, QueryLimits};
+use sluice_query::{QueryEngine, SegmentTable};
+use sluice_segments::Segment;
+
+const QUERIES: [(&str, &str, Kind); 7] = [
+    ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
+    (
+        "in_list",
+        "SELECT user_id, latency_ms FROM clicks WHERE url IN ('/product/1/view', '/product/2/view', '/product/3/view', '/product/4/view', '/product/5/view')",
+        Kind::Filter,
+    ),
+    (
+        "range_sorted",
+        "SELECT user_id, status FROM clicks WHERE ts BETWEEN '2025-11-24T16:10:00Z' AND '2025-11-24T16:11:00Z'",
+        Kind::Filter,
+    ),
+    ("count_filter", "SELECT COUNT(*) FROM clicks WHERE country = 'FR' AND status = 404", Kind::Filter),
+    ("group_by_3_aggs", "SELECT device, COUNT(*), SUM(bytes), AVG(latency_ms) FROM clicks GROUP BY device", Kind::Scan),
+    (
+        "top10_by_sum",
+        "SELECT user_id, SUM(bytes) AS b FROM clicks GROUP BY user_id ORDER BY b DESC LIMIT 10",
+        Kind::Scan,
+    ),
+    ("count_distinct", "SELECT COUNT(DISTINCT user_id) FROM clicks", Kind::Scan),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Filter,
+    Scan,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let rows = args.first().copied().unwrap_or(10_000_000);
+    let segments = args.get(1).copied().unwrap_or(10).max(1);
+    let repeats = args.get(2).copied().unwrap_or(10).max(1);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let dir = tempfile::tempdir()?;
+
+    eprintln!("generating and sealing {rows} rows into {segments} segments...");
+    let started = Instant::now();
+    let served = build(dir.path(), rows, segments)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let bytes: usize = served.iter().map(|s| s.size_bytes()).sum();
+
+    eprintln!("DuckDB baseline...");
+    let queries: BTreeMap<&str, &str> = QUERIES.iter().map(|(n, q, _)| (*n, *q)).collect();
+    let queries_path = dir.path().join("queries.json");
+    std::fs::write(&queries_path, serde_json::to_vec(&queries)?)?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/duckdb_bench.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir.path().join("clicks.arrow"))
+        .arg(&queries_path)
+        .arg(repeats.to_string())
+        .arg(threads.to_string())
+        .output()
+        .context("run python3 (pip install duckdb pyarrow)")?;
+    if !output.status.success() {
+        bail!("the DuckDB baseline failed (pip install duckdb pyarrow):\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let duck: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+
+    eprintln!("sluice...");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let limits = QueryLimits {
+        query_timeout: Duration::from_secs(600),
+        max_result_rows: u64::MAX,
+        max_concurrent_queries: 16,
+        memory: ByteSize::gib(8),
+    };
+    let engine = Arc::new(QueryEngine::new(limits)?);
+    let table = SegmentTable::new("clicks", &clicks_arrow_schema());
+    table.replace(served);
+    engine.register(Arc::new(table));
+
+    println!(
+        "Query benchmark: {rows} rows in {segments} segments ({:.0} MiB of segment files, built in {build_s:.1} s); DuckDB loaded in {:.1} s; {threads} threads each; median of {repeats} warm runs.\n",
+        bytes as f64 / 1048576.0,
+        duck["load_s"].as_f64().unwrap_or(0.0)
+    );
+    println!("| query | rows out | sluice ms | DuckDB ms | DuckDB / sluice | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for (name, sql, kind) in QUERIES {
+        let (median, out) = runtime.block_on(time_query(&engine, sql, repeats))?;
+        let theirs = duck["queries"][name]["median_ms"].as_f64().unwrap_or(f64::NAN);
+        let their_rows = duck["queries"][name]["rows"].as_u64().unwrap_or(0);
+        if their_rows != out as u64 {
+            bail!("{name}: sluice returned {out} rows, DuckDB {their_rows}");
+        }
+        let target = match kind {
+            Kind::Filter => "sluice ≥ 5× faster",
+            Kind::Scan => "sluice ≤ 1.5× DuckDB's time",
+        };
+        println!("| {name} | {out} | {median:.2} | {theirs:.2} | {:.2}× | {target} |", theirs / median);
+    }
+
+    let plan = runtime.block_on(engine.explain(QUERIES[2].1))?;
+    eprintln!("range plan:\n{plan}");
+
+    println!("\nFilter queries at 16 concurrent clients (full path: plan, scan, Pinot JSON response):\n");
+    println!("| query | p50 ms | p99 ms |");
+    println!("|---|---:|---:|");
+    let latencies = runtime.block_on(concurrent(&engine, 16, 25));
+    for (name, mut samples) in latencies {
+        samples.sort_by(f64::total_cmp);
+        let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+        println!("| {name} | {:.2} | {:.2} |", pick(0.5), pick(0.99));
+    }
+    Ok(())
+}
+
+/// Seals `rows` clickstream rows into files and writes the same rows to an
+/// Arrow IPC file for DuckDB.
+fn build(dir: &Path, rows: usize, segments: usize) -> anyhow::Result<Vec<Arc<Segment>>> {
+    let mut schema = (*clicks_schema()).clone();
+    let url = schema.columns.iter().position(|c| c.name == "url").expect("url column");
+    schema.inverted.push(url);
+    let schema = Arc::new(schema);
+    let file = std::fs::File::create(dir.join("clicks.arrow"))?;
+    let mut ipc = arrow::ipc::writer::FileWriter::try_new(file, &clicks_arrow_schema())?;
+    let per = rows.div_ceil(segments);
+    let mut ts = BASE_TS;
+    let mut served = Vec::new();
+    for i in 0..segments {
+        let n = per.min(rows - per * i);
+        let generated = clicks(n, ts, 42 + i as u64, 200_000);
+        ts += n as i64 * 10;
+        let path = dir.join(format!("clicks__0__{i}.seg"));
+        sealed_image(&schema, &format!("clicks__0__{i}"), &generated, click_datums).write_file(&path)?;
+        served.push(Arc::new(Segment::open(&path)?));
+        let batch = clicks_batch(&generated);
+        for start in (0..n).step_by(65_536) {
+            ipc.write(&batch.slice(start, 65_536.min(n - start)))?;
+        }
+    }
+    ipc.finish()?;
+    Ok(served)
+}
+
+async fn time_query(engine: &QueryEngine, sql: &str, repeats: usize) -> anyhow::Result<(f64, usize)> {
+    let run = || async {
+        let batches = engine.context().sql(sql).await?.collect().await?;
+        anyhow::Ok(batches.iter().map(|b| b.num_rows()).sum::<usize>())
+    };
+    run().await?;
+    run().await?;
+    let mut times = Vec::with_capacity(repeats);
+    let mut rows = 0;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        rows = run().await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], rows))
+}
+
+async fn concurrent(engine: &Arc<QueryEngine>, clients: usize, rounds: usize) -> BTreeMap<&'static str, Vec<f64>> {
+    let filters: Vec<(&'static str, &'static str)> =
+        QUERIES.iter().filter(|(_, _, k)| *k == Kind::Filter).map(|(n, q, _)| (*n, *q)).collect();
+    let tasks = (0..clients).map(|c| {
+        let engine = engine.clone();
+        let filters = filters.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for r in 0..rounds {
+                let (name, sql) = filters[(c + r) % filters.len()];
+                let t = Instant::now();
+                let ok = engine.query(sql).await.is_ok();
+                out.push((name, ok, t.elapsed().as_secs_f64() * 1000.0));
+            }
+            out
+        })
+    });
+    let mut by_query: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for task in futures::future::join_all(tasks).await {
+        for (name, ok, ms) in task.expect("client task") {
+            assert!(ok, "{name} failed under concurrency");
+            by_query.entry(name).or_default().push(ms);
+        }
+    }
+    by_query
+}
