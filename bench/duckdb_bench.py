@@ -25,15 +25,21 @@ con.unregister("source")
 del table
 load_s = time.perf_counter() - started
 
+def fetch(result):
+    """The result as an Arrow table (the method's name changed across DuckDB versions)."""
+    method = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+    return method()
+
+
 out = {}
 for name, sql in queries.items():
     for _ in range(2):
-        con.execute(sql).fetch_arrow_table()
+        fetch(con.execute(sql))
     times = []
     rows = 0
     for _ in range(repeats):
         t = time.perf_counter()
-        rows = con.execute(sql).fetch_arrow_table().num_rows
+        rows = fetch(con.execute(sql)).num_rows
         times.append((time.perf_counter() - t) * 1000)
     out[name] = {"median_ms": statistics.median(times), "rows": rows}
 print(json.dumps({"load_s": load_s, "queries": out}))

@@ -141,7 +141,7 @@ fn like_prefix(like: &Like, schema: &Schema) -> Option<Translation> {
         return None;
     }
     let (column, ty) = column_of(expr, schema)?;
-    if !matches!(ty, DataType::Utf8) {
+    if !matches!(ty, DataType::Utf8 | DataType::Utf8View) {
         return None;
     }
     let (ScalarValue::Utf8(Some(pattern))
@@ -259,7 +259,7 @@ fn typed(value: ScalarValue, ty: &DataType) -> Option<Scalar> {
         (DataType::Float32, ScalarValue::Float32(Some(v))) => Scalar::Float32(v),
         (DataType::Float64, ScalarValue::Float64(Some(v))) => Scalar::Float64(v),
         (
-            DataType::Utf8,
+            DataType::Utf8 | DataType::Utf8View,
             ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)),
         ) => Scalar::Utf8(v),
         (DataType::Timestamp(unit, _), value) => {

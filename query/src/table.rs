@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::RecordBatchOptions;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -34,6 +34,19 @@ use roaring::RoaringBitmap;
 use sluice_segments::{OFFSET_COLUMN, Predicate, Segment};
 
 use crate::pushdown;
+
+/// The type a column is served as. Strings are served as `Utf8View`:
+/// dictionary-encoded segment columns convert to views without copying a
+/// byte of string data, short strings (≤ 12 bytes, typical of ids and
+/// codes) live inline in the view, and DataFusion's hashing, grouping and
+/// comparisons have fast paths for views.
+pub fn served_type(stored: &DataType) -> DataType {
+    match stored {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Dictionary(_, values) => served_type(values),
+        other => other.clone(),
+    }
+}
 
 /// Counters of one query's scans, in Pinot's vocabulary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +104,7 @@ impl SegmentTable {
             .fields()
             .iter()
             .filter(|f| f.name() != OFFSET_COLUMN)
-            .map(|f| f.as_ref().clone().with_nullable(true))
+            .map(|f| f.as_ref().clone().with_nullable(true).with_data_type(served_type(f.data_type())))
             .collect();
         SegmentTable { name: name.to_string(), schema: Arc::new(Schema::new(fields)), segments: RwLock::default() }
     }
@@ -105,7 +118,10 @@ impl SegmentTable {
         let theirs: Vec<_> = segment.schema().fields().iter().filter(|f| f.name() != OFFSET_COLUMN).collect();
         let ours = self.schema.fields();
         let same = theirs.len() == ours.len()
-            && theirs.iter().zip(ours.iter()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+            && theirs
+                .iter()
+                .zip(ours.iter())
+                .all(|(a, b)| a.name() == b.name() && &served_type(a.data_type()) == b.data_type());
         if same {
             Ok(())
         } else {
@@ -225,10 +241,11 @@ impl Reader {
 
     fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
         let names: Vec<&str> = self.read_schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let batch = segment.materialize(rows, &names).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        let mut batch =
-            RecordBatch::try_new_with_options(self.read_schema.clone(), batch.columns().to_vec(), &options)?;
+        let types: Vec<DataType> = self.read_schema.fields().iter().map(|f| f.data_type().clone()).collect();
+        let columns =
+            segment.materialize_as(rows, &names, &types).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len() as usize));
+        let mut batch = RecordBatch::try_new_with_options(self.read_schema.clone(), columns, &options)?;
         if let Some(residual) = &self.residual {
             let mask = residual.evaluate(&batch)?.into_array(batch.num_rows())?;
             let mask = mask

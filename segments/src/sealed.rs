@@ -495,6 +495,18 @@ impl Segment {
         take_rows(&self.logical_schema, self.batch.columns(), rows, projection)
     }
 
+    /// The selected rows of the projected columns, each cast to its type in
+    /// `types` straight from the stored encoding (a dictionary column goes to
+    /// `Utf8View` without first being expanded to `Utf8`).
+    pub fn materialize_as(
+        &self,
+        rows: &RoaringBitmap,
+        projection: &[&str],
+        types: &[DataType],
+    ) -> Result<Vec<ArrayRef>, SegmentError> {
+        Ok(take_columns(&self.logical_schema, self.batch.columns(), rows, projection, Some(types))?.1)
+    }
+
     /// Every row, in logical types.
     pub fn to_record_batch(&self) -> Result<RecordBatch, SegmentError> {
         let names: Vec<&str> = self.logical_schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -564,6 +576,20 @@ pub(crate) fn take_rows(
     rows: &RoaringBitmap,
     projection: &[&str],
 ) -> Result<RecordBatch, SegmentError> {
+    let (fields, columns) = take_columns(logical, arrays, rows, projection, None)?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len() as usize));
+    Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?)
+}
+
+/// Selected rows of projected columns, each cast to its type in `types`
+/// (the logical type when `types` is None).
+pub(crate) fn take_columns(
+    logical: &SchemaRef,
+    arrays: &[ArrayRef],
+    rows: &RoaringBitmap,
+    projection: &[&str],
+    types: Option<&[DataType]>,
+) -> Result<(Vec<arrow::datatypes::FieldRef>, Vec<ArrayRef>), SegmentError> {
     // A contiguous run of rows (a whole segment, a sorted-column range) is a
     // zero-copy slice; anything else is gathered.
     let run = match (rows.min(), rows.max()) {
@@ -571,10 +597,9 @@ pub(crate) fn take_rows(
         _ => None,
     };
     let indices = if run.is_none() { Some(UInt32Array::from_iter_values(rows.iter())) } else { None };
-    let row_count = rows.len() as usize;
     let mut fields = Vec::with_capacity(projection.len());
     let mut columns = Vec::with_capacity(projection.len());
-    for name in projection {
+    for (n, name) in projection.iter().enumerate() {
         let (i, field) = logical
             .column_with_name(name)
             .ok_or_else(|| SegmentError::Predicate(format!("unknown column `{name}`")))?;
@@ -583,14 +608,14 @@ pub(crate) fn take_rows(
             (None, Some((offset, len))) => arrays[i].slice(offset, len),
             (None, None) => arrays[i].slice(0, 0),
         };
-        if column.data_type() != field.data_type() {
-            column = cast(&column, field.data_type())?;
+        let target = types.and_then(|t| t.get(n)).unwrap_or(field.data_type());
+        if column.data_type() != target {
+            column = cast(&column, target)?;
         }
-        fields.push(field.clone());
+        fields.push(Arc::new(field.as_ref().clone().with_data_type(target.clone())));
         columns.push(column);
     }
-    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(row_count));
-    Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?)
+    Ok((fields, columns))
 }
 
 impl Columns for Segment {

@@ -276,22 +276,35 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
         let rows = clicks(n, ts, 1000 + i as u64, 2000);
         ts += n as i64 * 10;
         segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), &rows)));
-        batches.push(clicks_batch(&rows));
+        batches.push(served(&clicks_batch(&rows)));
     }
     let table = SegmentTable::new("clicks", &clicks_arrow_schema());
     table.replace(segments);
     engine.register(Arc::new(table));
-    reference
-        .register_table("clicks", Arc::new(MemTable::try_new(clicks_arrow_schema(), vec![batches]).unwrap()))
-        .unwrap();
+    let schema = batches[0].schema();
+    reference.register_table("clicks", Arc::new(MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
 
     let people = users(1500, 7);
     let (first, second) = people.split_at(600);
-    let users_batches = vec![users_batch(first), users_batch(second)];
+    let users_batches = vec![served(&users_batch(first)), served(&users_batch(second))];
     let schema = users_batches[0].schema();
-    let table = SegmentTable::new("users", &schema);
+    let table = SegmentTable::new("users", &users_batch(first).schema());
     table.replace(vec![Arc::new(user_segment("users__0__0", first)), Arc::new(user_segment("users__0__1", second))]);
     engine.register(Arc::new(table));
     reference.register_table("users", Arc::new(MemTable::try_new(schema, vec![users_batches]).unwrap())).unwrap();
     reference
+}
+
+/// `batch` with the column types sluice serves (strings as `Utf8View`), so
+/// the reference table has exactly the provider's schema.
+pub fn served(batch: &RecordBatch) -> RecordBatch {
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(sluice_query::table::served_type(f.data_type())))
+        .collect();
+    let columns =
+        batch.columns().iter().zip(&fields).map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap()).collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
 }
