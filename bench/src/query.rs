@@ -120,6 +120,15 @@ fn main() -> anyhow::Result<()> {
 
     let plan = runtime.block_on(engine.explain(QUERIES[2].1))?;
     eprintln!("range plan:\n{plan}");
+    println!("\nWhere the time of a small indexed query goes (median of {repeats}, ms):\n");
+    println!("| query | SQL → logical plan | optimize + physical plan (incl. index evaluation) | execute + collect |");
+    println!("|---|---:|---:|---:|");
+    for (name, sql, kind) in QUERIES {
+        if kind == Kind::Filter {
+            let [a, b, c] = runtime.block_on(phases(&engine, sql, repeats))?;
+            println!("| {name} | {a:.3} | {b:.3} | {c:.3} |");
+        }
+    }
 
     println!("\nFilter queries at 16 concurrent clients (full path: plan, scan, Pinot JSON response):\n");
     println!("| query | p50 ms | p99 ms |");
@@ -159,6 +168,27 @@ fn build(dir: &Path, rows: usize, segments: usize) -> anyhow::Result<Vec<Arc<Seg
     }
     ipc.finish()?;
     Ok(served)
+}
+
+async fn phases(engine: &QueryEngine, sql: &str, repeats: usize) -> anyhow::Result<[f64; 3]> {
+    let ctx = engine.context();
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for _ in 0..repeats + 2 {
+        let t0 = Instant::now();
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        let t1 = Instant::now();
+        let physical = ctx.execute_logical_plan(plan).await?.create_physical_plan().await?;
+        let t2 = Instant::now();
+        datafusion::physical_plan::collect(physical, ctx.task_ctx()).await?;
+        let t3 = Instant::now();
+        for (i, d) in [t1 - t0, t2 - t1, t3 - t2].into_iter().enumerate() {
+            samples[i].push(d.as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(samples.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }))
 }
 
 async fn time_query(engine: &QueryEngine, sql: &str, repeats: usize) -> anyhow::Result<(f64, usize)> {
