@@ -59,6 +59,16 @@ async fn main() -> anyhow::Result<()> {
     let producer = broker.producer()?;
     let started = Instant::now();
     let sample = event(0).len();
+    // librdkafka's mock cluster keeps at most 5 MiB or 100,000 messages per
+    // partition and silently drops older ones, so a larger run would lose
+    // records before anything reads them (and wait for them forever).
+    let per_partition = records.div_ceil(partitions as u64);
+    let needed = (records * (sample as u64 + 80)).div_ceil(4 << 20);
+    anyhow::ensure!(
+        !broker.is_mock() || (per_partition * (sample as u64 + 80) < 4 << 20 && per_partition < 100_000),
+        "{records} records over {partitions} partitions exceed the mock broker's per-partition log (5 MiB, 100k \
+         messages; older ones are dropped): use at least {needed} partitions, or a real Kafka via SLUICE_TEST_KAFKA_BROKERS"
+    );
     producer.send_all(&topic, (0..records).map(|i| ((i % partitions as u64) as i32, event(i)))).await?;
     eprintln!("produced {records} records ({sample} bytes each) in {:.1?}", started.elapsed());
 
