@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -142,7 +142,59 @@ struct ColumnDecoder {
 struct PathNode {
     /// Columns whose path ends here.
     columns: Vec<usize>,
-    children: HashMap<String, PathNode>,
+    /// Sorted by key: looked up by binary search for every key of every
+    /// record, which is cheaper than hashing short keys.
+    children: Vec<(String, PathNode)>,
+}
+
+impl PathNode {
+    fn child(&self, key: &str) -> Option<&PathNode> {
+        self.children.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &self.children[i].1)
+    }
+
+    fn child_mut(&mut self, key: &str) -> &mut PathNode {
+        let i = match self.children.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.children.insert(i, (key.to_string(), PathNode::default()));
+                i
+            }
+        };
+        &mut self.children[i].1
+    }
+}
+
+/// The keys of one object seen so far, for duplicate detection: a vector
+/// while the object is small (the common case, no hashing), a hash set past
+/// [`Seen::FEW`] keys so that huge objects stay linear.
+enum Seen<'de> {
+    Few(Vec<Cow<'de, str>>),
+    Many(HashSet<Cow<'de, str>>),
+}
+
+impl<'de> Seen<'de> {
+    const FEW: usize = 16;
+
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Seen::Few(keys) => keys.iter().any(|k| k == key),
+            Seen::Many(keys) => keys.contains(key),
+        }
+    }
+
+    fn insert(&mut self, key: Cow<'de, str>) {
+        match self {
+            Seen::Few(keys) if keys.len() >= Self::FEW => {
+                let mut set: HashSet<Cow<'de, str>> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Seen::Many(set);
+            }
+            Seen::Few(keys) => keys.push(key),
+            Seen::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
 }
 
 pub struct Decoder {
@@ -159,7 +211,7 @@ impl Decoder {
         for (i, column) in pipeline.schema.columns.iter().enumerate() {
             let mut node = &mut root;
             for segment in column.json_path() {
-                node = node.children.entry(segment.to_string()).or_default();
+                node = node.child_mut(segment);
             }
             node.columns.push(i);
             let mut decoder = ColumnDecoder {
@@ -435,7 +487,7 @@ impl<'de: 'a, 'a> Visitor<'de> for ObjectSeed<'_, '_, 'a> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut seen = Seen::Few(Vec::new());
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if seen.contains(&key) {
                 *self.problem.borrow_mut() = Some(BadRecord::new(
@@ -444,7 +496,7 @@ impl<'de: 'a, 'a> Visitor<'de> for ObjectSeed<'_, '_, 'a> {
                 ));
                 return Err(de::Error::custom("duplicate key"));
             }
-            match self.node.children.get(key.as_ref()) {
+            match self.node.child(&key) {
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
