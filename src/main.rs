@@ -141,11 +141,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr at `RUST_LOG`'s level, or `default` when it is unset.
+fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -190,7 +191,7 @@ fn shutdown_on_signals(on_first: &'static str, on_second: &'static str) -> watch
 }
 
 async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing("info");
     let loaded = sluice_config::load_worker(path)?;
     let coordinator = connect_coordinator(&loaded.config.coordinator).await?;
     let shutdown_rx = shutdown_on_signals(
@@ -202,7 +203,7 @@ async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn query(path: &std::path::Path) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing("info");
     let config = sluice_config::load_query_node(path)?;
     let coordinator = connect_coordinator(&config.coordinator).await?;
     let shutdown_rx = shutdown_on_signals("finishing running queries, then exiting", "running queries were cut off");

@@ -53,13 +53,8 @@ impl Env for QuickstartEnv {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Warnings only: the progress line is the quickstart's output.
+    crate::init_tracing("warn");
     anyhow::ensure!(args.rate > 0, "--rate must be at least 1 event per second");
     let (temp, data_dir) = match &args.data_dir {
         Some(dir) => {

@@ -156,22 +156,12 @@ async fn limits_answer_413_504_and_503() {
     assert_eq!(sql(&s.addr, "SELECT COUNT(*) FROM users").await.0, 200);
 }
 
-/// Deterministic pseudo-random inputs.
-struct Rng(u64);
+fn below(rng: &mut common::Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
+fn pick<'a>(rng: &mut common::Rng, items: &[&'a str]) -> &'a str {
+    items[below(rng, items.len())]
 }
 
 const TOKENS: &[&str] = &[
@@ -266,45 +256,44 @@ const TOKENS: &[&str] = &[
     "repeat('x', 100000)",
 ];
 
-fn random_sql(rng: &mut Rng) -> String {
-    match rng.below(4) {
-        0 => (0..rng.below(40)).map(|_| rng.pick(TOKENS)).collect::<Vec<_>>().join(" "),
+fn random_sql(rng: &mut common::Rng) -> String {
+    match below(rng, 4) {
+        0 => (0..below(rng, 40)).map(|_| pick(rng, TOKENS)).collect::<Vec<_>>().join(" "),
         1 => {
             // A valid-looking query with one mutation.
             let base = format!(
                 "SELECT {} FROM {} WHERE {} {} {} GROUP BY 1 ORDER BY 1 LIMIT {}",
-                rng.pick(&["country", "COUNT(*)", "status, COUNT(*)", "*", "SUM(bytes)", "date_trunc('minute', ts)"]),
-                rng.pick(&["clicks", "users", "clicks c JOIN users u ON c.user_id = u.user_id"]),
-                rng.pick(&["country", "status", "score", "ts", "url", "is_bot"]),
-                rng.pick(&["=", "IN", "<", "LIKE", "IS", "BETWEEN"]),
-                rng.pick(&["'FR'", "(1, 2)", "NULL", "0.0", "'a%'", "1 AND 2", "NOT NULL", "TIMESTAMP '2025-11-24'"]),
-                rng.below(5),
+                pick(rng, &["country", "COUNT(*)", "status, COUNT(*)", "*", "SUM(bytes)", "date_trunc('minute', ts)"]),
+                pick(rng, &["clicks", "users", "clicks c JOIN users u ON c.user_id = u.user_id"]),
+                pick(rng, &["country", "status", "score", "ts", "url", "is_bot"]),
+                pick(rng, &["=", "IN", "<", "LIKE", "IS", "BETWEEN"]),
+                pick(rng, &["'FR'", "(1, 2)", "NULL", "0.0", "'a%'", "1 AND 2", "NOT NULL", "TIMESTAMP '2025-11-24'"]),
+                below(rng, 5),
             );
             let mut chars: Vec<char> = base.chars().collect();
-            let at = rng.below(chars.len());
-            match rng.below(3) {
+            let at = below(rng, chars.len());
+            match below(rng, 3) {
                 0 => {
                     chars.remove(at);
                 }
-                1 => chars.insert(at, rng.pick(TOKENS).chars().next().unwrap_or('x')),
+                1 => chars.insert(at, pick(rng, TOKENS).chars().next().unwrap_or('x')),
                 _ => chars.truncate(at),
             }
             chars.into_iter().collect()
         }
-        2 => (0..rng.below(200)).map(|_| char::from_u32(rng.below(0x250) as u32).unwrap_or('?')).collect(),
-        _ => "(".repeat(rng.below(3000)) + "1" + &")".repeat(rng.below(3000)),
+        2 => (0..below(rng, 200)).map(|_| char::from_u32(below(rng, 0x250) as u32).unwrap_or('?')).collect(),
+        _ => "(".repeat(below(rng, 3000)) + "1" + &")".repeat(below(rng, 3000)),
     }
 }
 
-fn random_body(rng: &mut Rng) -> Vec<u8> {
-    match rng.below(6) {
+fn random_body(rng: &mut common::Rng) -> Vec<u8> {
+    match below(rng, 6) {
         0 => serde_json::to_vec(&json!({ "sql": random_sql(rng) })).unwrap(),
         1 => serde_json::to_vec(&json!({ "sql": random_sql(rng), "queryOptions": "timeoutMs=10" })).unwrap(),
-        2 => (0..rng.below(100)).map(|_| rng.next() as u8).collect(),
-        3 => rng
-            .pick(&["{}", "null", "[]", "{\"sql\":null}", "{\"sql\":[\"SELECT 1\"]}", "\"SELECT 1\"", "{\"sql\""])
+        2 => (0..below(rng, 100)).map(|_| rng.next() as u8).collect(),
+        3 => pick(rng, &["{}", "null", "[]", "{\"sql\":null}", "{\"sql\":[\"SELECT 1\"]}", "\"SELECT 1\"", "{\"sql\""])
             .into(),
-        4 => format!("{}{}", "[".repeat(rng.below(10_000)), "]".repeat(rng.below(10_000))).into_bytes(),
+        4 => format!("{}{}", "[".repeat(below(rng, 10_000)), "]".repeat(below(rng, 10_000))).into_bytes(),
         _ => serde_json::to_vec(&json!({ "sql": random_sql(rng), "sql2": {"nested": [1, 2, {"a": null}]} })).unwrap(),
     }
 }
@@ -313,7 +302,7 @@ fn random_body(rng: &mut Rng) -> Vec<u8> {
 async fn fuzz_never_panics_or_fails_with_a_5xx() {
     let limits = QueryLimits { query_timeout: Duration::from_secs(2), max_result_rows: 1000, ..QueryLimits::default() };
     let s = server(limits).await;
-    let mut rng = Rng(0x5eed_cafe);
+    let mut rng = common::Rng(0x5eed_cafe);
     let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
     for i in 0..10_000 {
         let body = random_body(&mut rng);
