@@ -1,21 +1,20 @@
 //! JSON records (one object per Kafka message) decoded against a pipeline
 //! schema.
 //!
-//! simd-json parses the message (a copy in a reused scratch buffer: it parses
-//! in place) into a flat tape, which the decoder walks once following a trie
-//! of the configured field paths: values no column reads are skipped by
-//! their span on the tape, and strings borrow from the scratch buffer
-//! (escapes are undone in place), so a row costs no allocation beyond its
-//! cell vector. simd-json was measured against serde_json for this
-//! (`benches/decode.rs`, figures in docs/PERFORMANCE.md) and is the faster.
-//! Hostile nesting cannot overflow the stack: simd-json builds the tape
-//! without recursion, and the decoder recurses only along the configured
-//! paths (tested at 500,000 levels).
+//! The decoder walks the JSON once with serde, following a trie of the
+//! configured field paths: fields no column reads are skipped without being
+//! materialised, and strings without escapes are borrowed from the message
+//! bytes, so a row costs no allocation beyond its cell vector. Hostile
+//! nesting cannot overflow the stack: the decoder recurses only along the
+//! configured paths, and serde_json skips every other value iteratively
+//! (tested at 500,000 levels); its recursion limit (`too_deep`) backs that up.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::fmt;
 
-use simd_json::{Node, StaticNode};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sluice_config::{ColumnType, Literal, PipelineConfig, TimeUnit, TimestampFormat};
 use sluice_segments::Datum;
 
@@ -230,10 +229,8 @@ impl Decoder {
         Self { columns, root, max_message_bytes: pipeline.bad_records.max_message_bytes.as_u64() as usize }
     }
 
-    /// Decodes one message. simd-json parses in place, so the message is
-    /// copied into `scratch` first; the row's strings borrow from there (an
-    /// escaped string is unescaped in place, never allocated).
-    pub fn decode<'s>(&self, bytes: &[u8], scratch: &'s mut Scratch) -> Result<Row<'s>, BadRecord> {
+    /// Decodes one message.
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Row<'a>, BadRecord> {
         if bytes.len() > self.max_message_bytes {
             return Err(BadRecord::new(
                 BadRecordKind::Oversized,
@@ -243,95 +240,26 @@ impl Decoder {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(BadRecord::new(BadRecordKind::Empty, "the message is empty"));
         }
-        std::str::from_utf8(bytes).map_err(|e| BadRecord::new(BadRecordKind::InvalidUtf8, e.to_string()))?;
-        scratch.input.clear();
-        scratch.input.extend_from_slice(bytes);
-        let tape = simd_json::Deserializer::from_slice_with_buffers(&mut scratch.input, &mut scratch.buffers)
-            .map_err(|e| BadRecord::new(BadRecordKind::InvalidJson, e.to_string()))?
-            .into_tape();
-        let nodes = tape.0;
-        match nodes.first() {
-            Some(Node::Object { .. }) => {}
-            Some(other) => {
-                let found = raw_at(std::slice::from_ref(other), 0).kind();
-                return Err(BadRecord::new(
-                    BadRecordKind::NotAnObject,
-                    format!("the message is {found}, not a JSON object"),
-                ));
-            }
-            None => return Err(BadRecord::new(BadRecordKind::Empty, "the message is empty")),
+        let text = std::str::from_utf8(bytes).map_err(|e| BadRecord::new(BadRecordKind::InvalidUtf8, e.to_string()))?;
+        let mut raw: Vec<Option<Raw<'a>>> = vec![None; self.columns.len()];
+        let problem = RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed =
+            (ObjectSeed { node: &self.root, out: &mut raw, problem: &problem, top: true }).deserialize(&mut de);
+        if let Some(bad) = problem.into_inner() {
+            return Err(bad);
         }
-        let mut raw: Vec<Option<Raw<'s>>> = vec![None; self.columns.len()];
-        walk(&self.root, &nodes, 0, &mut raw)?;
+        parsed.and_then(|_| de.end()).map_err(|e| {
+            if e.to_string().contains("recursion limit exceeded") {
+                BadRecord::new(BadRecordKind::TooDeep, "nested deeper than 128 levels")
+            } else {
+                BadRecord::new(BadRecordKind::InvalidJson, e.to_string())
+            }
+        })?;
         let cells =
             self.columns.iter().zip(raw).map(|(column, raw)| column.cell(raw)).collect::<Result<Vec<_>, _>>()?;
         Ok(Row { cells })
     }
-}
-
-/// Per-thread buffers the decoder parses in (reused across messages).
-#[derive(Default)]
-pub struct Scratch {
-    input: Vec<u8>,
-    buffers: simd_json::Buffers,
-}
-
-/// Nodes the value at `nodes[0]` spans on the tape, itself included.
-fn span(node: &Node<'_>) -> usize {
-    match node {
-        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
-        _ => 1,
-    }
-}
-
-/// The value at `nodes[at]`, as found.
-fn raw_at<'s>(nodes: &[Node<'s>], at: usize) -> Raw<'s> {
-    match nodes[at] {
-        Node::String(s) => Raw::Str(Cow::Borrowed(s)),
-        Node::Object { .. } => Raw::Object,
-        Node::Array { .. } => Raw::Array,
-        Node::Static(StaticNode::Null) => Raw::Null,
-        Node::Static(StaticNode::Bool(v)) => Raw::Bool(v),
-        Node::Static(StaticNode::I64(v)) => Raw::I64(v),
-        Node::Static(StaticNode::U64(v)) => Raw::U64(v),
-        Node::Static(StaticNode::F64(v)) => Raw::F64(v),
-    }
-}
-
-/// Fills the columns whose paths run through the object at `nodes[at]`,
-/// rejecting duplicate keys in every object it reads. Unread values are
-/// skipped by their span, so their depth costs nothing; recursion follows
-/// the configured paths only.
-fn walk<'s>(path: &PathNode, nodes: &[Node<'s>], at: usize, out: &mut [Option<Raw<'s>>]) -> Result<(), BadRecord> {
-    let invalid = || BadRecord::new(BadRecordKind::InvalidJson, "malformed object");
-    let Some(&Node::Object { len, .. }) = nodes.get(at) else { return Err(invalid()) };
-    let mut seen = Seen::Few(Vec::new());
-    let mut i = at + 1;
-    for _ in 0..len {
-        let Some(&Node::String(key)) = nodes.get(i) else { return Err(invalid()) };
-        if seen.contains(key) {
-            return Err(BadRecord::new(
-                BadRecordKind::DuplicateKey,
-                format!("the key {key:?} appears twice in one object"),
-            ));
-        }
-        let value = i + 1;
-        let Some(node) = nodes.get(value) else { return Err(invalid()) };
-        if let Some(child) = path.child(key) {
-            if !child.columns.is_empty() {
-                let raw = raw_at(nodes, value);
-                for &column in &child.columns {
-                    out[column] = Some(raw.clone());
-                }
-            }
-            if !child.children.is_empty() && matches!(node, Node::Object { .. }) {
-                walk(child, nodes, value, out)?;
-            }
-        }
-        seen.insert(Cow::Borrowed(key));
-        i = value + span(node);
-    }
-    Ok(())
 }
 
 impl ColumnDecoder {
@@ -453,6 +381,209 @@ impl Raw<'_> {
             Literal::Int(v) => Raw::I64(*v),
             Literal::Float(v) => Raw::F64(*v),
             Literal::String(v) => Raw::Str(Cow::Owned(v.clone())),
+        }
+    }
+}
+
+/// A scalar value (objects and arrays are consumed and reported as such).
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Raw<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Raw<'de>, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Raw<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_none<E>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Raw<'de>, E> {
+        Ok(Raw::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Raw<'de>, E> {
+        Ok(Raw::I64(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Raw<'de>, E> {
+        Ok(Raw::U64(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Raw<'de>, E> {
+        Ok(Raw::F64(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Raw::Object)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Raw::Array)
+    }
+}
+
+/// A key, borrowed when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// An object along the configured paths: known keys are decoded (scalars
+/// for leaves, recursion for inner nodes), unknown ones skipped.
+struct ObjectSeed<'t, 'o, 'a> {
+    node: &'t PathNode,
+    out: &'o mut Vec<Option<Raw<'a>>>,
+    problem: &'t RefCell<Option<BadRecord>>,
+    /// The message's top level, which must be an object.
+    top: bool,
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'a> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for ObjectSeed<'_, '_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = Seen::Few(Vec::new());
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if seen.contains(&key) {
+                *self.problem.borrow_mut() = Some(BadRecord::new(
+                    BadRecordKind::DuplicateKey,
+                    format!("the key {key:?} appears twice in one object"),
+                ));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            match self.node.child(&key) {
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Some(child) if child.children.is_empty() => {
+                    let raw = map.next_value_seed(ScalarSeed)?;
+                    for &column in &child.columns {
+                        self.out[column] = Some(raw.clone());
+                    }
+                }
+                Some(child) if child.columns.is_empty() => {
+                    map.next_value_seed(ObjectSeed { node: child, out: self.out, problem: self.problem, top: false })?;
+                }
+                Some(child) => {
+                    // A path that is both a column and the parent of others
+                    // (`a` and `a.b`): rare, so decode generically.
+                    let value: serde_json::Value = map.next_value()?;
+                    let raw = raw_of(&value);
+                    for &column in &child.columns {
+                        self.out[column] = Some(raw.clone());
+                    }
+                    extract(child, &value, self.out);
+                }
+            }
+            seen.insert(key);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.top {
+            return self.not_an_object("an array");
+        }
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if self.top { self.not_an_object("null") } else { Ok(()) }
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        if self.top { self.not_an_object("a boolean") } else { Ok(()) }
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        if self.top { self.not_an_object("a number") } else { Ok(()) }
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        if self.top { self.not_an_object("a number") } else { Ok(()) }
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        if self.top { self.not_an_object("a number") } else { Ok(()) }
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        if self.top { self.not_an_object("a string") } else { Ok(()) }
+    }
+}
+
+impl ObjectSeed<'_, '_, '_> {
+    fn not_an_object<E: de::Error>(&self, found: &str) -> Result<(), E> {
+        *self.problem.borrow_mut() =
+            Some(BadRecord::new(BadRecordKind::NotAnObject, format!("the message is {found}, not a JSON object")));
+        Err(E::custom("not an object"))
+    }
+}
+
+fn raw_of(value: &serde_json::Value) -> Raw<'static> {
+    match value {
+        serde_json::Value::Null => Raw::Null,
+        serde_json::Value::Bool(b) => Raw::Bool(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Raw::I64)
+            .or_else(|| n.as_u64().map(Raw::U64))
+            .unwrap_or_else(|| Raw::F64(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::String(s) => Raw::Str(Cow::Owned(s.clone())),
+        serde_json::Value::Array(_) => Raw::Array,
+        serde_json::Value::Object(_) => Raw::Object,
+    }
+}
+
+fn extract(node: &PathNode, value: &serde_json::Value, out: &mut [Option<Raw<'_>>]) {
+    let serde_json::Value::Object(map) = value else { return };
+    for (key, child) in &node.children {
+        if let Some(v) = map.get(key) {
+            for &column in &child.columns {
+                out[column] = Some(raw_of(v));
+            }
+            extract(child, v, out);
         }
     }
 }

@@ -20,5 +20,5 @@ pub mod partition;
 mod timestamp;
 pub mod worker;
 
-pub use decode::{BadRecord, BadRecordKind, Decoder, Row, Scratch};
+pub use decode::{BadRecord, BadRecordKind, Decoder, Row};
 pub use timestamp::parse_rfc3339;

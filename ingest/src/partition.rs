@@ -23,7 +23,7 @@ use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
 use tokio::sync::watch;
 
 use crate::budget::{MemoryBudget, Pressure};
-use crate::decode::{BadRecord, Decoder, Scratch};
+use crate::decode::{BadRecord, Decoder};
 use crate::metrics as m;
 
 /// How a partition's ingestion ended.
@@ -126,13 +126,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     tracing::info!(table = %config.table, partition, ?start, epoch = lease.epoch(), "consuming");
 
     let labels = [("table", config.table.clone()), ("partition", partition.to_string())];
-    let mut state = Consuming {
-        segment: None,
-        started: None,
-        labels: labels.clone(),
-        log: LogLimiter::default(),
-        scratch: Scratch::default(),
-    };
+    let mut state = Consuming { segment: None, started: None, labels: labels.clone(), log: LogLimiter::default() };
     let mut next_lag_check = Instant::now();
     let exit = loop {
         // Over the memory budget: the largest segment seals early, the rest wait.
@@ -211,8 +205,6 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
 
 struct Consuming {
     segment: Option<ConsumingSegment>,
-    /// The decoder's parse buffers, reused for every record.
-    scratch: Scratch,
     started: Option<Instant>,
     labels: [(&'static str, String); 2],
     log: LogLimiter,
@@ -261,7 +253,7 @@ impl Consuming {
         self.started.get_or_insert_with(Instant::now);
         metrics::counter!(m::RECORDS_CONSUMED, &self.labels).increment(1);
         metrics::counter!(m::BYTES_CONSUMED, &self.labels).increment(payload.len() as u64);
-        let bad = match ctx.decoder.decode(payload, &mut self.scratch) {
+        let bad = match ctx.decoder.decode(payload) {
             Ok(row) => match segment.append(offset, &row.datums()) {
                 Ok(()) => return Ok(()),
                 Err(e) => BadRecord { kind: crate::BadRecordKind::WrongType, column: None, detail: e.to_string() },

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sluice_config::parse_pipeline;
-use sluice_ingest::{BadRecordKind, Decoder, Scratch};
+use sluice_ingest::{BadRecordKind, Decoder};
 use sluice_segments::Datum;
 
 const PIPELINE: &str = r#"
@@ -57,7 +57,7 @@ fn decoder() -> Decoder {
 }
 
 fn bad(json: &[u8]) -> (BadRecordKind, Option<String>) {
-    let error = decoder().decode(json, &mut Scratch::default()).expect_err("a bad record");
+    let error = decoder().decode(json).expect_err("a bad record");
     assert!(!error.to_string().is_empty());
     (error.kind, error.column)
 }
@@ -68,8 +68,7 @@ fn a_good_record_becomes_a_row() {
     let json = br#"{"ts": 1764000000123, "user": {"id": "u-\u00e9", "geo": {"country": "DE"}, "extra": [1, {"x": 2}]},
                    "status": 200, "bytes": 9007199254740993, "score": 0.5, "ok": true, "seen": "2026-11-25T10:07:59.999Z",
                    "ignored": {"deep": [[[]]]}}"#;
-    let mut scratch = Scratch::default();
-    let row = d.decode(json, &mut scratch).unwrap();
+    let row = d.decode(json).unwrap();
     assert_eq!(
         row.datums(),
         vec![
@@ -87,8 +86,7 @@ fn a_good_record_becomes_a_row() {
 
 #[test]
 fn missing_and_null_optional_fields_use_defaults_or_null() {
-    let mut scratch = Scratch::default();
-    let row = decoder().decode(br#"{"ts": 1, "user": {"id": "u"}, "status": null}"#, &mut scratch).unwrap();
+    let row = decoder().decode(br#"{"ts": 1, "user": {"id": "u"}, "status": null}"#).unwrap();
     let datums = row.datums();
     assert_eq!(datums[2], Datum::Str("ZZ"), "default for a missing field");
     assert_eq!(datums[3], Datum::Null);
@@ -131,14 +129,14 @@ fn deeply_nested_input_never_overflows_the_stack() {
     // In a field no column reads: skipped (iteratively), the row is fine.
     let ignored =
         format!("{{\"ts\": 1, \"user\": {{\"id\": \"u\"}}, \"x\": {}{}}}", "[".repeat(levels), "]".repeat(levels));
-    assert!(d.decode(ignored.as_bytes(), &mut Scratch::default()).is_ok());
+    assert!(d.decode(ignored.as_bytes()).is_ok());
     // In a field a column reads: the wrong type for it.
     let read =
         format!("{{\"ts\": 1, \"user\": {{\"id\": \"u\"}}, \"status\": {}{}}}", "[".repeat(levels), "]".repeat(levels));
-    assert_eq!(d.decode(read.as_bytes(), &mut Scratch::default()).unwrap_err().kind, BadRecordKind::WrongType);
+    assert_eq!(d.decode(read.as_bytes()).unwrap_err().kind, BadRecordKind::WrongType);
     // Unbalanced: invalid JSON, found without recursing either.
     let open = format!("{{\"ts\": 1, \"x\": {}", "{\"a\":".repeat(levels));
-    assert!(d.decode(open.as_bytes(), &mut Scratch::default()).is_err());
+    assert!(d.decode(open.as_bytes()).is_err());
 }
 
 #[test]
@@ -152,13 +150,13 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decoder().decode(&bytes, &mut Scratch::default());
+        let _ = decoder().decode(&bytes);
     }
 
     #[test]
     fn arbitrary_json_never_panics(json in arbitrary_json(4)) {
         let text = serde_json::to_string(&serde_json::json!({"ts": 1, "user": {"id": "u", "geo": json.clone()}, "status": json})).unwrap();
-        let _ = decoder().decode(text.as_bytes(), &mut Scratch::default());
+        let _ = decoder().decode(text.as_bytes());
     }
 }
 
