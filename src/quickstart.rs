@@ -126,10 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some(t) => (t.snapshot().len(), t.row_count()),
             None => (0, 0),
         };
-        let committed: i64 = match coordinator.checkpoints(TABLE).await {
-            Ok(checkpoints) => checkpoints.iter().filter_map(|(_, c)| c.next_offset).sum(),
-            Err(_) => 0,
-        };
+        let committed = committed_offsets(coordinator.as_ref()).await;
         let sent = produced.load(Ordering::Relaxed);
         let lag = sent.saturating_sub(committed.max(0) as u64);
         let line = format!(
@@ -162,8 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Ok(Err(e)) => eprintln!("worker: {e:#}"),
         Err(e) => eprintln!("worker task: {e}"),
     }
-    let committed: i64 =
-        coordinator.checkpoints(TABLE).await.map(|c| c.iter().filter_map(|(_, c)| c.next_offset).sum()).unwrap_or(0);
+    let committed = committed_offsets(coordinator.as_ref()).await;
     let engine = node.engine.clone();
     node.join().await;
     println!(
@@ -178,6 +174,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => println!("Data kept in {}", data_dir.display()),
     }
     Ok(())
+}
+
+/// Records committed so far: the sum of every partition's next offset
+/// (offsets start at 0 on the embedded broker).
+async fn committed_offsets(coordinator: &dyn Coordinator) -> i64 {
+    coordinator.checkpoints(TABLE).await.map_or(0, |c| c.iter().filter_map(|(_, c)| c.next_offset).sum())
 }
 
 const EXAMPLES: [(&str, &str); 3] = [

@@ -186,10 +186,11 @@ impl CatalogFollower {
             }
         }
         if let Some(table) = &state.table {
-            if changed || self.engine.table(name).is_none() {
+            let registered = self.engine.table(name).is_some();
+            if changed || !registered {
                 table.replace(state.segments.values().map(|l| l.segment.clone()).collect());
             }
-            if self.engine.table(name).is_none() {
+            if !registered {
                 self.engine.register(table.clone());
             }
         }

@@ -31,18 +31,21 @@ pub fn classify(expr: &Expr, schema: &Schema) -> TableProviderFilterPushDown {
     }
 }
 
-/// The conjunction of every translatable filter, and whether all of the
-/// filters were translated exactly.
-pub fn translate_all(filters: &[Expr], schema: &Schema) -> (Option<Predicate>, bool) {
-    let mut all_exact = true;
+/// The conjunction of every translatable filter, and the filters that did
+/// not translate exactly (the scan evaluates those itself; none left means
+/// the predicate is exactly the filters).
+pub fn translate_all(filters: &[Expr], schema: &Schema) -> (Option<Predicate>, Vec<Expr>) {
+    let mut residual = Vec::new();
     let mut parts = Vec::with_capacity(filters.len());
     for filter in filters {
         match translate(filter, schema) {
             Some(t) => {
-                all_exact &= t.exact;
+                if !t.exact {
+                    residual.push(filter.clone());
+                }
                 parts.push(t.predicate);
             }
-            None => all_exact = false,
+            None => residual.push(filter.clone()),
         }
     }
     let predicate = match parts.len() {
@@ -50,7 +53,7 @@ pub fn translate_all(filters: &[Expr], schema: &Schema) -> (Option<Predicate>, b
         1 => parts.pop(),
         _ => Some(Predicate::And(parts)),
     };
-    (predicate, all_exact)
+    (predicate, residual)
 }
 
 /// A predicate TRUE on a superset of the rows where `expr` is TRUE, or None
@@ -103,10 +106,9 @@ pub fn translate(expr: &Expr, schema: &Schema) -> Option<Translation> {
         Expr::InList(InList { expr: inner, list, negated }) => {
             let (column, ty) = column_of(inner, schema)?;
             let mut values = list.iter().map(|e| literal(e).and_then(|v| typed(v, &ty))).collect::<Option<Vec<_>>>()?;
-            if values.iter().any(|v| zero(v).is_some()) {
-                let both: Vec<Scalar> = values.iter().filter_map(zero).flat_map(|(neg, pos)| [neg, pos]).collect();
-                values.extend(both);
-            }
+            // SQL compares -0.0 equal to 0.0: a zero in the list stands for both.
+            let zeros: Vec<Scalar> = values.iter().filter_map(zero).flat_map(|(neg, pos)| [neg, pos]).collect();
+            values.extend(zeros);
             exact(Predicate::In { column, values, negated: *negated })
         }
         Expr::Between(Between { expr: inner, negated, low, high }) => {

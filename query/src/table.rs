@@ -175,16 +175,12 @@ impl TableProvider for SegmentTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let (predicate, exact) = pushdown::translate_all(filters, &self.schema);
         // DataFusion may rewrite a filter after asking about it (say, an IN
         // list holding a NULL into an OR), so a filter promised Exact can
         // arrive in a form that no longer translates exactly. Whatever is not
         // exact is evaluated here as well: a promise is never silently broken.
-        let residual: Vec<Expr> = filters
-            .iter()
-            .filter(|f| !pushdown::translate(f, &self.schema).is_some_and(|t| t.exact))
-            .cloned()
-            .collect();
+        let (predicate, residual) = pushdown::translate_all(filters, &self.schema);
+        let exact = residual.is_empty();
         let read = Reader::new(state, &self.schema, &schema, residual)?;
         let threads = state.config().target_partitions().max(1);
         let segments = self.snapshot();
