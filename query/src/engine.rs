@@ -21,6 +21,7 @@ use futures::StreamExt;
 use sluice_config::QueryLimits;
 use tokio::sync::Semaphore;
 
+use crate::fast;
 use crate::response::{self, PinotResponse};
 use crate::table::{QUERY_STATS, ScanStats, SegmentTable};
 
@@ -132,6 +133,8 @@ impl QueryError {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    /// DataFusion's target partitions, also the fast path's threads.
+    threads: usize,
     tables: RwLock<BTreeMap<String, Arc<SegmentTable>>>,
     permits: Semaphore,
     waiting: AtomicUsize,
@@ -157,6 +160,7 @@ impl QueryEngine {
         Ok(QueryEngine {
             ctx,
             limits,
+            threads,
             tables: RwLock::default(),
             permits,
             waiting: AtomicUsize::new(0),
@@ -234,7 +238,7 @@ impl QueryEngine {
         });
         let remaining = self.limits.query_timeout.saturating_sub(started.elapsed());
         let stats = Arc::new(std::sync::Mutex::new(ScanStats::default()));
-        let run = QUERY_STATS.scope(stats.clone(), self.run(sql));
+        let run = QUERY_STATS.scope(stats.clone(), self.execute(sql));
         let batches = match tokio::time::timeout(remaining, run).await {
             Ok(result) => result?,
             Err(_) => return Err(QueryError::Timeout { limit: self.limits.query_timeout }),
@@ -244,7 +248,30 @@ impl QueryEngine {
         response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
     }
 
-    async fn run(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+    /// Runs `sql` to Arrow batches, by the fast path when it applies
+    /// ([`crate::fast`]), else through DataFusion. No slot, deadline or
+    /// metrics: [`QueryEngine::query`] adds those.
+    pub async fn execute(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        if let Some(query) = fast::plan(sql, |name| self.table(name)) {
+            metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
+            let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
+            let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
+            return Ok((schema, batches));
+        }
+        metrics::counter!("sluice_query_planner_total", "planner" => "datafusion").increment(1);
+        self.execute_datafusion(sql).await
+    }
+
+    /// Whether `sql` takes the fast path.
+    pub fn is_fast_path(&self, sql: &str) -> bool {
+        fast::plan(sql, |name| self.table(name)).is_some()
+    }
+
+    /// Runs `sql` through DataFusion's planner, whatever its shape.
+    pub async fn execute_datafusion(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
         SQLOptions::new()

@@ -13,6 +13,9 @@
 //!   segments with SQL's three-valued logic, so DataFusion drops it from the
 //!   plan; anything the indexes cannot answer exactly is left to DataFusion.
 //!   Results never depend on which path a filter took.
+//! - Selection queries (`SELECT columns FROM t WHERE exact filter LIMIT n`)
+//!   skip DataFusion's planner ([`fast`]); their answer is the one DataFusion
+//!   gives, row order aside.
 //! - The node is read-only: DDL, DML and statements are refused before
 //!   planning reaches any table.
 //! - Every request gets an answer: bad input a 4xx with the reason, limits a
@@ -21,6 +24,7 @@
 
 pub mod catalog;
 pub mod engine;
+mod fast;
 pub mod http;
 pub mod pushdown;
 pub mod response;

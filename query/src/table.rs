@@ -113,6 +113,10 @@ impl SegmentTable {
         &self.name
     }
 
+    pub(crate) fn schema_ref(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Whether a segment's columns are this table's (names and types).
     pub fn accepts(&self, segment: &Segment) -> Result<(), String> {
         let theirs: Vec<_> = segment.schema().fields().iter().filter(|f| f.name() != OFFSET_COLUMN).collect();
@@ -258,16 +262,26 @@ impl Reader {
 
 /// The rows of one segment a scan reads.
 #[derive(Clone)]
-struct Part {
-    segment: Arc<Segment>,
-    rows: Arc<RoaringBitmap>,
+pub(crate) struct Part {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) rows: Arc<RoaringBitmap>,
 }
 
-/// Prunes and evaluates, spreading segments over `threads`.
-fn select(segments: &[Arc<Segment>], predicate: Option<&Predicate>, threads: usize) -> Result<(Vec<Part>, ScanStats)> {
-    let one = |segment: &Arc<Segment>| -> Result<Option<Part>> {
+/// Prunes, then evaluates the segments left, spreading them over `threads`
+/// when there is more than one: pruning is a few comparisons per segment,
+/// while a thread costs tens of microseconds, more than a point or range
+/// lookup on one segment.
+pub(crate) fn select(
+    segments: &[Arc<Segment>],
+    predicate: Option<&Predicate>,
+    threads: usize,
+) -> Result<(Vec<Part>, ScanStats)> {
+    let candidates: Vec<&Arc<Segment>> = match predicate {
+        Some(p) => segments.iter().filter(|s| s.can_match(p)).collect(),
+        None => segments.iter().collect(),
+    };
+    let one = |segment: &&Arc<Segment>| -> Result<Part> {
         let rows = match predicate {
-            Some(p) if !segment.can_match(p) => return Ok(None),
             Some(p) => segment.evaluate(p).map_err(|e| DataFusionError::External(Box::new(e)))?,
             None => {
                 let mut all = RoaringBitmap::new();
@@ -275,39 +289,38 @@ fn select(segments: &[Arc<Segment>], predicate: Option<&Predicate>, threads: usi
                 all
             }
         };
-        Ok(Some(Part { segment: segment.clone(), rows: Arc::new(rows) }))
+        Ok(Part { segment: Arc::clone(segment), rows: Arc::new(rows) })
     };
-    let chunk = segments.len().div_ceil(threads.max(1)).max(1);
-    let results: Vec<Result<Option<Part>>> = if segments.len() <= 1 || threads == 1 {
-        segments.iter().map(one).collect()
+    let chunk = candidates.len().div_ceil(threads.max(1)).max(1);
+    let results: Vec<Result<Part>> = if candidates.len() <= 1 || threads == 1 {
+        candidates.iter().map(one).collect()
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> =
-                segments.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
+                candidates.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         })
     };
     let mut stats = ScanStats {
         segments_queried: segments.len() as u64,
+        segments_processed: candidates.len() as u64,
         total_docs: segments.iter().map(|s| u64::from(s.num_rows())).sum(),
         ..ScanStats::default()
     };
     let mut parts = Vec::new();
     for result in results {
-        if let Some(part) = result? {
-            stats.segments_processed += 1;
-            if !part.rows.is_empty() {
-                stats.segments_matched += 1;
-                stats.docs_scanned += part.rows.len();
-                parts.push(part);
-            }
+        let part = result?;
+        if !part.rows.is_empty() {
+            stats.segments_matched += 1;
+            stats.docs_scanned += part.rows.len();
+            parts.push(part);
         }
     }
     Ok((parts, stats))
 }
 
 /// Keeps the first `limit` selected rows.
-fn truncate(parts: &mut Vec<Part>, limit: u64) {
+pub(crate) fn truncate(parts: &mut Vec<Part>, limit: u64) {
     let mut left = limit;
     parts.retain_mut(|part| {
         if left == 0 {

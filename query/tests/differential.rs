@@ -241,3 +241,90 @@ async fn response_counts_segments_and_docs() {
     assert_eq!(r.num_segments_matched, 0);
     assert_eq!(r.num_docs_scanned, 0);
 }
+
+/// Selection queries the fast path must take; each must answer as plain
+/// DataFusion over a `MemTable` does, with the same column names and types.
+const FAST_CORPUS: &[&str] = &[
+    "SELECT * FROM clicks",
+    "SELECT ts, user_id, status FROM clicks WHERE country = 'FR'",
+    "SELECT user_id, status FROM clicks WHERE ts BETWEEN '2025-11-24T16:01:00Z' AND '2025-11-24T16:02:00Z'",
+    "SELECT ts FROM clicks WHERE ts > '2025-11-24 16:01:00'",
+    "SELECT ts, status FROM clicks WHERE ts >= '2025-11-24T17:01:30+01:00' AND ts < '2025-11-24T16:02:00.500Z'",
+    "select URL, Device from CLICKS where STATUS in (301, 404) and not IS_BOT",
+    "SELECT score FROM clicks WHERE score = 0",
+    "SELECT score FROM clicks WHERE score <= -0.0 OR score > 1e2",
+    "SELECT score, latency_ms FROM clicks WHERE score BETWEEN -1 AND 0.5 AND latency_ms <> 5",
+    "SELECT latency_ms FROM clicks WHERE latency_ms NOT BETWEEN -3 AND 100",
+    "SELECT bytes FROM clicks WHERE bytes >= 100000 AND bytes < 9000000000",
+    "SELECT user_id, url FROM clicks WHERE url LIKE '/product/1%'",
+    "SELECT country, device FROM clicks WHERE country IS NULL OR device IS NOT NULL AND NOT (status = 200)",
+    "SELECT * FROM clicks WHERE user_id = 'nobody'",
+    "SELECT \"country\" FROM \"clicks\" WHERE NOT (status >= 400) AND (is_bot = false OR is_bot IS NULL)",
+    "SELECT is_bot FROM clicks WHERE is_bot",
+    "SELECT user_id FROM clicks WHERE country NOT IN ('FR', 'DE', 'US') AND 404 = status",
+    "SELECT plan, age FROM users WHERE age > 30",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_answers_as_datafusion_does() {
+    let f = fixture();
+    let mut failures = Vec::new();
+    // Every filter of the main corpus, as a selection: those that translate
+    // exactly take the fast path, the rest go to DataFusion, and both must
+    // agree with the reference.
+    let derived: Vec<String> = CORPUS
+        .iter()
+        .filter_map(|q| q.strip_prefix("SELECT COUNT(*) FROM clicks WHERE "))
+        .filter(|filter| !filter.contains("SELECT"))
+        .map(|filter| format!("SELECT ts, user_id, score FROM clicks WHERE {filter}"))
+        .collect();
+    let mut fast = 0;
+    for sql in FAST_CORPUS.iter().copied().chain(derived.iter().map(String::as_str)) {
+        let is_fast = f.engine.is_fast_path(sql);
+        if FAST_CORPUS.contains(&sql) {
+            assert!(is_fast, "expected the fast path: {sql}");
+        }
+        fast += usize::from(is_fast);
+        let (schema, ours) = f.engine.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let (planned, _) = f.engine.execute_datafusion(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(schema, planned, "{sql}: the fast path's schema differs from DataFusion's");
+        let theirs = f.reference.sql(sql).await.unwrap().collect().await.unwrap();
+        let (a, b) = (normalize(&ours, false), normalize(&theirs, false));
+        if a != b {
+            failures.push(format!(
+                "{sql}\n  sluice:    {} rows {:?}\n  datafusion: {} rows {:?}",
+                a.len(),
+                head(&a),
+                b.len(),
+                head(&b)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} queries differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(fast >= FAST_CORPUS.len() + 20, "only {fast} queries took the fast path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_limits_and_counters() {
+    let f = fixture();
+    let sql = "SELECT user_id, status FROM clicks WHERE country = 'DE' LIMIT 7";
+    assert!(f.engine.is_fast_path(sql));
+    let (_, limited) = f.engine.execute(sql).await.unwrap();
+    let limited = normalize(&limited, false);
+    assert_eq!(limited.len(), 7);
+    let (_, all) = f.engine.execute("SELECT user_id, status FROM clicks WHERE country = 'DE'").await.unwrap();
+    let all = normalize(&all, false);
+    assert!(limited.iter().all(|row| all.contains(row)), "LIMIT returned rows outside the filter");
+
+    let r = f.engine.query("SELECT ts FROM clicks WHERE ts < '2025-11-24T16:00:10Z'").await.unwrap();
+    let total: u64 = SEGMENT_ROWS.iter().sum::<usize>() as u64;
+    assert_eq!((r.num_segments_queried, r.num_segments_processed, r.num_segments_matched), (6, 1, 1), "{r:?}");
+    assert_eq!(r.total_docs, total);
+    assert_eq!(r.num_docs_scanned, 1000);
+
+    let small = QueryEngine::new(QueryLimits { max_result_rows: 10, ..QueryLimits::default() }).unwrap();
+    register_fixture(&small);
+    let err = small.query("SELECT * FROM clicks WHERE country = 'FR'").await.unwrap_err();
+    assert_eq!(err.status(), 413, "{err}");
+    assert!(small.query("SELECT * FROM clicks WHERE country = 'FR' LIMIT 10").await.is_ok());
+}
