@@ -47,8 +47,12 @@ fn event(i: u64) -> Vec<u8> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let records: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let asked: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
     let partitions: i32 = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(8);
+    // Every partition gets the same number of records, a multiple of four,
+    // so each of its four segments seals on its row threshold and the run
+    // ends on throughput, never on the flush timer of a partial tail.
+    let records = asked.max(1).next_multiple_of(4 * partitions as u64);
     let sluice = std::env::current_exe()?.with_file_name("sluice");
     anyhow::ensure!(sluice.exists(), "{} not found: build it with `cargo build --release`", sluice.display());
 
@@ -72,33 +76,20 @@ async fn main() -> anyhow::Result<()> {
     producer.send_all(&topic, (0..records).map(|i| ((i % partitions as u64) as i32, event(i)))).await?;
     eprintln!("produced {records} records ({sample} bytes each) in {:.1?}", started.elapsed());
 
-    // (a) A bare consumer that only parses the JSON.
+    // (a) A bare consumer that only parses the JSON; and the same consumer
+    // parsing nothing, which is what the broker can deliver at all.
     let bootstrap = broker.bootstrap_servers().to_string();
-    let topic_a = topic.clone();
-    let baseline = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "bench-baseline")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment.add_partition_offset(&topic_a, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+    let delivery = bare_consumer(&bootstrap, &topic, partitions, records, false).await?;
+    let parse_alone = {
+        let payloads: Vec<Vec<u8>> = (0..records.min(200_000)).map(event).collect();
         let started = Instant::now();
-        let mut seen = 0u64;
-        while seen < records {
-            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                let message = message?;
-                let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
-                std::hint::black_box(value);
-                seen += 1;
-            }
+        for payload in &payloads {
+            let value: serde_json::Value = serde_json::from_slice(payload)?;
+            std::hint::black_box(value);
         }
-        Ok(started.elapsed())
-    })
-    .await??;
+        payloads.len() as f64 / started.elapsed().as_secs_f64()
+    };
+    let baseline = bare_consumer(&bootstrap, &topic, partitions, records, true).await?;
 
     // (b) sluice end to end.
     let dir = tempfile::tempdir()?;
@@ -108,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         .replace("topic = \"clickstream\"", &format!("topic = \"{topic}\""))
         // Four segments per partition, the last one sealed by its final row,
         // so the run ends on throughput, not on the flush timer.
-        .replace("rows = 500000", &format!("rows = {}", (records / partitions as u64 / 4).max(1)))
+        .replace("rows = 500000", &format!("rows = {}", records / partitions as u64 / 4))
         .replace("time = \"10m\"", "time = \"5s\"")
         .replace("policy = \"dead_letter\"\ntopic = \"clickstream-dead-letters\"", "policy = \"skip\"")
         .replace(
@@ -130,32 +121,39 @@ async fn main() -> anyhow::Result<()> {
         session_timeout: Duration::from_secs(30),
     })
     .await?;
-    let log = std::fs::File::create(dir.path().join("worker.log"))?;
+    // SLUICE_BENCH_LOG=<file> keeps the worker's log (at RUST_LOG, default warn).
+    let log_path = std::env::var("SLUICE_BENCH_LOG").map_or_else(|_| dir.path().join("worker.log"), Into::into);
+    let log = std::fs::File::create(&log_path)?;
     let mut command = Command::new(&sluice);
     command
         .args(["ingest", "--config"])
         .arg(dir.path().join("worker.toml"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stderr(log);
     let started = Instant::now();
     let mut process = GuardedChild::spawn(command).context("start sluice ingest")?;
     let mut peak_bytes_per_row = 0f64;
+    // Progress from the worker's metrics, not from ZooKeeper: listing the
+    // segment catalog every few milliseconds would load the ZooKeeper server
+    // the worker commits to. The catalog is checked once at the end.
     let elapsed = loop {
-        let (segments, _) = observer.segments("clickstream").await?;
-        let committed: u64 = segments.iter().map(|s| s.row_count).sum();
-        if committed >= records {
+        let (_, metrics) = http_get(&http, "/metrics");
+        let committed = metric_sum(&metrics, "sluice_rows_committed_total");
+        if committed >= records as f64 {
             break started.elapsed();
         }
-        let (_, metrics) = http_get(&http, "/metrics");
-        let in_flight = metric_sum(&metrics, "sluice_records_consumed_total") - committed as f64;
+        let in_flight = metric_sum(&metrics, "sluice_records_consumed_total") - committed;
         let memory = metric_sum(&metrics, "sluice_consuming_segment_bytes");
         if in_flight > 50_000.0 {
             peak_bytes_per_row = peak_bytes_per_row.max(memory / in_flight);
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "sluice did not finish within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (segments, _) = observer.segments("clickstream").await?;
+    let in_catalog: u64 = segments.iter().map(|s| s.row_count).sum();
+    anyhow::ensure!(in_catalog == records, "the catalog holds {in_catalog} rows, {records} were produced");
     let (_, metrics) = http_get(&http, "/metrics");
     let commit_sum = metric_sum(&metrics, "sluice_commit_seconds_sum");
     let commit_count = metric_sum(&metrics, "sluice_commit_seconds_count");
@@ -164,6 +162,10 @@ async fn main() -> anyhow::Result<()> {
 
     let a = records as f64 / baseline.as_secs_f64();
     let b = records as f64 / elapsed.as_secs_f64();
+    println!(
+        "Broker delivery alone (a consumer that parses nothing): {:.0} rows/s ({delivery:.2?}); JSON parse alone (in memory, one core): {parse_alone:.0} rows/s\n",
+        records as f64 / delivery.as_secs_f64()
+    );
     println!(
         "| records | partitions | (a) bare consumer + JSON parse | (b) sluice end to end | b/a | commit latency (mean) | consuming memory per 1M rows |"
     );
@@ -179,4 +181,52 @@ async fn main() -> anyhow::Result<()> {
         peak_bytes_per_row * 1_000_000.0 / (1024.0 * 1024.0)
     );
     Ok(())
+}
+
+/// Reads every record of `topic` with one consumer assigned all partitions,
+/// parsing each payload into a `serde_json::Value` when `parse` is set.
+async fn bare_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: u64,
+    parse: bool,
+) -> anyhow::Result<Duration> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "bench-baseline")
+            .set("enable.auto.commit", "false")
+            // The baseline at its best: librdkafka's default caps the
+            // prefetched queue of a consumer at 64 MiB over all its
+            // partitions and then postpones fetching by a whole second
+            // (`fetch.queue.backoff.ms`), which a parsing consumer hits on
+            // large runs. sluice's consumers each hold one partition.
+            .set("queued.max.messages.kbytes", "1048576")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let started = Instant::now();
+        let mut seen = 0u64;
+        while seen < records {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message?;
+                let payload = message.payload().unwrap_or_default();
+                if parse {
+                    let value: serde_json::Value = serde_json::from_slice(payload)?;
+                    std::hint::black_box(value);
+                } else {
+                    std::hint::black_box(payload);
+                }
+                seen += 1;
+            }
+        }
+        Ok(started.elapsed())
+    })
+    .await?
 }

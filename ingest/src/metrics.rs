@@ -16,6 +16,8 @@ pub const BYTES_CONSUMED: &str = "sluice_bytes_consumed_total";
 pub const BAD_RECORDS: &str = "sluice_bad_records_total";
 pub const SEGMENTS_SEALED: &str = "sluice_segments_sealed_total";
 pub const SEGMENTS_COMMITTED: &str = "sluice_segments_committed_total";
+/// Rows in committed segments: what queries can see.
+pub const ROWS_COMMITTED: &str = "sluice_rows_committed_total";
 pub const SEAL_SECONDS: &str = "sluice_seal_seconds";
 pub const COMMIT_SECONDS: &str = "sluice_commit_seconds";
 pub const CONSUMING_BYTES: &str = "sluice_consuming_segment_bytes";

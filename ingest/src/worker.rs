@@ -256,20 +256,30 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 Err(e) => tracing::error!(%table, partition, error = %e, "partition task panicked"),
             }
         }
-        // Hand over what is no longer ours: the task commits, then releases.
-        let surplus: Vec<i32> = running.keys().copied().filter(|p| !mine.contains(p)).collect();
-        for partition in surplus {
-            let r = running.remove(&partition).expect("present");
+        // Hand over what is no longer ours: each task commits, then releases;
+        // all of them at once.
+        let surplus: Vec<Running> = {
+            let gone: Vec<i32> = running.keys().copied().filter(|p| !mine.contains(p)).collect();
+            gone.iter().map(|p| running.remove(p).expect("present")).collect()
+        };
+        for r in &surplus {
             let _ = r.stop.send(true);
-            let _ = r.task.await;
-            tracing::info!(%table, partition, "handed over");
         }
-        // Take what is newly ours.
-        for &partition in &mine {
-            if running.contains_key(&partition) || failed_until.get(&partition).is_some_and(|t| *t > Instant::now()) {
-                continue;
-            }
-            match ctx.coordinator.acquire(&table, partition, &me).await {
+        for r in surplus {
+            let _ = r.task.await;
+        }
+        // Take what is newly ours. Acquisitions are independent ZooKeeper
+        // transactions on one session, so they are pipelined, not awaited
+        // one by one: a worker starting with 48 partitions owns them all in
+        // a few round trips.
+        let wanted: Vec<i32> = mine
+            .iter()
+            .copied()
+            .filter(|p| !running.contains_key(p) && failed_until.get(p).is_none_or(|t| *t <= Instant::now()))
+            .collect();
+        let acquired = futures::future::join_all(wanted.iter().map(|&p| ctx.coordinator.acquire(&table, p, &me))).await;
+        for (partition, result) in wanted.into_iter().zip(acquired) {
+            match result {
                 Ok(Some(lease)) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));

@@ -1,7 +1,6 @@
 //! Sealing a consuming segment, and the immutable segment read from a file.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Bound;
 use std::path::Path;
@@ -116,7 +115,9 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
         .last_offset()
         .ok_or_else(|| SegmentError::Predicate("cannot seal a segment that consumed nothing".into()))?;
     let mut arrays = segment.arrays();
-    if let Some(sorted) = schema.sorted {
+    // Rows usually arrive in time order already; then the sort by (column,
+    // offset) is the identity and is skipped.
+    if let Some(sorted) = schema.sorted.filter(|&s| !non_decreasing(arrays[s].as_ref())) {
         let options = Some(SortOptions { descending: false, nulls_first: true });
         let order = lexsort_to_indices(
             &[
@@ -240,7 +241,7 @@ fn dictionary_is_smaller(array: &StringArray, distinct: &[Key]) -> bool {
 
 /// Int32 keys into `distinct` (sorted, so key order is value order).
 fn dictionary_encode(array: &StringArray, distinct: &[Key]) -> Result<ArrayRef, SegmentError> {
-    let ids: HashMap<&str, i32> = distinct
+    let ids: foldhash::HashMap<&str, i32> = distinct
         .iter()
         .enumerate()
         .filter_map(|(i, k)| if let Key::Str(s) = k { Some((s.as_ref(), i as i32)) } else { None })
@@ -302,7 +303,7 @@ fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentErr
             rows: impl Iterator<Item = (u32, K)>,
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
-            let mut groups: HashMap<K, RoaringBitmap> = HashMap::new();
+            let mut groups: foldhash::HashMap<K, RoaringBitmap> = foldhash::HashMap::default();
             for (row, value) in rows {
                 groups.entry(value).or_default().insert(row);
             }
@@ -324,13 +325,26 @@ fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
             rows: impl Iterator<Item = (u32, K)>,
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
-            let set: std::collections::HashSet<K> = rows.map(|(_, v)| v).collect();
+            let set: foldhash::HashSet<K> = rows.map(|(_, v)| v).collect();
             let mut keys: Vec<Key> = set.into_iter().map(key).collect();
             keys.sort_unstable();
             keys
         }
     }
     visit_keys(array, Distinct)
+}
+
+/// Whether a column without NULLs never decreases (integers and
+/// timestamps; other types are not checked and report false).
+fn non_decreasing(array: &dyn Array) -> bool {
+    if array.null_count() > 0 {
+        return false;
+    }
+    match array.data_type() {
+        DataType::Int64 | DataType::Timestamp(..) => int64_values(array).is_sorted(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().values().is_sorted(),
+        _ => false,
+    }
 }
 
 /// The i64 values of an Int64 or timestamp array.
