@@ -380,28 +380,55 @@ async fn flush(
     state: &mut Consuming,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), Exit> {
-    let Some(segment) = state.segment.as_ref() else { return Ok(()) };
-    let Some(end_offset) = segment.last_offset() else { return Ok(()) };
+    let Some(segment) = state.segment.take() else { return Ok(()) };
+    let Some(end_offset) = segment.last_offset() else {
+        state.segment = Some(segment);
+        return Ok(());
+    };
     let config = &ctx.config;
     let created_at_ms = now_ms();
     let name = SegmentRecord::segment_name(&config.table, lease.partition, lease.checkpoint.next_seq, created_at_ms);
-    let sealing = Instant::now();
-    let image = seal(segment, &name, created_at_ms).map_err(|e| Exit::Failed(format!("seal {name}: {e}")))?;
-    metrics::histogram!(m::SEAL_SECONDS, &state.labels).record(sealing.elapsed().as_secs_f64());
-    metrics::counter!(m::SEGMENTS_SEALED, &state.labels).increment(1);
     let path = ctx.store.segment_path(&config.table, &name, lease.epoch());
-    image.write_file(&path).map_err(|e| Exit::Failed(format!("upload {name}: {e}")))?;
+    // Sealing, checksumming and the fsynced write are CPU and disk work: off
+    // the runtime's threads, so that other partitions' commits and the
+    // ZooKeeper session are not held up behind them. The segment travels
+    // with the work and comes back: it stays the consuming state until its
+    // commit lands.
+    let (segment, sealed) = {
+        let (name, path, labels) = (name.clone(), path.clone(), state.labels.clone());
+        tokio::task::spawn_blocking(move || {
+            let sealing = Instant::now();
+            let sealed =
+                seal(&segment, &name, created_at_ms).map_err(|e| format!("seal {name}: {e}")).and_then(|image| {
+                    metrics::histogram!(m::SEAL_SECONDS, &labels).record(sealing.elapsed().as_secs_f64());
+                    metrics::counter!(m::SEGMENTS_SEALED, &labels).increment(1);
+                    image.write_file(&path).map_err(|e| format!("upload {name}: {e}"))?;
+                    Ok((
+                        image.meta.row_count,
+                        image.meta.time_range,
+                        image.bytes.len() as u64,
+                        crc32c::crc32c(&image.bytes),
+                    ))
+                });
+            (segment, sealed)
+        })
+        .await
+        .map_err(|e| Exit::Failed(format!("seal task: {e}")))?
+    };
+    let start_offset = segment.start_offset();
+    state.segment = Some(segment);
+    let (row_count, time_range, size_bytes, crc32c) = sealed.map_err(Exit::Failed)?;
     let record = SegmentRecord {
         name: name.clone(),
         partition: lease.partition,
         seq: lease.checkpoint.next_seq,
-        start_offset: segment.start_offset(),
+        start_offset,
         end_offset,
-        row_count: image.meta.row_count,
+        row_count,
         uri: DeepStore::uri_of(&path),
-        size_bytes: image.bytes.len() as u64,
-        crc32c: crc32c::crc32c(&image.bytes),
-        time_range: image.meta.time_range,
+        size_bytes,
+        crc32c,
+        time_range,
         created_at_ms,
     };
     let mut backoff = Duration::from_millis(100);
