@@ -47,7 +47,7 @@ use sluice_segments::Predicate;
 
 use crate::engine::QueryError;
 use crate::pushdown;
-use crate::table::{Part, ScanStats, SegmentTable, select, truncate};
+use crate::table::{Part, ScanStats, SegmentTable, par_map, select, truncate};
 
 /// A query the fast path answers.
 pub(crate) struct FastQuery {
@@ -185,15 +185,7 @@ fn read(parts: &[Part], schema: &SchemaRef, threads: usize) -> Result<Vec<Record
     // Below this, threads cost more than they save.
     const PARALLEL_ROWS: u64 = 32 * 1024;
     let rows: u64 = parts.iter().map(|p| p.rows.len()).sum();
-    if parts.len() <= 1 || threads <= 1 || rows < PARALLEL_ROWS {
-        return parts.iter().map(one).collect();
-    }
-    let chunk = parts.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            parts.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    })
+    par_map(parts, if rows < PARALLEL_ROWS { 1 } else { threads }, one).into_iter().collect()
 }
 
 fn internal(e: impl std::fmt::Display) -> QueryError {

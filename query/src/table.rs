@@ -291,16 +291,7 @@ pub(crate) fn select(
         };
         Ok(Part { segment: Arc::clone(segment), rows: Arc::new(rows) })
     };
-    let chunk = candidates.len().div_ceil(threads.max(1)).max(1);
-    let results: Vec<Result<Part>> = if candidates.len() <= 1 || threads == 1 {
-        candidates.iter().map(one).collect()
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                candidates.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        })
-    };
+    let results = par_map(&candidates, threads, one);
     let mut stats = ScanStats {
         segments_queried: segments.len() as u64,
         segments_processed: candidates.len() as u64,
@@ -317,6 +308,21 @@ pub(crate) fn select(
         }
     }
     Ok((parts, stats))
+}
+
+/// `f` over `items` in order, on up to `threads` scoped threads of
+/// contiguous chunks (inline for one). A panic in `f` is resumed here.
+pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if threads <= 1 || items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(f).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// Keeps the first `limit` selected rows.
