@@ -138,7 +138,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     let consuming_bytes = metrics::gauge!(m::CONSUMING_BYTES, &labels);
     let mut stream = consumer.stream();
     let mut next_lag_check = Instant::now();
-    let exit = loop {
+    let exit = 'consume: loop {
         // Over the memory budget: the largest segment seals early, the rest wait.
         let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
         match ctx.budget.report(&config.table, partition, memory) {
@@ -173,39 +173,32 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
             received = tokio::time::timeout(Duration::from_millis(200), stream.next()) => received,
         };
         match message {
-            Ok(Some(Ok(message))) => {
-                if let Err(exit) =
-                    state.consume(&ctx, &lease, message.offset(), message.payload().unwrap_or_default()).await
-                {
-                    break exit;
-                }
-                // Then what librdkafka already holds, without a timer, a
-                // select or a budget check per record. A batch ends where the
-                // segment reaches its row threshold, so segments hold exactly
-                // `flush.rows` rows; the byte threshold and the budget are
-                // checked between batches.
-                let mut failed = None;
-                for _ in 1..DRAIN_BATCH {
-                    if state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows) {
+            Ok(Some(Ok(first))) => {
+                // The awaited record, then what librdkafka already holds,
+                // without a timer, a select or a budget check per record. A
+                // batch ends where the segment reaches its row threshold, so
+                // segments hold exactly `flush.rows` rows; the byte threshold
+                // and the budget are checked between batches.
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(message) = next.take() {
+                    let payload = message.payload().unwrap_or_default();
+                    if let Err(exit) = state.consume(&ctx, &lease, message.offset(), payload).await {
+                        break 'consume exit;
+                    }
+                    taken += 1;
+                    let full = state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
+                    if taken == DRAIN_BATCH || full {
                         break;
                     }
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(message))) => {
-                            let payload = message.payload().unwrap_or_default();
-                            if let Err(exit) = state.consume(&ctx, &lease, message.offset(), payload).await {
-                                failed = Some(exit);
-                                break;
-                            }
-                        }
+                    next = match stream.next().now_or_never() {
+                        Some(Some(Ok(message))) => Some(message),
                         Some(Some(Err(e))) => {
                             tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
-                            break;
+                            None
                         }
-                        Some(None) | None => break,
-                    }
-                }
-                if let Some(exit) = failed {
-                    break exit;
+                        Some(None) | None => None,
+                    };
                 }
             }
             Ok(Some(Err(e))) => {

@@ -258,15 +258,15 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
         }
         // Hand over what is no longer ours: each task commits, then releases;
         // all of them at once.
-        let surplus: Vec<Running> = {
-            let gone: Vec<i32> = running.keys().copied().filter(|p| !mine.contains(p)).collect();
-            gone.iter().map(|p| running.remove(p).expect("present")).collect()
-        };
-        for r in &surplus {
+        let surplus: Vec<i32> = running.keys().copied().filter(|p| !mine.contains(p)).collect();
+        let surplus: Vec<(i32, Running)> =
+            surplus.into_iter().map(|p| (p, running.remove(&p).expect("present"))).collect();
+        for (_, r) in &surplus {
             let _ = r.stop.send(true);
         }
-        for r in surplus {
+        for (partition, r) in surplus {
             let _ = r.task.await;
+            tracing::info!(%table, partition, "handed over");
         }
         // Take what is newly ours. Acquisitions are independent ZooKeeper
         // transactions on one session, so they are pipelined, not awaited
