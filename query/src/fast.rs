@@ -31,7 +31,6 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::RecordBatchOptions;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{Column, ScalarValue};
@@ -47,7 +46,7 @@ use sluice_segments::Predicate;
 
 use crate::engine::QueryError;
 use crate::pushdown;
-use crate::table::{Part, ScanStats, SegmentTable, par_map, select, truncate};
+use crate::table::{Part, Reader, ScanStats, SegmentTable, par_map, select, truncate};
 
 /// A query the fast path answers.
 pub(crate) struct FastQuery {
@@ -175,13 +174,8 @@ pub(crate) async fn execute(
 /// The selected rows of every part, spread over `threads` when there is
 /// enough to read.
 fn read(parts: &[Part], schema: &SchemaRef, threads: usize) -> Result<Vec<RecordBatch>, QueryError> {
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let types: Vec<DataType> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-    let one = |part: &Part| -> Result<RecordBatch, QueryError> {
-        let columns = part.segment.materialize_as(&part.rows, &names, &types).map_err(internal)?;
-        let options = RecordBatchOptions::new().with_row_count(Some(part.rows.len() as usize));
-        RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(internal)
-    };
+    let reader = Reader::plain(schema);
+    let one = |part: &Part| reader.read(&part.segment, &part.rows, schema).map_err(internal);
     // Below this, threads cost more than they save.
     const PARALLEL_ROWS: u64 = 32 * 1024;
     let rows: u64 = parts.iter().map(|p| p.rows.len()).sum();

@@ -208,7 +208,7 @@ impl TableProvider for SegmentTable {
 /// the projection plus the columns of residual filters, filtered, then
 /// projected.
 #[derive(Debug, Clone)]
-struct Reader {
+pub(crate) struct Reader {
     read_schema: SchemaRef,
     residual: Option<Arc<dyn PhysicalExpr>>,
     /// Positions of the output columns in `read_schema`.
@@ -216,13 +216,14 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads exactly the `output` columns, with no filter of its own.
+    pub(crate) fn plain(output: &Schema) -> Self {
+        Reader { read_schema: Arc::new(output.clone()), residual: None, output: (0..output.fields().len()).collect() }
+    }
+
     fn new(state: &dyn Session, table: &Schema, output: &Schema, residual: Vec<Expr>) -> Result<Self> {
         let Some(expr) = datafusion::logical_expr::utils::conjunction(residual) else {
-            return Ok(Reader {
-                read_schema: Arc::new(output.clone()),
-                residual: None,
-                output: (0..output.fields().len()).collect(),
-            });
+            return Ok(Reader::plain(output));
         };
         let mut needed: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
         for column in expr.column_refs() {
@@ -239,7 +240,7 @@ impl Reader {
         Ok(Reader { read_schema, residual: Some(residual), output })
     }
 
-    fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
+    pub(crate) fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
         let names: Vec<&str> = self.read_schema.fields().iter().map(|f| f.name().as_str()).collect();
         let types: Vec<DataType> = self.read_schema.fields().iter().map(|f| f.data_type().clone()).collect();
         let columns =
