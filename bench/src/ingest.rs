@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, metrics) = http_get(&http, "/metrics");
     let commit_sum = metric_sum(&metrics, "sluice_commit_seconds_sum");
     let commit_count = metric_sum(&metrics, "sluice_commit_seconds_count");
+    let worker_cpu = process.id().and_then(cpu_seconds);
     process.signal(libc::SIGTERM)?;
     process.wait_timeout(Duration::from_secs(30))?;
 
@@ -166,6 +167,13 @@ async fn main() -> anyhow::Result<()> {
         "Broker delivery alone (a consumer that parses nothing): {:.0} rows/s ({delivery:.2?}); JSON parse alone (in memory, one core): {parse_alone:.0} rows/s\n",
         records as f64 / delivery.as_secs_f64()
     );
+    if let Some(cpu) = worker_cpu {
+        println!(
+            "sluice's CPU: {cpu:.2} s over {:.2} s ({:.2} µs per row; its threads, librdkafka's included)\n",
+            elapsed.as_secs_f64(),
+            cpu * 1e6 / records as f64
+        );
+    }
     println!(
         "| records | partitions | (a) bare consumer + JSON parse | (b) sluice end to end | b/a | commit latency (mean) | consuming memory per 1M rows |"
     );
@@ -229,4 +237,15 @@ async fn bare_consumer(
         Ok(started.elapsed())
     })
     .await?
+}
+
+/// User + system CPU seconds a process has used so far (Linux `/proc`).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is parenthesised and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }

@@ -14,7 +14,7 @@ use crate::error::{RowError, SegmentError};
 use crate::predicate::{self, Columns, Predicate, StatsSource};
 use crate::schema::SegmentSchema;
 use crate::stats::{ColumnStats, LiveStats};
-use crate::types::{Datum, Key};
+use crate::types::{AsKeyRef, Datum, Key, KeyRef};
 
 /// Rows between two exact recomputations of the live indexes' memory.
 const INDEX_MEMORY_RECOUNT_ROWS: u64 = 65_536;
@@ -129,21 +129,27 @@ impl ConsumingSegment {
         let row_id = self.offsets.len() as u32;
         for (i, datum) in row.iter().enumerate() {
             self.columns[i].push(datum);
-            if let Some(key) = Key::of(datum) {
+            // Borrowed keys: a key is allocated only when it is new to the
+            // index or a new minimum or maximum.
+            if let Some(key) = KeyRef::of(datum) {
                 if let Some(index) = &mut self.live[i] {
-                    match index.get_mut(&key) {
+                    match index.get_mut(&key as &dyn AsKeyRef) {
+                        // Row ids only grow, so `try_push` appends without a search.
                         Some(rows) => {
-                            rows.insert(row_id);
+                            if rows.try_push(row_id).is_err() {
+                                rows.insert(row_id);
+                            }
                         }
                         None => {
+                            let key = key.to_key();
                             self.index_bytes_counted += INDEX_ENTRY_OVERHEAD + key.heap_size();
                             let mut rows = RoaringBitmap::new();
                             rows.insert(row_id);
-                            index.insert(key.clone(), rows);
+                            index.insert(key, rows);
                         }
                     }
                 }
-                self.stats[i].observe(&key);
+                self.stats[i].observe(key);
             }
         }
         self.offsets.push(offset);

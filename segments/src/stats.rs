@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_config::ColumnType;
 
-use crate::types::{Key, Scalar};
+use crate::types::{Key, KeyRef, Scalar};
 
 /// Per-column statistics, kept live while consuming and stored with every
 /// sealed segment; pruning decides from them alone.
@@ -33,12 +33,12 @@ pub(crate) struct LiveStats {
 }
 
 impl LiveStats {
-    pub fn observe(&mut self, key: &Key) {
-        if self.min.as_ref().is_none_or(|m| key < m) {
-            self.min = Some(key.clone());
+    pub fn observe(&mut self, key: KeyRef<'_>) {
+        if self.min.as_ref().is_none_or(|m| key < m.as_key_ref()) {
+            self.min = Some(key.to_key());
         }
-        if self.max.as_ref().is_none_or(|m| key > m) {
-            self.max = Some(key.clone());
+        if self.max.as_ref().is_none_or(|m| key > m.as_key_ref()) {
+            self.max = Some(key.to_key());
         }
     }
 

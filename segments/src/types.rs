@@ -202,6 +202,94 @@ impl Key {
             _ => 0,
         }
     }
+
+    pub fn as_key_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Bool(v) => KeyRef::Bool(*v),
+            Key::Int(v) => KeyRef::Int(*v),
+            Key::Float(v) => KeyRef::Float(*v),
+            Key::Str(s) => KeyRef::Str(s),
+        }
+    }
+}
+
+/// A [`Key`] that borrows its string: what appending a row compares and
+/// looks up, so that a row costs no allocation per string column. Its
+/// variants and their order are [`Key`]'s, so both order alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyRef<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Str(&'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    /// The key of a non-null datum.
+    pub fn of(datum: &Datum<'a>) -> Option<KeyRef<'a>> {
+        Some(match *datum {
+            Datum::Null => return None,
+            Datum::Bool(v) => KeyRef::Bool(v),
+            Datum::Int32(v) => KeyRef::Int(i64::from(v)),
+            Datum::Int64(v) | Datum::Timestamp(v) => KeyRef::Int(v),
+            Datum::Float32(v) => KeyRef::Float(f32_order_bits(v)),
+            Datum::Float64(v) => KeyRef::Float(f64_order_bits(v)),
+            Datum::Str(v) => KeyRef::Str(v),
+        })
+    }
+
+    pub fn to_key(self) -> Key {
+        match self {
+            KeyRef::Bool(v) => Key::Bool(v),
+            KeyRef::Int(v) => Key::Int(v),
+            KeyRef::Float(v) => Key::Float(v),
+            KeyRef::Str(s) => Key::Str(s.into()),
+        }
+    }
+}
+
+/// Either kind of key, as one type that a `BTreeMap<Key, _>` can be searched
+/// by (`Key: Borrow<dyn AsKeyRef>`), so a lookup needs no owned [`Key`].
+pub trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for Key {
+    fn key_ref(&self) -> KeyRef<'_> {
+        self.as_key_ref()
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsKeyRef + 'a> for Key {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+impl PartialOrd for dyn AsKeyRef + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn AsKeyRef + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key_ref().cmp(&other.key_ref())
+    }
 }
 
 /// A 64-bit hash that is the same on every platform, build and run — what
@@ -317,5 +405,32 @@ mod tests {
             assert_eq!(f64_from_order_bits(f64_order_bits(v)).to_bits(), v.to_bits());
         }
         assert_eq!(f32_from_order_bits(f32_order_bits(-3.25f32)), -3.25f32);
+    }
+
+    #[test]
+    fn borrowed_keys_order_and_find_as_owned_keys_do() {
+        let keys = [
+            Key::Bool(false),
+            Key::Bool(true),
+            Key::Int(-5),
+            Key::Int(7),
+            Key::Float(f64_order_bits(-0.0)),
+            Key::Float(f64_order_bits(0.0)),
+            Key::Str("".into()),
+            Key::Str("a".into()),
+            Key::Str("ab".into()),
+            Key::Str("b".into()),
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(a.as_key_ref().cmp(&b.as_key_ref()), a.cmp(b), "{a:?} vs {b:?}");
+            }
+            assert_eq!(&a.as_key_ref().to_key(), a);
+        }
+        let map: std::collections::BTreeMap<Key, usize> = keys.iter().cloned().zip(0..).collect();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(map.get(&key.as_key_ref() as &dyn AsKeyRef), Some(&i));
+        }
+        assert_eq!(map.get(&KeyRef::Str("abc") as &dyn AsKeyRef), None);
     }
 }
