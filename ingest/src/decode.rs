@@ -142,25 +142,54 @@ struct ColumnDecoder {
 struct PathNode {
     /// Columns whose path ends here.
     columns: Vec<usize>,
-    /// Sorted by key: looked up by binary search for every key of every
-    /// record, which is cheaper than hashing short keys.
-    children: Vec<(String, PathNode)>,
+    /// Sorted by name. Looked up for every key of every record, so each
+    /// child carries its name's first eight bytes as an integer: a lookup
+    /// among a few children is a scan of integer compares, and the bytes
+    /// are compared only for the one child whose prefix and length match.
+    children: Vec<PathChild>,
+}
+
+#[derive(Debug)]
+struct PathChild {
+    prefix: u64,
+    name: String,
+    node: PathNode,
+}
+
+/// The first eight bytes of a key, zero-padded, as one integer.
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_le_bytes(bytes)
 }
 
 impl PathNode {
+    /// Up to this many children are scanned; more are binary-searched.
+    const SCAN: usize = 16;
+
     fn child(&self, key: &str) -> Option<&PathNode> {
-        self.children.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| &self.children[i].1)
+        if self.children.len() > Self::SCAN {
+            let i = self.children.binary_search_by(|c| c.name.as_str().cmp(key)).ok()?;
+            return Some(&self.children[i].node);
+        }
+        let prefix = prefix_of(key.as_bytes());
+        self.children
+            .iter()
+            .find(|c| c.prefix == prefix && c.name.len() == key.len() && (key.len() <= 8 || c.name == key))
+            .map(|c| &c.node)
     }
 
     fn child_mut(&mut self, key: &str) -> &mut PathNode {
-        let i = match self.children.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+        let i = match self.children.binary_search_by(|c| c.name.as_str().cmp(key)) {
             Ok(i) => i,
             Err(i) => {
-                self.children.insert(i, (key.to_string(), PathNode::default()));
+                let child = PathChild { prefix: prefix_of(key.as_bytes()), name: key.to_string(), node: PathNode::default() };
+                self.children.insert(i, child);
                 i
             }
         };
-        &mut self.children[i].1
+        &mut self.children[i].node
     }
 }
 
@@ -578,7 +607,7 @@ fn raw_of(value: &serde_json::Value) -> Raw<'static> {
 
 fn extract(node: &PathNode, value: &serde_json::Value, out: &mut [Option<Raw<'_>>]) {
     let serde_json::Value::Object(map) = value else { return };
-    for (key, child) in &node.children {
+    for PathChild { name: key, node: child, .. } in &node.children {
         if let Some(v) = map.get(key) {
             for &column in &child.columns {
                 out[column] = Some(raw_of(v));

@@ -60,6 +60,8 @@ pub struct PipelineContext {
     /// arrive there, because every partition's queue is split off before it
     /// is assigned.
     events: tokio::task::JoinHandle<()>,
+    /// Set once the consumer holds the topic's metadata (see [`ingest_partition`]).
+    metadata: tokio::sync::OnceCell<()>,
 }
 
 impl Drop for PipelineContext {
@@ -106,6 +108,7 @@ impl PipelineContext {
             budget,
             consumer,
             events,
+            metadata: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -163,6 +166,20 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     if let Err(e) = assignment.add_partition_offset(&config.source.topic, partition, start) {
         return Exit::Failed(format!("assign: {e}"));
     }
+    // The topic's partition leaders, once per consumer, before the first
+    // assignment: assigned without them, a partition waits for librdkafka's
+    // metadata refresh and offset-query retry timers, up to half a second
+    // before the first fetch. A failure here only costs that wait.
+    ctx.metadata
+        .get_or_init(|| async {
+            let (consumer, topic) = (consumer.clone(), config.source.topic.clone());
+            let fetched =
+                tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))).await;
+            if let Ok(Err(e)) = fetched {
+                tracing::warn!(table = %config.table, error = %e, "topic metadata");
+            }
+        })
+        .await;
     // Split before assigning: librdkafka forwards a newly assigned
     // partition's fetch queue to the consumer's queue unless the application
     // already took it over, and never once it has.

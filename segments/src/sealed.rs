@@ -138,16 +138,23 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
         let array = &arrays[i];
         // Bitmaps per value only where an inverted index needs them; the
         // distinct values alone serve stats, bloom filters and dictionaries.
+        // The values themselves only where a dictionary or a bloom filter
+        // may be built from them, and sorted only for a dictionary; other
+        // columns need just their count.
         let groups = if schema.inverted.contains(&i) { group_rows(array.as_ref())? } else { Vec::new() };
-        let keys: Vec<Key> = if schema.inverted.contains(&i) {
-            groups.iter().map(|(k, _)| k.clone()).collect()
+        let (mut keys, distinct): (Vec<Key>, u64) = if schema.inverted.contains(&i) {
+            (groups.iter().map(|(k, _)| k.clone()).collect(), groups.len() as u64)
+        } else if spec.data_type == ColumnType::String || schema.bloom.contains(&i) {
+            let keys = distinct_keys(array.as_ref())?;
+            let n = keys.len() as u64;
+            (keys, n)
         } else {
-            distinct_keys(array.as_ref())?
+            (Vec::new(), distinct_count(array.as_ref())?)
         };
-        let distinct = keys.len() as u64;
         let mut encoding = Encoding::Plain;
         let mut stored = array.clone();
         if spec.data_type == ColumnType::String && dictionary_is_smaller(array.as_string::<i32>(), &keys) {
+            keys.sort_unstable();
             stored = dictionary_encode(array.as_string::<i32>(), &keys)?;
             encoding = Encoding::Dictionary;
         }
@@ -315,7 +322,7 @@ fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentErr
     visit_keys(array, Groups)
 }
 
-/// Distinct non-null values, in key order.
+/// Distinct non-null values, in no particular order.
 fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
     struct Distinct;
     impl KeyVisitor for Distinct {
@@ -326,12 +333,22 @@ fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
             let set: foldhash::HashSet<K> = rows.map(|(_, v)| v).collect();
-            let mut keys: Vec<Key> = set.into_iter().map(key).collect();
-            keys.sort_unstable();
-            keys
+            set.into_iter().map(key).collect()
         }
     }
     visit_keys(array, Distinct)
+}
+
+/// How many distinct non-null values the column holds.
+fn distinct_count(array: &dyn Array) -> Result<u64, SegmentError> {
+    struct Count;
+    impl KeyVisitor for Count {
+        type Out = u64;
+        fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, _: impl Fn(K) -> Key) -> u64 {
+            rows.map(|(_, v)| v).collect::<foldhash::HashSet<K>>().len() as u64
+        }
+    }
+    visit_keys(array, Count)
 }
 
 /// Whether a column without NULLs never decreases (integers and
