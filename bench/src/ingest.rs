@@ -19,6 +19,10 @@ use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_testkit::net::{http_get, metric_sum};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name};
 
+/// jemalloc, as in the `sluice` binary, so that the baseline consumer allocates as sluice does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
 const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
 
@@ -101,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
         // so the run ends on throughput, not on the flush timer.
         .replace("rows = 500000", &format!("rows = {}", records / partitions as u64 / 4))
         .replace("time = \"10m\"", "time = \"5s\"")
-        .replace("\"fetch.max.bytes\" = \"52428800\"", &format!("\"fetch.max.bytes\" = \"52428800\"\n{}", std::env::var("XPROPS").unwrap_or_default()))
+        .replace(
+            "\"fetch.max.bytes\" = \"52428800\"",
+            &format!("\"fetch.max.bytes\" = \"52428800\"\n{}", std::env::var("XPROPS").unwrap_or_default()),
+        )
         .replace("policy = \"dead_letter\"\ntopic = \"clickstream-dead-letters\"", "policy = \"skip\"")
         .replace(
             "[bad_records]",

@@ -24,6 +24,10 @@ use sluice_config::{ByteSize, QueryLimits};
 use sluice_query::{QueryEngine, SegmentTable};
 use sluice_segments::Segment;
 
+/// jemalloc, as in the `sluice` binary, so that the query engine allocates as it does in the `sluice` binary.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const QUERIES: [(&str, &str, Kind); 7] = [
     ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
     (

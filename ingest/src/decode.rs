@@ -184,7 +184,8 @@ impl PathNode {
         let i = match self.children.binary_search_by(|c| c.name.as_str().cmp(key)) {
             Ok(i) => i,
             Err(i) => {
-                let child = PathChild { prefix: prefix_of(key.as_bytes()), name: key.to_string(), node: PathNode::default() };
+                let child =
+                    PathChild { prefix: prefix_of(key.as_bytes()), name: key.to_string(), node: PathNode::default() };
                 self.children.insert(i, child);
                 i
             }

@@ -174,7 +174,8 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
         .get_or_init(|| async {
             let (consumer, topic) = (consumer.clone(), config.source.topic.clone());
             let fetched =
-                tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))).await;
+                tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)))
+                    .await;
             if let Ok(Err(e)) = fetched {
                 tracing::warn!(table = %config.table, error = %e, "topic metadata");
             }
