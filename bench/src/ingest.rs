@@ -105,10 +105,6 @@ async fn main() -> anyhow::Result<()> {
         // so the run ends on throughput, not on the flush timer.
         .replace("rows = 500000", &format!("rows = {}", records / partitions as u64 / 4))
         .replace("time = \"10m\"", "time = \"5s\"")
-        .replace(
-            "\"fetch.max.bytes\" = \"52428800\"",
-            &format!("\"fetch.max.bytes\" = \"52428800\"\n{}", std::env::var("XPROPS").unwrap_or_default()),
-        )
         .replace("policy = \"dead_letter\"\ntopic = \"clickstream-dead-letters\"", "policy = \"skip\"")
         .replace(
             "[bad_records]",
