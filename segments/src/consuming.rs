@@ -1,7 +1,6 @@
 //! The consuming segment: rows of one partition being appended, with live
 //! statistics and indexes, until the segment is sealed.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -11,21 +10,17 @@ use sluice_config::ColumnType;
 
 use crate::builder::ColumnBuilder;
 use crate::error::{RowError, SegmentError};
+use crate::live_index::LiveIndex;
 use crate::predicate::{self, Columns, Predicate, StatsSource};
 use crate::schema::SegmentSchema;
 use crate::stats::{ColumnStats, LiveStats};
-use crate::types::{AsKeyRef, Datum, Key, KeyRef};
+use crate::types::{Datum, Key, KeyRef};
 
 /// Rows between two exact recomputations of the live indexes' memory.
 const INDEX_MEMORY_RECOUNT_ROWS: u64 = 65_536;
 /// Estimated index growth per indexed row between recounts (a u16 in a
 /// roaring array container).
 const INDEX_BYTES_PER_ROW: usize = 2;
-/// Estimated cost of a BTreeMap entry beyond key and bitmap contents.
-const INDEX_ENTRY_OVERHEAD: usize = std::mem::size_of::<Key>() + std::mem::size_of::<RoaringBitmap>() + 16;
-
-/// Value → rows, ordered, so that it answers equality and ranges.
-type LiveIndex = BTreeMap<Key, RoaringBitmap>;
 
 pub struct ConsumingSegment {
     schema: Arc<SegmentSchema>,
@@ -46,7 +41,9 @@ impl ConsumingSegment {
     /// (the partition checkpoint's next offset).
     pub fn new(schema: Arc<SegmentSchema>, partition: i32, start_offset: i64) -> Self {
         let columns = schema.columns.iter().map(|c| ColumnBuilder::new(c.data_type, c.arrow_type())).collect();
-        let live = (0..schema.columns.len()).map(|i| schema.live_indexed(i).then(LiveIndex::new)).collect();
+        let live = (0..schema.columns.len())
+            .map(|i| schema.live_indexed(i).then(|| LiveIndex::new(schema.columns[i].data_type)))
+            .collect();
         let stats = vec![LiveStats::default(); schema.columns.len()];
         Self {
             schema,
@@ -132,22 +129,10 @@ impl ConsumingSegment {
             // Borrowed keys: a key is allocated only when it is new to the
             // index or a new minimum or maximum.
             if let Some(key) = KeyRef::of(datum) {
-                if let Some(index) = &mut self.live[i] {
-                    match index.get_mut(&key as &dyn AsKeyRef) {
-                        // Row ids only grow, so `try_push` appends without a search.
-                        Some(rows) => {
-                            if rows.try_push(row_id).is_err() {
-                                rows.insert(row_id);
-                            }
-                        }
-                        None => {
-                            let key = key.to_key();
-                            self.index_bytes_counted += INDEX_ENTRY_OVERHEAD + key.heap_size();
-                            let mut rows = RoaringBitmap::new();
-                            rows.insert(row_id);
-                            index.insert(key, rows);
-                        }
-                    }
+                if let Some(index) = &mut self.live[i]
+                    && let Some(bytes) = index.add(key, row_id)
+                {
+                    self.index_bytes_counted += bytes;
                 }
                 self.stats[i].observe(key);
             }
@@ -170,13 +155,7 @@ impl ConsumingSegment {
     }
 
     fn recount_index_memory(&mut self) {
-        self.index_bytes_counted = self
-            .live
-            .iter()
-            .flatten()
-            .flat_map(|index| index.iter())
-            .map(|(key, rows)| INDEX_ENTRY_OVERHEAD + key.heap_size() + rows.serialized_size())
-            .sum();
+        self.index_bytes_counted = self.live.iter().flatten().map(LiveIndex::memory_bytes).sum();
         self.rows_since_recount = 0;
     }
 
@@ -264,11 +243,7 @@ impl Columns for ConsumingSegment {
         {
             return Ok(Some(RoaringBitmap::new()));
         }
-        let mut rows = RoaringBitmap::new();
-        for (_, bitmap) in index.range::<Key, _>((low, high)) {
-            rows |= bitmap;
-        }
-        Ok(Some(rows))
+        Ok(Some(index.range(low, high)))
     }
 
     fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError> {

@@ -23,6 +23,7 @@ pub mod deepstore;
 mod error;
 mod format;
 mod index;
+mod live_index;
 mod predicate;
 mod schema;
 mod sealed;

@@ -248,50 +248,6 @@ impl<'a> KeyRef<'a> {
     }
 }
 
-/// Either kind of key, as one type that a `BTreeMap<Key, _>` can be searched
-/// by (`Key: Borrow<dyn AsKeyRef>`), so a lookup needs no owned [`Key`].
-pub trait AsKeyRef {
-    fn key_ref(&self) -> KeyRef<'_>;
-}
-
-impl AsKeyRef for Key {
-    fn key_ref(&self) -> KeyRef<'_> {
-        self.as_key_ref()
-    }
-}
-
-impl AsKeyRef for KeyRef<'_> {
-    fn key_ref(&self) -> KeyRef<'_> {
-        *self
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn AsKeyRef + 'a> for Key {
-    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
-        self
-    }
-}
-
-impl PartialEq for dyn AsKeyRef + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.key_ref() == other.key_ref()
-    }
-}
-
-impl Eq for dyn AsKeyRef + '_ {}
-
-impl PartialOrd for dyn AsKeyRef + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn AsKeyRef + '_ {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key_ref().cmp(&other.key_ref())
-    }
-}
-
 /// A 64-bit hash that is the same on every platform, build and run — what
 /// a file format (bloom filters) and independently computing processes
 /// (partition assignment) need, and what std's hasher does not promise.
@@ -408,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn borrowed_keys_order_and_find_as_owned_keys_do() {
+    fn borrowed_keys_order_as_owned_keys_do() {
         let keys = [
             Key::Bool(false),
             Key::Bool(true),
@@ -427,10 +383,5 @@ mod tests {
             }
             assert_eq!(&a.as_key_ref().to_key(), a);
         }
-        let map: std::collections::BTreeMap<Key, usize> = keys.iter().cloned().zip(0..).collect();
-        for (i, key) in keys.iter().enumerate() {
-            assert_eq!(map.get(&key.as_key_ref() as &dyn AsKeyRef), Some(&i));
-        }
-        assert_eq!(map.get(&KeyRef::Str("abc") as &dyn AsKeyRef), None);
     }
 }
