@@ -1,9 +1,16 @@
 //! Ingestion: Kafka partitions to committed segments. The decoder turns
 //! records into rows; [`partition::ingest_partition`] runs one owned
-//! partition through consume → seal → upload → fenced commit. The worker
-//! process that balances partitions and serves metrics joins it next.
+//! partition through consume → seal → upload → fenced commit; the
+//! [`worker`] runs a pipeline's share of partitions, follows membership and
+//! config changes, and serves metrics.
 //!
 //! Invariants:
+//! - A partition's records reach only its own task: a worker reads each
+//!   pipeline through one Kafka consumer, and a partition's queue is split
+//!   off before the partition is assigned, so librdkafka never routes its
+//!   records to the shared queue. A task reads from the checkpoint's next
+//!   offset, and what it consumed but did not commit is read again by the
+//!   partition's next owner.
 //! - Decoding never panics and never recurses without bound: every input is
 //!   either a row or a [`BadRecord`] with its reason and the column it concerns.
 //! - A bad record is classified, never dropped silently: the caller counts it
