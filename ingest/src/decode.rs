@@ -286,8 +286,12 @@ impl Decoder {
                 BadRecord::new(BadRecordKind::InvalidJson, e.to_string())
             }
         })?;
-        let cells =
-            self.columns.iter().zip(raw).map(|(column, raw)| column.cell(raw)).collect::<Result<Vec<_>, _>>()?;
+        // Sized up front: collecting `Result`s gives `Vec` no size hint, so it
+        // would grow (and reallocate) while filling.
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for (column, raw) in self.columns.iter().zip(raw) {
+            cells.push(column.cell(raw)?);
+        }
         Ok(Row { cells })
     }
 }
