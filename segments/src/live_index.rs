@@ -45,22 +45,29 @@ where
     Some(0)
 }
 
-fn union<K: Ord>(map: &BTreeMap<K, RoaringBitmap>, low: Bound<&K>, high: Bound<&K>) -> RoaringBitmap {
+/// The union of the rows of every value within the bounds. `typed` is the
+/// map's own value inside a [`Key`], None for a key of another type (then
+/// nothing in this index can match).
+fn union<'k, K: Ord + 'k>(
+    map: &BTreeMap<K, RoaringBitmap>,
+    low: Bound<&'k Key>,
+    high: Bound<&'k Key>,
+    typed: impl Fn(&'k Key) -> Option<&'k K>,
+) -> RoaringBitmap {
+    let bound = |bound: Bound<&'k Key>| {
+        Some(match bound {
+            Bound::Included(k) => Bound::Included(typed(k)?),
+            Bound::Excluded(k) => Bound::Excluded(typed(k)?),
+            Bound::Unbounded => Bound::Unbounded,
+        })
+    };
     let mut rows = RoaringBitmap::new();
-    for (_, bitmap) in map.range((low, high)) {
-        rows |= bitmap;
+    if let (Some(low), Some(high)) = (bound(low), bound(high)) {
+        for (_, bitmap) in map.range((low, high)) {
+            rows |= bitmap;
+        }
     }
     rows
-}
-
-/// A bound on the typed key, or None when the key is of another type (then
-/// nothing in this index can match it).
-fn bound<'k, T>(bound: Bound<&'k Key>, typed: impl Fn(&'k Key) -> Option<&'k T>) -> Option<Bound<&'k T>> {
-    Some(match bound {
-        Bound::Included(k) => Bound::Included(typed(k)?),
-        Bound::Excluded(k) => Bound::Excluded(typed(k)?),
-        Bound::Unbounded => Bound::Unbounded,
-    })
 }
 
 impl LiveIndex {
@@ -99,21 +106,12 @@ impl LiveIndex {
 
     /// Rows whose value lies within the bounds.
     pub(crate) fn range(&self, low: Bound<&Key>, high: Bound<&Key>) -> RoaringBitmap {
-        let rows = match self {
-            LiveIndex::Bool(m) => bound(low, |k| if let Key::Bool(v) = k { Some(v) } else { None })
-                .zip(bound(high, |k| if let Key::Bool(v) = k { Some(v) } else { None }))
-                .map(|(l, h)| union(m, l, h)),
-            LiveIndex::Int(m) => bound(low, |k| if let Key::Int(v) = k { Some(v) } else { None })
-                .zip(bound(high, |k| if let Key::Int(v) = k { Some(v) } else { None }))
-                .map(|(l, h)| union(m, l, h)),
-            LiveIndex::Float(m) => bound(low, |k| if let Key::Float(v) = k { Some(v) } else { None })
-                .zip(bound(high, |k| if let Key::Float(v) = k { Some(v) } else { None }))
-                .map(|(l, h)| union(m, l, h)),
-            LiveIndex::Str(m) => bound(low, |k| if let Key::Str(s) = k { Some(s) } else { None })
-                .zip(bound(high, |k| if let Key::Str(s) = k { Some(s) } else { None }))
-                .map(|(l, h)| union(m, l, h)),
-        };
-        rows.unwrap_or_default()
+        match self {
+            LiveIndex::Bool(m) => union(m, low, high, |k| if let Key::Bool(v) = k { Some(v) } else { None }),
+            LiveIndex::Int(m) => union(m, low, high, |k| if let Key::Int(v) = k { Some(v) } else { None }),
+            LiveIndex::Float(m) => union(m, low, high, |k| if let Key::Float(v) = k { Some(v) } else { None }),
+            LiveIndex::Str(m) => union(m, low, high, |k| if let Key::Str(s) = k { Some(s) } else { None }),
+        }
     }
 
     /// Exact bytes: entries, key bytes and serialized bitmaps.

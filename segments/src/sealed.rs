@@ -137,10 +137,9 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
     for (i, spec) in schema.columns.iter().enumerate() {
         let array = &arrays[i];
         // Bitmaps per value only where an inverted index needs them; the
-        // distinct values alone serve stats, bloom filters and dictionaries.
-        // The values themselves only where a dictionary or a bloom filter
-        // may be built from them, and sorted only for a dictionary; other
-        // columns need just their count.
+        // distinct values only where a dictionary or a bloom filter may be
+        // built from them (sorted only for a dictionary); every other column
+        // needs just their count, for its stats.
         let groups = if schema.inverted.contains(&i) { group_rows(array.as_ref())? } else { Vec::new() };
         let (mut keys, distinct): (Vec<Key>, u64) = if schema.inverted.contains(&i) {
             (groups.iter().map(|(k, _)| k.clone()).collect(), groups.len() as u64)

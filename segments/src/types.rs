@@ -173,15 +173,7 @@ pub enum Key {
 impl Key {
     /// The key of a non-null datum.
     pub fn of(datum: &Datum<'_>) -> Option<Key> {
-        Some(match *datum {
-            Datum::Null => return None,
-            Datum::Bool(v) => Key::Bool(v),
-            Datum::Int32(v) => Key::Int(i64::from(v)),
-            Datum::Int64(v) | Datum::Timestamp(v) => Key::Int(v),
-            Datum::Float32(v) => Key::Float(f32_order_bits(v)),
-            Datum::Float64(v) => Key::Float(f64_order_bits(v)),
-            Datum::Str(v) => Key::Str(v.into()),
-        })
+        KeyRef::of(datum).map(KeyRef::to_key)
     }
 
     /// Bytes that identify the key, for hashing into bloom filters.
