@@ -126,6 +126,7 @@ impl From<KindArg> for ConfigKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_files_limit();
     let result = match cli.command {
         Command::Validate { files, kind } => return validate(&files, kind.map(Into::into)),
         Command::Pipeline(command) => run_async(async move {
@@ -148,6 +149,21 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit. A node holds a
+/// descriptor per connection, per mapped segment and per Kafka broker; the
+/// usual soft default (1024) turns a burst of connections or a large
+/// catalog into "Too many open files" failures of deep-store writes.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -73,6 +73,7 @@ impl Writer {
             crc32c: crc32c::crc32c(&image.bytes),
             time_range: image.meta.time_range,
             created_at_ms: created,
+            offset_gaps: 0,
         };
         self.next_offset += rows;
         (path, image.bytes.to_vec(), record)

@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
         max_result_rows: u64::MAX,
         max_concurrent_queries: 16,
         memory: ByteSize::gib(8),
+        max_result_bytes: ByteSize::gib(8),
+        ..QueryLimits::default()
     };
     let engine = Arc::new(QueryEngine::new(limits)?);
     let table = SegmentTable::new("clicks", &clicks_arrow_schema());

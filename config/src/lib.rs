@@ -174,15 +174,78 @@ fn syntax_error(error: &toml::de::Error, text: &str, path: &Path) -> ConfigError
     ConfigError::Syntax { path: path.to_path_buf(), line, column, message }
 }
 
-fn deserialize<T: DeserializeOwned>(value: toml::Value, path: &Path) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
+/// Deserializes `value`, reporting every field that does not fit, not only
+/// the first: serde stops at the first error, so the offending value is
+/// removed and deserialization tried again (at most [`MAX_SERDE_PROBLEMS`]
+/// times). A field reported missing only because its bad value was removed
+/// is not reported twice.
+fn deserialize<T: DeserializeOwned>(mut value: toml::Value, path: &Path) -> Result<T, ConfigError> {
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(config) if problems.is_empty() => return Ok(config),
+            Ok(_) => break,
+            Err(error) => error,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = error.path().iter().cloned().collect();
         let field = match error.path().to_string() {
             root if root == "." => String::new(),
             field => field,
         };
-        let message = error.inner().message().trim().to_string();
-        ConfigError::Invalid { path: path.to_path_buf(), problems: vec![serde_problem(field, &message)] }
-    })
+        let problem = serde_problem(field, error.inner().message().trim());
+        let consequence = removed.contains(&problem.field);
+        if !consequence {
+            problems.push(problem.clone());
+        }
+        if consequence || problems.len() >= MAX_SERDE_PROBLEMS || !remove_at(&mut value, &segments) {
+            break;
+        }
+        removed.push(problem.field);
+    }
+    Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
+}
+
+const MAX_SERDE_PROBLEMS: usize = 50;
+
+/// Removes the value at `path` (serde's path to an error) from `value`;
+/// false when there is nothing there to remove.
+fn remove_at(value: &mut toml::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else { return false };
+    let mut at = value;
+    for segment in parents {
+        at = match (segment, at) {
+            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, at) {
+        (Segment::Map { key }, toml::Value::Table(t)) => t.remove(key).is_some(),
+        (Segment::Seq { index }, toml::Value::Array(a)) if *index < a.len() => {
+            a.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Serde's Rust type names (`i64`, `u32`) in words a config author reads.
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".to_string(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" | "bool" => "`true` or `false`".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Turns serde's one-line messages into found/expected pairs.
@@ -205,7 +268,7 @@ fn serde_problem(field: String, message: &str) -> Problem {
     let message =
         message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: ")).unwrap_or(message);
     match message.split_once(", expected ") {
-        Some((found, expected)) => Problem::new(field, found, expected),
+        Some((found, expected)) => Problem::new(field, found, plain_type(expected)),
         None => Problem::new(field, message, "a valid value"),
     }
 }

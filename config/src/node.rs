@@ -86,10 +86,79 @@ impl CoordinatorConfig {
     }
 }
 
+/// An HTTP endpoint (a query node's SQL endpoint, a worker's health and
+/// metrics): where it listens and how much a client may hold of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A client must send a request's whole header within this time, on a
+    /// new connection and between the requests of a kept-alive one;
+    /// otherwise the connection is closed.
+    #[serde(default = "HttpConfig::default_header_read_timeout", with = "units::duration")]
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this time (408 otherwise).
+    #[serde(default = "HttpConfig::default_body_read_timeout", with = "units::duration")]
+    pub body_read_timeout: Duration,
+    /// A connection that carries no request for this long is closed.
+    #[serde(default = "HttpConfig::default_idle_timeout", with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Connections served at once. At the cap, a new connection closes the
+    /// oldest one that is idle (no request in progress); when none is idle,
+    /// the new one waits in the listen backlog.
+    #[serde(default = "HttpConfig::default_max_connections")]
+    pub max_connections: u32,
+    /// The largest request body accepted (413 beyond).
+    #[serde(default = "HttpConfig::default_max_body_size")]
+    pub max_body_size: ByteSize,
+}
+
+impl HttpConfig {
+    /// Listening on `listen` with every other setting at its default.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            header_read_timeout: Self::default_header_read_timeout(),
+            body_read_timeout: Self::default_body_read_timeout(),
+            idle_timeout: Self::default_idle_timeout(),
+            max_connections: Self::default_max_connections(),
+            max_body_size: Self::default_max_body_size(),
+        }
+    }
+    fn default_header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_body_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_max_connections() -> u32 {
+        1024
+    }
+    fn default_max_body_size() -> ByteSize {
+        ByteSize::mib(1)
+    }
+
+    pub(crate) fn validate(&self, p: &mut Problems) {
+        let timeouts = [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.body_read_timeout", self.body_read_timeout),
+            ("http.idle_timeout", self.idle_timeout),
+        ];
+        for (field, value) in timeouts {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&value) {
+                p.push(field, format!("`{}`", humantime::format_duration(value)), "a duration from `100ms` to `1h`");
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            p.push("http.max_connections", self.max_connections.to_string(), "from 1 to 1000000 connections");
+        }
+        if !(ByteSize::kib(1)..=ByteSize::gib(1)).contains(&self.max_body_size) {
+            p.push("http.max_body_size", self.max_body_size.to_string(), "a size from `1KiB` to `1GiB`");
+        }
+    }
 }
 
 /// Which pipelines a worker runs.
@@ -134,17 +203,25 @@ pub struct WorkerConfig {
     pub memory_budget: ByteSize,
     #[serde(default)]
     pub pipelines: PipelineSources,
+    /// `/health` turns unhealthy when a partition this worker is assigned
+    /// has made no progress for this long while it has work: records
+    /// waiting in Kafka, or a failure it has not recovered from.
+    #[serde(default = "WorkerConfig::default_stall_timeout", with = "units::duration")]
+    pub stall_timeout: Duration,
 }
 
 impl WorkerConfig {
     fn default_http() -> HttpConfig {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9100)) }
+        HttpConfig::on(SocketAddr::from(([0, 0, 0, 0], 9100)))
     }
     fn default_data_dir() -> PathBuf {
         PathBuf::from("data/worker")
     }
     fn default_memory_budget() -> ByteSize {
         ByteSize::gib(1)
+    }
+    fn default_stall_timeout() -> Duration {
+        Duration::from_secs(60)
     }
 
     /// Checks the worker file itself; the pipeline files it names are loaded
@@ -163,6 +240,14 @@ impl WorkerConfig {
         self.coordinator.validate(&mut p);
         if self.memory_budget < ByteSize::mib(16) {
             p.push("memory_budget", self.memory_budget.to_string(), "at least `16MiB`");
+        }
+        self.http.validate(&mut p);
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.stall_timeout) {
+            p.push(
+                "stall_timeout",
+                format!("`{}`", humantime::format_duration(self.stall_timeout)),
+                "a duration from `1s` to `24h`",
+            );
         }
         if self.pipelines.files.is_empty() && !self.pipelines.from_coordinator {
             p.push(
@@ -188,6 +273,24 @@ pub struct QueryLimits {
     /// Memory pool shared by running queries (sorts, joins, aggregations).
     #[serde(default = "QueryLimits::default_memory")]
     pub memory: ByteSize,
+    /// The longest SQL statement accepted, in bytes.
+    #[serde(default = "QueryLimits::default_max_query_size")]
+    pub max_query_size: ByteSize,
+    /// The deepest expression accepted: operators, function calls and
+    /// parentheses nested in one another (`a OR b OR c` nests two ORs).
+    #[serde(default = "QueryLimits::default_max_expression_depth")]
+    pub max_expression_depth: u32,
+    /// The most items in one list: an `IN (...)` list, a function's
+    /// arguments, a select list.
+    #[serde(default = "QueryLimits::default_max_list_items")]
+    pub max_list_items: u32,
+    /// The largest result, in bytes of Arrow data (413 beyond).
+    #[serde(default = "QueryLimits::default_max_result_bytes")]
+    pub max_result_bytes: ByteSize,
+    /// The most bytes one call of a string function (`lpad`, `repeat`,
+    /// `replace`, ...) may produce for one batch of rows.
+    #[serde(default = "QueryLimits::default_max_function_output")]
+    pub max_function_output: ByteSize,
 }
 
 impl QueryLimits {
@@ -203,6 +306,21 @@ impl QueryLimits {
     fn default_memory() -> ByteSize {
         ByteSize::gib(2)
     }
+    fn default_max_query_size() -> ByteSize {
+        ByteSize::kib(256)
+    }
+    fn default_max_expression_depth() -> u32 {
+        1000
+    }
+    fn default_max_list_items() -> u32 {
+        10_000
+    }
+    fn default_max_result_bytes() -> ByteSize {
+        ByteSize::mib(64)
+    }
+    fn default_max_function_output() -> ByteSize {
+        ByteSize::mib(64)
+    }
 }
 
 impl Default for QueryLimits {
@@ -212,6 +330,11 @@ impl Default for QueryLimits {
             max_result_rows: Self::default_max_result_rows(),
             max_concurrent_queries: Self::default_max_concurrent_queries(),
             memory: Self::default_memory(),
+            max_query_size: Self::default_max_query_size(),
+            max_expression_depth: Self::default_max_expression_depth(),
+            max_list_items: Self::default_max_list_items(),
+            max_result_bytes: Self::default_max_result_bytes(),
+            max_function_output: Self::default_max_function_output(),
         }
     }
 }
@@ -232,7 +355,7 @@ pub struct QueryNodeConfig {
 
 impl QueryNodeConfig {
     fn default_http() -> HttpConfig {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8099)) }
+        HttpConfig::on(SocketAddr::from(([0, 0, 0, 0], 8099)))
     }
     fn default_cache_dir() -> PathBuf {
         PathBuf::from("data/segment-cache")
@@ -242,8 +365,12 @@ impl QueryNodeConfig {
         let mut p = Problems::default();
         self.coordinator.validate(&mut p);
         let limits = &self.limits;
-        if limits.query_timeout.is_zero() {
-            p.push("limits.query_timeout", "`0s`", "a duration greater than zero, such as `30s`");
+        if limits.query_timeout.is_zero() || limits.query_timeout > Duration::from_secs(86_400) {
+            p.push(
+                "limits.query_timeout",
+                format!("`{}`", humantime::format_duration(limits.query_timeout)),
+                "a duration greater than zero and at most `24h`, such as `30s`",
+            );
         }
         if limits.max_result_rows == 0 {
             p.push("limits.max_result_rows", "0", "a number of rows greater than zero");
@@ -254,6 +381,26 @@ impl QueryNodeConfig {
         if limits.memory < ByteSize::mib(16) {
             p.push("limits.memory", limits.memory.to_string(), "at least `16MiB`");
         }
+        if !(ByteSize::kib(1)..=ByteSize::mib(64)).contains(&limits.max_query_size) {
+            p.push("limits.max_query_size", limits.max_query_size.to_string(), "a size from `1KiB` to `64MiB`");
+        }
+        // Deeper expressions than this overflow even the planner's large
+        // stacks (see the query crate's `limits` module).
+        if !(8..=5000).contains(&limits.max_expression_depth) {
+            p.push("limits.max_expression_depth", limits.max_expression_depth.to_string(), "from 8 to 5000");
+        }
+        if limits.max_list_items == 0 {
+            p.push("limits.max_list_items", "0", "at least one item");
+        }
+        for (field, size) in [
+            ("limits.max_result_bytes", limits.max_result_bytes),
+            ("limits.max_function_output", limits.max_function_output),
+        ] {
+            if size < ByteSize::kib(64) {
+                p.push(field, size.to_string(), "at least `64KiB`");
+            }
+        }
+        self.http.validate(&mut p);
         p
     }
 }

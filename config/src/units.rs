@@ -20,9 +20,17 @@ pub mod duration {
         parse(&text).map_err(de::Error::custom)
     }
 
+    /// The longest duration any setting accepts: far beyond every sensible
+    /// value, and far below what would overflow a deadline computed from it.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+
     pub fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text.trim())
-            .map_err(|_| format!("invalid duration `{text}`, expected a duration such as `30s`, `10m` or `1h 30m`"))
+        let duration = humantime::parse_duration(text.trim())
+            .map_err(|_| format!("invalid duration `{text}`, expected a duration such as `30s`, `10m` or `1h 30m`"))?;
+        if duration > MAX {
+            return Err(format!("duration `{text}` is too long, expected at most 10 years"));
+        }
+        Ok(duration)
     }
 }
 

@@ -95,6 +95,14 @@ pub struct SegmentRecord {
     /// Min and max of the time column, in its unit.
     pub time_range: Option<(i64, i64)>,
     pub created_at_ms: i64,
+    /// Offsets within the range that held no record (see the segment's
+    /// `offset_gaps`). Absent in records written before it existed: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset_gaps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SegmentRecord {

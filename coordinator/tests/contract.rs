@@ -115,6 +115,7 @@ fn segment(partition: i32, seq: u64, start: i64, end: i64) -> SegmentRecord {
         crc32c: 42,
         time_range: Some((1, 2)),
         created_at_ms: 1_764_000_000_000,
+        offset_gaps: 0,
     }
 }
 

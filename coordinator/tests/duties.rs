@@ -49,6 +49,7 @@ async fn commit_with_file(
         crc32c: 0,
         time_range: Some((newest_ms - 1000, newest_ms)),
         created_at_ms: newest_ms,
+        offset_gaps: 0,
     };
     assert_eq!(c.commit(&mut lease, &record).await.unwrap(), CommitOutcome::Committed);
     c.release(lease).await.unwrap();

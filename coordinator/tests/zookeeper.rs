@@ -33,6 +33,7 @@ fn segment(seq: u64, start: i64, end: i64) -> SegmentRecord {
         crc32c: 7,
         time_range: None,
         created_at_ms: 1_764_000_000_000,
+        offset_gaps: 0,
     }
 }
 

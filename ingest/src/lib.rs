@@ -19,9 +19,17 @@
 //!   only when its JSON type is the column's (integers into integer columns
 //!   within range, numbers into float columns, strings into string columns,
 //!   integers into epoch timestamps, strings into RFC 3339 timestamps).
+//! - A partition task that ends for any reason releases its lease, and the
+//!   worker starts it again (failures with backoff); every exit is counted
+//!   by reason, and a partition that makes no progress while it has work is
+//!   reported by `/health` ([`health`]).
+//! - An offset gap (Kafka delivering an offset beyond the next expected
+//!   one: compaction, transaction markers, a broker skipping records) is
+//!   logged, counted and recorded in the segment's metadata, never silent.
 
 pub mod budget;
 mod decode;
+pub mod health;
 pub mod metrics;
 pub mod partition;
 mod timestamp;

@@ -8,7 +8,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
+use sluice_config::HttpConfig;
+
+use crate::health::PartitionHealth;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const RECORDS_CONSUMED: &str = "sluice_records_consumed_total";
@@ -25,6 +29,13 @@ pub const PARTITIONS_OWNED: &str = "sluice_partitions_owned";
 pub const LAG: &str = "sluice_partition_lag";
 pub const FENCED: &str = "sluice_fenced_total";
 pub const COMMIT_RETRIES: &str = "sluice_commit_retries_total";
+/// Jumps over offsets Kafka did not deliver, and the offsets jumped over.
+pub const OFFSET_GAPS: &str = "sluice_offset_gaps_total";
+pub const OFFSET_GAP_RECORDS: &str = "sluice_offset_gap_records_total";
+/// Partition tasks that ended other than by a stop, by `reason`.
+pub const PARTITION_FAILURES: &str = "sluice_partition_failures_total";
+/// Partitions without progress while they have work (see `health`).
+pub const PARTITIONS_STALLED: &str = "sluice_partitions_stalled";
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn install_recorder() -> PrometheusHandle {
@@ -49,22 +60,44 @@ pub fn install_recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Binds the worker's HTTP port: `/health` and `/metrics`. Returns the bound
-/// address (the configured port may be 0).
-pub async fn serve(listen: SocketAddr, worker: String, handle: PrometheusHandle) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+/// Binds the worker's HTTP port: `/health` (503 with the stalled
+/// partitions while any partition stalls, see [`crate::health`]) and
+/// `/metrics`. Returns the bound address (the configured port may be 0).
+pub async fn serve(
+    config: &HttpConfig,
+    worker: String,
+    handle: PrometheusHandle,
+    health: Arc<PartitionHealth>,
+    stall_timeout: Duration,
+) -> std::io::Result<SocketAddr> {
+    let listener = sluice_http::bind(config).await?;
     let addr = listener.local_addr()?;
     let worker = Arc::new(worker);
     let app = Router::new()
         .route(
             "/health",
-            get(move || async move { axum::Json(serde_json::json!({"status": "ok", "worker": *worker})) }),
+            get(move || async move {
+                let stalled = health.stalled(stall_timeout);
+                let status = if stalled.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let body = serde_json::json!({
+                    "status": if stalled.is_empty() { "ok" } else { "unhealthy" },
+                    "worker": *worker,
+                    "stalled": stalled,
+                });
+                (status, axum::Json(body))
+            }),
         )
-        .route("/metrics", get(move || async move { handle.render() }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+        .route("/metrics", get(move || async move { handle.render() }))
+        .fallback(|uri: axum::http::Uri| async move {
+            sluice_http::json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|| async {
+            sluice_http::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        });
+    // The server lives as long as the process: a worker's shutdown ends
+    // with the process.
+    let (sender, never) = tokio::sync::watch::channel(false);
+    std::mem::forget(sender);
+    sluice_http::spawn(listener, app, config.clone(), never);
     Ok(addr)
 }

@@ -27,15 +27,60 @@ use crate::budget::{MemoryBudget, Pressure};
 use crate::decode::{BadRecord, Decoder};
 use crate::metrics as m;
 
-/// How a partition's ingestion ended.
+/// How a partition's ingestion ended. Whatever the exit, the lease was
+/// released before the task ended, so the partition can be acquired again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
-    /// Asked to stop: the consumed tail was committed and the lease released.
+    /// Asked to stop: the consumed tail was committed.
     Stopped,
-    /// Someone else owns the partition now; nothing more was committed.
+    /// Someone else owns the partition now (or an operator reset its
+    /// offset); nothing more was committed.
     Fenced,
-    /// The pipeline's `fail` policy met a bad record, or an unrecoverable error.
-    Failed(String),
+    /// Ingestion could not go on; the worker retries with backoff.
+    Failed { reason: FailReason, detail: String },
+}
+
+/// Why a partition failed: the `reason` label of
+/// `sluice_partition_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// Assigning the partition to the Kafka consumer failed.
+    Assign,
+    /// The Kafka stream ended.
+    Kafka,
+    /// The pipeline's `fail` policy met a bad record.
+    BadRecord,
+    /// A consumed record could not be recorded in the segment.
+    Segment,
+    /// Sealing, or writing the file to the deep store, failed.
+    Upload,
+    /// The checkpoint is not where the segment starts.
+    Discontinuous,
+    /// Stopped while a commit's outcome was unknown.
+    Commit,
+    /// A bug: the partition's task panicked.
+    Panic,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Assign => "assign",
+            FailReason::Kafka => "kafka",
+            FailReason::BadRecord => "bad_record",
+            FailReason::Segment => "segment",
+            FailReason::Upload => "upload",
+            FailReason::Discontinuous => "discontinuous",
+            FailReason::Commit => "commit",
+            FailReason::Panic => "panic",
+        }
+    }
+}
+
+impl Exit {
+    fn failed(reason: FailReason, detail: impl Into<String>) -> Exit {
+        Exit::Failed { reason, detail: detail.into() }
+    }
 }
 
 /// Everything a partition's ingestion shares with its pipeline.
@@ -62,6 +107,8 @@ pub struct PipelineContext {
     events: tokio::task::JoinHandle<()>,
     /// Set once the consumer holds the topic's metadata (see [`ingest_partition`]).
     metadata: tokio::sync::OnceCell<()>,
+    /// Where partitions report progress (the worker's, or a private one).
+    pub health: Arc<crate::health::PartitionHealth>,
 }
 
 impl Drop for PipelineContext {
@@ -109,7 +156,14 @@ impl PipelineContext {
             consumer,
             events,
             metadata: tokio::sync::OnceCell::new(),
+            health: Arc::default(),
         })
+    }
+
+    /// Reports progress to `health` (the worker's) instead of a private one.
+    pub fn with_health(mut self, health: Arc<crate::health::PartitionHealth>) -> Self {
+        self.health = health;
+        self
     }
 }
 
@@ -150,8 +204,42 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Ingests one partition under `lease` until `stop` turns true (then commits
-/// what was consumed and releases the lease) or the lease is fenced.
-pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut stop: watch::Receiver<bool>) -> Exit {
+/// what was consumed), the lease is fenced or ingestion fails. The lease is
+/// released in every case.
+pub async fn ingest_partition(ctx: Arc<PipelineContext>, lease: Lease, stop: watch::Receiver<bool>) -> Exit {
+    let coordinator = ctx.coordinator.clone();
+    let (table, partition) = (ctx.config.table.clone(), lease.partition);
+    let mut held = Some(lease);
+    // A panic (a bug) fails the partition like any failure: the lease is
+    // still released and the worker retries.
+    let exit = match std::panic::AssertUnwindSafe(consume_partition(ctx, &mut held, stop)).catch_unwind().await {
+        Ok(exit) => exit,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Exit::failed(FailReason::Panic, detail)
+        }
+    };
+    // Released on every exit, not only on a stop: a partition whose task
+    // ended with its lock still held could not be acquired again until the
+    // session ended (in-process: never).
+    if let Some(lease) = held.take()
+        && let Err(e) = coordinator.release(lease).await
+    {
+        tracing::warn!(%table, partition, error = %e, "releasing the lease failed; it ends with the session");
+    }
+    exit
+}
+
+async fn consume_partition(
+    ctx: Arc<PipelineContext>,
+    held: &mut Option<Lease>,
+    mut stop: watch::Receiver<bool>,
+) -> Exit {
+    let lease = held.as_mut().expect("a lease is held while consuming");
     let config = &ctx.config;
     let partition = lease.partition;
     let consumer = &ctx.consumer;
@@ -164,7 +252,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     };
     let mut assignment = TopicPartitionList::new();
     if let Err(e) = assignment.add_partition_offset(&config.source.topic, partition, start) {
-        return Exit::Failed(format!("assign: {e}"));
+        return Exit::failed(FailReason::Assign, format!("assign: {e}"));
     }
     // The topic's partition leaders, once per consumer, before the first
     // assignment: assigned without them, a partition waits for librdkafka's
@@ -185,10 +273,13 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
     // partition's fetch queue to the consumer's queue unless the application
     // already took it over, and never once it has.
     let Some(queue) = consumer.split_partition_queue(&config.source.topic, partition) else {
-        return Exit::Failed(format!("no queue for partition {partition} of {}", config.source.topic));
+        return Exit::failed(
+            FailReason::Assign,
+            format!("no queue for partition {partition} of {}", config.source.topic),
+        );
     };
     if let Err(e) = consumer.incremental_assign(&assignment) {
-        return Exit::Failed(format!("assign: {e}"));
+        return Exit::failed(FailReason::Assign, format!("assign: {e}"));
     }
     tracing::info!(table = %config.table, partition, ?start, epoch = lease.epoch(), "consuming");
 
@@ -211,7 +302,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
             Pressure::None => {}
             Pressure::SealNow => {
                 tracing::info!(table = %config.table, partition, memory, "memory budget exceeded: sealing early");
-                if let Err(exit) = flush(&ctx, &mut lease, &mut state, &stop).await {
+                if let Err(exit) = flush(&ctx, lease, &mut state, &stop).await {
                     break exit;
                 }
                 continue;
@@ -226,11 +317,8 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
         let message = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    break match flush(&ctx, &mut lease, &mut state, &stop).await {
-                        Ok(()) => {
-                            let _ = ctx.coordinator.release(lease).await;
-                            Exit::Stopped
-                        }
+                    break match flush(&ctx, lease, &mut state, &stop).await {
+                        Ok(()) => Exit::Stopped,
                         Err(exit) => exit,
                     };
                 }
@@ -249,7 +337,7 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
                 let mut taken = 0;
                 while let Some(message) = next.take() {
                     let payload = message.payload().unwrap_or_default();
-                    if let Err(exit) = state.consume(&ctx, &lease, message.offset(), payload).await {
+                    if let Err(exit) = state.consume(&ctx, lease, message.offset(), payload).await {
                         break 'consume exit;
                     }
                     taken += 1;
@@ -271,11 +359,14 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
                 tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(None) => break Exit::Failed("the Kafka message stream ended".into()),
+            Ok(None) => break Exit::failed(FailReason::Kafka, "the Kafka message stream ended"),
             Err(_) => {} // poll timeout: fall through to the time-based flush
         }
+        if let Some(offset) = state.segment.as_ref().and_then(ConsumingSegment::last_offset) {
+            ctx.health.consumed(&config.table, partition, offset);
+        }
         if state.should_flush(config)
-            && let Err(exit) = flush(&ctx, &mut lease, &mut state, &stop).await
+            && let Err(exit) = flush(&ctx, lease, &mut state, &stop).await
         {
             break exit;
         }
@@ -293,7 +384,9 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, mut lease: Lease, mut s
             .ok()
             .flatten();
             if let (Some(high), Some(next)) = (high, next) {
-                metrics::gauge!(m::LAG, &labels).set((high - next).max(0) as f64);
+                let lag = (high - next).max(0);
+                metrics::gauge!(m::LAG, &labels).set(lag as f64);
+                ctx.health.lag(&config.table, partition, lag);
             }
         }
     };
@@ -360,8 +453,23 @@ impl Consuming {
             let start = lease.checkpoint.next_offset.unwrap_or(offset);
             ConsumingSegment::new(ctx.schema.clone(), lease.partition, start)
         });
-        if offset < segment.next_offset() {
+        let expected = segment.next_offset();
+        if offset < expected {
             return Ok(()); // already covered: a redelivery after a seek
+        }
+        if offset > expected {
+            // Kafka skipped offsets: legitimate in compacted and transactional
+            // topics (markers), a lost range otherwise. Never silent: logged,
+            // counted, and recorded in the segment's metadata and catalog entry.
+            let missing = (offset - expected) as u64;
+            metrics::counter!(m::OFFSET_GAPS, &self.labels).increment(1);
+            metrics::counter!(m::OFFSET_GAP_RECORDS, &self.labels).increment(missing);
+            if let Some(suppressed) = self.log.admit() {
+                tracing::warn!(
+                    table = %ctx.config.table, partition = lease.partition, from = expected, to = offset - 1, missing,
+                    suppressed, "offset gap: Kafka delivered offset {offset} next; the gap is recorded in the segment"
+                );
+            }
         }
         self.started.get_or_insert_with(Instant::now);
         self.records.increment(1);
@@ -383,7 +491,7 @@ impl Consuming {
             tracing::warn!(table = %ctx.config.table, partition = lease.partition, offset, reason = bad.kind.as_str(), detail = %bad, suppressed, "bad record");
         }
         handle_bad_record(ctx, lease.partition, offset, payload, &bad).await?;
-        segment.skip(offset).map_err(|e| Exit::Failed(e.to_string()))
+        segment.skip(offset).map_err(|e| Exit::failed(FailReason::Segment, e.to_string()))
     }
 
     fn should_flush(&self, config: &PipelineConfig) -> bool {
@@ -407,12 +515,15 @@ async fn handle_bad_record(
     let table = &ctx.config.table;
     match ctx.config.bad_records.policy {
         BadRecordPolicy::Skip => Ok(()),
-        BadRecordPolicy::Fail => {
-            Err(Exit::Failed(format!("bad record at partition {partition} offset {offset}: {bad}")))
-        }
+        BadRecordPolicy::Fail => Err(Exit::failed(
+            FailReason::BadRecord,
+            format!(
+                "bad record at partition {partition} offset {offset}: {bad} (policy `fail`; reset the offset past it to go on)"
+            ),
+        )),
         BadRecordPolicy::DeadLetter => {
             let (Some(producer), Some(topic)) = (&ctx.dead_letters, &ctx.config.bad_records.topic) else {
-                return Err(Exit::Failed("dead_letter policy without a producer".into()));
+                return Err(Exit::failed(FailReason::BadRecord, "dead_letter policy without a producer"));
             };
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "sluice.reason", value: Some(bad.kind.as_str()) })
@@ -478,11 +589,12 @@ async fn flush(
             (segment, sealed)
         })
         .await
-        .map_err(|e| Exit::Failed(format!("seal task: {e}")))?
+        .map_err(|e| Exit::failed(FailReason::Upload, format!("seal task: {e}")))?
     };
     let start_offset = segment.start_offset();
+    let offset_gaps: u64 = segment.gaps().iter().map(|(from, to)| (to - from + 1) as u64).sum();
     state.segment = Some(segment);
-    let (row_count, time_range, size_bytes, crc32c) = sealed.map_err(Exit::Failed)?;
+    let (row_count, time_range, size_bytes, crc32c) = sealed.map_err(|e| Exit::failed(FailReason::Upload, e))?;
     let record = SegmentRecord {
         name: name.clone(),
         partition: lease.partition,
@@ -495,6 +607,7 @@ async fn flush(
         crc32c,
         time_range,
         created_at_ms,
+        offset_gaps,
     };
     let mut backoff = Duration::from_millis(100);
     let committing = Instant::now();
@@ -505,6 +618,7 @@ async fn flush(
                 metrics::counter!(m::SEGMENTS_COMMITTED, &state.labels).increment(1);
                 metrics::counter!(m::ROWS_COMMITTED, &state.labels).increment(record.row_count);
                 tracing::info!(table = %config.table, segment = %name, rows = record.row_count, end_offset, "committed");
+                ctx.health.committed(&config.table, lease.partition);
                 state.segment = None;
                 state.started = None;
                 return Ok(());
@@ -516,7 +630,10 @@ async fn flush(
                 return Err(Exit::Fenced);
             }
             Ok(CommitOutcome::Discontinuous { expected, found }) => {
-                return Err(Exit::Failed(format!("segment starts at {found}, the checkpoint is at {expected}")));
+                return Err(Exit::failed(
+                    FailReason::Discontinuous,
+                    format!("segment starts at {found}, the checkpoint is at {expected}"),
+                ));
             }
             Ok(CommitOutcome::Transient(reason)) => tracing::warn!(%reason, "commit outcome unknown; retrying"),
             Err(e) => tracing::warn!(error = %e, "commit failed; retrying"),
@@ -524,7 +641,7 @@ async fn flush(
         metrics::counter!(m::COMMIT_RETRIES, &state.labels).increment(1);
         if stop.has_changed().is_err() {
             // The worker is going away without a coordinator to retry against.
-            return Err(Exit::Failed("stopped while the commit was still uncertain".into()));
+            return Err(Exit::failed(FailReason::Commit, "stopped while the commit was still uncertain"));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

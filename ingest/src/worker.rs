@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::budget::MemoryBudget;
+use crate::health::PartitionHealth;
 use crate::partition::{Exit, PipelineContext, ingest_partition, kafka_config};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,11 @@ pub enum WorkerError {
 /// How long a restarted worker waits for its previous session to expire.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 
-/// How long a partition that failed waits before it is tried again.
-const FAILED_PARTITION_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a partition that failed waits before it is tried again: the
+/// first retry after a second, doubling up to half a minute. A reset of its
+/// offset retries at once.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// This worker's id: the configured one, else `<hostname>-<pid>`.
 pub fn worker_id(configured: Option<&str>) -> String {
@@ -62,9 +66,28 @@ pub async fn run_worker(
     let default_store = DeepStore::at(data_dir.join("deep-store"));
     let started_at_ms = crate::partition::now_ms();
     let host = hostname();
-    let http_addr = crate::metrics::serve(config.http.listen, id.clone(), crate::metrics::install_recorder())
-        .await
-        .map_err(|source| WorkerError::Http { addr: config.http.listen.to_string(), source })?;
+    let health = Arc::new(PartitionHealth::default());
+    let http_addr = crate::metrics::serve(
+        &config.http,
+        id.clone(),
+        crate::metrics::install_recorder(),
+        health.clone(),
+        config.stall_timeout,
+    )
+    .await
+    .map_err(|source| WorkerError::Http { addr: config.http.listen.to_string(), source })?;
+    let stall_timeout = config.stall_timeout;
+    let stall_gauge = health.clone();
+    let stall_task = tokio::spawn(async move {
+        loop {
+            let stalled = stall_gauge.stalled(stall_timeout);
+            metrics::gauge!(crate::metrics::PARTITIONS_STALLED).set(stalled.len() as f64);
+            for s in &stalled {
+                tracing::warn!(table = %s.table, partition = s.partition, stalled_for_s = s.stalled_for_s, reason = %s.reason, "partition stalled");
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
     tracing::info!(%http_addr, "serving /health and /metrics");
     let info = WorkerInfo { id: id.clone(), host, http_addr: http_addr.to_string(), started_at_ms };
     // A restarted worker may find its previous incarnation still registered
@@ -148,6 +171,7 @@ pub async fn run_worker(
             };
             match PipelineContext::new(Arc::new(pipeline), coordinator.clone(), store, budget.clone()) {
                 Ok(ctx) => {
+                    let ctx = ctx.with_health(health.clone());
                     tracing::info!(%table, "starting pipeline");
                     supervisors.insert(table, Supervisor::start(Arc::new(ctx), id.clone()));
                 }
@@ -170,6 +194,7 @@ pub async fn run_worker(
     }
     tracing::info!(worker = %id, "shutting down: committing consumed data");
     duties_task.abort();
+    stall_task.abort();
     for (_, supervisor) in std::mem::take(&mut supervisors) {
         supervisor.stop().await;
     }
@@ -200,6 +225,17 @@ impl Supervisor {
 struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<Exit>,
+    /// The lease's epoch: a checkpoint with another epoch was reset.
+    epoch: u64,
+}
+
+/// A partition waiting to be retried after a failure.
+struct Retry {
+    attempts: u32,
+    at: Instant,
+    /// The epoch of the lease it failed under; an operator's reset changes
+    /// the checkpoint's epoch, which retries at once.
+    epoch: u64,
 }
 
 /// Keeps this worker's share of a pipeline's partitions running.
@@ -210,7 +246,8 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
     let metadata = Arc::new(metadata);
     let mut partitions = 0;
     let mut running: BTreeMap<i32, Running> = BTreeMap::new();
-    let mut failed_until: BTreeMap<i32, Instant> = BTreeMap::new();
+    let mut retries: BTreeMap<i32, Retry> = BTreeMap::new();
+    let health = ctx.health.clone();
     loop {
         if *stop.borrow() {
             break;
@@ -243,17 +280,56 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 continue;
             }
         };
-        // Reap partitions that ended by themselves.
+        health.assigned(&table, &mine);
+        // Reap partitions that ended by themselves: each released its lease
+        // (a panicked one cannot have: released here), and is counted and
+        // started again — after a failure, with backoff.
         let finished: Vec<i32> = running.iter().filter(|(_, r)| r.task.is_finished()).map(|(p, _)| *p).collect();
         for partition in finished {
-            let exit = running.remove(&partition).expect("present").task.await;
+            let ended = running.remove(&partition).expect("present");
+            health.owned(&table, partition, false);
+            let exit = ended.task.await;
+            let reason = match &exit {
+                Ok(Exit::Stopped) => None,
+                Ok(Exit::Fenced) => Some("fenced"),
+                Ok(Exit::Failed { reason, .. }) => Some(reason.as_str()),
+                Err(_) => Some("panic"),
+            };
+            if let Some(reason) = reason {
+                metrics::counter!(crate::metrics::PARTITION_FAILURES, "table" => table.clone(), "reason" => reason)
+                    .increment(1);
+            }
             match exit {
-                Ok(Exit::Failed(reason)) => {
-                    tracing::error!(%table, partition, %reason, "partition failed; retrying later");
-                    failed_until.insert(partition, Instant::now() + FAILED_PARTITION_BACKOFF);
+                Ok(Exit::Failed { reason, detail }) => {
+                    let attempts = retries.get(&partition).map_or(0, |r| r.attempts) + 1;
+                    let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
+                    tracing::error!(%table, partition, reason = reason.as_str(), %detail, attempts, retry_in = ?backoff, "partition failed; retrying");
+                    health.failed(&table, partition, format!("{}: {detail}", reason.as_str()));
+                    retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch: ended.epoch });
                 }
-                Ok(exit) => tracing::info!(%table, partition, ?exit, "partition ended"),
-                Err(e) => tracing::error!(%table, partition, error = %e, "partition task panicked"),
+                Ok(Exit::Fenced) => {
+                    // Another owner, or a reset: take it again if it is ours.
+                    tracing::info!(%table, partition, "partition fenced; acquiring it again if it is still ours");
+                }
+                Ok(Exit::Stopped) => tracing::info!(%table, partition, "partition ended"),
+                Err(e) => {
+                    tracing::error!(%table, partition, error = %e, "partition task panicked; retrying");
+                    health.failed(&table, partition, format!("panic: {e}"));
+                    let attempts = retries.get(&partition).map_or(0, |r| r.attempts) + 1;
+                    let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
+                    retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch: ended.epoch });
+                }
+            }
+        }
+        // A partition waiting out its backoff is retried at once when its
+        // checkpoint was reset meanwhile (`sluice pipeline reset-offset`).
+        for (partition, retry) in retries.iter_mut() {
+            if retry.at > Instant::now()
+                && let Ok(Some(checkpoint)) = ctx.coordinator.checkpoint(&table, *partition).await
+                && checkpoint.epoch != retry.epoch
+            {
+                tracing::info!(%table, partition, "checkpoint reset; retrying now");
+                retry.at = Instant::now();
             }
         }
         // Hand over what is no longer ours: each task commits, then releases;
@@ -266,8 +342,10 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
         }
         for (partition, r) in surplus {
             let _ = r.task.await;
+            health.owned(&table, partition, false);
             tracing::info!(%table, partition, "handed over");
         }
+        retries.retain(|p, _| mine.contains(p));
         // Take what is newly ours. Acquisitions are independent ZooKeeper
         // transactions on one session, so they are pipelined, not awaited
         // one by one: a worker starting with 48 partitions owns them all in
@@ -275,15 +353,17 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
         let wanted: Vec<i32> = mine
             .iter()
             .copied()
-            .filter(|p| !running.contains_key(p) && failed_until.get(p).is_none_or(|t| *t <= Instant::now()))
+            .filter(|p| !running.contains_key(p) && retries.get(p).is_none_or(|r| r.at <= Instant::now()))
             .collect();
         let acquired = futures::future::join_all(wanted.iter().map(|&p| ctx.coordinator.acquire(&table, p, &me))).await;
         for (partition, result) in wanted.into_iter().zip(acquired) {
             match result {
                 Ok(Some(lease)) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
+                    let epoch = lease.epoch();
+                    health.owned(&table, partition, true);
                     let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
-                    running.insert(partition, Running { stop: stop_tx, task });
+                    running.insert(partition, Running { stop: stop_tx, task, epoch });
                 }
                 Ok(None) => {} // its previous owner has not let go yet
                 Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),

@@ -10,6 +10,14 @@
 //! again later with backoff (the deep store may be repaired). A cached file
 //! that passes both checks is served without downloading again, which is how
 //! a restarted node comes back without re-reading the deep store.
+//!
+//! Opening validates the Arrow data too (offsets, lengths, dictionary keys),
+//! because checksums prove only that a file is what some writer wrote. A
+//! file that fails to open is moved to `cache_dir/.quarantine/` (so it is
+//! never reloaded from the cache, on this run or after a restart), counted,
+//! and fetched again; a segment that keeps failing is reported as corrupt
+//! ([`NodeHealth`], `/health`, `sluice_query_segments_corrupt`) and never
+//! served, while every other segment is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +51,63 @@ struct Failure {
     retry_at: Instant,
 }
 
+/// What the node reports about the segments it refuses.
+#[derive(Default)]
+pub struct NodeHealth {
+    corrupt: std::sync::Mutex<BTreeMap<(String, String), String>>,
+}
+
+/// A segment the node refused more than once, with the last reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CorruptSegment {
+    pub table: String,
+    pub segment: String,
+    pub reason: String,
+}
+
+impl NodeHealth {
+    pub fn corrupt(&self) -> Vec<CorruptSegment> {
+        let corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        corrupt
+            .iter()
+            .map(|((table, segment), reason)| CorruptSegment {
+                table: table.clone(),
+                segment: segment.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    fn set(&self, table: &str, segment: &str, reason: Option<&str>) {
+        let mut corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (table.to_string(), segment.to_string());
+        match reason {
+            Some(reason) => {
+                corrupt.insert(key, reason.to_string());
+            }
+            None => {
+                corrupt.remove(&key);
+            }
+        }
+        let count = corrupt.keys().filter(|(t, _)| t == table).count();
+        metrics::gauge!("sluice_query_segments_corrupt", "table" => table.to_string()).set(count as f64);
+    }
+
+    fn retain(&self, table: &str, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = {
+            let corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+            corrupt.keys().filter(|(t, s)| t == table && !keep(s)).map(|(_, s)| s.clone()).collect()
+        };
+        for segment in gone {
+            self.set(table, &segment, None);
+        }
+    }
+}
+
+/// A refused segment is reported corrupt from its second failed attempt:
+/// the first may be a cached copy damaged locally, healed by a fresh fetch.
+const CORRUPT_AFTER: u32 = 2;
+
 #[derive(Default)]
 struct TableState {
     table: Option<Arc<SegmentTable>>,
@@ -55,11 +120,17 @@ pub struct CatalogFollower {
     engine: Arc<QueryEngine>,
     cache_dir: PathBuf,
     tables: BTreeMap<String, TableState>,
+    health: Arc<NodeHealth>,
 }
 
 impl CatalogFollower {
-    pub fn new(coordinator: Arc<dyn Coordinator>, engine: Arc<QueryEngine>, cache_dir: PathBuf) -> Self {
-        CatalogFollower { coordinator, engine, cache_dir, tables: BTreeMap::new() }
+    pub fn new(
+        coordinator: Arc<dyn Coordinator>,
+        engine: Arc<QueryEngine>,
+        cache_dir: PathBuf,
+        health: Arc<NodeHealth>,
+    ) -> Self {
+        CatalogFollower { coordinator, engine, cache_dir, tables: BTreeMap::new(), health }
     }
 
     /// Follows the catalog until `shutdown` turns true.
@@ -108,6 +179,7 @@ impl CatalogFollower {
                     let _ = std::fs::remove_file(&loaded.cached);
                 }
                 set_gauges(&name, &TableState::default());
+                self.health.retain(&name, |_| false);
             }
         }
         Ok(next_retry)
@@ -132,6 +204,7 @@ impl CatalogFollower {
             keep
         });
         state.failures.retain(|segment, _| wanted.contains_key(segment.as_str()));
+        self.health.retain(name, |segment| wanted.contains_key(segment));
         let now = Instant::now();
         let mut next_retry: Option<Instant> = None;
         for record in &records {
@@ -145,8 +218,9 @@ impl CatalogFollower {
                 continue;
             }
             let cache = self.cache_dir.join(name);
+            let quarantine = self.cache_dir.join(QUARANTINE);
             let owned = record.clone();
-            let loaded = tokio::task::spawn_blocking(move || load(&cache, &owned))
+            let loaded = tokio::task::spawn_blocking(move || load(&cache, &quarantine, &owned))
                 .await
                 .unwrap_or_else(|e| Err(format!("loader panicked: {e}")));
             let accepted = loaded.and_then(|loaded| {
@@ -166,6 +240,7 @@ impl CatalogFollower {
                 Ok(loaded) => {
                     tracing::debug!(table = %name, segment = %record.name, rows = record.row_count, "segment loaded");
                     state.failures.remove(&record.name);
+                    self.health.set(name, &record.name, None);
                     state.segments.insert(record.name.clone(), loaded);
                     changed = true;
                 }
@@ -175,6 +250,9 @@ impl CatalogFollower {
                     let failure =
                         state.failures.entry(record.name.clone()).or_insert(Failure { attempts: 0, retry_at: now });
                     failure.attempts += 1;
+                    if failure.attempts >= CORRUPT_AFTER {
+                        self.health.set(name, &record.name, Some(&reason));
+                    }
                     let backoff = RETRY_MIN.saturating_mul(1 << failure.attempts.min(6)).min(RETRY_MAX);
                     failure.retry_at = now + backoff;
                     next_retry = Some(next_retry.map_or(failure.retry_at, |t| t.min(failure.retry_at)));
@@ -213,20 +291,42 @@ fn schema_from_config(name: &str, text: &str) -> Option<arrow::datatypes::Schema
     Some(SegmentSchema::from_pipeline(&config).arrow_schema().as_ref().clone())
 }
 
+/// Where refused files go, under the cache directory (a dot name: never a
+/// table's directory).
+const QUARANTINE: &str = ".quarantine";
+
+/// Moves a file that failed to open out of the cache, keeping it for a
+/// post-mortem (the newest copy of each name).
+fn quarantine(file: &Path, quarantine: &Path, reason: &str) {
+    metrics::counter!("sluice_query_segments_quarantined_total").increment(1);
+    let moved = std::fs::create_dir_all(quarantine)
+        .and_then(|()| std::fs::rename(file, quarantine.join(file.file_name().unwrap_or_default())));
+    match moved {
+        Ok(()) => tracing::warn!(file = %file.display(), %reason, "segment file quarantined"),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), %reason, error = %e, "cannot quarantine; deleting the file");
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
 /// A verified, memory-mapped copy of the record's file in `cache`: the
 /// cached copy when it is intact, else a fresh one from the deep store.
-fn load(cache: &Path, record: &SegmentRecord) -> Result<Loaded, String> {
+fn load(cache: &Path, quarantine_dir: &Path, record: &SegmentRecord) -> Result<Loaded, String> {
     let source = file_uri_path(&record.uri).ok_or_else(|| format!("unsupported deep-store URI `{}`", record.uri))?;
     let file_name = source.file_name().ok_or_else(|| format!("deep-store URI `{}` names no file", record.uri))?;
     let cached = cache.join(file_name);
     let intact = |bytes: &[u8]| bytes.len() as u64 == record.size_bytes && crc32c::crc32c(bytes) == record.crc32c;
     if let Ok(bytes) = std::fs::read(&cached) {
-        if intact(&bytes)
-            && let Ok(segment) = Segment::open(&cached)
-        {
-            return Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached });
+        if !intact(&bytes) {
+            // An older or partial copy: not this record's file.
+            let _ = std::fs::remove_file(&cached);
+        } else {
+            match Segment::open(&cached) {
+                Ok(segment) => return Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached }),
+                Err(e) => quarantine(&cached, quarantine_dir, &e.to_string()),
+            }
         }
-        let _ = std::fs::remove_file(&cached);
     }
     let bytes = std::fs::read(&source).map_err(|e| format!("reading {}: {e}", source.display()))?;
     if !intact(&bytes) {
@@ -253,8 +353,9 @@ fn load(cache: &Path, record: &SegmentRecord) -> Result<Loaded, String> {
     match Segment::open(&cached) {
         Ok(segment) => Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached }),
         Err(e) => {
-            let _ = std::fs::remove_file(&cached);
-            Err(e.to_string())
+            let reason = e.to_string();
+            quarantine(&cached, quarantine_dir, &reason);
+            Err(reason)
         }
     }
 }

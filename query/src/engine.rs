@@ -1,11 +1,20 @@
 //! Runs one SQL query under the node's limits and answers in Pinot's shape.
 //!
-//! Limits are enforced here, not by the HTTP layer: a bounded number of
-//! queries run at once and a bounded number wait (beyond that: overloaded),
-//! each query has a deadline covering its wait, planning and execution (the
-//! query's future is dropped at the deadline, which cancels DataFusion's
-//! tasks), a memory pool bounds sorts, joins and aggregations, and a result
-//! may hold at most `max_result_rows` rows.
+//! Limits are enforced here, not by the HTTP layer: the statement's size,
+//! expression depth and list lengths are checked before it is parsed
+//! ([`crate::limits`]); a bounded number of queries run at once and a
+//! bounded number wait (beyond that: overloaded); each query has a deadline
+//! covering its wait, planning and execution (the query's task is aborted at
+//! the deadline, which cancels DataFusion's tasks and returns their memory);
+//! a memory pool bounds sorts, joins and aggregations; string functions
+//! that grow their input are bounded per call ([`crate::functions`]); and a
+//! result may hold at most `max_result_rows` rows and `max_result_bytes`
+//! bytes.
+//!
+//! Queries run on the engine's own runtime, whose threads have stacks large
+//! enough for the deepest expression the statement limits admit (every pass
+//! over a plan recurses once per level). The caller's runtime — in the
+//! quickstart, the one ingesting — only waits for the answer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +54,14 @@ pub enum QueryError {
     Timeout { limit: Duration },
     #[error("the result has more than {limit} rows (the node's max_result_rows); add a LIMIT or aggregate")]
     TooManyRows { limit: u64 },
+    #[error(
+        "the result is larger than {limit} bytes (the node's limits.max_result_bytes); select fewer or smaller values"
+    )]
+    ResultTooLarge { limit: u64 },
+    #[error("the query is too expensive: {message}")]
+    TooExpensive { message: String },
+    #[error("the statement exceeds {limit}: {message}")]
+    TooComplex { limit: &'static str, message: String },
     #[error("the query node is overloaded ({running} queries running, {queued} waiting); retry later")]
     Overloaded { running: usize, queued: usize },
     #[error("internal error: {message}")]
@@ -58,8 +75,9 @@ impl QueryError {
             | QueryError::UnknownTable { .. }
             | QueryError::ReadOnly { .. }
             | QueryError::Invalid { .. }
+            | QueryError::TooComplex { .. }
             | QueryError::Execution { .. } => 400,
-            QueryError::TooManyRows { .. } => 413,
+            QueryError::TooManyRows { .. } | QueryError::ResultTooLarge { .. } | QueryError::TooExpensive { .. } => 413,
             QueryError::Timeout { .. } => 504,
             QueryError::Overloaded { .. } | QueryError::OutOfMemory { .. } => 503,
             QueryError::Internal { .. } => 500,
@@ -71,11 +89,11 @@ impl QueryError {
         match self {
             QueryError::Syntax { .. } => 150,
             QueryError::UnknownTable { .. } => 190,
-            QueryError::ReadOnly { .. } | QueryError::Invalid { .. } => 700,
+            QueryError::ReadOnly { .. } | QueryError::Invalid { .. } | QueryError::TooComplex { .. } => 700,
             QueryError::Execution { .. } | QueryError::Internal { .. } => 200,
             QueryError::OutOfMemory { .. } => 211,
             QueryError::Timeout { .. } => 250,
-            QueryError::TooManyRows { .. } => 240,
+            QueryError::TooManyRows { .. } | QueryError::ResultTooLarge { .. } | QueryError::TooExpensive { .. } => 240,
             QueryError::Overloaded { .. } => 503,
         }
     }
@@ -88,7 +106,9 @@ impl QueryError {
             | QueryError::ReadOnly { .. }
             | QueryError::Invalid { .. }
             | QueryError::Execution { .. } => "bad_query",
-            QueryError::TooManyRows { .. } => "too_many_rows",
+            QueryError::TooComplex { .. } => "too_complex",
+            QueryError::TooManyRows { .. } | QueryError::ResultTooLarge { .. } => "too_large",
+            QueryError::TooExpensive { .. } => "too_expensive",
             QueryError::Timeout { .. } => "timeout",
             QueryError::Overloaded { .. } => "overloaded",
             QueryError::OutOfMemory { .. } => "out_of_memory",
@@ -123,22 +143,68 @@ impl QueryError {
             // Runtime failures caused by the data and the query: a failed
             // cast, a division by zero, an overflow.
             DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => QueryError::Execution { message },
+            // Kernels report bad user input (a regex that does not compile,
+            // a failed cast) as Arrow compute errors, which DataFusion's
+            // function wrappers sometimes label internal.
+            DataFusionError::Internal(m) if m.contains("Compute error") || m.contains("did not compile") => {
+                QueryError::Execution { message }
+            }
+            DataFusionError::ResourcesExhausted(m) if m.starts_with(crate::functions::REFUSED) => {
+                QueryError::TooExpensive { message }
+            }
             DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory { message },
             _ => QueryError::Internal { message },
         }
     }
 }
 
+/// The stack of every thread that plans or runs a query: deep enough for
+/// the deepest expression `limits.max_expression_depth` admits (5,000
+/// levels, measured in a debug build with room to spare). Reserved, not
+/// committed: untouched pages cost nothing.
+pub(crate) const QUERY_STACK_SIZE: usize = 256 << 20;
+
+type Tables = Arc<RwLock<BTreeMap<String, Arc<SegmentTable>>>>;
+
 /// The tables a query node serves, and how it runs queries over them.
 pub struct QueryEngine {
+    executor: Executor,
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    runtime: QueryRuntime,
+}
+
+/// What running one query needs, cheap to clone into the query's task.
+#[derive(Clone)]
+struct Executor {
     ctx: SessionContext,
     limits: QueryLimits,
     /// DataFusion's target partitions, also the fast path's threads.
     threads: usize,
-    tables: RwLock<BTreeMap<String, Arc<SegmentTable>>>,
-    permits: Semaphore,
-    waiting: AtomicUsize,
-    running: AtomicUsize,
+    tables: Tables,
+}
+
+/// The engine's runtime. Shut down in the background on drop, so an engine
+/// may be dropped inside another runtime.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts the query's task when the query is given up (deadline, client
+/// gone), which drops DataFusion's streams and returns their memory.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How many queries may wait for a slot, per slot.
@@ -156,20 +222,27 @@ impl QueryEngine {
             .build_arc()
             .map_err(|e| QueryError::Internal { message: e.to_string() })?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::functions::register(&ctx, limits.max_function_output.as_u64());
         let permits = Semaphore::new(limits.max_concurrent_queries.max(1) as usize);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(4 * threads + 4)
+            .thread_stack_size(QUERY_STACK_SIZE)
+            .thread_name("sluice-query")
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Internal { message: format!("cannot start the query runtime: {e}") })?;
         Ok(QueryEngine {
-            ctx,
-            limits,
-            threads,
-            tables: RwLock::default(),
+            executor: Executor { ctx, limits, threads, tables: Tables::default() },
             permits,
             waiting: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            runtime: QueryRuntime(Some(runtime)),
         })
     }
 
     pub fn limits(&self) -> &QueryLimits {
-        &self.limits
+        &self.executor.limits
     }
 
     /// Serves `table` under its name, replacing a previous table of that name.
@@ -177,25 +250,25 @@ impl QueryEngine {
         let name = table.name().to_string();
         // Only fails for a missing catalog or schema, and ours are created
         // with the context.
-        if let Err(e) = self.ctx.register_table(name.as_str(), table.clone()) {
+        if let Err(e) = self.executor.ctx.register_table(name.as_str(), table.clone()) {
             tracing::error!(table = %name, error = %e, "could not register table");
             return;
         }
-        self.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table);
+        self.executor.tables.write().unwrap_or_else(|e| e.into_inner()).insert(name, table);
     }
 
     pub fn deregister(&self, name: &str) {
-        let _ = self.ctx.deregister_table(name);
-        self.tables.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let _ = self.executor.ctx.deregister_table(name);
+        self.executor.tables.write().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 
     pub fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
-        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.executor.table(name)
     }
 
     /// Served tables, sorted by name.
     pub fn tables(&self) -> Vec<Arc<SegmentTable>> {
-        self.tables.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.executor.tables.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Runs `sql` and builds the Pinot broker response.
@@ -213,7 +286,8 @@ impl QueryEngine {
     }
 
     async fn query_inner(&self, sql: &str, started: Instant) -> Result<PinotResponse, QueryError> {
-        let queue_limit = self.limits.max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
+        crate::limits::check(sql, self.limits())?;
+        let queue_limit = self.limits().max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
         let permit = match self.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -224,7 +298,7 @@ impl QueryEngine {
                 if queued >= queue_limit {
                     return Err(QueryError::Overloaded { running: self.running.load(Ordering::SeqCst), queued });
                 }
-                let limit = self.limits.query_timeout;
+                let limit = self.limits().query_timeout;
                 match tokio::time::timeout(limit, self.permits.acquire()).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(QueryError::Internal { message: "query slots closed".into() }),
@@ -236,12 +310,20 @@ impl QueryEngine {
         let _done = Defer(|| {
             self.running.fetch_sub(1, Ordering::SeqCst);
         });
-        let remaining = self.limits.query_timeout.saturating_sub(started.elapsed());
+        let timeout = self.limits().query_timeout;
+        let remaining = timeout.saturating_sub(started.elapsed());
         let stats = Arc::new(std::sync::Mutex::new(ScanStats::default()));
-        let run = QUERY_STATS.scope(stats.clone(), self.execute(sql));
-        let batches = match tokio::time::timeout(remaining, run).await {
-            Ok(result) => result?,
-            Err(_) => return Err(QueryError::Timeout { limit: self.limits.query_timeout }),
+        let (executor, owned) = (self.executor.clone(), sql.to_string());
+        let runtime = self.runtime.0.as_ref().expect("the runtime lives as long as the engine");
+        let mut task =
+            AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats.clone(), async move { executor.execute(&owned).await })));
+        let batches = match tokio::time::timeout(remaining, &mut task.0).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "query task panicked");
+                return Err(QueryError::Internal { message: format!("the query crashed ({join})") });
+            }
+            Err(_) => return Err(QueryError::Timeout { limit: timeout }),
         };
         drop(permit);
         let stats = *stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,14 +334,7 @@ impl QueryEngine {
     /// ([`crate::fast`]), else through DataFusion. No slot, deadline or
     /// metrics: [`QueryEngine::query`] adds those.
     pub async fn execute(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
-        if let Some(query) = fast::plan(sql, |name| self.table(name)) {
-            metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
-            let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
-            let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
-            return Ok((schema, batches));
-        }
-        metrics::counter!("sluice_query_planner_total", "planner" => "datafusion").increment(1);
-        self.execute_datafusion(sql).await
+        self.executor.execute(sql).await
     }
 
     /// Whether `sql` takes the fast path.
@@ -269,6 +344,44 @@ impl QueryEngine {
 
     /// Runs `sql` through DataFusion's planner, whatever its shape.
     pub async fn execute_datafusion(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        self.executor.execute_datafusion(sql).await
+    }
+
+    /// The physical plan of `sql`, as `EXPLAIN` prints it.
+    pub async fn explain(&self, sql: &str) -> Result<String, QueryError> {
+        let ctx = &self.executor.ctx;
+        let frame = ctx.sql(sql).await.map_err(QueryError::from_datafusion)?;
+        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
+        Ok(datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string())
+    }
+
+    /// The session, for tests that compare against plain DataFusion.
+    pub fn context(&self) -> &SessionContext {
+        &self.executor.ctx
+    }
+}
+
+impl Executor {
+    fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    async fn execute(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        if let Some(query) = fast::plan(sql, |name| self.table(name)) {
+            metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
+            let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
+            let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
+            check_result_bytes(&batches, self.limits.max_result_bytes.as_u64())?;
+            return Ok((schema, batches));
+        }
+        metrics::counter!("sluice_query_planner_total", "planner" => "datafusion").increment(1);
+        self.execute_datafusion(sql).await
+    }
+
+    async fn execute_datafusion(
         &self,
         sql: &str,
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
@@ -285,7 +398,8 @@ impl QueryEngine {
         let schema = physical.schema();
         let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(QueryError::from_datafusion)?;
         let limit = self.limits.max_result_rows;
-        let mut rows = 0u64;
+        let max_bytes = self.limits.max_result_bytes.as_u64();
+        let (mut rows, mut bytes) = (0u64, 0u64);
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(QueryError::from_datafusion)?;
@@ -293,22 +407,30 @@ impl QueryEngine {
             if rows > limit {
                 return Err(QueryError::TooManyRows { limit });
             }
+            bytes += batch_bytes(&batch);
+            if bytes > max_bytes {
+                return Err(QueryError::ResultTooLarge { limit: max_bytes });
+            }
             batches.push(batch);
         }
         Ok((schema, batches))
     }
+}
 
-    /// The physical plan of `sql`, as `EXPLAIN` prints it.
-    pub async fn explain(&self, sql: &str) -> Result<String, QueryError> {
-        let frame = self.ctx.sql(sql).await.map_err(QueryError::from_datafusion)?;
-        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
-        Ok(datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string())
-    }
+/// The bytes a batch's rows occupy: the sliced length of each array's
+/// buffers, not the buffers it shares with others (a slice of a segment
+/// column counts its rows, not the column).
+fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(c.get_array_memory_size()) as u64)
+        .sum()
+}
 
-    /// The session, for tests that compare against plain DataFusion.
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
+fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {
+    let bytes: u64 = batches.iter().map(batch_bytes).sum();
+    if bytes > limit { Err(QueryError::ResultTooLarge { limit }) } else { Ok(()) }
 }
 
 /// Runs a closure on drop: counters stay right on every early return and on

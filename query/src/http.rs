@@ -6,20 +6,25 @@
 //! (an `exceptions` entry with a Pinot error code and the reason), with the
 //! status of [`crate::QueryError::status`]. A query runs in its own task, so
 //! even a panic deep in a library becomes a 500 rather than a dropped
-//! connection.
+//! connection. Every other error (unknown path 404, wrong method 405, body
+//! too large 413, body too slow 408) is a Pinot response body too.
+//!
+//! Connections are served by [`sluice_http`]: header, body and idle
+//! timeouts and a connection cap, from the node's `[http]` settings.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
+use sluice_config::HttpConfig;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
@@ -29,34 +34,49 @@ use crate::response::{PinotResponse, pinot_type};
 struct AppState {
     engine: Arc<QueryEngine>,
     metrics: Option<PrometheusHandle>,
+    http: Arc<HttpConfig>,
+    health: Arc<crate::catalog::NodeHealth>,
 }
 
-/// Binds `listen` and serves until `shutdown` turns true. Returns the bound
-/// address (the configured port may be 0) and the server task.
+/// Binds `config.listen` and serves until `shutdown` turns true. Returns
+/// the bound address (the configured port may be 0) and the server task.
 pub async fn serve(
-    listen: SocketAddr,
+    config: &HttpConfig,
     engine: Arc<QueryEngine>,
     metrics: Option<PrometheusHandle>,
-    mut shutdown: watch::Receiver<bool>,
+    health: Arc<crate::catalog::NodeHealth>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = sluice_http::bind(config).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/query/sql", post(query_sql))
         .route("/tables", get(tables))
         .route("/tables/{table}/schema", get(schema))
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/health", get(health_check))
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { engine, metrics });
-    let task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "query HTTP server stopped");
-        }
-    });
-    Ok((addr, task))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(AppState { engine, metrics, http: Arc::new(config.clone()), health });
+    Ok((addr, sluice_http::spawn(listener, app, config.clone(), shutdown)))
+}
+
+/// The node is healthy while it serves; corrupt segments it refused are
+/// listed (they are not served, the rest is).
+async fn health_check(State(state): State<AppState>) -> Response {
+    let corrupt = state.health.corrupt();
+    axum::Json(json!({"status": "ok", "corruptSegments": corrupt})).into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let started = Instant::now();
+    pinot(404, &PinotResponse::error(404, format!("no such endpoint: {}", uri.path()), started.elapsed()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let started = Instant::now();
+    let message = format!("{method} is not allowed on {}", uri.path());
+    pinot(405, &PinotResponse::error(405, message, started.elapsed()))
 }
 
 fn pinot(status: u16, body: &PinotResponse) -> Response {
@@ -64,8 +84,16 @@ fn pinot(status: u16, body: &PinotResponse) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn query_sql(State(state): State<AppState>, body: Bytes) -> Response {
+async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    let body = match sluice_http::read_body(&headers, body, &state.http).await {
+        Ok(body) => body,
+        Err(e) => {
+            metrics::counter!("sluice_query_queries_total", "outcome" => "bad_request").increment(1);
+            let status = e.status().as_u16();
+            return pinot(status, &PinotResponse::error(i32::from(status), e.to_string(), started.elapsed()));
+        }
+    };
     let sql = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("sql") {
             Some(Value::String(sql)) => sql.clone(),
@@ -104,8 +132,7 @@ async fn tables(State(state): State<AppState>) -> Response {
 /// dimensions (sluice has no metric/dimension distinction).
 async fn schema(State(state): State<AppState>, Path(table): Path<String>) -> Response {
     let Some(t) = state.engine.table(&table) else {
-        let body = json!({"code": 404, "error": format!("unknown table `{table}`")});
-        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        return sluice_http::json_error(StatusCode::NOT_FOUND, format!("unknown table `{table}`"));
     };
     let schema = datafusion::datasource::TableProvider::schema(t.as_ref());
     let mut dimensions = Vec::new();
@@ -138,6 +165,6 @@ async fn schema(State(state): State<AppState>, Path(table): Path<String>) -> Res
 async fn render_metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => handle.render().into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+        None => sluice_http::json_error(StatusCode::NOT_FOUND, "metrics are not enabled"),
     }
 }

@@ -25,7 +25,9 @@
 pub mod catalog;
 pub mod engine;
 mod fast;
+mod functions;
 pub mod http;
+pub mod limits;
 pub mod pushdown;
 pub mod response;
 pub mod table;
@@ -62,10 +64,11 @@ impl QueryNode {
         let engine = Arc::new(QueryEngine::new(config.limits.clone())?);
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|source| StartError::CacheDir { path: config.cache_dir.display().to_string(), source })?;
-        let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone());
+        let health = Arc::new(catalog::NodeHealth::default());
+        let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone());
         let follow = tokio::spawn(follower.run(shutdown.clone()));
         let listen = config.http.listen;
-        let (addr, server) = http::serve(listen, engine.clone(), metrics, shutdown)
+        let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health, shutdown)
             .await
             .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
         tracing::info!(%addr, "query node serving SQL on /query/sql");

@@ -34,6 +34,9 @@ pub struct ConsumingSegment {
     stats: Vec<LiveStats>,
     index_bytes_counted: usize,
     rows_since_recount: u64,
+    /// Offset ranges (inclusive) Kafka never delivered between consumed
+    /// records: compacted away, transaction markers, or skipped.
+    gaps: Vec<(i64, i64)>,
 }
 
 impl ConsumingSegment {
@@ -56,6 +59,7 @@ impl ConsumingSegment {
             stats,
             index_bytes_counted: 0,
             rows_since_recount: 0,
+            gaps: Vec::new(),
         }
     }
 
@@ -80,6 +84,19 @@ impl ConsumingSegment {
     /// committed.
     pub fn next_offset(&self) -> i64 {
         self.last_offset.map_or(self.start_offset, |o| o + 1)
+    }
+
+    /// Offset ranges (inclusive) this segment covers without records: the
+    /// partition jumped over them. Recorded in the sealed segment's metadata.
+    pub fn gaps(&self) -> &[(i64, i64)] {
+        &self.gaps
+    }
+
+    fn note_gap(&mut self, offset: i64) {
+        let expected = self.next_offset();
+        if offset > expected {
+            self.gaps.push((expected, offset - 1));
+        }
     }
 
     /// Offset of the first row appended, if any.
@@ -123,6 +140,7 @@ impl ConsumingSegment {
                 found => RowError::TypeMismatch { column: spec.name.clone(), expected: spec.data_type, found },
             })?;
         }
+        self.note_gap(offset);
         let row_id = self.offsets.len() as u32;
         for (i, datum) in row.iter().enumerate() {
             self.columns[i].push(datum);
@@ -150,6 +168,7 @@ impl ConsumingSegment {
     /// record), so the checkpoint moves past it when this segment commits.
     pub fn skip(&mut self, offset: i64) -> Result<(), RowError> {
         self.check_offset(offset)?;
+        self.note_gap(offset);
         self.last_offset = Some(offset);
         Ok(())
     }

@@ -91,7 +91,11 @@ impl DeepStore {
 
 /// The absolute path of a `file:///…` URI.
 pub fn file_uri_path(uri: &str) -> Option<PathBuf> {
-    let path = uri.strip_prefix("file://")?;
+    // Schemes are case-insensitive (RFC 3986), as config validation treats them.
+    let (scheme, path) = uri.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("file") {
+        return None;
+    }
     path.starts_with('/').then(|| PathBuf::from(path))
 }
 
