@@ -142,12 +142,57 @@ pub async fn reset_offset(pipeline: &str, partition: i32, to: Position, args: &C
     Ok(())
 }
 
-pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
+pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::Result<()> {
     let coordinator = args.connect().await?;
     let (workers, _) = coordinator.workers().await?;
     println!("workers: {}", workers.len());
+    let mut stalled = Vec::new();
     for w in &workers {
-        println!("  {}\thost {}\thttp {}", w.id, w.host, w.http_addr);
+        // Each worker's own view of its partitions: `/health` on its HTTP
+        // port (a wildcard listen address is reached on its host).
+        let addr = match w.http_addr.strip_prefix("0.0.0.0:") {
+            Some(port) => format!("{}:{port}", if w.host.is_empty() { "127.0.0.1" } else { w.host.as_str() }),
+            None => w.http_addr.clone(),
+        };
+        let health = match http_get_json(&addr, "/health").await {
+            Ok(health) => {
+                for s in health["stalled"].as_array().into_iter().flatten() {
+                    stalled.push((w.id.clone(), s.clone()));
+                }
+                health["status"].as_str().unwrap_or("unknown").to_string()
+            }
+            Err(e) => format!("unreachable ({e})"),
+        };
+        println!("  {}\thost {}\thttp {}\thealth {health}", w.id, w.host, w.http_addr);
+    }
+    if !stalled.is_empty() {
+        println!("stalled partitions: {}", stalled.len());
+        for (worker, s) in &stalled {
+            println!(
+                "  {}/{}\ton {worker}\tfor {}s\t{}",
+                s["table"].as_str().unwrap_or("?"),
+                s["partition"],
+                s["stalled_for_s"],
+                s["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for node in query_nodes {
+        match http_get_json(node, "/health").await {
+            Ok(health) => {
+                let corrupt = health["corruptSegments"].as_array().cloned().unwrap_or_default();
+                println!("query node {node}: {} corrupt segment(s), not served", corrupt.len());
+                for c in corrupt {
+                    println!(
+                        "  {}/{}\t{}",
+                        c["table"].as_str().unwrap_or("?"),
+                        c["segment"].as_str().unwrap_or("?"),
+                        c["reason"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Err(e) => println!("query node {node}: unreachable ({e})"),
+        }
     }
     let (applied, _) = coordinator.pipelines().await?;
     for name in coordinator.known_pipelines().await? {
@@ -167,6 +212,14 @@ pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
         };
         let rows: u64 = segments.iter().map(|s| s.row_count).sum();
         println!("pipeline {name}: {} segments, {rows} rows", segments.len());
+        let gapped: Vec<_> = segments.iter().filter(|s| s.offset_gaps > 0).collect();
+        if !gapped.is_empty() {
+            let missing: u64 = gapped.iter().map(|s| s.offset_gaps).sum();
+            println!(
+                "  offset gaps: {missing} offsets without records in {} segment(s) (compaction, transactions, or records Kafka no longer holds)",
+                gapped.len()
+            );
+        }
         if let Err(why) = &watermarks {
             println!("  lag unknown: {why}");
         }
@@ -188,6 +241,23 @@ pub async fn status(args: &CoordinatorArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A GET of a JSON document on a node's HTTP port, within two seconds.
+async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange).await.context("no answer within 2s")??;
+    let text = String::from_utf8_lossy(&response);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).context("not an HTTP response")?;
+    serde_json::from_str(body).context("not JSON")
 }
 
 /// High watermark per partition of the pipeline's topic, asked of Kafka with

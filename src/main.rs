@@ -67,10 +67,16 @@ enum Command {
     /// Manage pipelines stored in ZooKeeper.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
-    /// Show workers, partition owners, checkpoints and segments from ZooKeeper.
+    /// Show workers (with their health and stalled partitions), partition
+    /// owners, checkpoints, segments, lag and offset gaps; with
+    /// `--query-node`, the segments a query node refused as corrupt.
     Status {
         #[command(flatten)]
         coordinator: admin::CoordinatorArgs,
+        /// A query node's HTTP address (`host:port`) whose refused, corrupt
+        /// segments to list; repeat for several nodes.
+        #[arg(long = "query-node")]
+        query_nodes: Vec<String>,
     },
 }
 
@@ -139,7 +145,9 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Status { coordinator } => run_async(async move { admin::status(&coordinator).await }),
+        Command::Status { coordinator, query_nodes } => {
+            run_async(async move { admin::status(&coordinator, &query_nodes).await })
+        }
         Command::Ingest { config } => run_async(async move { ingest(&config).await }),
         Command::Query { config } => run_async(async move { query(&config).await }),
         Command::Quickstart(args) => run_async(async move { quickstart::run(args).await }),

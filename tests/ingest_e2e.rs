@@ -28,9 +28,14 @@ impl Cluster {
     }
 
     fn worker_config_listening(&self, id: &str, listen: &str) -> PathBuf {
+        self.worker_config_with(id, listen, "")
+    }
+
+    /// A worker file with `top` (top-level settings) added.
+    fn worker_config_with(&self, id: &str, listen: &str, top: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{id}.toml"));
         let text = format!(
-            "node_id = \"{id}\"\ndata_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\nsession_timeout = \"2s\"\n\
+            "node_id = \"{id}\"\n{top}data_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\nsession_timeout = \"2s\"\n\
              [http]\nlisten = \"{listen}\"\n[pipelines]\nfiles = [\"events.toml\"]\nfrom_coordinator = false\n",
             self.dir.path().join(id).display(),
             self.zk_connect,
@@ -509,4 +514,195 @@ async fn graceful_shutdown_commits_the_tail_and_the_next_worker_continues_after_
         );
     }
     assert_exactly_once(observer, &delivered).await;
+}
+
+/// `/health` of a worker: (status code, body).
+fn health(addr: &str) -> (u16, String) {
+    http_get(addr, "/health")
+}
+
+/// Deep-store writes fail (the table's directory is a file: every segment
+/// write fails as "Not a directory" — permissions would not stop root),
+/// then recover: the partition task fails, releases its lease, is counted
+/// and retried with backoff; `/health` and `sluice status` report the stall
+/// while it lasts; once writes work the partitions resume on their own and
+/// every record is committed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_deep_store_writes_fail_resumes_on_its_own() {
+    let s = setup(2, "fault").await;
+    let (cluster, observer) = (&s.cluster, &s.observer);
+    let blocked = cluster.dir.path().join("deep").join("events");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, b"a file where the table's directory goes").unwrap();
+    let delivered = s.broker.producer().unwrap().send_all(&s.topic, events(0..2_000, 2)).await.unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let config = cluster.worker_config_with("w1", &addr, "stall_timeout = \"2s\"\n");
+    let mut worker = cluster.start_with("w1", config);
+
+    let unhealthy = || async {
+        let (status, body) = health(&addr);
+        status == 503 && body.matches("upload").count() >= 2
+    };
+    if let Err(e) = wait_until("/health reports the stalled partitions", Duration::from_secs(60), unhealthy).await {
+        panic!("{e}: {:?}\n{}", health(&addr), cluster.log("w1"));
+    }
+    let (_, body) = health(&addr);
+    assert!(body.contains("\"status\":\"unhealthy\"") && body.contains("\"stalled\""), "{body}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metric_sum(&metrics, "sluice_partition_failures_total") >= 2.0, "{metrics}");
+    assert!(metrics.contains("reason=\"upload\""), "{metrics}");
+    assert_eq!(committed_rows(observer).await, 0);
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &cluster.zk_connect, "--root", &cluster.root])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{printed}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(printed.contains("health unhealthy") && printed.contains("stalled partitions: 2"), "{printed}");
+    assert!(printed.contains("events/0") && printed.contains("upload"), "{printed}");
+
+    std::fs::remove_file(&blocked).unwrap();
+    let all = || async { committed_rows(observer).await >= 2_000 };
+    if let Err(e) = wait_until("the partitions resume by themselves", Duration::from_secs(90), all).await {
+        panic!("{e}\n{}", cluster.log("w1"));
+    }
+    let healthy = || async { health(&addr).0 == 200 };
+    wait_until("/health is ok again", Duration::from_secs(30), healthy).await.unwrap();
+    assert_exactly_once(observer, &delivered).await;
+    worker.signal(libc::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", cluster.log("w1"));
+}
+
+/// `sluice pipeline reset-offset` fences the live owner; the owner's task
+/// ends, releases its lease, and the worker takes the partition again at
+/// the reset position within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_offset_on_a_live_owner_resumes_within_seconds() {
+    let s = setup(1, "reset").await;
+    let (cluster, observer) = (&s.cluster, &s.observer);
+    let producer = s.broker.producer().unwrap();
+    let mut delivered = producer.send_all(&s.topic, events(0..500, 1)).await.unwrap();
+    let mut worker = cluster.start("w1");
+    let first = || async { committed_rows(observer).await >= 500 };
+    wait_until("the first records commit", Duration::from_secs(60), first).await.unwrap();
+    // Reset to where the partition is: nothing is read twice, but the owner
+    // is fenced all the same.
+    let reset = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["pipeline", "reset-offset", "events", "0", "500", "--zookeeper", &cluster.zk_connect])
+        .args(["--root", &cluster.root])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    delivered.extend(producer.send_all(&s.topic, events(500..1_000, 1)).await.unwrap());
+    let started = std::time::Instant::now();
+    let all = || async { committed_rows(observer).await >= 1_000 };
+    if let Err(e) = wait_until("the partition resumes after the reset", Duration::from_secs(30), all).await {
+        panic!("{e}\n{}", cluster.log("w1"));
+    }
+    eprintln!("resumed and committed within {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "{}", cluster.log("w1"));
+    assert!(cluster.log("w1").contains("fenced"), "the owner was fenced:\n{}", cluster.log("w1"));
+    assert_exactly_once(observer, &delivered).await;
+    worker.signal(libc::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success());
+}
+
+/// Policy `fail`: a bad record stops the partition (reported, retried with
+/// backoff, never skipped); resetting the offset past it resumes ingestion
+/// within seconds, without waiting out the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fail_policy_stops_at_a_bad_record_until_a_reset_past_it() {
+    let s = setup(1, "failpolicy").await;
+    let (cluster, observer) = (&s.cluster, &s.observer);
+    let path = cluster.dir.path().join("events.toml");
+    let text = std::fs::read_to_string(&path).unwrap() + "[bad_records]\npolicy = \"fail\"\n";
+    std::fs::write(&path, text).unwrap();
+    let producer = s.broker.producer().unwrap();
+    let mut delivered = producer.send_all(&s.topic, events(0..300, 1)).await.unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let mut worker = cluster.start_with("w1", cluster.worker_config_with("w1", &addr, "stall_timeout = \"2s\"\n"));
+    let first = || async { committed_rows(observer).await >= 300 };
+    wait_until("the good records commit", Duration::from_secs(60), first).await.unwrap();
+    let bad = producer.send(&s.topic, 0, None, b"not json").await.unwrap();
+    let rest: Vec<(i32, Vec<u8>)> = events(300..600, 1).collect();
+    delivered.extend(producer.send_all(&s.topic, rest).await.unwrap());
+    let stuck = || async {
+        let (status, body) = health(&addr);
+        status == 503 && body.contains("bad_record")
+    };
+    if let Err(e) = wait_until("the bad record stops the partition", Duration::from_secs(60), stuck).await {
+        panic!("{e}: {:?}\n{}", health(&addr), cluster.log("w1"));
+    }
+    assert_eq!(committed_rows(observer).await, 300, "nothing past the bad record");
+    let reset = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["pipeline", "reset-offset", "events", "0", &(bad + 1).to_string()])
+        .args(["--zookeeper", &cluster.zk_connect, "--root", &cluster.root])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    let started = std::time::Instant::now();
+    let all = || async { committed_rows(observer).await >= 600 };
+    if let Err(e) = wait_until("ingestion resumes past the bad record", Duration::from_secs(30), all).await {
+        panic!("{e}\n{}", cluster.log("w1"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "resumed in {:?}", started.elapsed());
+    let healthy = || async { health(&addr).0 == 200 };
+    wait_until("/health is ok again", Duration::from_secs(30), healthy).await.unwrap();
+    // Every good record once; the checkpoint moved past the bad one.
+    let (rows, duplicates) = committed(observer).await;
+    assert_eq!(duplicates, 0);
+    assert_eq!(rows.values().copied().collect::<Vec<_>>(), (0..600).collect::<Vec<i64>>());
+    assert!(rows.keys().all(|(_, offset)| *offset != bad));
+    worker.signal(libc::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success());
+}
+
+/// Records the broker no longer holds (the mock broker keeps 5 MB per
+/// partition, as retention would): a worker restarting from its checkpoint
+/// finds the log starting later. The jump is logged, counted, recorded in
+/// the segment's metadata and catalog entry, and shown by `sluice status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_gap_is_counted_and_reported() {
+    let s = setup(1, "gap").await;
+    if !s.broker.is_mock() {
+        eprintln!("skipped: needs the mock broker's bounded log");
+        return;
+    }
+    let (cluster, observer) = (&s.cluster, &s.observer);
+    let producer = s.broker.producer().unwrap();
+    producer.send_all(&s.topic, events(0..100, 1)).await.unwrap();
+    let mut worker = cluster.start("w1");
+    let first = || async { committed_rows(observer).await >= 100 };
+    wait_until("the first records commit", Duration::from_secs(60), first).await.unwrap();
+    drain(cluster, [("w1", &mut worker)]);
+    // 8 MB more: the broker drops the oldest records, offsets 100.. among them.
+    let pad = "x".repeat(1024);
+    let big = (100..8_100i64).map(|id| (0, format!("{{\"ts\": {id}, \"id\": {id}, \"pad\": \"{pad}\"}}").into_bytes()));
+    let delivered = producer.send_all(&s.topic, big).await.unwrap();
+    let last = delivered.iter().map(|(_, o)| *o).max().unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
+    let mut worker = cluster.start_with("w2", cluster.worker_config_listening("w2", &addr));
+    let past = || async { observer.checkpoint("events", 0).await.unwrap().and_then(|c| c.next_offset) == Some(last + 1) };
+    if let Err(e) = wait_until("the partition reaches the end", Duration::from_secs(90), past).await {
+        panic!("{e}\n{}", cluster.log("w2"));
+    }
+    let (segments, _) = observer.segments("events").await.unwrap();
+    let gapped: Vec<_> = segments.iter().filter(|s| s.offset_gaps > 0).collect();
+    assert_eq!(gapped.len(), 1, "{segments:?}");
+    assert_eq!(gapped[0].start_offset, 100);
+    let meta = Segment::open(&file_uri_path(&gapped[0].uri).unwrap()).unwrap().meta().clone();
+    let (from, to) = meta.offset_gaps[0];
+    assert_eq!(from, 100);
+    assert_eq!((to - from + 1) as u64, gapped[0].offset_gaps);
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(metric_sum(&metrics, "sluice_offset_gaps_total"), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "sluice_offset_gap_records_total"), gapped[0].offset_gaps as f64);
+    assert!(cluster.log("w2").contains("offset gap"), "{}", cluster.log("w2"));
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &cluster.zk_connect, "--root", &cluster.root])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains(&format!("offset gaps: {} offsets", gapped[0].offset_gaps)), "{printed}");
+    drain(cluster, [("w2", &mut worker)]);
 }

@@ -197,8 +197,69 @@ async fn query_node_follows_the_catalog() {
     node.signal(libc::SIGTERM).unwrap();
     let status = node.wait_timeout(Duration::from_secs(20)).unwrap().expect("query node exits on SIGTERM");
     assert!(status.success(), "{status:?}");
-    let _node = start_query_node(dir.path(), &query_config);
+    let mut node = start_query_node(dir.path(), &query_config);
     wait_count(&addr, 75, Duration::from_secs(30)).await;
     assert_eq!(metric(&addr, "sluice_query_segments_downloaded_total").await, 0.0);
     assert_eq!(metric(&addr, "sluice_query_segments_loaded").await, 2.0);
+
+    // A crafted file: every checksum valid (the catalog's whole-file CRC
+    // included), Arrow offsets pointing far outside their buffer. Reading it
+    // unvalidated would read out of bounds; it is refused, quarantined, and
+    // reported corrupt, on this run and after a restart.
+    let (path, good, mut crafted) = writer.seal(40);
+    let forged = break_string_offsets(&good);
+    std::fs::write(&path, &forged).unwrap();
+    crafted.size_bytes = forged.len() as u64;
+    crafted.crc32c = crc32c::crc32c(&forged);
+    writer.commit(&crafted).await;
+    let reported = || async {
+        let (addr, name) = (addr.clone(), crafted.name.clone());
+        tokio::task::spawn_blocking(move || http_get(&addr, "/health").1.contains(&name)).await.unwrap()
+    };
+    wait_until("the crafted segment to be reported corrupt", Duration::from_secs(20), reported).await.unwrap();
+    assert_eq!(count(&addr).await, Some(75), "every other segment is still served");
+    assert!(metric(&addr, "sluice_query_segments_quarantined_total").await >= 2.0, "refused on arrival and on refetch");
+    assert!(dir.path().join("cache/.quarantine").read_dir().unwrap().next().is_some());
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &zk.connect_string(), "--root", &root, "--query-node", &addr])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("1 corrupt segment(s)") && printed.contains(&crafted.name), "{printed}");
+
+    node.signal(libc::SIGTERM).unwrap();
+    assert!(node.wait_timeout(Duration::from_secs(20)).unwrap().expect("exits").success());
+    let _node = start_query_node(dir.path(), &query_config);
+    wait_count(&addr, 75, Duration::from_secs(30)).await;
+    wait_until("the crafted segment to be reported again", Duration::from_secs(20), reported).await.unwrap();
+    assert_eq!(count(&addr).await, Some(75), "alive and serving after the restart");
+}
+
+/// A copy of a segment image whose first string column's second offset
+/// points far beyond its data, with every section checksum and the footer's
+/// recomputed, as an attacker who can write files and catalog entries would.
+fn break_string_offsets(image: &[u8]) -> Vec<u8> {
+    let mut bytes = image.to_vec();
+    // The user ids `u-<offset>` of one segment have one length k: their
+    // offsets buffer starts 0, k, 2k, 3k.
+    let at = (3..12i32)
+        .find_map(|k| {
+            let pattern: Vec<u8> = [0, k, 2 * k, 3 * k].iter().flat_map(|o| o.to_le_bytes()).collect();
+            bytes.windows(pattern.len()).position(|w| w == pattern)
+        })
+        .expect("the offsets buffer");
+    bytes[at + 4..at + 8].copy_from_slice(&0x7fff_0000i32.to_le_bytes());
+    // Footer: 4 x (u64 offset, u64 length, u32 crc), version, footer crc, magic.
+    let footer = bytes.len() - 96;
+    for section in 0..4 {
+        let entry = footer + section * 20;
+        let start = u64::from_le_bytes(bytes[entry..entry + 8].try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(bytes[entry + 8..entry + 16].try_into().unwrap()) as usize;
+        let crc = crc32c::crc32c(&bytes[start..start + len]);
+        bytes[entry + 16..entry + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&bytes[footer..bytes.len() - 12]);
+    let at = bytes.len() - 12;
+    bytes[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    bytes
 }
