@@ -171,8 +171,10 @@ fn half_open_connections_and_bad_requests_get_bounded_answers() {
     // A body announced larger than the cap: 413 at once, Pinot-shaped.
     let mut s = TcpStream::connect(&q.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"POST /query/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /query/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n",
+    )
+    .unwrap();
     let mut response = String::new();
     let _ = s.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");

@@ -682,7 +682,8 @@ async fn an_offset_gap_is_counted_and_reported() {
     let last = delivered.iter().map(|(_, o)| *o).max().unwrap();
     let addr = format!("127.0.0.1:{}", sluice_testkit::net::free_port().unwrap());
     let mut worker = cluster.start_with("w2", cluster.worker_config_listening("w2", &addr));
-    let past = || async { observer.checkpoint("events", 0).await.unwrap().and_then(|c| c.next_offset) == Some(last + 1) };
+    let past =
+        || async { observer.checkpoint("events", 0).await.unwrap().and_then(|c| c.next_offset) == Some(last + 1) };
     if let Err(e) = wait_until("the partition reaches the end", Duration::from_secs(90), past).await {
         panic!("{e}\n{}", cluster.log("w2"));
     }

@@ -368,3 +368,48 @@ fn configs_round_trip_through_serde() {
     let again = parse(&text).unwrap();
     assert_eq!(config, again);
 }
+
+/// Type errors are not reported one per run: every field that does not fit
+/// is named, in words ("an integer", not "i64").
+#[test]
+fn every_type_error_of_a_file_is_reported() {
+    let text = variant("rows = 100000", "rows = \"many\"").replacen("time = \"5m\"", "time = 5", 1).replacen(
+        "topic = \"clicks\"\n",
+        "topic = 7\n",
+        1,
+    );
+    let error = parse(&text).expect_err("refused");
+    let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
+    assert!(fields.contains(&"flush.rows"), "{error}");
+    assert!(fields.contains(&"flush.time"), "{error}");
+    assert!(fields.contains(&"source.topic"), "{error}");
+    let rows = error.problems().iter().find(|p| p.field == "flush.rows").unwrap();
+    assert_eq!(rows.expected, "an integer", "{error}");
+    assert!(!error.to_string().contains("i64"), "{error}");
+    // A removed required value is not reported again as missing.
+    assert_eq!(fields.iter().filter(|f| **f == "source.topic").count(), 1, "{error}");
+}
+
+/// Durations that would overflow a deadline are refused, and so is a query
+/// timeout beyond a day; HTTP limits are checked; scheme case is free.
+#[test]
+fn absurd_durations_and_limits_are_refused() {
+    let node = |limits: &str| {
+        let text = format!("[coordinator]\nconnect = \"zk1:2181\"\n[limits]\n{limits}\n");
+        parse_query_node(&text, Path::new("query.toml"), &env)
+    };
+    let error = node("query_timeout = \"100000000years\"").unwrap_err();
+    assert_eq!(error.problems()[0].field, "limits.query_timeout", "{error}");
+    assert!(error.problems()[0].expected.contains("at most 10 years"), "{error}");
+    let error = node("query_timeout = \"2days\"").unwrap_err();
+    assert!(error.problems()[0].expected.contains("24h"), "{error}");
+    let error = node("max_expression_depth = 100000\nmax_result_bytes = 1").unwrap_err();
+    let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["limits.max_expression_depth", "limits.max_result_bytes"], "{error}");
+    let text = "[coordinator]\nconnect = \"zk1:2181\"\n[http]\nlisten = \"127.0.0.1:1\"\nmax_connections = 0\nheader_read_timeout = \"2h\"\n";
+    let error = parse_query_node(text, Path::new("query.toml"), &env).unwrap_err();
+    let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["http.header_read_timeout", "http.max_connections"], "{error}");
+    let upper = PIPELINE.to_string() + "[deep_store]\nuri = \"FILE:///var/lib/sluice\"\n";
+    parse(&upper).expect("URI schemes are case-insensitive");
+}

@@ -149,6 +149,17 @@ pub enum CommitOutcome {
 mod tests {
     use super::*;
 
+    /// Catalog entries written before `offset_gaps` existed read as none.
+    #[test]
+    fn segment_records_of_the_previous_version_read() {
+        let previous = r#"{"name":"t__0__0__19700101T0000Z","partition":0,"seq":0,"start_offset":0,"end_offset":9,
+            "row_count":10,"uri":"file:///d/t/s.e1.seg","size_bytes":100,"crc32c":7,"time_range":[1,2],"created_at_ms":0}"#;
+        let record: SegmentRecord = serde_json::from_str(previous).unwrap();
+        assert_eq!(record.offset_gaps, 0);
+        let written = serde_json::to_string(&record).unwrap();
+        assert!(!written.contains("offset_gaps"), "no gaps, the previous shape: {written}");
+    }
+
     #[test]
     fn segment_names_follow_pinot() {
         // 2026-11-25T10:07:59.999Z

@@ -170,6 +170,102 @@ async fn limits_answer_413_504_and_503() {
     assert!(recovered, "the node answers again once the load is gone");
 }
 
+/// Statements as deep as the limits admit are planned and answered — on the
+/// engine's large-stack threads, not by overflowing a worker's stack — and
+/// one level deeper they get a 400 naming the limit, before any parsing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepest_admitted_statements_answer_and_deeper_ones_are_refused() {
+    for depth in [1000u32, 2000] {
+        let limits = QueryLimits {
+            max_expression_depth: depth,
+            query_timeout: Duration::from_secs(60),
+            ..QueryLimits::default()
+        };
+        let s = server(limits).await;
+        let terms = depth as usize;
+        let sum = format!("SELECT 1{}", "+1".repeat(terms - 1));
+        let (status, body) = sql(&s.addr, &sum).await;
+        assert_eq!(status, 200, "depth {depth}: {body}");
+        assert_eq!(body["resultTable"]["rows"][0][0], terms);
+        let ors: Vec<String> = (0..terms / 2).map(|i| format!("status = {i}")).collect();
+        let or_chain = format!("SELECT status FROM clicks WHERE {} LIMIT 1", ors.join(" OR "));
+        let (status, body) = sql(&s.addr, &or_chain).await;
+        assert_eq!(status, 200, "depth {depth}: {body}");
+        // Nesting (parentheses, calls, subqueries) is bounded tighter, by
+        // the SQL parser's own recursion limit (DataFusion's default, 50).
+        let nested = format!("SELECT {}status{} FROM clicks LIMIT 1", "abs(".repeat(45), ")".repeat(45));
+        let (status, body) = sql(&s.addr, &nested).await;
+        assert_eq!(status, 200, "depth {depth}: {body}");
+        let nested = format!("SELECT {}status{} FROM clicks LIMIT 1", "abs(".repeat(60), ")".repeat(60));
+        let (status, body) = sql(&s.addr, &nested).await;
+        assert_eq!(status, 400, "depth {depth}: {body}");
+        let deeper = format!("SELECT 1{}", "+1".repeat(terms));
+        let (status, body) = sql(&s.addr, &deeper).await;
+        assert_eq!((status, error_code(&body)), (400, 700), "{body}");
+        assert!(body["exceptions"][0]["message"].as_str().unwrap().contains("limits.max_expression_depth"));
+    }
+}
+
+/// HTTP limits: a body announced too large is refused before it is read, a
+/// body that does not arrive in time is a 408, idle connections are closed
+/// after the idle timeout, and at the connection cap the oldest idle
+/// connection makes room for a new one. Every answer is Pinot-shaped JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_limits_bound_slow_large_and_idle_clients() {
+    use std::io::{Read, Write};
+    let mut http = HttpConfig::on("127.0.0.1:0".parse().unwrap());
+    http.body_read_timeout = Duration::from_millis(500);
+    http.idle_timeout = Duration::from_secs(1);
+    http.max_connections = 8;
+    http.max_body_size = sluice_config::ByteSize::kib(64);
+    let s = server_with(QueryLimits::default(), http).await;
+    let exchange = |request: Vec<u8>| {
+        let addr = s.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            stream.write_all(&request).unwrap();
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response
+        })
+    };
+    let head = |length: u64| {
+        format!("POST /query/sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n")
+    };
+    let too_large = exchange(head(1 << 20).into_bytes()).await.unwrap();
+    assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
+    assert!(too_large.contains("\"errorCode\":413"), "{too_large}");
+    let mut slow = head(100).into_bytes();
+    slow.extend_from_slice(b"{\"sql\":");
+    let started = std::time::Instant::now();
+    let timed_out = exchange(slow).await.unwrap();
+    assert!(timed_out.starts_with("HTTP/1.1 408"), "{timed_out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (status, body) = post(&s.addr, vec![b' '; 70 * 1024]).await;
+    assert_eq!((status, error_code(&body)), (413, 413));
+
+    // Idle connections: more than the cap, and all still get served.
+    let addr = s.addr.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        let idle: Vec<std::net::TcpStream> = (0..20).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+        let (status, _) = http_get(&addr, "/health");
+        assert_eq!(status, 200, "served at the cap");
+        // Past the idle timeout every idle connection was closed by the node.
+        std::thread::sleep(Duration::from_millis(2500));
+        idle.into_iter()
+            .filter(|s| {
+                let mut s = s.try_clone().unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                matches!(s.read(&mut [0u8; 1]), Ok(0))
+            })
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 20, "idle connections are closed");
+}
+
 fn below(rng: &mut common::Rng, n: usize) -> usize {
     rng.below(n as u64) as usize
 }

@@ -104,6 +104,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn file_uri_schemes_are_case_insensitive() {
+        assert_eq!(file_uri_path("FILE:///var/lib/s"), Some(PathBuf::from("/var/lib/s")));
+        assert_eq!(file_uri_path("File:///x"), Some(PathBuf::from("/x")));
+        assert_eq!(file_uri_path("s3://bucket/x"), None);
+        assert_eq!(file_uri_path("file://relative"), None);
+    }
+
+    #[test]
     fn layout_and_listing() {
         let dir = tempfile::tempdir().unwrap();
         let uri = format!("file://{}", dir.path().display());

@@ -485,7 +485,19 @@ impl Segment {
         let indexes = index::parse_directory(&bytes.as_slice()[layout.index.clone()], columns)
             .map_err(|e| SegmentError::corrupt(file, Section::Index, e))?;
         let data = bytes.slice_with_length(layout.data.start, layout.data.len());
-        let batch = read_ipc(&data, check_bulk).map_err(|e| SegmentError::corrupt(file, Section::Data, e))?;
+        // Arrow's IPC decoder asserts on some malformed buffers (a panic,
+        // not an error) before validation runs: a crafted data section must
+        // be refused, not unwind through the caller.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_ipc(&data, check_bulk)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("malformed Arrow data: {why}"))
+            });
+        let batch = decoded.map_err(|e| SegmentError::corrupt(file, Section::Data, e))?;
         if batch.num_rows() as u64 != meta.row_count || batch.num_columns() != columns + 1 {
             return Err(SegmentError::corrupt(file, Section::Data, "row or column count disagrees with the metadata"));
         }

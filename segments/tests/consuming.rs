@@ -6,6 +6,20 @@ use arrow::array::Array;
 use sluice_config::ColumnType;
 use sluice_segments::{CmpOp, ConsumingSegment, Datum, Predicate, RowError, Scalar, seal};
 
+/// Metadata written before `offset_gaps` existed reads as "no gaps"; an
+/// empty list is not written, so files without gaps are byte-identical to
+/// the previous version's.
+#[test]
+fn metadata_of_the_previous_version_reads_without_gaps() {
+    let mut segment = ConsumingSegment::new(common::clickstream_schema(None), 0, 0);
+    common::fill(&mut segment, 10, 7);
+    let image = seal(&segment, "s", 0).unwrap();
+    let json = serde_json::to_value(&image.meta).unwrap();
+    assert!(json.get("offset_gaps").is_none(), "not written when empty");
+    let previous: sluice_segments::SegmentMeta = serde_json::from_value(json).unwrap();
+    assert!(previous.offset_gaps.is_empty());
+}
+
 #[test]
 fn a_bad_row_is_refused_and_leaves_the_segment_unchanged() {
     let schema = common::clickstream_schema(None);
@@ -50,6 +64,8 @@ fn offsets_skipped_records_and_the_next_checkpoint() {
     assert!(segment.skip(1_002).is_err());
     let image = seal(&segment, "s", 0).unwrap();
     assert_eq!((image.meta.start_offset, image.meta.end_offset, image.meta.row_count), (1_000, 1_003, 0));
+    // 1,001 and 1,002 never arrived: a gap, kept in the metadata.
+    assert_eq!(image.meta.offset_gaps, vec![(1_001, 1_002)]);
     let sealed = image.open().unwrap();
     assert_eq!(sealed.num_rows(), 0);
     assert!(sealed.evaluate(&Predicate::IsNull { column: "country".into(), negated: true }).unwrap().is_empty());
