@@ -227,21 +227,24 @@ fn shutdown_on_signals(on_first: &'static str, on_second: &'static str) -> watch
 
 async fn ingest(path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing("info");
-    let loaded = sluice_config::load_worker(path)?;
-    let coordinator = connect_coordinator(&loaded.config.coordinator).await?;
+    // Signals first: a SIGTERM while the worker connects or waits out its
+    // previous session must still mean "stop cleanly", not the default
+    // action (found by a test that stopped a just-restarted worker).
     let shutdown_rx = shutdown_on_signals(
         "committing consumed data, then exiting",
         "the uncommitted tail will be read again by the next owner",
     );
+    let loaded = sluice_config::load_worker(path)?;
+    let coordinator = connect_coordinator(&loaded.config.coordinator).await?;
     sluice_ingest::worker::run_worker(loaded, coordinator, shutdown_rx).await?;
     Ok(())
 }
 
 async fn query(path: &std::path::Path) -> anyhow::Result<()> {
     init_tracing("info");
+    let shutdown_rx = shutdown_on_signals("finishing running queries, then exiting", "running queries were cut off");
     let config = sluice_config::load_query_node(path)?;
     let coordinator = connect_coordinator(&config.coordinator).await?;
-    let shutdown_rx = shutdown_on_signals("finishing running queries, then exiting", "running queries were cut off");
     let metrics = sluice_ingest::metrics::install_recorder();
     let node = sluice_query::QueryNode::start(&config, coordinator, Some(metrics), shutdown_rx).await?;
     node.join().await;

@@ -94,6 +94,10 @@ pub async fn run_worker(
     // until that session expires: wait for it, within reason.
     let registering = Instant::now();
     loop {
+        if *shutdown.borrow() {
+            tracing::info!(worker = %id, "stopped before registering: nothing was consumed");
+            return Ok(());
+        }
         match coordinator.register_worker(&info).await {
             Ok(()) => break,
             Err(sluice_coordinator::CoordError::WorkerIdTaken { .. }) if registering.elapsed() < REGISTRATION_WAIT => {

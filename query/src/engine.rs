@@ -170,9 +170,9 @@ type Tables = Arc<RwLock<BTreeMap<String, Arc<SegmentTable>>>>;
 /// The tables a query node serves, and how it runs queries over them.
 pub struct QueryEngine {
     executor: Executor,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     waiting: AtomicUsize,
-    running: AtomicUsize,
+    running: Arc<AtomicUsize>,
     runtime: QueryRuntime,
 }
 
@@ -195,6 +195,18 @@ impl Drop for QueryRuntime {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A running query's place: its permit and its count in `running`.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    running: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -224,7 +236,7 @@ impl QueryEngine {
             .map_err(|e| QueryError::Internal { message: e.to_string() })?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         crate::functions::register(&ctx, limits.max_function_output.as_u64());
-        let permits = Semaphore::new(limits.max_concurrent_queries.max(1) as usize);
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .max_blocking_threads(4 * threads + 4)
@@ -237,7 +249,7 @@ impl QueryEngine {
             executor: Executor { ctx, limits, threads, tables: Tables::default() },
             permits,
             waiting: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            running: Arc::default(),
             runtime: QueryRuntime(Some(runtime)),
         })
     }
@@ -289,7 +301,7 @@ impl QueryEngine {
     async fn query_inner(&self, sql: &str, started: Instant) -> Result<PinotResponse, QueryError> {
         crate::limits::check(sql, self.limits())?;
         let queue_limit = self.limits().max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
-        let permit = match self.permits.try_acquire() {
+        let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -300,24 +312,28 @@ impl QueryEngine {
                     return Err(QueryError::Overloaded { running: self.running.load(Ordering::SeqCst), queued });
                 }
                 let limit = self.limits().query_timeout;
-                match tokio::time::timeout(limit, self.permits.acquire()).await {
+                match tokio::time::timeout(limit, self.permits.clone().acquire_owned()).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(QueryError::Internal { message: "query slots closed".into() }),
                     Err(_) => return Err(QueryError::Timeout { limit }),
                 }
             }
         };
+        // The slot is held by the query's task, not by this caller: a query
+        // given up at its deadline keeps its slot until its work has really
+        // stopped (at its next yield), so abandoned work never piles up
+        // beyond `max_concurrent_queries`.
         self.running.fetch_add(1, Ordering::SeqCst);
-        let _done = Defer(|| {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-        });
+        let slot = Slot { _permit: permit, running: self.running.clone() };
         let timeout = self.limits().query_timeout;
         let remaining = timeout.saturating_sub(started.elapsed());
         let stats = Arc::new(std::sync::Mutex::new(ScanStats::default()));
         let (executor, owned) = (self.executor.clone(), sql.to_string());
         let runtime = self.runtime.0.as_ref().expect("the runtime lives as long as the engine");
-        let mut task =
-            AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats.clone(), async move { executor.execute(&owned).await })));
+        let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats.clone(), async move {
+            let _slot = slot;
+            executor.execute(&owned).await
+        })));
         let batches = match tokio::time::timeout(remaining, &mut task.0).await {
             Ok(Ok(result)) => result?,
             Ok(Err(join)) => {
@@ -326,7 +342,6 @@ impl QueryEngine {
             }
             Err(_) => return Err(QueryError::Timeout { limit: timeout }),
         };
-        drop(permit);
         let stats = *stats.lock().unwrap_or_else(|e| e.into_inner());
         response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
     }

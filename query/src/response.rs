@@ -37,6 +37,14 @@ pub struct PinotResponse {
     pub num_groups_limit_reached: bool,
     pub total_docs: u64,
     pub time_used_ms: u64,
+    /// sluice's own field: offsets the segments queried cover without
+    /// records (see `sluice status`). Absent when there are none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub num_offset_gaps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +85,7 @@ impl PinotResponse {
             num_groups_limit_reached: false,
             total_docs: stats.total_docs,
             time_used_ms: elapsed.as_millis() as u64,
+            num_offset_gaps: stats.offset_gaps,
         }
     }
 

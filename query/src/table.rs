@@ -61,6 +61,9 @@ pub struct ScanStats {
     pub docs_scanned: u64,
     /// Rows in the segments of the tables read.
     pub total_docs: u64,
+    /// Offsets without records within the segments read (Kafka delivered
+    /// past them: compaction, transaction markers, retention).
+    pub offset_gaps: u64,
 }
 
 impl ScanStats {
@@ -70,6 +73,7 @@ impl ScanStats {
         self.segments_matched += other.segments_matched;
         self.docs_scanned += other.docs_scanned;
         self.total_docs += other.total_docs;
+        self.offset_gaps += other.offset_gaps;
     }
 }
 
@@ -297,6 +301,7 @@ pub(crate) fn select(
         segments_queried: segments.len() as u64,
         segments_processed: candidates.len() as u64,
         total_docs: segments.iter().map(|s| u64::from(s.num_rows())).sum(),
+        offset_gaps: segments.iter().flat_map(|s| &s.meta().offset_gaps).map(|(from, to)| (to - from + 1) as u64).sum(),
         ..ScanStats::default()
     };
     let mut parts = Vec::new();

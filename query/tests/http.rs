@@ -160,7 +160,7 @@ async fn limits_answer_413_504_and_503() {
     // The node recovers once the load is gone (cancelled work stops at
     // its next yield).
     let mut recovered = false;
-    for _ in 0..40 {
+    for _ in 0..120 {
         if sql(&s.addr, "SELECT COUNT(*) FROM users").await.0 == 200 {
             recovered = true;
             break;
