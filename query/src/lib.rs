@@ -21,6 +21,13 @@
 //! - Every request gets an answer: bad input a 4xx with the reason, limits a
 //!   413/503/504, and internal failures a 500, never a panic or a dropped
 //!   connection.
+//! - No statement can abort the node or outgrow its limits: size, list length
+//!   and expression depth are bounded before parsing ([`limits`]), queries
+//!   run on threads whose stacks hold the deepest admitted statement, growing
+//!   string functions are bounded per call, results in rows and bytes, and a
+//!   query past its deadline is aborted with its slot held until it stops.
+//! - A segment file that fails verification or Arrow validation is
+//!   quarantined, never served and never reloaded from the cache.
 
 pub mod catalog;
 pub mod engine;

@@ -8,12 +8,14 @@
 //! - Offsets only grow within a segment, and a segment covers exactly the
 //!   offsets from its start offset to its last consumed offset (rows and
 //!   skipped records alike), which is what the checkpoint advances by.
+//!   Offsets within that range that held no record are recorded as gaps.
 //! - Index, scan and pruning share one total order of values (see [`types`]),
 //!   and every index answers exactly what a scan answers, NULLs included: the
 //!   choice of access path never changes a result.
 //! - A segment file is verified (every byte under a CRC32C, magic, version)
-//!   before any of it is interpreted; a corrupt file is an error naming the
-//!   file and the section, never a panic and never wrong rows.
+//!   and its Arrow data validated before any of it is interpreted; a corrupt
+//!   or crafted file is an error naming the file and the section, never a
+//!   panic, an out-of-bounds read or wrong rows.
 //! - A sealed segment is immutable: its file is written under a temporary
 //!   name and renamed into place, then only ever memory-mapped for reading.
 
