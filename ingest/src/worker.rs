@@ -231,6 +231,7 @@ struct Running {
     task: JoinHandle<Exit>,
     /// The lease's epoch: a checkpoint with another epoch was reset.
     epoch: u64,
+    started: Instant,
 }
 
 /// A partition waiting to be retried after a failure.
@@ -240,6 +241,15 @@ struct Retry {
     /// The epoch of the lease it failed under; an operator's reset changes
     /// the checkpoint's epoch, which retries at once.
     epoch: u64,
+}
+
+/// Failures in a row before this one: a task that ran well past the longest
+/// backoff before failing starts the count again.
+fn previous_attempts(retries: &BTreeMap<i32, Retry>, partition: i32, started: Instant) -> u32 {
+    if started.elapsed() > 2 * RETRY_MAX {
+        return 0;
+    }
+    retries.get(&partition).map_or(0, |r| r.attempts)
 }
 
 /// Keeps this worker's share of a pipeline's partitions running.
@@ -305,7 +315,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
             }
             match exit {
                 Ok(Exit::Failed { reason, detail }) => {
-                    let attempts = retries.get(&partition).map_or(0, |r| r.attempts) + 1;
+                    let attempts = previous_attempts(&retries, partition, ended.started) + 1;
                     let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
                     tracing::error!(%table, partition, reason = reason.as_str(), %detail, attempts, retry_in = ?backoff, "partition failed; retrying");
                     health.failed(&table, partition, format!("{}: {detail}", reason.as_str()));
@@ -319,7 +329,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 Err(e) => {
                     tracing::error!(%table, partition, error = %e, "partition task panicked; retrying");
                     health.failed(&table, partition, format!("panic: {e}"));
-                    let attempts = retries.get(&partition).map_or(0, |r| r.attempts) + 1;
+                    let attempts = previous_attempts(&retries, partition, ended.started) + 1;
                     let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
                     retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch: ended.epoch });
                 }
@@ -367,7 +377,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                     let epoch = lease.epoch();
                     health.owned(&table, partition, true);
                     let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
-                    running.insert(partition, Running { stop: stop_tx, task, epoch });
+                    running.insert(partition, Running { stop: stop_tx, task, epoch, started: Instant::now() });
                 }
                 Ok(None) => {} // its previous owner has not let go yet
                 Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),
@@ -387,4 +397,6 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
     for (_, r) in running {
         let _ = r.task.await;
     }
+    // The pipeline is no longer run here: none of its partitions can stall.
+    health.assigned(&table, &[]);
 }
