@@ -1,5 +1,6 @@
-//! Ingestion: Kafka partitions to committed segments. The decoder turns
-//! records into rows; [`partition::ingest_partition`] runs one owned
+//! Ingestion: Kafka partitions to committed segments. The decoder
+//! (`sluice-decode`, shared with query nodes) turns records into rows;
+//! [`partition::ingest_partition`] runs one owned
 //! partition through consume → seal → upload → fenced commit; the
 //! [`worker`] runs a pipeline's share of partitions, follows membership and
 //! config changes, and serves metrics.
@@ -11,14 +12,8 @@
 //!   records to the shared queue. A task reads from the checkpoint's next
 //!   offset, and what it consumed but did not commit is read again by the
 //!   partition's next owner.
-//! - Decoding never panics and never recurses without bound: every input is
-//!   either a row or a [`BadRecord`] with its reason and the column it concerns.
 //! - A bad record is classified, never dropped silently: the caller counts it
 //!   per reason and skips, dead-letters or fails, as the pipeline says.
-//! - Conversions are strict and explicit: a JSON value becomes a column value
-//!   only when its JSON type is the column's (integers into integer columns
-//!   within range, numbers into float columns, strings into string columns,
-//!   integers into epoch timestamps, strings into RFC 3339 timestamps).
 //! - A partition task that ends for any reason releases its lease, and the
 //!   worker starts it again (failures with backoff); every exit is counted
 //!   by reason, and a partition that makes no progress while it has work is
@@ -28,12 +23,9 @@
 //!   logged, counted and recorded in the segment's metadata, never silent.
 
 pub mod budget;
-mod decode;
 pub mod health;
 pub mod metrics;
 pub mod partition;
-mod timestamp;
 pub mod worker;
 
-pub use decode::{BadRecord, BadRecordKind, Decoder, Row};
-pub use timestamp::parse_rfc3339;
+pub use sluice_decode::{BadRecord, BadRecordKind, Decoder, Row, parse_rfc3339};

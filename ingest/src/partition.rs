@@ -24,8 +24,8 @@ use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
 use tokio::sync::watch;
 
 use crate::budget::{MemoryBudget, Pressure};
-use crate::decode::{BadRecord, Decoder};
 use crate::metrics as m;
+use sluice_decode::{BadRecord, Decoder};
 
 /// How a partition's ingestion ended. Whatever the exit, the lease was
 /// released before the task ended, so the partition can be acquired again.
@@ -477,7 +477,9 @@ impl Consuming {
         let bad = match ctx.decoder.decode(payload) {
             Ok(row) => match segment.append(offset, &row.datums()) {
                 Ok(()) => return Ok(()),
-                Err(e) => BadRecord { kind: crate::BadRecordKind::WrongType, column: None, detail: e.to_string() },
+                Err(e) => {
+                    BadRecord { kind: sluice_decode::BadRecordKind::WrongType, column: None, detail: e.to_string() }
+                }
             },
             Err(bad) => bad,
         };

@@ -4,13 +4,13 @@
 //! measure. simd-json parses in place, so its figures include copying the
 //! (immutable) Kafka payload into a scratch buffer, as a decoder would have to.
 //!
-//! `cargo bench -p sluice-ingest --bench decode`
+//! `cargo bench -p sluice-decode --bench decode`
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice_ingest::Decoder;
+use sluice_decode::Decoder;
 
 const PIPELINE: &str = r#"
 table = "clicks"

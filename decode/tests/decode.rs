@@ -5,7 +5,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sluice_config::parse_pipeline;
-use sluice_ingest::{BadRecordKind, Decoder};
+use sluice_decode::{BadRecordKind, Decoder};
 use sluice_segments::Datum;
 
 const PIPELINE: &str = r#"
