@@ -86,6 +86,12 @@ impl PartitionHealth {
         });
     }
 
+    /// The highest offset this worker consumed of the partition.
+    pub fn consumed_offset(&self, table: &str, partition: i32) -> Option<i64> {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        partitions.get(&(table.to_string(), partition)).and_then(|s| s.consumed)
+    }
+
     pub fn lag(&self, table: &str, partition: i32, lag: i64) {
         self.update(table, partition, |s| s.lag = Some(lag));
     }

@@ -239,7 +239,7 @@ async fn consume_partition(
     held: &mut Option<Lease>,
     mut stop: watch::Receiver<bool>,
 ) -> Exit {
-    let lease = held.as_mut().expect("a lease is held while consuming");
+    let lease = held.as_ref().expect("a lease is held while consuming");
     let config = &ctx.config;
     let partition = lease.partition;
     let consumer = &ctx.consumer;
@@ -285,7 +285,9 @@ async fn consume_partition(
 
     let labels = [("table", config.table.clone()), ("partition", partition.to_string())];
     let mut state = Consuming {
+        partition,
         segment: None,
+        next_start: lease.checkpoint.next_offset,
         started: None,
         records: metrics::counter!(m::RECORDS_CONSUMED, &labels),
         bytes: metrics::counter!(m::BYTES_CONSUMED, &labels),
@@ -295,14 +297,29 @@ async fn consume_partition(
     let consuming_bytes = metrics::gauge!(m::CONSUMING_BYTES, &labels);
     let mut stream = queue.stream();
     let mut next_lag_check = Instant::now();
+    let mut in_flight: Option<InFlight> = None;
     let exit = 'consume: loop {
-        // Over the memory budget: the largest segment seals early, the rest wait.
-        let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
+        // A commit that ended is settled at once: a fenced or failed one
+        // ends the partition without consuming further.
+        if in_flight.as_ref().is_some_and(|f| f.task.is_finished())
+            && let Err(exit) = settle(&mut in_flight, held).await
+        {
+            break exit;
+        }
+        // Over the memory budget: the largest segment seals early, the rest
+        // wait. A segment in flight still holds its memory.
+        let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes)
+            + in_flight.as_ref().map_or(0, |f| f.memory);
         match ctx.budget.report(&config.table, partition, memory) {
             Pressure::None => {}
             Pressure::SealNow => {
                 tracing::info!(table = %config.table, partition, memory, "memory budget exceeded: sealing early");
-                if let Err(exit) = flush(&ctx, lease, &mut state, &stop).await {
+                let flushed = match begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
+                    // Under pressure, wait for the memory to be released.
+                    Ok(()) => settle(&mut in_flight, held).await,
+                    Err(exit) => Err(exit),
+                };
+                if let Err(exit) = flushed {
                     break exit;
                 }
                 continue;
@@ -317,7 +334,11 @@ async fn consume_partition(
         let message = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    break match flush(&ctx, lease, &mut state, &stop).await {
+                    let flushed = match begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
+                        Ok(()) => settle(&mut in_flight, held).await,
+                        Err(exit) => Err(exit),
+                    };
+                    break match flushed {
                         Ok(()) => Exit::Stopped,
                         Err(exit) => exit,
                     };
@@ -337,11 +358,12 @@ async fn consume_partition(
                 let mut taken = 0;
                 while let Some(message) = next.take() {
                     let payload = message.payload().unwrap_or_default();
-                    if let Err(exit) = state.consume(&ctx, lease, message.offset(), payload).await {
+                    if let Err(exit) = state.consume(&ctx, message.offset(), payload).await {
                         break 'consume exit;
                     }
                     taken += 1;
-                    let full = state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
+                    let full = in_flight.is_none()
+                        && state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
                     if taken == DRAIN_BATCH || full {
                         break;
                     }
@@ -365,8 +387,12 @@ async fn consume_partition(
         if let Some(offset) = state.segment.as_ref().and_then(ConsumingSegment::last_offset) {
             ctx.health.consumed(&config.table, partition, offset);
         }
-        if state.should_flush(config)
-            && let Err(exit) = flush(&ctx, lease, &mut state, &stop).await
+        // While a segment is in flight the consuming one keeps growing past
+        // its thresholds (the memory budget still bounds it): consumption
+        // never waits for a seal, an upload or a commit.
+        if in_flight.is_none()
+            && state.should_flush(config)
+            && let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await
         {
             break exit;
         }
@@ -374,7 +400,7 @@ async fn consume_partition(
         consuming_bytes.set(memory as f64);
         if next_lag_check <= Instant::now() {
             next_lag_check = Instant::now() + Duration::from_secs(5);
-            let next = state.segment.as_ref().map(ConsumingSegment::next_offset).or(lease.checkpoint.next_offset);
+            let next = state.segment.as_ref().map(ConsumingSegment::next_offset).or(state.next_start);
             // A metadata round trip; bounded, and only every few seconds.
             let (lag_consumer, topic) = (consumer.clone(), config.source.topic.clone());
             let high = tokio::task::spawn_blocking(move || {
@@ -389,6 +415,13 @@ async fn consume_partition(
                 ctx.health.lag(&config.table, partition, lag);
             }
         }
+    };
+    // A segment still in flight is a complete, contiguous segment: its commit
+    // is let finish (or fail) whatever ended consumption, and hands the lease
+    // back so that it can be released.
+    let exit = match settle(&mut in_flight, held).await {
+        Err(flight) if exit == Exit::Stopped => flight,
+        _ => exit,
     };
     drop(stream);
     // Whatever librdkafka fetched beyond what was consumed is dropped with
@@ -406,7 +439,11 @@ async fn consume_partition(
 const DRAIN_BATCH: usize = 512;
 
 struct Consuming {
+    partition: i32,
     segment: Option<ConsumingSegment>,
+    /// Where the next segment starts: the checkpoint's next offset, then
+    /// one past the last segment sent to commit. None: at the first record.
+    next_start: Option<i64>,
     started: Option<Instant>,
     /// Handles resolved once: a record costs two atomic adds, not two
     /// registry lookups with their label allocations.
@@ -446,12 +483,13 @@ impl LogLimiter {
 }
 
 impl Consuming {
-    async fn consume(&mut self, ctx: &PipelineContext, lease: &Lease, offset: i64, payload: &[u8]) -> Result<(), Exit> {
+    async fn consume(&mut self, ctx: &PipelineContext, offset: i64, payload: &[u8]) -> Result<(), Exit> {
+        let partition = self.partition;
         let segment = self.segment.get_or_insert_with(|| {
-            // Continue exactly where the checkpoint is; a first segment
-            // starts at the first record read.
-            let start = lease.checkpoint.next_offset.unwrap_or(offset);
-            ConsumingSegment::new(ctx.schema.clone(), lease.partition, start)
+            // Continue exactly where the checkpoint (or the segment in
+            // flight) ends; a first segment starts at the first record read.
+            let start = self.next_start.unwrap_or(offset);
+            ConsumingSegment::new(ctx.schema.clone(), partition, start)
         });
         let expected = segment.next_offset();
         if offset < expected {
@@ -466,7 +504,7 @@ impl Consuming {
             metrics::counter!(m::OFFSET_GAP_RECORDS, &self.labels).increment(missing);
             if let Some(suppressed) = self.log.admit() {
                 tracing::warn!(
-                    table = %ctx.config.table, partition = lease.partition, from = expected, to = offset - 1, missing,
+                    table = %ctx.config.table, partition, from = expected, to = offset - 1, missing,
                     suppressed, "offset gap: Kafka delivered offset {offset} next; the gap is recorded in the segment"
                 );
             }
@@ -490,9 +528,9 @@ impl Consuming {
         ];
         metrics::counter!(m::BAD_RECORDS, &reason).increment(1);
         if let Some(suppressed) = self.log.admit() {
-            tracing::warn!(table = %ctx.config.table, partition = lease.partition, offset, reason = bad.kind.as_str(), detail = %bad, suppressed, "bad record");
+            tracing::warn!(table = %ctx.config.table, partition, offset, reason = bad.kind.as_str(), detail = %bad, suppressed, "bad record");
         }
-        handle_bad_record(ctx, lease.partition, offset, payload, &bad).await?;
+        handle_bad_record(ctx, partition, offset, payload, &bad).await?;
         segment.skip(offset).map_err(|e| Exit::failed(FailReason::Segment, e.to_string()))
     }
 
@@ -550,52 +588,107 @@ async fn handle_bad_record(
     }
 }
 
-/// Seals, uploads and commits the consuming segment, if it consumed
-/// anything. Transient failures are retried with backoff, never skipped.
-async fn flush(
-    ctx: &PipelineContext,
-    lease: &mut Lease,
+/// What a commit task hands back: the lease (always, so it can be released)
+/// and how the commit ended.
+type Flushed = (Lease, Result<(), Exit>);
+
+/// Settles the segment in flight, if any: waits for its commit task and
+/// takes the lease back.
+async fn settle(in_flight: &mut Option<InFlight>, held: &mut Option<Lease>) -> Result<(), Exit> {
+    let Some(flight) = in_flight.take() else { return Ok(()) };
+    match flight.task.await {
+        Ok((lease, outcome)) => {
+            *held = Some(lease);
+            outcome
+        }
+        // Never: the task catches panics to hand the lease back.
+        Err(e) => Err(Exit::failed(FailReason::Panic, format!("commit task: {e}"))),
+    }
+}
+
+/// A sealed segment on its way to the deep store and the catalog.
+struct InFlight {
+    task: tokio::task::JoinHandle<Flushed>,
+    /// The segment's memory, still held until its commit lands.
+    memory: usize,
+}
+
+/// Starts sealing, uploading and committing the consuming segment, if it
+/// consumed anything, and returns at once: consumption goes on into the next
+/// segment, which starts right after this one's last offset (pauseless, as
+/// Pinot's #10147). At most one segment is in flight: a previous one is
+/// settled first, so commits stay in order and the lease is back in hand.
+/// (The consuming loop starts a flush only when nothing is in flight, so
+/// the wait happens on a stop or under memory pressure only.)
+async fn begin_flush(
+    ctx: &Arc<PipelineContext>,
+    held: &mut Option<Lease>,
     state: &mut Consuming,
+    in_flight: &mut Option<InFlight>,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), Exit> {
+    settle(in_flight, held).await?;
     let Some(segment) = state.segment.take() else { return Ok(()) };
     let Some(end_offset) = segment.last_offset() else {
         state.segment = Some(segment);
         return Ok(());
     };
+    state.next_start = Some(end_offset + 1);
+    state.started = None;
+    let lease = held.take().expect("the lease is in hand once settled");
+    let memory = segment.memory_bytes();
+    let (ctx, labels, stop) = (ctx.clone(), state.labels.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut lease = lease;
+        let committed =
+            std::panic::AssertUnwindSafe(commit_segment(&ctx, &mut lease, segment, end_offset, &labels, &stop))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(Exit::failed(FailReason::Panic, "the commit task panicked")));
+        (lease, committed)
+    });
+    *in_flight = Some(InFlight { task, memory });
+    Ok(())
+}
+
+/// Seals, uploads and commits `segment` under `lease`. Transient failures
+/// are retried with backoff, never skipped.
+async fn commit_segment(
+    ctx: &PipelineContext,
+    lease: &mut Lease,
+    segment: ConsumingSegment,
+    end_offset: i64,
+    labels: &[(&'static str, String); 2],
+    stop: &watch::Receiver<bool>,
+) -> Result<(), Exit> {
     let config = &ctx.config;
     let created_at_ms = now_ms();
     let name = SegmentRecord::segment_name(&config.table, lease.partition, lease.checkpoint.next_seq, created_at_ms);
     let path = ctx.store.segment_path(&config.table, &name, lease.epoch());
+    let start_offset = segment.start_offset();
+    let offset_gaps: u64 = segment.gaps().iter().map(|(from, to)| (to - from + 1) as u64).sum();
     // Sealing, checksumming and the fsynced write are CPU and disk work: off
     // the runtime's threads, so that other partitions' commits and the
-    // ZooKeeper session are not held up behind them. The segment travels
-    // with the work and comes back: it stays the consuming state until its
-    // commit lands.
-    let (segment, sealed) = {
-        let (name, path, labels) = (name.clone(), path.clone(), state.labels.clone());
+    // ZooKeeper session are not held up behind them.
+    let sealed = {
+        let (name, path, labels) = (name.clone(), path.clone(), labels.clone());
         tokio::task::spawn_blocking(move || {
             let sealing = Instant::now();
-            let sealed =
-                seal(&segment, &name, created_at_ms).map_err(|e| format!("seal {name}: {e}")).and_then(|image| {
-                    metrics::histogram!(m::SEAL_SECONDS, &labels).record(sealing.elapsed().as_secs_f64());
-                    metrics::counter!(m::SEGMENTS_SEALED, &labels).increment(1);
-                    image.write_file(&path).map_err(|e| format!("upload {name}: {e}"))?;
-                    Ok((
-                        image.meta.row_count,
-                        image.meta.time_range,
-                        image.bytes.len() as u64,
-                        crc32c::crc32c(&image.bytes),
-                    ))
-                });
-            (segment, sealed)
+            seal(&segment, &name, created_at_ms).map_err(|e| format!("seal {name}: {e}")).and_then(|image| {
+                metrics::histogram!(m::SEAL_SECONDS, &labels).record(sealing.elapsed().as_secs_f64());
+                metrics::counter!(m::SEGMENTS_SEALED, &labels).increment(1);
+                image.write_file(&path).map_err(|e| format!("upload {name}: {e}"))?;
+                Ok((
+                    image.meta.row_count,
+                    image.meta.time_range,
+                    image.bytes.len() as u64,
+                    crc32c::crc32c(&image.bytes),
+                ))
+            })
         })
         .await
         .map_err(|e| Exit::failed(FailReason::Upload, format!("seal task: {e}")))?
     };
-    let start_offset = segment.start_offset();
-    let offset_gaps: u64 = segment.gaps().iter().map(|(from, to)| (to - from + 1) as u64).sum();
-    state.segment = Some(segment);
     let (row_count, time_range, size_bytes, crc32c) = sealed.map_err(|e| Exit::failed(FailReason::Upload, e))?;
     let record = SegmentRecord {
         name: name.clone(),
@@ -616,17 +709,15 @@ async fn flush(
     loop {
         match ctx.coordinator.commit(lease, &record).await {
             Ok(CommitOutcome::Committed) => {
-                metrics::histogram!(m::COMMIT_SECONDS, &state.labels).record(committing.elapsed().as_secs_f64());
-                metrics::counter!(m::SEGMENTS_COMMITTED, &state.labels).increment(1);
-                metrics::counter!(m::ROWS_COMMITTED, &state.labels).increment(record.row_count);
+                metrics::histogram!(m::COMMIT_SECONDS, labels).record(committing.elapsed().as_secs_f64());
+                metrics::counter!(m::SEGMENTS_COMMITTED, labels).increment(1);
+                metrics::counter!(m::ROWS_COMMITTED, labels).increment(record.row_count);
                 tracing::info!(table = %config.table, segment = %name, rows = record.row_count, end_offset, "committed");
                 ctx.health.committed(&config.table, lease.partition);
-                state.segment = None;
-                state.started = None;
                 return Ok(());
             }
             Ok(CommitOutcome::Fenced) => {
-                metrics::counter!(m::FENCED, &state.labels).increment(1);
+                metrics::counter!(m::FENCED, labels).increment(1);
                 tracing::warn!(table = %config.table, partition = lease.partition, "fenced: another worker owns the partition");
                 let _ = std::fs::remove_file(&path);
                 return Err(Exit::Fenced);
@@ -640,7 +731,7 @@ async fn flush(
             Ok(CommitOutcome::Transient(reason)) => tracing::warn!(%reason, "commit outcome unknown; retrying"),
             Err(e) => tracing::warn!(error = %e, "commit failed; retrying"),
         }
-        metrics::counter!(m::COMMIT_RETRIES, &state.labels).increment(1);
+        metrics::counter!(m::COMMIT_RETRIES, labels).increment(1);
         if stop.has_changed().is_err() {
             // The worker is going away without a coordinator to retry against.
             return Err(Exit::failed(FailReason::Commit, "stopped while the commit was still uncertain"));

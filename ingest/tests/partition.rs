@@ -368,3 +368,88 @@ async fn over_the_memory_budget_the_largest_segment_seals_early() {
     assert_eq!(duplicates, 0);
     assert_eq!(rows.len(), produced.len(), "everything committed by the end, exactly once");
 }
+
+/// Pauseless consumption: while ZooKeeper is unreachable (the test kit's
+/// proxy holds every request back, shorter than the session timeout) the
+/// commit in flight cannot land, yet the partition keeps consuming into its
+/// next segment. Once ZooKeeper answers again, the commits land in order
+/// and every record is committed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_goes_on_while_a_commit_is_held_back() {
+    let zk = ZooKeeper::start().unwrap();
+    let proxy = sluice_testkit::TcpProxy::start(format!("127.0.0.1:{}", zk.port()).parse().unwrap()).await.unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    let topic = unique_name("events");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let root = format!("/{}", unique_name("pauseless"));
+    let options = ZooKeeperOptions {
+        connect: proxy.addr().to_string(),
+        root: root.clone(),
+        session_timeout: Duration::from_secs(20),
+    };
+    let c: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
+    let observer = coordinator(&zk, &root).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), ""));
+    let ctx = Arc::new(
+        PipelineContext::new(config, c.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
+            .unwrap(),
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let lease = c.acquire("events", 0, "w").await.unwrap().unwrap();
+    let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
+
+    // A producer that keeps going: 100 records every 100 ms.
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let (producing_topic, producing) = (topic.clone(), Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let keep_going = producing.clone();
+    let producer = tokio::spawn(async move {
+        let producer = sluice_testkit::TestProducer::new(&bootstrap).unwrap();
+        let mut delivered = Vec::new();
+        let mut id = 0i64;
+        while keep_going.load(std::sync::atomic::Ordering::Relaxed) {
+            let batch = (id..id + 100).map(|i| (0, format!("{{\"ts\": {i}, \"id\": {i}}}").into_bytes()));
+            delivered.extend(producer.send_all(&producing_topic, batch).await.unwrap());
+            id += 100;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        delivered
+    });
+    let committed = || async { observer.segments("events").await.unwrap().0.len() };
+    wait_until("a first commit", Duration::from_secs(30), || async { committed().await >= 1 }).await.unwrap();
+
+    proxy.blackhole();
+    // Whatever was in flight when the requests stopped lands now or never.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (segments_before, consumed_before) = (committed().await, ctx.health.consumed_offset("events", 0).unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (segments_after, consumed_after) = (committed().await, ctx.health.consumed_offset("events", 0).unwrap());
+    proxy.restore();
+    assert_eq!(segments_after, segments_before, "no commit can land while ZooKeeper is unreachable");
+    // Flush thresholds: 250 rows or 1 s, so a pausing partition would have
+    // stopped at most one segment (250 records) past its last commit.
+    assert!(
+        consumed_after >= consumed_before + 1_000,
+        "consumption went on while the commit was held back: {consumed_before} -> {consumed_after}"
+    );
+
+    producing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let delivered = producer.await.unwrap();
+    let last = delivered.iter().map(|(_, o)| *o).max().unwrap();
+    let done =
+        || async { observer.checkpoint("events", 0).await.unwrap().and_then(|cp| cp.next_offset) == Some(last + 1) };
+    wait_until("everything commits once ZooKeeper is back", Duration::from_secs(60), done).await.unwrap();
+    stop.send(true).unwrap();
+    assert_eq!(task.await.unwrap(), Exit::Stopped);
+    let (rows, duplicates) = committed_rows(observer.as_ref()).await;
+    assert_eq!(duplicates, 0);
+    let expected: BTreeMap<(i32, i64), i64> =
+        delivered.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
+    assert_eq!(rows, expected, "every record once, at its own offset");
+    let (segments, _) = observer.segments("events").await.unwrap();
+    let mut ranges: Vec<(u64, i64, i64)> = segments.iter().map(|s| (s.seq, s.start_offset, s.end_offset)).collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[1].1, pair[0].2 + 1, "segments are contiguous and in sequence order: {ranges:?}");
+    }
+}
