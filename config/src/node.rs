@@ -291,6 +291,10 @@ pub struct QueryLimits {
     /// `replace`, ...) may produce for one batch of rows.
     #[serde(default = "QueryLimits::default_max_function_output")]
     pub max_function_output: ByteSize,
+    /// Memory for the real-time tails (rows not yet committed, read from
+    /// Kafka) of every table; `0` serves committed segments only.
+    #[serde(default = "QueryLimits::default_tail_memory")]
+    pub tail_memory: ByteSize,
 }
 
 impl QueryLimits {
@@ -321,6 +325,9 @@ impl QueryLimits {
     fn default_max_function_output() -> ByteSize {
         ByteSize::mib(64)
     }
+    fn default_tail_memory() -> ByteSize {
+        ByteSize::gib(1)
+    }
 }
 
 impl Default for QueryLimits {
@@ -335,6 +342,7 @@ impl Default for QueryLimits {
             max_list_items: Self::default_max_list_items(),
             max_result_bytes: Self::default_max_result_bytes(),
             max_function_output: Self::default_max_function_output(),
+            tail_memory: Self::default_tail_memory(),
         }
     }
 }

@@ -14,7 +14,9 @@
 //!   the same rows and the same bad-record classes on every node.
 
 mod json;
+mod source;
 mod timestamp;
 
 pub use json::{BadRecord, BadRecordKind, Decoder, Row};
+pub use source::kafka_config;
 pub use timestamp::parse_rfc3339;

@@ -16,7 +16,7 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::{BadRecordPolicy, PipelineConfig, StartPosition};
 use sluice_coordinator::{CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
 use sluice_segments::deepstore::DeepStore;
@@ -190,14 +190,7 @@ async fn serve_events(consumer: Arc<StreamConsumer>, table: String) {
 }
 
 /// Client properties for a pipeline's Kafka connection.
-pub fn kafka_config(config: &PipelineConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.source.properties {
-        client.set(key, value);
-    }
-    client.set("bootstrap.servers", &config.source.bootstrap_servers);
-    client
-}
+pub use sluice_decode::kafka_config;
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
 use crate::table::SegmentTable;
+use crate::tail::{self, TableView, TailBudget};
 
 /// Resync even without a watch firing, in case a notification was missed
 /// across a session change.
@@ -111,6 +112,8 @@ const CORRUPT_AFTER: u32 = 2;
 #[derive(Default)]
 struct TableState {
     table: Option<Arc<SegmentTable>>,
+    /// The table's committed segments and real-time tail, published together.
+    view: Option<Arc<TableView>>,
     segments: BTreeMap<String, Loaded>,
     failures: HashMap<String, Failure>,
 }
@@ -121,6 +124,9 @@ pub struct CatalogFollower {
     cache_dir: PathBuf,
     tables: BTreeMap<String, TableState>,
     health: Arc<NodeHealth>,
+    /// The node's tail memory; disabled (committed segments only) unless set.
+    tails: Arc<TailBudget>,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl CatalogFollower {
@@ -130,11 +136,27 @@ impl CatalogFollower {
         cache_dir: PathBuf,
         health: Arc<NodeHealth>,
     ) -> Self {
-        CatalogFollower { coordinator, engine, cache_dir, tables: BTreeMap::new(), health }
+        CatalogFollower {
+            coordinator,
+            engine,
+            cache_dir,
+            tables: BTreeMap::new(),
+            health,
+            tails: TailBudget::new(0),
+            shutdown: None,
+        }
+    }
+
+    /// Also serves the real-time tail of every table whose applied config
+    /// parses on this node, within `budget`.
+    pub fn with_tails(mut self, budget: Arc<TailBudget>) -> Self {
+        self.tails = budget;
+        self
     }
 
     /// Follows the catalog until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.shutdown = Some(shutdown.clone());
         loop {
             let mut watches: Vec<BoxFuture<'static, ()>> = Vec::new();
             let wait = match self.sync(&mut watches).await {
@@ -175,6 +197,9 @@ impl CatalogFollower {
             if let Some(state) = self.tables.remove(&name) {
                 tracing::info!(table = %name, "pipeline removed; no longer served");
                 self.engine.deregister(&name);
+                if let Some(view) = &state.view {
+                    view.close();
+                }
                 for loaded in state.segments.values() {
                     let _ = std::fs::remove_file(&loaded.cached);
                 }
@@ -187,9 +212,11 @@ impl CatalogFollower {
 
     async fn sync_table(&mut self, name: &str, config: Option<&str>, records: Vec<SegmentRecord>) -> Option<Instant> {
         let state = self.tables.entry(name.to_string()).or_default();
+        let parsed = config.and_then(|text| parse_config(name, text));
         if state.table.is_none()
-            && let Some(schema) = config.and_then(|text| schema_from_config(name, text))
+            && let Some(config) = &parsed
         {
+            let schema = SegmentSchema::from_pipeline(config).arrow_schema().as_ref().clone();
             state.table = Some(Arc::new(SegmentTable::new(name, &schema)));
         }
         let wanted: HashMap<&str, &SegmentRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
@@ -264,12 +291,16 @@ impl CatalogFollower {
             }
         }
         if let Some(table) = &state.table {
+            let view = state.view.get_or_insert_with(|| TableView::new(table.clone(), self.tails.clone())).clone();
             let registered = self.engine.table(name).is_some();
             if changed || !registered {
-                table.replace(state.segments.values().map(|l| l.segment.clone()).collect());
+                view.set_committed(state.segments.values().map(|l| l.segment.clone()).collect());
             }
             if !registered {
                 self.engine.register(table.clone());
+            }
+            if let (Some(config), Some(shutdown)) = (parsed, &self.shutdown) {
+                tail::follow(view, Arc::new(config), self.coordinator.clone(), shutdown.clone());
             }
         }
         set_gauges(name, state);
@@ -283,12 +314,12 @@ fn set_gauges(table: &str, state: &TableState) {
     metrics::gauge!("sluice_query_bytes_mapped", "table" => table.to_string()).set(bytes as f64);
 }
 
-/// The table schema of an applied pipeline config, when it parses here
-/// (its `${VAR}`s may only resolve on workers; the segments then decide).
-fn schema_from_config(name: &str, text: &str) -> Option<arrow::datatypes::Schema> {
+/// An applied pipeline config, when it parses here (its `${VAR}`s may only
+/// resolve on workers; the segments then decide the schema, and the table
+/// has no tail).
+fn parse_config(name: &str, text: &str) -> Option<sluice_config::PipelineConfig> {
     let origin = PathBuf::from(format!("zookeeper:/pipelines/{name}/config"));
-    let config = sluice_config::parse_pipeline(text, &origin, &sluice_config::ProcessEnv).ok()?;
-    Some(SegmentSchema::from_pipeline(&config).arrow_schema().as_ref().clone())
+    sluice_config::parse_pipeline(text, &origin, &sluice_config::ProcessEnv).ok()
 }
 
 /// Where refused files go, under the cache directory (a dot name: never a

@@ -156,7 +156,8 @@ pub(crate) async fn execute(
     let segments = query.table.snapshot();
     let out = schema.clone();
     tokio::task::spawn_blocking(move || {
-        let (mut parts, stats) = select(&segments, query.predicate.as_ref(), threads).map_err(internal)?;
+        let (mut parts, mut stats) = select(&segments, query.predicate.as_ref(), threads).map_err(internal)?;
+        stats.tails_excluded += query.table.tails_excluded();
         if let Some(limit) = query.limit {
             truncate(&mut parts, limit);
         }

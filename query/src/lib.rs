@@ -38,6 +38,7 @@ pub mod limits;
 pub mod pushdown;
 pub mod response;
 pub mod table;
+pub mod tail;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +73,9 @@ impl QueryNode {
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|source| StartError::CacheDir { path: config.cache_dir.display().to_string(), source })?;
         let health = Arc::new(catalog::NodeHealth::default());
-        let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone());
+        let tails = tail::TailBudget::new(config.limits.tail_memory.as_u64());
+        let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone())
+            .with_tails(tails);
         let follow = tokio::spawn(follower.run(shutdown.clone()));
         let listen = config.http.listen;
         let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health, shutdown)

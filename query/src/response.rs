@@ -31,6 +31,9 @@ pub struct PinotResponse {
     pub num_segments_processed: u64,
     pub num_segments_matched: u64,
     pub num_consuming_segments_queried: u64,
+    /// Pinot's meaning: the oldest among the consuming segments queried of
+    /// their newest record's time (ms since the epoch); 0 without any.
+    pub min_consuming_freshness_time_ms: i64,
     pub num_docs_scanned: u64,
     pub num_entries_scanned_in_filter: u64,
     pub num_entries_scanned_post_filter: u64,
@@ -78,7 +81,8 @@ impl PinotResponse {
             num_segments_queried: stats.segments_queried,
             num_segments_processed: stats.segments_processed,
             num_segments_matched: stats.segments_matched,
-            num_consuming_segments_queried: 0,
+            num_consuming_segments_queried: stats.consuming_segments,
+            min_consuming_freshness_time_ms: stats.min_consuming_freshness_ms,
             num_docs_scanned: stats.docs_scanned,
             num_entries_scanned_in_filter: 0,
             num_entries_scanned_post_filter: 0,
@@ -120,6 +124,18 @@ pub fn build(
     }
     let mut response = PinotResponse::empty(stats, elapsed);
     response.result_table = Some(ResultTable { data_schema: DataSchema { column_names, column_data_types }, rows });
+    if stats.tails_excluded > 0 {
+        // A partial answer, as Pinot gives one with an exception: the rows
+        // are right for the data included, and the caller is told what is not.
+        response.exceptions.push(PinotException {
+            error_code: 211,
+            message: format!(
+                "{} partition tail(s) exceed the node's limits.tail_memory: their rows not yet committed are not in \
+                 this answer (committed data is)",
+                stats.tails_excluded
+            ),
+        });
+    }
     Ok(response)
 }
 

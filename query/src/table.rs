@@ -64,6 +64,12 @@ pub struct ScanStats {
     /// Offsets without records within the segments read (Kafka delivered
     /// past them: compaction, transaction markers, retention).
     pub offset_gaps: u64,
+    /// Tail (consuming) segments read, and the oldest of their newest
+    /// records' Kafka timestamps (Pinot's `minConsumingFreshnessTimeMs`).
+    pub consuming_segments: u64,
+    pub min_consuming_freshness_ms: i64,
+    /// Partitions whose tail was left out (over the tail memory).
+    pub tails_excluded: u64,
 }
 
 impl ScanStats {
@@ -74,6 +80,13 @@ impl ScanStats {
         self.docs_scanned += other.docs_scanned;
         self.total_docs += other.total_docs;
         self.offset_gaps += other.offset_gaps;
+        self.consuming_segments += other.consuming_segments;
+        self.tails_excluded += other.tails_excluded;
+        self.min_consuming_freshness_ms = match (self.min_consuming_freshness_ms, other.min_consuming_freshness_ms) {
+            (0, theirs) => theirs,
+            (ours, 0) => ours,
+            (ours, theirs) => ours.min(theirs),
+        };
     }
 }
 
@@ -90,6 +103,9 @@ pub struct SegmentTable {
     name: String,
     schema: SchemaRef,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    /// Partitions whose real-time tail is left out (over the node's tail
+    /// memory): their answers come from committed data only.
+    tails_excluded: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SegmentTable {
@@ -110,7 +126,20 @@ impl SegmentTable {
             .filter(|f| f.name() != OFFSET_COLUMN)
             .map(|f| f.as_ref().clone().with_nullable(true).with_data_type(served_type(f.data_type())))
             .collect();
-        SegmentTable { name: name.to_string(), schema: Arc::new(Schema::new(fields)), segments: RwLock::default() }
+        SegmentTable {
+            name: name.to_string(),
+            schema: Arc::new(Schema::new(fields)),
+            segments: RwLock::default(),
+            tails_excluded: Default::default(),
+        }
+    }
+
+    pub fn set_tails_excluded(&self, partitions: u64) {
+        self.tails_excluded.store(partitions, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn tails_excluded(&self) -> u64 {
+        self.tails_excluded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn name(&self) -> &str {
@@ -198,7 +227,8 @@ impl TableProvider for SegmentTable {
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))??
         };
-        let (mut parts, stats) = selection;
+        let (mut parts, mut stats) = selection;
+        stats.tails_excluded += self.tails_excluded();
         // DataFusion passes a limit only when every filter was pushed exactly.
         if let (Some(limit), true) = (limit, exact) {
             truncate(&mut parts, limit as u64);
@@ -304,6 +334,14 @@ pub(crate) fn select(
         offset_gaps: segments.iter().flat_map(|s| &s.meta().offset_gaps).map(|(from, to)| (to - from + 1) as u64).sum(),
         ..ScanStats::default()
     };
+    // Tail segments carry their newest record's timestamp as creation time.
+    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
+        stats.add(&ScanStats {
+            consuming_segments: 1,
+            min_consuming_freshness_ms: tail.meta().created_at_ms,
+            ..ScanStats::default()
+        });
+    }
     let mut parts = Vec::new();
     for result in results {
         let part = result?;

@@ -1,0 +1,218 @@
+//! Real-time queries against real processes (ZooKeeper, the test kit's
+//! broker, `sluice ingest`, `sluice query`): rows are answered before any
+//! segment commits, and while segments commit and workers are killed no
+//! answer ever counts a row twice, exceeds what was produced, or goes down.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_testkit::net::{free_port, http_post};
+use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    zk: ZooKeeper,
+    broker: KafkaBroker,
+    topic: String,
+    root: String,
+    observer: ZooKeeperCoordinator,
+    query_addr: String,
+}
+
+impl Cluster {
+    async fn start(flush_rows: u64) -> Cluster {
+        let zk = ZooKeeper::start().unwrap();
+        let broker = KafkaBroker::start().unwrap();
+        let topic = unique_name("rt");
+        broker.create_topic(&topic, 2).await.unwrap();
+        let root = format!("/{}", unique_name("realtime"));
+        let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
+            connect: zk.connect_string(),
+            root: root.clone(),
+            session_timeout: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = format!(
+            "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
+             [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
+             [[schema.columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\
+             [[schema.columns]]\nname = \"status\"\ntype = \"int32\"\n\
+             [indexes]\ninverted = [\"status\"]\n\
+             [flush]\nrows = {flush_rows}\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
+            broker.bootstrap_servers(),
+            dir.path().join("deep").display()
+        );
+        observer.apply_pipeline("events", &pipeline).await.unwrap();
+        let query_addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let query = format!(
+            "cache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{query_addr}\"\n",
+            dir.path().join("cache").display(),
+            zk.connect_string()
+        );
+        std::fs::write(dir.path().join("query.toml"), query).unwrap();
+        Cluster { dir, zk, broker, topic, root, observer, query_addr }
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> GuardedChild {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(args).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        GuardedChild::spawn(command).unwrap()
+    }
+
+    fn worker(&self, id: &str) -> GuardedChild {
+        let path = self.dir.path().join(format!("{id}.toml"));
+        let text = format!(
+            "node_id = \"{id}\"\ndata_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\nsession_timeout = \"2s\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[pipelines]\nfrom_coordinator = true\n",
+            self.dir.path().join(id).display(),
+            self.zk.connect_string(),
+            self.root
+        );
+        std::fs::write(&path, text).unwrap();
+        self.spawn(id, &["ingest", "--config", path.to_str().unwrap()])
+    }
+
+    fn query_node(&self) -> GuardedChild {
+        self.spawn("query", &["query", "--config", self.dir.path().join("query.toml").to_str().unwrap()])
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+fn sql(addr: &str, sql: &str) -> Option<Value> {
+    let (status, text) = http_post(addr, "/query/sql", &serde_json::to_vec(&json!({ "sql": sql })).unwrap());
+    (status == 200).then(|| serde_json::from_str(&text).ok()).flatten()
+}
+
+fn first_i64(answer: &Value, column: usize) -> Option<i64> {
+    answer["resultTable"]["rows"][0][column].as_i64()
+}
+
+/// `{"ts", "id", "status"}` records; status 404 for every tenth id.
+fn events(ids: std::ops::Range<i64>) -> impl Iterator<Item = (i32, Vec<u8>)> {
+    ids.map(|id| {
+        let status = if id % 10 == 0 { 404 } else { 200 };
+        ((id % 2) as i32, format!("{{\"ts\": {id}, \"id\": {id}, \"status\": {status}}}").into_bytes())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_answered_before_any_segment_commits() {
+    let c = Cluster::start(1_000_000).await;
+    let _worker = c.worker("w1");
+    let _query = c.query_node();
+    let addr = c.query_addr.clone();
+    let table_ready = || async { sql(&addr, "SELECT COUNT(*) FROM events").is_some() };
+    wait_until("the query node serves the table", Duration::from_secs(60), table_ready).await.unwrap();
+
+    let producer = c.broker.producer().unwrap();
+    producer.send_all(&c.topic, events(0..1_000)).await.unwrap();
+    let acked = Instant::now();
+    let all = || async { sql(&addr, "SELECT COUNT(*) FROM events").and_then(|a| first_i64(&a, 0)) == Some(1_000) };
+    if let Err(e) = wait_until("every produced row is answered", Duration::from_secs(30), all).await {
+        panic!("{e}\nquery:\n{}\nworker:\n{}", c.log("query"), c.log("w1"));
+    }
+    eprintln!("produced rows answered {:?} after the producer's acknowledgement", acked.elapsed());
+    assert!(acked.elapsed() < Duration::from_secs(5), "took {:?}", acked.elapsed());
+    assert!(c.observer.segments("events").await.unwrap().0.is_empty(), "nothing was committed");
+
+    let answer = sql(&addr, "SELECT COUNT(*) FROM events WHERE status = 404").unwrap();
+    assert_eq!(first_i64(&answer, 0), Some(100), "{answer}");
+    assert_eq!(answer["numConsumingSegmentsQueried"], 2, "{answer}");
+    assert!(answer["minConsumingFreshnessTimeMs"].as_i64().unwrap() > 0, "{answer}");
+    assert_eq!(answer["totalDocs"], 1_000, "{answer}");
+    // The selection fast path over the tail, with the inverted index.
+    let answer = sql(&addr, "SELECT id FROM events WHERE status = 404 LIMIT 1000").unwrap();
+    let mut ids: Vec<i64> =
+        answer["resultTable"]["rows"].as_array().unwrap().iter().map(|r| r[0].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (0..1_000).step_by(10).collect::<Vec<i64>>());
+    let answer = sql(&addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
+    assert_eq!(first_i64(&answer, 0), Some(1_000));
+    assert_eq!(first_i64(&answer, 1), Some((0..1_000).sum::<i64>()));
+}
+
+/// The exactly-once property at every instant: a reader queries
+/// continuously while records are produced, segments commit every 500 rows
+/// per partition and the worker is killed and restarted. No answer counts a
+/// row twice (`COUNT(*) = COUNT(DISTINCT id)`), exceeds what was sent, or
+/// is below an earlier answer; the final answer is exact, and a restarted
+/// query node gives it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
+    let c = Cluster::start(500).await;
+    let mut worker = c.worker("w1");
+    let mut query = c.query_node();
+    let addr = c.query_addr.clone();
+    let table_ready = || async { sql(&addr, "SELECT COUNT(*) FROM events").is_some() };
+    wait_until("the query node serves the table", Duration::from_secs(60), table_ready).await.unwrap();
+
+    let sent = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (addr, sent, stop) = (addr.clone(), sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut last = 0i64;
+            let mut answers = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let Some(answer) = sql(&addr, "SELECT COUNT(*), COUNT(DISTINCT id), SUM(id) FROM events") else {
+                    continue;
+                };
+                let (count, distinct) = (first_i64(&answer, 0).unwrap(), first_i64(&answer, 1).unwrap());
+                let bound = sent.load(Ordering::SeqCst);
+                assert_eq!(count, distinct, "a row counted twice: {answer}");
+                assert!(count <= bound, "{count} rows answered, {bound} sent: {answer}");
+                assert!(count >= last, "the answer went down from {last} to {count}");
+                last = count;
+                answers += 1;
+            }
+            answers
+        })
+    };
+    let producer = c.broker.producer().unwrap();
+    let total = 10_000i64;
+    for chunk in 0..20 {
+        let ids = chunk * 500..(chunk + 1) * 500;
+        sent.store(ids.end, Ordering::SeqCst);
+        producer.send_all(&c.topic, events(ids)).await.unwrap();
+        if chunk == 6 || chunk == 13 {
+            worker.signal(libc::SIGKILL).unwrap();
+            worker.wait_timeout(Duration::from_secs(5)).unwrap();
+            worker = c.worker("w1");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let exact = || async { sql(&addr, "SELECT COUNT(*) FROM events").and_then(|a| first_i64(&a, 0)) == Some(total) };
+    if let Err(e) = wait_until("the final answer is exact", Duration::from_secs(60), exact).await {
+        panic!("{e}\nquery:\n{}\nworker:\n{}", c.log("query"), c.log("w1"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let answers = reader.join().expect("every answer was exact");
+    eprintln!("{answers} answers checked");
+    assert!(answers > 20);
+    assert!(!c.observer.segments("events").await.unwrap().0.is_empty(), "segments committed meanwhile");
+
+    query.signal(libc::SIGTERM).unwrap();
+    assert!(query.wait_timeout(Duration::from_secs(20)).unwrap().unwrap().success());
+    let _query = c.query_node();
+    if let Err(e) = wait_until("a restarted query node answers the same", Duration::from_secs(60), exact).await {
+        panic!("{e}\nquery:\n{}", c.log("query"));
+    }
+    let answer = sql(&addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
+    assert_eq!(first_i64(&answer, 0), Some(total));
+    assert_eq!(first_i64(&answer, 1), Some((0..total).sum::<i64>()));
+    drop(worker);
+}
