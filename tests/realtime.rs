@@ -146,14 +146,14 @@ async fn rows_are_answered_before_any_segment_commits() {
 }
 
 /// The exactly-once property at every instant: a reader queries
-/// continuously while records are produced, segments commit every 500 rows
-/// per partition and the worker is killed and restarted. No answer counts a
+/// continuously while 100,000 records are produced, segments commit every
+/// 2,500 rows per partition and the worker is killed and restarted. No answer counts a
 /// row twice (`COUNT(*) = COUNT(DISTINCT id)`), exceeds what was sent, or
 /// is below an earlier answer; the final answer is exact, and a restarted
 /// query node gives it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
-    let c = Cluster::start(500).await;
+    let c = Cluster::start(2_500).await;
     let mut worker = c.worker("w1");
     let mut query = c.query_node();
     let addr = c.query_addr.clone();
@@ -183,9 +183,9 @@ async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
         })
     };
     let producer = c.broker.producer().unwrap();
-    let total = 10_000i64;
+    let total = 100_000i64;
     for chunk in 0..20 {
-        let ids = chunk * 500..(chunk + 1) * 500;
+        let ids = chunk * 5_000..(chunk + 1) * 5_000;
         sent.store(ids.end, Ordering::SeqCst);
         producer.send_all(&c.topic, events(ids)).await.unwrap();
         if chunk == 6 || chunk == 13 {
