@@ -83,6 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let worker = sluice_config::parse_worker(WORKER, &origin.join("worker.toml"), &env)?;
     let query = sluice_config::parse_query_node(QUERY, &origin.join("query.toml"), &env)?;
     let coordinator: Arc<dyn Coordinator> = Arc::new(InProcessCoordinator::new());
+    // Applied with its values filled in, so the query node can read the
+    // real-time tail from the embedded broker (the worker runs the file).
+    let resolved = PIPELINE
+        .replace("${SLUICE_KAFKA:-localhost:9092}", &bootstrap)
+        .replace("${SLUICE_DATA:-/tmp/sluice-quickstart}", &data_dir.display().to_string());
+    coordinator.apply_pipeline(TABLE, &resolved).await.context("apply the quickstart pipeline")?;
 
     let shutdown = crate::shutdown_on_signals(
         "stopping the generator, committing what was consumed",
@@ -106,7 +112,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("sluice quickstart");
     println!("  broker     embedded Kafka-protocol broker at {bootstrap}, topic `{TOPIC}` ({PARTITIONS} partitions)");
     println!("  generator  {} clickstream events/s", args.rate);
-    println!("  worker     pipeline `{TABLE}`: segments sealed every 5 s or 50,000 rows, exactly-once commits");
+    println!("  worker     pipeline `{TABLE}`: segments sealed every minute or 500,000 rows, exactly-once commits");
+    println!("  real time  rows are queryable within a second: the query node reads the uncommitted tail");
     println!("  query      SQL on {endpoint}");
     println!("  data       {}", data_dir.display());
     println!("Ctrl-C to stop.\n");
@@ -128,9 +135,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let committed = committed_offsets(coordinator.as_ref()).await;
         let sent = produced.load(Ordering::Relaxed);
-        let lag = sent.saturating_sub(committed.max(0) as u64);
         let line = format!(
-            "[{:>4}s] produced {sent:>9} | queryable rows {rows:>9} in {segments:>4} segments | lag {lag:>7} records",
+            "[{:>4}s] produced {sent:>9} | queryable {rows:>9} in {segments:>3} segments | committed {committed:>9}",
             started.elapsed().as_secs()
         );
         if live {
@@ -198,7 +204,7 @@ const EXAMPLES: [(&str, &str); 3] = [
 ];
 
 async fn show_examples(node: &QueryNode, endpoint: &str) {
-    println!("\nThe first segments are committed. A few queries:\n");
+    println!("\nThe first rows are queryable. A few queries:\n");
     for (title, sql) in EXAMPLES {
         println!("-- {title}\n{sql};");
         match node.engine.query(sql).await {

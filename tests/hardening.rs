@@ -42,7 +42,8 @@ impl Quickstart {
             .stderr(std::fs::File::options().append(true).create(true).open(&log).unwrap());
         let child = GuardedChild::spawn(command).unwrap();
         let q = Quickstart { _dir: dir, child, addr: format!("127.0.0.1:{port}"), log };
-        wait_until_blocking("rows to be queryable", Duration::from_secs(90), || q.count().unwrap_or(0) > 0)
+        // Enough rows that the growing functions below exceed their limits.
+        wait_until_blocking("rows to be queryable", Duration::from_secs(90), || q.count().unwrap_or(0) > 4_000)
             .unwrap_or_else(|e| panic!("{e}\n{}", q.log()));
         q
     }
