@@ -193,6 +193,19 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
             }
             Err(e) => println!("query node {node}: unreachable ({e})"),
         }
+        if let Ok(health) = http_get_json(node, "/health").await {
+            for t in health["tails"].as_array().into_iter().flatten() {
+                let freshness = t["freshness_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms"));
+                println!(
+                    "  tail {}/{}\t{} rows from offset {}\tfreshness {freshness}{}",
+                    t["table"].as_str().unwrap_or("?"),
+                    t["partition"],
+                    t["rows"],
+                    t["from_offset"],
+                    if t["over_limit"].as_bool() == Some(true) { "\tover limits.tail_memory: not served" } else { "" }
+                );
+            }
+        }
     }
     let (applied, _) = coordinator.pipelines().await?;
     for name in coordinator.known_pipelines().await? {

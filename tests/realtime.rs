@@ -143,6 +143,15 @@ async fn rows_are_answered_before_any_segment_commits() {
     let answer = sql(&addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
     assert_eq!(first_i64(&answer, 0), Some(1_000));
     assert_eq!(first_i64(&answer, 1), Some((0..1_000).sum::<i64>()));
+
+    // Freshness, per partition, on the node and in `sluice status`.
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &c.zk.connect_string(), "--root", &c.root, "--query-node", &addr])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("tail events/0") && printed.contains("tail events/1"), "{printed}");
+    assert!(printed.contains("500 rows") && printed.contains("freshness"), "{printed}");
 }
 
 /// The exactly-once property at every instant: a reader queries

@@ -56,6 +56,7 @@ struct Failure {
 #[derive(Default)]
 pub struct NodeHealth {
     corrupt: std::sync::Mutex<BTreeMap<(String, String), String>>,
+    views: std::sync::Mutex<BTreeMap<String, Arc<TableView>>>,
 }
 
 /// A segment the node refused more than once, with the last reason.
@@ -67,6 +68,12 @@ pub struct CorruptSegment {
 }
 
 impl NodeHealth {
+    /// The real-time tail of every served table, by partition.
+    pub fn tails(&self) -> Vec<crate::tail::TailStatus> {
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        views.values().flat_map(|v| v.status()).collect()
+    }
+
     pub fn corrupt(&self) -> Vec<CorruptSegment> {
         let corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
         corrupt
@@ -199,6 +206,7 @@ impl CatalogFollower {
                 self.engine.deregister(&name);
                 if let Some(view) = &state.view {
                     view.close();
+                    self.health.views.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
                 }
                 for loaded in state.segments.values() {
                     let _ = std::fs::remove_file(&loaded.cached);
@@ -291,7 +299,14 @@ impl CatalogFollower {
             }
         }
         if let Some(table) = &state.table {
-            let view = state.view.get_or_insert_with(|| TableView::new(table.clone(), self.tails.clone())).clone();
+            let view = state
+                .view
+                .get_or_insert_with(|| {
+                    let view = TableView::new(table.clone(), self.tails.clone());
+                    self.health.views.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), view.clone());
+                    view
+                })
+                .clone();
             let registered = self.engine.table(name).is_some();
             if changed || !registered {
                 view.set_committed(state.segments.values().map(|l| l.segment.clone()).collect());

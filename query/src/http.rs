@@ -65,7 +65,8 @@ pub async fn serve(
 /// listed (they are not served, the rest is).
 async fn health_check(State(state): State<AppState>) -> Response {
     let corrupt = state.health.corrupt();
-    axum::Json(json!({"status": "ok", "corruptSegments": corrupt})).into_response()
+    let tails = state.health.tails();
+    axum::Json(json!({"status": "ok", "corruptSegments": corrupt, "tails": tails})).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -45,6 +45,20 @@ pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
 /// How often changed tails are sealed and published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
+/// One partition's tail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TailStatus {
+    pub table: String,
+    pub partition: i32,
+    /// Rows served from the tail.
+    pub rows: u64,
+    /// The first offset the tail holds (one past the committed end).
+    pub from_offset: Option<i64>,
+    /// Now minus the newest record's Kafka timestamp.
+    pub freshness_ms: Option<i64>,
+    pub over_limit: bool,
+}
+
 /// The node's tail memory, shared by every table.
 #[derive(Debug)]
 pub struct TailBudget {
@@ -301,6 +315,24 @@ impl TableView {
         self.table.set_tails_excluded(excluded);
         self.table.replace(segments);
         metrics::gauge!("sluice_query_tail_rows", "table" => self.table.name().to_string()).set(rows as f64);
+    }
+
+    /// Each partition's tail, as `/health` and `sluice status` show it.
+    pub fn status(&self) -> Vec<TailStatus> {
+        let state = self.lock();
+        let now = now_ms();
+        state
+            .tails
+            .iter()
+            .map(|(partition, t)| TailStatus {
+                table: self.table.name().to_string(),
+                partition: *partition,
+                rows: t.published.as_ref().map_or(0, |s| u64::from(s.num_rows())),
+                from_offset: t.base,
+                freshness_ms: (t.newest_ms > 0).then(|| (now - t.newest_ms).max(0)),
+                over_limit: t.over_limit,
+            })
+            .collect()
     }
 
     fn take_reseeks(&self) -> Vec<(i32, i64)> {
