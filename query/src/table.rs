@@ -473,7 +473,18 @@ impl SegmentScanExec {
 impl DisplayAs for SegmentScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let segments: usize = self.partitions.iter().map(Vec::len).sum();
-        write!(f, "SegmentScanExec: table={}, segments={segments}, rows={}", self.table, self.rows(None))?;
+        let consuming = self
+            .partitions
+            .iter()
+            .flatten()
+            .filter(|p| p.segment.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX))
+            .count();
+        write!(
+            f,
+            "SegmentScanExec: table={}, segments={segments} (consuming={consuming}), rows={}",
+            self.table,
+            self.rows(None)
+        )?;
         if let Some(p) = &self.predicate {
             write!(f, ", predicate={p:?}, exact={}", self.exact)?;
         }
