@@ -218,7 +218,9 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = samples.lock().unwrap().clone();
     samples.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    println!("| rate (rows/s) | seconds | partitions | samples | p50 | p99 | max | segments committed | tail rows at end |");
+    println!(
+        "| rate (rows/s) | seconds | partitions | samples | p50 | p99 | max | segments committed | tail rows at end |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| {rate} | {seconds} | {partitions} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {segments} | {tail_rows} |",

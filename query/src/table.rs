@@ -9,6 +9,7 @@
 //! knows its exact row count when every filter was exact, and DataFusion
 //! answers `COUNT(*)` from that statistic without reading a column.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -334,13 +335,16 @@ pub(crate) fn select(
         offset_gaps: segments.iter().flat_map(|s| &s.meta().offset_gaps).map(|(from, to)| (to - from + 1) as u64).sum(),
         ..ScanStats::default()
     };
-    // Tail segments carry their newest record's timestamp as creation time.
+    // A partition's tail is one consuming segment in Pinot's terms, however
+    // many chunks hold it; each chunk carries its newest record's timestamp
+    // as creation time.
+    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
     for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
-        stats.add(&ScanStats {
-            consuming_segments: 1,
-            min_consuming_freshness_ms: tail.meta().created_at_ms,
-            ..ScanStats::default()
-        });
+        let at = newest.entry(tail.meta().name.as_str()).or_insert(i64::MIN);
+        *at = (*at).max(tail.meta().created_at_ms);
+    }
+    for (_, newest_ms) in newest {
+        stats.add(&ScanStats { consuming_segments: 1, min_consuming_freshness_ms: newest_ms, ..ScanStats::default() });
     }
     let mut parts = Vec::new();
     for result in results {

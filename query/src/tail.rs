@@ -87,11 +87,15 @@ struct PartitionTail {
     /// The first offset the tail may hold: one past the committed end.
     /// None: from the first record read.
     base: Option<i64>,
+    /// Rows since the last publish; sealed into a new chunk at the next.
     builder: Option<ConsumingSegment>,
     /// Each record's offset, Kafka timestamp and bytes, to rebuild the
     /// builder from the records above a new committed end.
     records: Vec<(i64, i64, Vec<u8>)>,
-    published: Option<Arc<Segment>>,
+    /// Sealed chunks in offset order, each larger than four times the next
+    /// (log-structured: a publish seals only the new rows, and a row is
+    /// resealed O(log n) times as chunks merge).
+    chunks: Vec<Arc<Segment>>,
     dirty: bool,
     newest_ms: i64,
     /// Bytes counted in the budget.
@@ -187,25 +191,53 @@ impl TableView {
             append(&mut builder, &decoding.decoder, *offset, payload);
         }
         tail.builder = Some(builder);
-        tail.published = None;
-        self.seal_tail(tail, partition);
+        tail.chunks.clear();
+        self.seal_tail(tail, partition, decoding);
         self.recharge(tail);
     }
 
-    /// Seals the tail's rows into an in-memory segment, if it has any.
-    fn seal_tail(&self, tail: &mut PartitionTail, partition: i32) {
+    /// Seals the rows since the last publish into a new chunk, then merges
+    /// the newest chunks while one is not four times the size of the next.
+    fn seal_tail(&self, tail: &mut PartitionTail, partition: i32, decoding: &Decoding) {
         tail.dirty = false;
-        let Some(builder) = &tail.builder else { return };
-        if builder.last_offset().is_none() || builder.is_empty() {
-            tail.published = None;
+        let Some(builder) = tail.builder.take() else { return };
+        let Some(last) = builder.last_offset() else {
+            tail.builder = Some(builder);
             return;
+        };
+        tail.builder = Some(ConsumingSegment::new(decoding.schema.clone(), partition, last + 1));
+        if !builder.is_empty()
+            && let Some(chunk) = self.seal_chunk(&builder, partition, tail.newest_ms)
+        {
+            tail.chunks.push(chunk);
         }
+        while let [.., older, newer] = tail.chunks.as_slice()
+            && older.num_rows() < 4 * newer.num_rows()
+        {
+            let (from, to) = (older.meta().start_offset, newer.meta().end_offset);
+            let mut merged = ConsumingSegment::new(decoding.schema.clone(), partition, from);
+            let first = tail.records.partition_point(|(o, _, _)| *o < from);
+            for (offset, _, payload) in tail.records[first..].iter().take_while(|(o, _, _)| *o <= to) {
+                append(&mut merged, &decoding.decoder, *offset, payload);
+            }
+            let newest = newer.meta().created_at_ms;
+            match self.seal_chunk(&merged, partition, newest) {
+                Some(chunk) => {
+                    tail.chunks.truncate(tail.chunks.len() - 2);
+                    tail.chunks.push(chunk);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn seal_chunk(&self, builder: &ConsumingSegment, partition: i32, newest_ms: i64) -> Option<Arc<Segment>> {
         let name = format!("{}__{partition}{CONSUMING_SUFFIX}", self.table.name());
-        match seal(builder, &name, tail.newest_ms).and_then(|image| image.open()) {
-            Ok(segment) => tail.published = Some(Arc::new(segment)),
+        match seal(builder, &name, newest_ms).and_then(|image| image.open()) {
+            Ok(segment) => Some(Arc::new(segment)),
             Err(e) => {
                 tracing::warn!(table = %self.table.name(), partition, error = %e, "sealing the tail failed");
-                tail.published = None;
+                None
             }
         }
     }
@@ -213,7 +245,7 @@ impl TableView {
     fn recharge(&self, tail: &mut PartitionTail) {
         let bytes = tail.builder.as_ref().map_or(0, ConsumingSegment::memory_bytes) as u64
             + tail.records.iter().map(|(_, _, p)| p.len() as u64 + 24).sum::<u64>()
-            + tail.published.as_ref().map_or(0, |s| s.size_bytes() as u64);
+            + tail.chunks.iter().map(|s| s.size_bytes() as u64).sum::<u64>();
         self.budget.used.fetch_sub(tail.charged, Ordering::SeqCst);
         self.budget.used.fetch_add(bytes, Ordering::SeqCst);
         tail.charged = bytes;
@@ -269,7 +301,7 @@ impl TableView {
             tail.over_limit = true;
             tail.builder = None;
             tail.records = Vec::new();
-            tail.published = None;
+            tail.chunks = Vec::new();
             tail.dirty = true;
             self.budget.used.fetch_sub(std::mem::take(&mut tail.charged), Ordering::SeqCst);
         }
@@ -278,6 +310,7 @@ impl TableView {
     /// Seals and publishes the tails that changed since the last call.
     fn publish_dirty(&self) {
         let mut state = self.lock();
+        let Some(decoding) = state.decoding.clone() else { return };
         let mut changed = false;
         let table = self.table.name().to_string();
         let now_ms = now_ms();
@@ -285,7 +318,7 @@ impl TableView {
         for partition in partitions {
             let tail = state.tails.get_mut(&partition).expect("listed");
             if !tail.over_limit {
-                self.seal_tail(tail, partition);
+                self.seal_tail(tail, partition, &decoding);
                 self.recharge(tail);
             }
             tail.dirty = false;
@@ -307,9 +340,9 @@ impl TableView {
         for tail in state.tails.values() {
             if tail.over_limit {
                 excluded += 1;
-            } else if let Some(published) = &tail.published {
-                rows += u64::from(published.num_rows());
-                segments.push(published.clone());
+            } else {
+                rows += tail.chunks.iter().map(|c| u64::from(c.num_rows())).sum::<u64>();
+                segments.extend(tail.chunks.iter().cloned());
             }
         }
         self.table.set_tails_excluded(excluded);
@@ -327,7 +360,7 @@ impl TableView {
             .map(|(partition, t)| TailStatus {
                 table: self.table.name().to_string(),
                 partition: *partition,
-                rows: t.published.as_ref().map_or(0, |s| u64::from(s.num_rows())),
+                rows: t.chunks.iter().map(|c| u64::from(c.num_rows())).sum(),
                 from_offset: t.base,
                 freshness_ms: (t.newest_ms > 0).then(|| (now - t.newest_ms).max(0)),
                 over_limit: t.over_limit,
@@ -614,6 +647,19 @@ inverted = ["status"]
         }
         f.view.publish_dirty();
         assert_rows(&f, 0..200).await;
+
+        // Publishes seal only the new rows; chunks merge as they pile up.
+        for batch in 0..20 {
+            for id in 200 + batch * 10..210 + batch * 10 {
+                f.view.append(0, id, 1_000 + id, &record(id));
+            }
+            f.view.publish_dirty();
+            assert_rows(&f, 0..210 + batch * 10).await;
+        }
+        let chunks = f.engine.table("events").unwrap().snapshot().len() - 2;
+        assert!((1..=5).contains(&chunks), "{chunks} chunks for 20 publishes");
+        let response = f.engine.query("SELECT COUNT(*) FROM events").await.unwrap();
+        assert_eq!(response.num_consuming_segments_queried, 1, "one consuming segment per partition");
     }
 
     /// Over the tail memory the partition is answered from committed data
