@@ -280,6 +280,7 @@ async fn consume_partition(
     let mut state = Consuming {
         partition,
         segment: None,
+        ready: None,
         next_start: lease.checkpoint.next_offset,
         started: None,
         records: metrics::counter!(m::RECORDS_CONSUMED, &labels),
@@ -299,9 +300,17 @@ async fn consume_partition(
         {
             break exit;
         }
+        // A segment cut while the previous one was in flight goes next.
+        if in_flight.is_none()
+            && state.ready.is_some()
+            && let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await
+        {
+            break exit;
+        }
         // Over the memory budget: the largest segment seals early, the rest
         // wait. A segment in flight still holds its memory.
         let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes)
+            + state.ready.as_ref().map_or(0, ConsumingSegment::memory_bytes)
             + in_flight.as_ref().map_or(0, |f| f.memory);
         match ctx.budget.report(&config.table, partition, memory) {
             Pressure::None => {}
@@ -327,10 +336,18 @@ async fn consume_partition(
         let message = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    let flushed = match begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
-                        Ok(()) => settle(&mut in_flight, held).await,
-                        Err(exit) => Err(exit),
-                    };
+                    // The segment cut and waiting, then the consuming one.
+                    let mut flushed = Ok(());
+                    while flushed.is_ok() && (state.ready.is_some() || state.segment.is_some()) {
+                        let before = (state.ready.is_some(), state.segment.is_some());
+                        flushed = match begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
+                            Ok(()) => settle(&mut in_flight, held).await,
+                            Err(exit) => Err(exit),
+                        };
+                        if before == (state.ready.is_some(), state.segment.is_some()) {
+                            break; // nothing consumed in it: nothing to commit
+                        }
+                    }
                     break match flushed {
                         Ok(()) => Exit::Stopped,
                         Err(exit) => exit,
@@ -355,7 +372,9 @@ async fn consume_partition(
                         break 'consume exit;
                     }
                     taken += 1;
-                    let full = in_flight.is_none()
+                    // A full segment ends the batch, unless it can be neither
+                    // flushed nor cut (one in flight and one waiting).
+                    let full = !(in_flight.is_some() && state.ready.is_some())
                         && state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
                     if taken == DRAIN_BATCH || full {
                         break;
@@ -380,14 +399,18 @@ async fn consume_partition(
         if let Some(offset) = state.segment.as_ref().and_then(ConsumingSegment::last_offset) {
             ctx.health.consumed(&config.table, partition, offset);
         }
-        // While a segment is in flight the consuming one keeps growing past
-        // its thresholds (the memory budget still bounds it): consumption
-        // never waits for a seal, an upload or a commit.
-        if in_flight.is_none()
-            && state.should_flush(config)
-            && let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await
-        {
-            break exit;
+        // Consumption never waits for a seal, an upload or a commit: with a
+        // segment in flight a full one is cut and waits its turn, and with
+        // one waiting too the consuming one grows past its thresholds (the
+        // memory budget still bounds all three).
+        if state.should_flush(config) {
+            if in_flight.is_none() {
+                if let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
+                    break exit;
+                }
+            } else if state.ready.is_none() {
+                state.cut();
+            }
         }
         let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes);
         consuming_bytes.set(memory as f64);
@@ -434,8 +457,12 @@ const DRAIN_BATCH: usize = 512;
 struct Consuming {
     partition: i32,
     segment: Option<ConsumingSegment>,
+    /// A segment that reached its threshold while another was in flight:
+    /// cut at the threshold, flushed as soon as the commit in flight lands.
+    ready: Option<ConsumingSegment>,
     /// Where the next segment starts: the checkpoint's next offset, then
-    /// one past the last segment sent to commit. None: at the first record.
+    /// one past the last segment cut or sent to commit. None: at the first
+    /// record.
     next_start: Option<i64>,
     started: Option<Instant>,
     /// Handles resolved once: a record costs two atomic adds, not two
@@ -525,6 +552,16 @@ impl Consuming {
         }
         handle_bad_record(ctx, partition, offset, payload, &bad).await?;
         segment.skip(offset).map_err(|e| Exit::failed(FailReason::Segment, e.to_string()))
+    }
+
+    /// Cuts the consuming segment: it waits, whole, for the segment in
+    /// flight; the next starts one past its last offset.
+    fn cut(&mut self) {
+        if let Some(segment) = self.segment.take() {
+            self.next_start = segment.last_offset().map(|o| o + 1).or(self.next_start);
+            self.started = None;
+            self.ready = Some(segment);
+        }
     }
 
     fn should_flush(&self, config: &PipelineConfig) -> bool {
@@ -621,13 +658,21 @@ async fn begin_flush(
     stop: &watch::Receiver<bool>,
 ) -> Result<(), Exit> {
     settle(in_flight, held).await?;
-    let Some(segment) = state.segment.take() else { return Ok(()) };
-    let Some(end_offset) = segment.last_offset() else {
-        state.segment = Some(segment);
-        return Ok(());
+    // The segment cut earlier goes first: commits stay in offset order.
+    let segment = match state.ready.take() {
+        Some(ready) => ready,
+        None => {
+            let Some(segment) = state.segment.take() else { return Ok(()) };
+            if segment.last_offset().is_none() {
+                state.segment = Some(segment);
+                return Ok(());
+            }
+            state.next_start = segment.last_offset().map(|o| o + 1);
+            state.started = None;
+            segment
+        }
     };
-    state.next_start = Some(end_offset + 1);
-    state.started = None;
+    let end_offset = segment.last_offset().expect("a cut or flushed segment consumed something");
     let lease = held.take().expect("the lease is in hand once settled");
     let memory = segment.memory_bytes();
     let (ctx, labels, stop) = (ctx.clone(), state.labels.clone(), stop.clone());
