@@ -280,7 +280,7 @@ async fn consume_partition(
     let mut state = Consuming {
         partition,
         segment: None,
-        ready: None,
+        ready: Default::default(),
         next_start: lease.checkpoint.next_offset,
         started: None,
         records: metrics::counter!(m::RECORDS_CONSUMED, &labels),
@@ -302,7 +302,7 @@ async fn consume_partition(
         }
         // A segment cut while the previous one was in flight goes next.
         if in_flight.is_none()
-            && state.ready.is_some()
+            && !state.ready.is_empty()
             && let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await
         {
             break exit;
@@ -310,7 +310,7 @@ async fn consume_partition(
         // Over the memory budget: the largest segment seals early, the rest
         // wait. A segment in flight still holds its memory.
         let memory = state.segment.as_ref().map_or(0, ConsumingSegment::memory_bytes)
-            + state.ready.as_ref().map_or(0, ConsumingSegment::memory_bytes)
+            + state.ready.iter().map(ConsumingSegment::memory_bytes).sum::<usize>()
             + in_flight.as_ref().map_or(0, |f| f.memory);
         match ctx.budget.report(&config.table, partition, memory) {
             Pressure::None => {}
@@ -336,15 +336,15 @@ async fn consume_partition(
         let message = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    // The segment cut and waiting, then the consuming one.
+                    // The segments cut and waiting, then the consuming one.
                     let mut flushed = Ok(());
-                    while flushed.is_ok() && (state.ready.is_some() || state.segment.is_some()) {
-                        let before = (state.ready.is_some(), state.segment.is_some());
+                    while flushed.is_ok() && (!state.ready.is_empty() || state.segment.is_some()) {
+                        let before = (state.ready.len(), state.segment.is_some());
                         flushed = match begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
                             Ok(()) => settle(&mut in_flight, held).await,
                             Err(exit) => Err(exit),
                         };
-                        if before == (state.ready.is_some(), state.segment.is_some()) {
+                        if before == (state.ready.len(), state.segment.is_some()) {
                             break; // nothing consumed in it: nothing to commit
                         }
                     }
@@ -372,10 +372,8 @@ async fn consume_partition(
                         break 'consume exit;
                     }
                     taken += 1;
-                    // A full segment ends the batch, unless it can be neither
-                    // flushed nor cut (one in flight and one waiting).
-                    let full = !(in_flight.is_some() && state.ready.is_some())
-                        && state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
+                    // A full segment ends the batch: it is flushed or cut.
+                    let full = state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
                     if taken == DRAIN_BATCH || full {
                         break;
                     }
@@ -400,15 +398,14 @@ async fn consume_partition(
             ctx.health.consumed(&config.table, partition, offset);
         }
         // Consumption never waits for a seal, an upload or a commit: with a
-        // segment in flight a full one is cut and waits its turn, and with
-        // one waiting too the consuming one grows past its thresholds (the
-        // memory budget still bounds all three).
+        // segment in flight a full one is cut at its threshold and waits its
+        // turn (the memory budget bounds how many wait).
         if state.should_flush(config) {
-            if in_flight.is_none() {
+            if in_flight.is_none() && state.ready.is_empty() {
                 if let Err(exit) = begin_flush(&ctx, held, &mut state, &mut in_flight, &stop).await {
                     break exit;
                 }
-            } else if state.ready.is_none() {
+            } else {
                 state.cut();
             }
         }
@@ -457,9 +454,10 @@ const DRAIN_BATCH: usize = 512;
 struct Consuming {
     partition: i32,
     segment: Option<ConsumingSegment>,
-    /// A segment that reached its threshold while another was in flight:
-    /// cut at the threshold, flushed as soon as the commit in flight lands.
-    ready: Option<ConsumingSegment>,
+    /// Segments that reached their threshold while another was in flight:
+    /// cut at the threshold, flushed in order as commits land (the memory
+    /// budget, which counts them, bounds how many wait).
+    ready: std::collections::VecDeque<ConsumingSegment>,
     /// Where the next segment starts: the checkpoint's next offset, then
     /// one past the last segment cut or sent to commit. None: at the first
     /// record.
@@ -560,7 +558,7 @@ impl Consuming {
         if let Some(segment) = self.segment.take() {
             self.next_start = segment.last_offset().map(|o| o + 1).or(self.next_start);
             self.started = None;
-            self.ready = Some(segment);
+            self.ready.push_back(segment);
         }
     }
 
@@ -659,7 +657,7 @@ async fn begin_flush(
 ) -> Result<(), Exit> {
     settle(in_flight, held).await?;
     // The segment cut earlier goes first: commits stay in offset order.
-    let segment = match state.ready.take() {
+    let segment = match state.ready.pop_front() {
         Some(ready) => ready,
         None => {
             let Some(segment) = state.segment.take() else { return Ok(()) };
