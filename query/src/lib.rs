@@ -1,5 +1,6 @@
 //! sluice's query node: follows the segment catalog, serves every sealed
-//! segment of every pipeline as a DataFusion table, and answers SQL over a
+//! segment of every pipeline — plus each partition's uncommitted tail, read
+//! from Kafka ([`tail`]) — as a DataFusion table, and answers SQL over a
 //! Pinot-compatible HTTP endpoint.
 //!
 //! Invariants:
@@ -8,6 +9,8 @@
 //!   before it joins a table. A refused file is retried, never served.
 //! - A query sees one snapshot of each table's segments from planning to its
 //!   last row; segments loaded or dropped meanwhile affect later queries only.
+//!   A snapshot is a consistent cut per partition: loaded segments up to
+//!   their largest end offset, tail rows above it — never a row twice.
 //! - Filter pushdown is decided and translated by one function
 //!   ([`pushdown::translate`]). A filter answered `Exact` is evaluated by the
 //!   segments with SQL's three-valued logic, so DataFusion drops it from the
