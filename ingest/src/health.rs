@@ -43,13 +43,19 @@ pub struct Stall {
 /// supervisors, the partition tasks and the HTTP endpoint.
 #[derive(Debug, Default)]
 pub struct PartitionHealth {
-    partitions: Mutex<BTreeMap<(String, i32), State>>,
+    /// By table, then partition: a report (after every consumed batch) finds
+    /// its entry by the borrowed table name, without allocating.
+    tables: Mutex<BTreeMap<String, BTreeMap<i32, State>>>,
 }
 
 impl PartitionHealth {
     fn update(&self, table: &str, partition: i32, f: impl FnOnce(&mut State)) {
-        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        let state = partitions.entry((table.to_string(), partition)).or_insert_with(|| State {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let partitions = match tables.get_mut(table) {
+            Some(partitions) => partitions,
+            None => tables.entry(table.to_string()).or_default(),
+        };
+        let state = partitions.entry(partition).or_insert_with(|| State {
             owned: false,
             progress_at: Instant::now(),
             consumed: None,
@@ -63,8 +69,10 @@ impl PartitionHealth {
     /// are forgotten.
     pub fn assigned(&self, table: &str, partitions: &[i32]) {
         {
-            let mut all = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|(t, p), _| t != table || partitions.contains(p));
+            let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(states) = tables.get_mut(table) {
+                states.retain(|p, _| partitions.contains(p));
+            }
         }
         for &p in partitions {
             self.update(table, p, |_| {});
@@ -88,8 +96,8 @@ impl PartitionHealth {
 
     /// The highest offset this worker consumed of the partition.
     pub fn consumed_offset(&self, table: &str, partition: i32) -> Option<i64> {
-        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        partitions.get(&(table.to_string(), partition)).and_then(|s| s.consumed)
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.get(table).and_then(|p| p.get(&partition)).and_then(|s| s.consumed)
     }
 
     pub fn lag(&self, table: &str, partition: i32, lag: i64) {
@@ -111,10 +119,11 @@ impl PartitionHealth {
     /// Every partition without progress for longer than `timeout` while it
     /// has work.
     pub fn stalled(&self, timeout: Duration) -> Vec<Stall> {
-        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        partitions
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables
             .iter()
-            .filter_map(|((table, partition), s)| {
+            .flat_map(|(table, partitions)| partitions.iter().map(move |(partition, s)| (table, partition, s)))
+            .filter_map(|(table, partition, s)| {
                 let idle = s.progress_at.elapsed();
                 if idle <= timeout {
                     return None;

@@ -243,13 +243,17 @@ struct Retry {
     epoch: u64,
 }
 
-/// Failures in a row before this one: a task that ran well past the longest
-/// backoff before failing starts the count again.
-fn previous_attempts(retries: &BTreeMap<i32, Retry>, partition: i32, started: Instant) -> u32 {
-    if started.elapsed() > 2 * RETRY_MAX {
-        return 0;
-    }
-    retries.get(&partition).map_or(0, |r| r.attempts)
+/// Schedules the retry of a partition whose task failed after running since
+/// `started` under lease `epoch`: 1 s doubling to 30 s with the failures in
+/// a row (a task that ran well past the longest backoff starts the count
+/// again). Returns the attempt number and the backoff.
+fn schedule_retry(retries: &mut BTreeMap<i32, Retry>, partition: i32, started: Instant, epoch: u64) -> (u32, Duration) {
+    let previous =
+        if started.elapsed() > 2 * RETRY_MAX { 0 } else { retries.get(&partition).map_or(0, |r| r.attempts) };
+    let attempts = previous + 1;
+    let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
+    retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch });
+    (attempts, backoff)
 }
 
 /// Keeps this worker's share of a pipeline's partitions running.
@@ -315,11 +319,9 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
             }
             match exit {
                 Ok(Exit::Failed { reason, detail }) => {
-                    let attempts = previous_attempts(&retries, partition, ended.started) + 1;
-                    let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
+                    let (attempts, backoff) = schedule_retry(&mut retries, partition, ended.started, ended.epoch);
                     tracing::error!(%table, partition, reason = reason.as_str(), %detail, attempts, retry_in = ?backoff, "partition failed; retrying");
                     health.failed(&table, partition, format!("{}: {detail}", reason.as_str()));
-                    retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch: ended.epoch });
                 }
                 Ok(Exit::Fenced) => {
                     // Another owner, or a reset: take it again if it is ours.
@@ -329,9 +331,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 Err(e) => {
                     tracing::error!(%table, partition, error = %e, "partition task panicked; retrying");
                     health.failed(&table, partition, format!("panic: {e}"));
-                    let attempts = previous_attempts(&retries, partition, ended.started) + 1;
-                    let backoff = RETRY_MIN.saturating_mul(1 << (attempts - 1).min(5)).min(RETRY_MAX);
-                    retries.insert(partition, Retry { attempts, at: Instant::now() + backoff, epoch: ended.epoch });
+                    schedule_retry(&mut retries, partition, ended.started, ended.epoch);
                 }
             }
         }
