@@ -33,7 +33,28 @@ pub struct Checkpoint {
     pub epoch: u64,
 }
 
+impl From<sluice_config::StartPosition> for Position {
+    fn from(start: sluice_config::StartPosition) -> Self {
+        match start {
+            sluice_config::StartPosition::Earliest => Position::Earliest,
+            sluice_config::StartPosition::Latest => Position::Latest,
+            sluice_config::StartPosition::Offset(o) => Position::Offset(o as i64),
+        }
+    }
+}
+
 impl Checkpoint {
+    /// Where reading the partition starts: the next offset, else the reset
+    /// position, else the pipeline's start position. Workers and query
+    /// nodes (for the tail) start from the same place.
+    pub fn start(checkpoint: Option<&Checkpoint>, configured: sluice_config::StartPosition) -> Position {
+        match checkpoint.map(|c| (c.next_offset, c.reset_to)) {
+            Some((Some(next), _)) => Position::Offset(next),
+            Some((None, Some(reset))) => reset,
+            _ => configured.into(),
+        }
+    }
+
     pub(crate) fn initial() -> Self {
         Checkpoint { next_offset: None, reset_to: None, next_seq: 0, epoch: 0 }
     }
@@ -148,6 +169,18 @@ pub enum CommitOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_starts_at_the_checkpoint_then_the_reset_then_the_start_position() {
+        use sluice_config::StartPosition;
+        let mut c = Checkpoint::initial();
+        assert_eq!(Checkpoint::start(None, StartPosition::Latest), Position::Latest);
+        assert_eq!(Checkpoint::start(Some(&c), StartPosition::Offset(7)), Position::Offset(7));
+        c.reset_to = Some(Position::Earliest);
+        assert_eq!(Checkpoint::start(Some(&c), StartPosition::Latest), Position::Earliest);
+        c.next_offset = Some(42);
+        assert_eq!(Checkpoint::start(Some(&c), StartPosition::Latest), Position::Offset(42));
+    }
 
     /// Catalog entries written before `offset_gaps` existed read as none.
     #[test]

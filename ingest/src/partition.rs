@@ -17,8 +17,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_config::{BadRecordPolicy, PipelineConfig, StartPosition};
-use sluice_coordinator::{CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
+use sluice_config::{BadRecordPolicy, PipelineConfig};
+use sluice_coordinator::{Checkpoint, CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
 use sluice_segments::deepstore::DeepStore;
 use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
 use tokio::sync::watch;
@@ -236,12 +236,10 @@ async fn consume_partition(
     let config = &ctx.config;
     let partition = lease.partition;
     let consumer = &ctx.consumer;
-    let start = match (lease.checkpoint.next_offset, lease.checkpoint.reset_to, config.source.start_position) {
-        (Some(offset), _, _) => Offset::Offset(offset),
-        (None, Some(Position::Offset(o)), _) => Offset::Offset(o),
-        (None, Some(Position::Earliest), _) | (None, None, StartPosition::Earliest) => Offset::Beginning,
-        (None, Some(Position::Latest), _) | (None, None, StartPosition::Latest) => Offset::End,
-        (None, None, StartPosition::Offset(o)) => Offset::Offset(o as i64),
+    let start = match Checkpoint::start(Some(&lease.checkpoint), config.source.start_position) {
+        Position::Offset(o) => Offset::Offset(o),
+        Position::Earliest => Offset::Beginning,
+        Position::Latest => Offset::End,
     };
     let mut assignment = TopicPartitionList::new();
     if let Err(e) = assignment.add_partition_offset(&config.source.topic, partition, start) {

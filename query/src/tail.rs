@@ -31,8 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_config::{PipelineConfig, StartPosition};
-use sluice_coordinator::{Coordinator, Position};
+use sluice_config::PipelineConfig;
+use sluice_coordinator::{Checkpoint, Coordinator, Position};
 use sluice_decode::Decoder;
 use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, seal};
 use tokio::sync::watch;
@@ -394,16 +394,10 @@ fn now_ms() -> i64 {
 /// the checkpoint, a reset position, or the pipeline's start position.
 async fn fallback_start(coordinator: &dyn Coordinator, config: &PipelineConfig, partition: i32) -> Offset {
     let checkpoint = coordinator.checkpoint(&config.table, partition).await.ok().flatten();
-    match checkpoint.as_ref().map(|c| (c.next_offset, c.reset_to)) {
-        Some((Some(next), _)) => Offset::Offset(next),
-        Some((None, Some(Position::Offset(o)))) => Offset::Offset(o),
-        Some((None, Some(Position::Earliest))) => Offset::Beginning,
-        Some((None, Some(Position::Latest))) => Offset::End,
-        _ => match config.source.start_position {
-            StartPosition::Earliest => Offset::Beginning,
-            StartPosition::Latest => Offset::End,
-            StartPosition::Offset(o) => Offset::Offset(o as i64),
-        },
+    match Checkpoint::start(checkpoint.as_ref(), config.source.start_position) {
+        Position::Offset(o) => Offset::Offset(o),
+        Position::Earliest => Offset::Beginning,
+        Position::Latest => Offset::End,
     }
 }
 
