@@ -178,33 +178,33 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
         }
     }
     for node in query_nodes {
-        match http_get_json(node, "/health").await {
-            Ok(health) => {
-                let corrupt = health["corruptSegments"].as_array().cloned().unwrap_or_default();
-                println!("query node {node}: {} corrupt segment(s), not served", corrupt.len());
-                for c in corrupt {
-                    println!(
-                        "  {}/{}\t{}",
-                        c["table"].as_str().unwrap_or("?"),
-                        c["segment"].as_str().unwrap_or("?"),
-                        c["reason"].as_str().unwrap_or("?")
-                    );
-                }
+        let health = match http_get_json(node, "/health").await {
+            Ok(health) => health,
+            Err(e) => {
+                println!("query node {node}: unreachable ({e})");
+                continue;
             }
-            Err(e) => println!("query node {node}: unreachable ({e})"),
+        };
+        let corrupt = health["corruptSegments"].as_array().cloned().unwrap_or_default();
+        println!("query node {node}: {} corrupt segment(s), not served", corrupt.len());
+        for c in corrupt {
+            println!(
+                "  {}/{}\t{}",
+                c["table"].as_str().unwrap_or("?"),
+                c["segment"].as_str().unwrap_or("?"),
+                c["reason"].as_str().unwrap_or("?")
+            );
         }
-        if let Ok(health) = http_get_json(node, "/health").await {
-            for t in health["tails"].as_array().into_iter().flatten() {
-                let freshness = t["freshness_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms"));
-                println!(
-                    "  tail {}/{}\t{} rows from offset {}\tfreshness {freshness}{}",
-                    t["table"].as_str().unwrap_or("?"),
-                    t["partition"],
-                    t["rows"],
-                    t["from_offset"],
-                    if t["over_limit"].as_bool() == Some(true) { "\tover limits.tail_memory: not served" } else { "" }
-                );
-            }
+        for t in health["tails"].as_array().into_iter().flatten() {
+            let freshness = t["freshness_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms"));
+            println!(
+                "  tail {}/{}\t{} rows from offset {}\tfreshness {freshness}{}",
+                t["table"].as_str().unwrap_or("?"),
+                t["partition"],
+                t["rows"],
+                t["from_offset"],
+                if t["over_limit"].as_bool() == Some(true) { "\tover limits.tail_memory: not served" } else { "" }
+            );
         }
     }
     let (applied, _) = coordinator.pipelines().await?;
