@@ -195,6 +195,18 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
                 c["reason"].as_str().unwrap_or("?")
             );
         }
+        for c in health["tailConsumers"].as_array().into_iter().flatten() {
+            if c["state"].as_str() != Some("running") {
+                println!(
+                    "  tail consumer of {}: {} ({} failures){}{}",
+                    c["table"].as_str().unwrap_or("?"),
+                    c["state"].as_str().unwrap_or("?"),
+                    c["failures"],
+                    c["error"].as_str().map_or(String::new(), |e| format!(": {e}")),
+                    c["retry_in_s"].as_u64().map_or(String::new(), |s| format!(", retry in {s}s")),
+                );
+            }
+        }
         for t in health["tails"].as_array().into_iter().flatten() {
             let freshness = t["freshness_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms"));
             println!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_testkit::net::{free_port, http_post};
+use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
 
 struct Cluster {
@@ -38,16 +38,8 @@ impl Cluster {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let pipeline = format!(
-            "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
-             [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
-             [[schema.columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\
-             [[schema.columns]]\nname = \"status\"\ntype = \"int32\"\n\
-             [indexes]\ninverted = [\"status\"]\n\
-             [flush]\nrows = {flush_rows}\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
-            broker.bootstrap_servers(),
-            dir.path().join("deep").display()
-        );
+        let deep = dir.path().join("deep");
+        let pipeline = pipeline(broker.bootstrap_servers(), &topic, &deep, flush_rows, "");
         observer.apply_pipeline("events", &pipeline).await.unwrap();
         let query_addr = format!("127.0.0.1:{}", free_port().unwrap());
         let query = format!(
@@ -90,6 +82,20 @@ impl Cluster {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
+}
+
+/// The `events` pipeline; `properties`: lines of its `[source.properties]`.
+fn pipeline(bootstrap: &str, topic: &str, deep: &std::path::Path, flush_rows: u64, properties: &str) -> String {
+    format!(
+        "table = \"events\"\n[source]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\"\n\
+         [source.properties]\n{properties}\n[schema]\ntime_column = \"ts\"\n\
+         [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
+         [[schema.columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\
+         [[schema.columns]]\nname = \"status\"\ntype = \"int32\"\n\
+         [indexes]\ninverted = [\"status\"]\n\
+         [flush]\nrows = {flush_rows}\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
+        deep.display()
+    )
 }
 
 fn sql(addr: &str, sql: &str) -> Option<Value> {
@@ -224,4 +230,44 @@ async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
     assert_eq!(first_i64(&answer, 0), Some(total));
     assert_eq!(first_i64(&answer, 1), Some((0..total).sum::<i64>()));
     drop(worker);
+}
+
+/// A tail consumer that cannot run is retried with backoff and shown — 503
+/// on `/health`, a failure counter, `sluice status` — never stopped
+/// silently; a corrected config reaches it without a restart of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tail_consumer_is_shown_retried_and_reconfigured() {
+    let c = Cluster::start(1_000_000).await;
+    let deep = c.dir.path().join("deep");
+    let bad = pipeline(c.broker.bootstrap_servers(), &c.topic, &deep, 1_000_000, "\"fetch.wait.max.ms\" = \"soon\"");
+    c.observer.apply_pipeline("events", &bad).await.unwrap();
+    let _query = c.query_node();
+    let addr = c.query_addr.clone();
+    let retrying = || async {
+        let (status, body) = http_get(&addr, "/health");
+        status == 503 && body.contains("\"retrying\"") && body.contains("fetch.wait.max.ms")
+    };
+    if let Err(e) = wait_until("the failing tail consumer is unhealthy", Duration::from_secs(60), retrying).await {
+        panic!("{e}\n{:?}\nquery:\n{}", http_get(&addr, "/health"), c.log("query"));
+    }
+    let counted = || async { metric_sum(&http_get(&addr, "/metrics").1, "sluice_query_tail_failures_total") >= 2.0 };
+    wait_until("the consumer is retried and every failure counted", Duration::from_secs(30), counted).await.unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &c.zk.connect_string(), "--root", &c.root, "--query-node", &addr])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("tail consumer of events: retrying"), "{printed}");
+
+    // The operator fixes the config: the consumer picks it up and catches up.
+    let good = pipeline(c.broker.bootstrap_servers(), &c.topic, &deep, 1_000_000, "");
+    c.observer.apply_pipeline("events", &good).await.unwrap();
+    let _worker = c.worker("w1");
+    c.broker.producer().unwrap().send_all(&c.topic, events(0..500)).await.unwrap();
+    let all = || async { sql(&addr, "SELECT COUNT(*) FROM events").and_then(|a| first_i64(&a, 0)) == Some(500) };
+    if let Err(e) = wait_until("rows are answered after the fix", Duration::from_secs(60), all).await {
+        panic!("{e}\nquery:\n{}", c.log("query"));
+    }
+    let (status, body) = http_get(&addr, "/health");
+    assert_eq!(status, 200, "{body}");
 }

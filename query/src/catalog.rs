@@ -68,6 +68,12 @@ pub struct CorruptSegment {
 }
 
 impl NodeHealth {
+    /// The tail consumer of every served table that follows its tail.
+    pub fn tail_consumers(&self) -> Vec<crate::tail::ConsumerStatus> {
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        views.values().filter_map(|v| v.consumer_status()).collect()
+    }
+
     /// The real-time tail of every served table, by partition.
     pub fn tails(&self) -> Vec<crate::tail::TailStatus> {
         let views = self.views.lock().unwrap_or_else(|e| e.into_inner());

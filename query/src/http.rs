@@ -61,12 +61,17 @@ pub async fn serve(
     Ok((addr, sluice_http::spawn(listener, app, config.clone(), shutdown)))
 }
 
-/// The node is healthy while it serves; corrupt segments it refused are
-/// listed (they are not served, the rest is).
+/// Corrupt segments the node refused are listed (they are not served, the
+/// rest is). A tail consumer that is failing makes the node unhealthy
+/// (503): its answers are no longer fresh.
 async fn health_check(State(state): State<AppState>) -> Response {
     let corrupt = state.health.corrupt();
     let tails = state.health.tails();
-    axum::Json(json!({"status": "ok", "corruptSegments": corrupt, "tails": tails})).into_response()
+    let consumers = state.health.tail_consumers();
+    let failing = consumers.iter().any(|c| c.state != "running");
+    let (status, word) = if failing { (StatusCode::SERVICE_UNAVAILABLE, "unhealthy") } else { (StatusCode::OK, "ok") };
+    let body = json!({"status": word, "corruptSegments": corrupt, "tailConsumers": consumers, "tails": tails});
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -9,19 +9,26 @@
 //!   under one lock and are published as one swap ([`TableView::set_committed`]),
 //!   so an answer never counts a row twice and never loses one it had
 //!   (the rows above E stay in the tail until a segment holds them).
+//! - A merge of chunks replaces exactly the chunks it read, in one swap, and
+//!   only if they are all still there: a trim that happened meanwhile wins.
 //! - The tail never commits anything and never counts or dead-letters bad
 //!   records: it classifies them with the workers' decoder and skips them.
 //! - Tail memory is bounded by `limits.tail_memory` for the whole node; a
 //!   partition whose tail would exceed it is answered from committed data
 //!   only — the response says so — until its next segment loads.
+//! - The consumer never stops for good while the table is served: a failure
+//!   or panic is counted, shown in `/health` and retried with backoff, and
+//!   the tail it built is kept (reading resumes after its last offset).
 //!
 //! How: a consumer per table (`follow`) appends each record to the
 //! partition's consuming segment (the workers' `ConsumingSegment`: live
-//! indexes, min/max) and keeps its bytes; every 200 ms the changed tails are
-//! sealed in memory into a regular `Segment` named `<table>__<p>__CONSUMING`,
-//! so indexes, pruning and the fast path serve the tail exactly as they
-//! serve committed segments. Trimming re-decodes the kept records above the
-//! new end.
+//! indexes, min/max); every 200 ms the changed tails seal just their new rows
+//! in memory into a regular `Segment` named `<table>__<p>__CONSUMING`, so
+//! indexes, pruning and the fast path serve the tail exactly as they serve
+//! committed segments. Chunks are merged off the consumer's path
+//! (log-structured, each at least four times the size of the next), from
+//! their sealed columns ([`sluice_segments::reseal`]); a trim reseals only the
+//! chunk the committed end cuts through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +41,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::PipelineConfig;
 use sluice_coordinator::{Checkpoint, Coordinator, Position};
 use sluice_decode::Decoder;
-use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, seal};
+use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, reseal, seal};
 use tokio::sync::watch;
 
 use crate::table::SegmentTable;
@@ -44,6 +51,17 @@ pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
 
 /// How often changed tails are sealed and published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// A merged chunk is at least this many times the size of the next one.
+const MERGE_RATIO: u32 = 4;
+
+/// Backoff of a failing tail consumer.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Kafka errors that last longer than this without a record in between
+/// mark the consumer `erroring` in `/health`.
+const ERRORS_SHOWN_AFTER: Duration = Duration::from_secs(10);
 
 /// One partition's tail.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -59,16 +77,37 @@ pub struct TailStatus {
     pub over_limit: bool,
 }
 
-/// The node's tail memory, shared by every table.
+/// A table's tail consumer, as `/health` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerStatus {
+    pub table: String,
+    /// `running`; `erroring` while Kafka errors last (librdkafka retries);
+    /// `retrying` after a failure, until the next attempt (the tail is then
+    /// frozen).
+    pub state: String,
+    /// Failures since the node started.
+    pub failures: u64,
+    /// The last failure, while retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds until the next attempt, while retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_s: Option<u64>,
+}
+
+/// The node's tail memory and merge lane, shared by every table.
 #[derive(Debug)]
 pub struct TailBudget {
     used: AtomicU64,
     limit: u64,
+    /// Merges run one at a time, so on a small machine they take a core at
+    /// most and the consumers keep theirs.
+    merge_lane: Mutex<()>,
 }
 
 impl TailBudget {
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(TailBudget { used: AtomicU64::new(0), limit })
+        Arc::new(TailBudget { used: AtomicU64::new(0), limit, merge_lane: Mutex::new(()) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -89,13 +128,10 @@ struct PartitionTail {
     base: Option<i64>,
     /// Rows since the last publish; sealed into a new chunk at the next.
     builder: Option<ConsumingSegment>,
-    /// Each record's offset, Kafka timestamp and bytes, to rebuild the
-    /// builder from the records above a new committed end.
-    records: Vec<(i64, i64, Vec<u8>)>,
-    /// Sealed chunks in offset order, each larger than four times the next
-    /// (log-structured: a publish seals only the new rows, and a row is
-    /// resealed O(log n) times as chunks merge).
+    /// Sealed chunks in offset order.
     chunks: Vec<Arc<Segment>>,
+    /// A merge of some of `chunks` is running.
+    merging: bool,
     dirty: bool,
     newest_ms: i64,
     /// Bytes counted in the budget.
@@ -103,6 +139,23 @@ struct PartitionTail {
     over_limit: bool,
     /// Where the consumer must read from again (after an over-limit reset).
     reseek: Option<i64>,
+}
+
+impl PartitionTail {
+    /// The offset the consumer should read next for this tail.
+    fn next_offset(&self) -> Option<i64> {
+        let read = self.builder.as_ref().map(ConsumingSegment::next_offset);
+        match (self.base, read) {
+            (Some(b), Some(r)) => Some(b.max(r)),
+            (b, r) => b.or(r),
+        }
+    }
+}
+
+/// Chunks to merge: adjacent, the newest of a partition's tail.
+struct MergeJob {
+    partition: i32,
+    inputs: Vec<Arc<Segment>>,
 }
 
 #[derive(Default)]
@@ -121,6 +174,12 @@ pub struct TableView {
     budget: Arc<TailBudget>,
     following: AtomicBool,
     closed: AtomicBool,
+    /// The applied config the consumer should run with; a change restarts it.
+    config: Mutex<Option<Arc<PipelineConfig>>>,
+    config_changed: AtomicBool,
+    /// Wakes a consumer waiting out its backoff when the config changes.
+    config_notify: tokio::sync::Notify,
+    consumer: Mutex<ConsumerStatus>,
 }
 
 impl TableView {
@@ -131,6 +190,10 @@ impl TableView {
             budget,
             following: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            config: Mutex::new(None),
+            config_changed: AtomicBool::new(false),
+            config_notify: tokio::sync::Notify::new(),
+            consumer: Mutex::default(),
         })
     }
 
@@ -176,28 +239,59 @@ impl TableView {
         self.publish(&state);
     }
 
-    /// Keeps the tail's records above `end` and rebuilds it from them.
+    /// Keeps the tail's rows above `end`: chunks below it go, the one it
+    /// cuts through is resealed from `end + 1`.
     fn trim(&self, tail: &mut PartitionTail, partition: i32, end: i64, decoding: &Decoding) {
         tail.base = Some(end + 1);
         if tail.over_limit {
             // Dropped when it outgrew the budget: read again from the end.
             tail.over_limit = false;
-            tail.records.clear();
+            tail.builder = None;
+            tail.chunks.clear();
             tail.reseek = Some(end + 1);
+            self.recharge(tail);
+            return;
         }
-        tail.records.retain(|(offset, _, _)| *offset > end);
-        let mut builder = ConsumingSegment::new(decoding.schema.clone(), partition, end + 1);
-        for (offset, _, payload) in &tail.records {
-            append(&mut builder, &decoding.decoder, *offset, payload);
+        // The rows since the last publish become a chunk first, so the cut
+        // below sees every row the tail holds.
+        let next = tail.next_offset().unwrap_or(end + 1).max(end + 1);
+        if let Some(builder) = tail.builder.replace(ConsumingSegment::new(decoding.schema.clone(), partition, next))
+            && !builder.is_empty()
+            && let Some(chunk) = self.seal_chunk(&builder, partition, tail.newest_ms)
+        {
+            tail.chunks.push(chunk);
         }
-        tail.builder = Some(builder);
-        tail.chunks.clear();
-        self.seal_tail(tail, partition, decoding);
+        tail.chunks.retain(|c| c.meta().end_offset > end);
+        if let Some(first) = tail.chunks.first().filter(|c| c.meta().start_offset <= end).cloned() {
+            let name = self.chunk_name(partition);
+            match reseal(&[first.as_ref()], end + 1, &name, first.meta().created_at_ms) {
+                Ok(Some(image)) => match image.open() {
+                    Ok(cut) => tail.chunks[0] = Arc::new(cut),
+                    Err(e) => self.drop_tail(tail, partition, end, &e),
+                },
+                Ok(None) => {
+                    tail.chunks.remove(0);
+                }
+                Err(e) => self.drop_tail(tail, partition, end, &e),
+            }
+        }
         self.recharge(tail);
     }
 
-    /// Seals the rows since the last publish into a new chunk, then merges
-    /// the newest chunks while one is not four times the size of the next.
+    /// A tail that could not be cut is read again from the committed end:
+    /// exactly-once over a faster answer.
+    fn drop_tail(&self, tail: &mut PartitionTail, partition: i32, end: i64, error: &dyn std::fmt::Display) {
+        tracing::warn!(table = %self.table.name(), partition, %error, "cutting the tail failed; reading it again");
+        tail.chunks.clear();
+        tail.builder = None;
+        tail.reseek = Some(end + 1);
+    }
+
+    fn chunk_name(&self, partition: i32) -> String {
+        format!("{}__{partition}{CONSUMING_SUFFIX}", self.table.name())
+    }
+
+    /// Seals the rows since the last publish into a new chunk.
     fn seal_tail(&self, tail: &mut PartitionTail, partition: i32, decoding: &Decoding) {
         tail.dirty = false;
         let Some(builder) = tail.builder.take() else { return };
@@ -211,29 +305,73 @@ impl TableView {
         {
             tail.chunks.push(chunk);
         }
-        while let [.., older, newer] = tail.chunks.as_slice()
-            && older.num_rows() < 4 * newer.num_rows()
-        {
-            let (from, to) = (older.meta().start_offset, newer.meta().end_offset);
-            let mut merged = ConsumingSegment::new(decoding.schema.clone(), partition, from);
-            let first = tail.records.partition_point(|(o, _, _)| *o < from);
-            for (offset, _, payload) in tail.records[first..].iter().take_while(|(o, _, _)| *o <= to) {
-                append(&mut merged, &decoding.decoder, *offset, payload);
-            }
-            let newest = newer.meta().created_at_ms;
-            match self.seal_chunk(&merged, partition, newest) {
-                Some(chunk) => {
-                    tail.chunks.truncate(tail.chunks.len() - 2);
-                    tail.chunks.push(chunk);
+    }
+
+    /// The newest chunks to merge, while one is smaller than
+    /// [`MERGE_RATIO`] times the rows after it.
+    fn plan_merge(tail: &mut PartitionTail, partition: i32) -> Option<MergeJob> {
+        if tail.merging || tail.chunks.len() < 2 {
+            return None;
+        }
+        let mut from = tail.chunks.len() - 1;
+        let mut after = tail.chunks[from].num_rows();
+        while from > 0 && tail.chunks[from - 1].num_rows() < MERGE_RATIO.saturating_mul(after) {
+            from -= 1;
+            after = after.saturating_add(tail.chunks[from].num_rows());
+        }
+        (tail.chunks.len() - from >= 2).then(|| {
+            tail.merging = true;
+            MergeJob { partition, inputs: tail.chunks[from..].to_vec() }
+        })
+    }
+
+    /// Merges off the caller's thread; the result replaces its inputs when
+    /// they are all still there.
+    fn spawn_merge(self: &Arc<Self>, job: MergeJob) {
+        let view = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _lane = view.budget.merge_lane.lock().unwrap_or_else(|e| e.into_inner());
+            let parts: Vec<&Segment> = job.inputs.iter().map(Arc::as_ref).collect();
+            let newest = parts.last().map_or(0, |p| p.meta().created_at_ms);
+            let merged = match reseal(&parts, i64::MIN, &view.chunk_name(job.partition), newest)
+                .and_then(|image| image.map(|i| i.open()).transpose())
+            {
+                Ok(merged) => merged.map(Arc::new),
+                Err(e) => {
+                    tracing::warn!(table = %view.table.name(), partition = job.partition, error = %e, "merging tail chunks failed");
+                    None
                 }
-                None => break,
-            }
+            };
+            view.finish_merge(job, merged);
+        });
+        drop(task);
+    }
+
+    fn finish_merge(self: &Arc<Self>, job: MergeJob, merged: Option<Arc<Segment>>) {
+        let mut state = self.lock();
+        let Some(tail) = state.tails.get_mut(&job.partition) else { return };
+        tail.merging = false;
+        let Some(merged) = merged else { return };
+        let n = job.inputs.len();
+        let at = tail.chunks.iter().position(|c| Arc::ptr_eq(c, &job.inputs[0]));
+        let Some(at) = at.filter(|&at| {
+            tail.chunks.len() >= at + n
+                && tail.chunks[at..at + n].iter().zip(&job.inputs).all(|(a, b)| Arc::ptr_eq(a, b))
+        }) else {
+            return; // trimmed meanwhile: the merge is stale
+        };
+        tail.chunks.splice(at..at + n, [merged]);
+        self.recharge(tail);
+        let next = Self::plan_merge(tail, job.partition);
+        self.publish(&state);
+        drop(state);
+        if let Some(next) = next {
+            self.spawn_merge(next);
         }
     }
 
     fn seal_chunk(&self, builder: &ConsumingSegment, partition: i32, newest_ms: i64) -> Option<Arc<Segment>> {
-        let name = format!("{}__{partition}{CONSUMING_SUFFIX}", self.table.name());
-        match seal(builder, &name, newest_ms).and_then(|image| image.open()) {
+        match seal(builder, &self.chunk_name(partition), newest_ms).and_then(|image| image.open()) {
             Ok(segment) => Some(Arc::new(segment)),
             Err(e) => {
                 tracing::warn!(table = %self.table.name(), partition, error = %e, "sealing the tail failed");
@@ -244,23 +382,24 @@ impl TableView {
 
     fn recharge(&self, tail: &mut PartitionTail) {
         let bytes = tail.builder.as_ref().map_or(0, ConsumingSegment::memory_bytes) as u64
-            + tail.records.iter().map(|(_, _, p)| p.len() as u64 + 24).sum::<u64>()
             + tail.chunks.iter().map(|s| s.size_bytes() as u64).sum::<u64>();
         self.budget.used.fetch_sub(tail.charged, Ordering::SeqCst);
         self.budget.used.fetch_add(bytes, Ordering::SeqCst);
         tail.charged = bytes;
     }
 
-    /// Where the consumer starts reading `partition`, and the base it sets.
+    /// Where the consumer starts reading `partition`: after what the tail
+    /// already holds (a restarted consumer), else after the committed end,
+    /// else `fallback`.
     fn start_of(&self, partition: i32, fallback: Offset) -> Offset {
         let mut state = self.lock();
         let end = state.ends.get(&partition).copied();
         let tail = state.tails.entry(partition).or_default();
-        match end {
-            Some(end) => {
-                tail.base = Some(end + 1);
-                Offset::Offset(end + 1)
-            }
+        if let Some(end) = end {
+            tail.base = Some(tail.base.unwrap_or(end + 1).max(end + 1));
+        }
+        match tail.next_offset() {
+            Some(next) => Offset::Offset(next),
             None => {
                 if let Offset::Offset(o) = fallback {
                     tail.base = Some(o);
@@ -270,8 +409,18 @@ impl TableView {
         }
     }
 
-    /// One record of `partition` read from Kafka.
-    fn append(&self, partition: i32, offset: i64, timestamp_ms: i64, payload: &[u8]) {
+    /// Decodes records with `config`'s schema and decoder from now on (the
+    /// consumer sets it when it starts).
+    pub fn set_decoding(&self, config: &PipelineConfig) {
+        self.lock().decoding = Some(Arc::new(Decoding {
+            schema: Arc::new(SegmentSchema::from_pipeline(config)),
+            decoder: Decoder::new(config),
+        }));
+    }
+
+    /// One record of `partition` read from Kafka (or any other source of
+    /// the topic's records, as tests are); served from the next publish.
+    pub fn append(&self, partition: i32, offset: i64, timestamp_ms: i64, payload: &[u8]) {
         let mut state = self.lock();
         let Some(decoding) = state.decoding.clone() else { return };
         let tail = state.tails.entry(partition).or_default();
@@ -286,11 +435,12 @@ impl TableView {
             return; // a redelivery
         }
         append(builder, &decoding.decoder, offset, payload);
-        tail.records.push((offset, timestamp_ms, payload.to_vec()));
         tail.newest_ms = tail.newest_ms.max(timestamp_ms);
         tail.dirty = true;
-        tail.charged += payload.len() as u64 + 24;
-        self.budget.used.fetch_add(payload.len() as u64 + 24, Ordering::SeqCst);
+        // An estimate until the next publish counts the builder exactly.
+        let estimate = payload.len() as u64 + 24;
+        tail.charged += estimate;
+        self.budget.used.fetch_add(estimate, Ordering::SeqCst);
         if self.budget.used.load(Ordering::SeqCst) > self.budget.limit {
             tracing::warn!(
                 table = %self.table.name(), partition, limit = self.budget.limit,
@@ -300,18 +450,19 @@ impl TableView {
                 .increment(1);
             tail.over_limit = true;
             tail.builder = None;
-            tail.records = Vec::new();
             tail.chunks = Vec::new();
             tail.dirty = true;
             self.budget.used.fetch_sub(std::mem::take(&mut tail.charged), Ordering::SeqCst);
         }
     }
 
-    /// Seals and publishes the tails that changed since the last call.
-    fn publish_dirty(&self) {
+    /// Seals and publishes the tails that changed since the last call, and
+    /// starts the merges that became due.
+    pub fn publish_dirty(self: &Arc<Self>) {
         let mut state = self.lock();
         let Some(decoding) = state.decoding.clone() else { return };
         let mut changed = false;
+        let mut merges = Vec::new();
         let table = self.table.name().to_string();
         let now_ms = now_ms();
         let partitions: Vec<i32> = state.tails.iter().filter(|(_, t)| t.dirty).map(|(p, _)| *p).collect();
@@ -320,6 +471,7 @@ impl TableView {
             if !tail.over_limit {
                 self.seal_tail(tail, partition, &decoding);
                 self.recharge(tail);
+                merges.extend(Self::plan_merge(tail, partition));
             }
             tail.dirty = false;
             changed = true;
@@ -330,6 +482,10 @@ impl TableView {
         }
         if changed {
             self.publish(&state);
+        }
+        drop(state);
+        for job in merges {
+            self.spawn_merge(job);
         }
     }
 
@@ -368,6 +524,25 @@ impl TableView {
             .collect()
     }
 
+    /// The tail consumer's state, once it was started.
+    pub fn consumer_status(&self) -> Option<ConsumerStatus> {
+        let status = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        (!status.state.is_empty()).then(|| status.clone())
+    }
+
+    fn set_consumer(&self, update: impl FnOnce(&mut ConsumerStatus)) {
+        let mut status = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+        status.table = self.table.name().to_string();
+        update(&mut status);
+    }
+
+    /// Waits until no merge of tail chunks runs (tests and benchmarks).
+    pub async fn settle(&self) {
+        while self.lock().tails.values().any(|t| t.merging) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn take_reseeks(&self) -> Vec<(i32, i64)> {
         let mut state = self.lock();
         state.tails.iter_mut().filter_map(|(p, t)| t.reseek.take().map(|o| (*p, o))).collect()
@@ -402,26 +577,86 @@ async fn fallback_start(coordinator: &dyn Coordinator, config: &PipelineConfig, 
 }
 
 /// Follows the table's topic into its tails until the view is closed or
-/// `shutdown` turns true. Started once per view.
+/// `shutdown` turns true. The consumer is started once per view; a later
+/// call with a changed config restarts it with that config, keeping the
+/// tail (a change of schema takes effect when the node restarts).
 pub fn follow(
     view: Arc<TableView>,
     config: Arc<PipelineConfig>,
     coordinator: Arc<dyn Coordinator>,
     shutdown: watch::Receiver<bool>,
 ) {
-    if !view.budget.enabled() || view.following.swap(true, Ordering::SeqCst) {
+    if !view.budget.enabled() {
         return;
     }
-    view.lock().decoding = Some(Arc::new(Decoding {
-        schema: Arc::new(SegmentSchema::from_pipeline(&config)),
-        decoder: Decoder::new(&config),
-    }));
-    tokio::spawn(async move {
-        if let Err(e) = run(&view, &config, coordinator.as_ref(), shutdown).await {
-            tracing::error!(table = %config.table, error = %e, "the tail consumer stopped");
+    {
+        let mut current = view.config.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| c.as_ref() != config.as_ref()) {
+            tracing::info!(table = %config.table, "the applied config changed: restarting the tail consumer");
+            view.config_changed.store(true, Ordering::SeqCst);
+            view.config_notify.notify_one();
         }
-        view.following.store(false, Ordering::SeqCst);
-    });
+        *current = Some(config.clone());
+    }
+    if view.following.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    view.set_decoding(&config);
+    tokio::spawn(supervise(view, coordinator, shutdown));
+}
+
+/// Runs the consumer until the view closes or the node shuts down,
+/// restarting it with backoff after every failure or panic.
+async fn supervise(view: Arc<TableView>, coordinator: Arc<dyn Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    let mut attempts = 0u32;
+    let stopped =
+        |view: &TableView, shutdown: &watch::Receiver<bool>| view.closed.load(Ordering::SeqCst) || *shutdown.borrow();
+    while !stopped(&view, &shutdown) {
+        let Some(config) = view.config.lock().unwrap_or_else(|e| e.into_inner()).clone() else { break };
+        view.config_changed.store(false, Ordering::SeqCst);
+        view.set_consumer(|s| {
+            s.state = "running".into();
+            s.error = None;
+            s.retry_in_s = None;
+        });
+        let started = Instant::now();
+        let outcome = std::panic::AssertUnwindSafe(run(&view, &config, coordinator.as_ref(), shutdown.clone()))
+            .catch_unwind()
+            .await;
+        let error = match outcome {
+            Ok(Ok(())) if stopped(&view, &shutdown) || view.config_changed.load(Ordering::SeqCst) => continue,
+            Ok(Ok(())) => "the Kafka stream ended".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
+        };
+        if started.elapsed() > RETRY_MAX * 2 {
+            attempts = 0; // it ran fine for a while: start the backoff over
+        }
+        let backoff = RETRY_MIN.saturating_mul(1 << attempts.min(5)).min(RETRY_MAX);
+        attempts += 1;
+        tracing::error!(table = %config.table, %error, retry_in = ?backoff, "the tail consumer failed; retrying");
+        metrics::counter!("sluice_query_tail_failures_total", "table" => config.table.clone()).increment(1);
+        view.set_consumer(|s| {
+            s.state = "retrying".into();
+            s.failures += 1;
+            s.error = Some(error);
+            s.retry_in_s = Some(backoff.as_secs());
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = view.config_notify.notified() => attempts = 0,
+            _ = shutdown.changed() => {}
+        }
+    }
+    view.following.store(false, Ordering::SeqCst);
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "without a message".into())
 }
 
 async fn run(
@@ -445,7 +680,8 @@ async fn run(
     let mut next_metadata = Instant::now();
     let mut next_publish = Instant::now() + PUBLISH_EVERY;
     let mut stream = consumer.stream();
-    while !view.closed.load(Ordering::SeqCst) && !*shutdown.borrow() {
+    let mut failing_since: Option<Instant> = None;
+    while !view.closed.load(Ordering::SeqCst) && !*shutdown.borrow() && !view.config_changed.load(Ordering::SeqCst) {
         if next_metadata <= Instant::now() {
             next_metadata = Instant::now() + Duration::from_secs(5);
             let (c, t) = (consumer.clone(), topic.clone());
@@ -478,9 +714,20 @@ async fn run(
         tokio::select! {
             received = tokio::time::timeout(wait, stream.next()) => {
                 let mut next = match received {
-                    Ok(Some(Ok(message))) => Some(message),
+                    Ok(Some(Ok(message))) => {
+                        if failing_since.take().is_some() {
+                            view.set_consumer(|s| { s.state = "running".into(); s.error = None; });
+                        }
+                        Some(message)
+                    }
                     Ok(Some(Err(e))) => {
+                        // librdkafka retries by itself; errors that last are
+                        // shown in /health, as a stalled partition would be.
                         tracing::warn!(table = %config.table, error = %e, "tail: Kafka; retrying");
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > ERRORS_SHOWN_AFTER {
+                            view.set_consumer(|s| { s.state = "erroring".into(); s.error = Some(e.to_string()); });
+                        }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         None
                     }
@@ -500,10 +747,11 @@ async fn run(
             _ = shutdown.changed() => {}
         }
         if next_publish <= Instant::now() {
-            // Sealing a tail costs time in proportion to its rows: the next
-            // publish waits at least four times as long as this one took, so
-            // publishing stays under a fifth of a core however large the
-            // tail grows (freshness degrades before the node does).
+            // A publish seals the rows read since the last one (merges run
+            // elsewhere); should that ever take long, the next publish
+            // waits four times as long as this one took, so publishing stays
+            // under a fifth of the consumer's time (freshness degrades
+            // before ingestion of the tail does).
             let publishing = Instant::now();
             view.publish_dirty();
             next_publish = Instant::now() + PUBLISH_EVERY.max(publishing.elapsed() * 4);
@@ -650,6 +898,7 @@ inverted = ["status"]
             f.view.publish_dirty();
             assert_rows(&f, 0..210 + batch * 10).await;
         }
+        f.view.settle().await;
         let chunks = f.engine.table("events").unwrap().snapshot().len() - 2;
         assert!((1..=5).contains(&chunks), "{chunks} chunks for 20 publishes");
         let response = f.engine.query("SELECT COUNT(*) FROM events").await.unwrap();

@@ -84,7 +84,8 @@ async fn answers_in_pinot_shape() {
     assert_eq!(body["dateTimeFieldSpecs"][0]["name"], "ts");
     assert_eq!(body["dimensionFieldSpecs"].as_array().unwrap().len(), 9);
     assert_eq!(get(&s.addr, "/tables/nope/schema").await.0, 404);
-    assert_eq!(get(&s.addr, "/health").await, (200, json!({"status": "ok", "corruptSegments": [], "tails": []})));
+    let healthy = json!({"status": "ok", "corruptSegments": [], "tailConsumers": [], "tails": []});
+    assert_eq!(get(&s.addr, "/health").await, (200, healthy));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,13 +114,42 @@ impl SegmentImage {
     }
 }
 
+/// What sealing needs: the rows as logical arrays (the offset column last)
+/// and what was known about them while they were gathered.
+pub(crate) struct SealInput {
+    pub schema: Arc<SegmentSchema>,
+    pub partition: i32,
+    pub start_offset: i64,
+    /// The last offset covered (a row or a skipped record).
+    pub end_offset: i64,
+    pub arrays: Vec<ArrayRef>,
+    /// Per column, without distinct counts (sealing counts them).
+    pub stats: Vec<ColumnStats>,
+    pub gaps: Vec<(i64, i64)>,
+}
+
 /// Seals `segment` into an immutable segment image called `name`.
 pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Result<SegmentImage, SegmentError> {
-    let schema = segment.schema().clone();
     let end_offset = segment
         .last_offset()
         .ok_or_else(|| SegmentError::Predicate("cannot seal a segment that consumed nothing".into()))?;
-    let mut arrays = segment.arrays();
+    let input = SealInput {
+        schema: segment.schema().clone(),
+        partition: segment.partition(),
+        start_offset: segment.start_offset(),
+        end_offset,
+        arrays: segment.arrays(),
+        stats: (0..segment.schema().columns.len()).map(|i| segment.column_stats(i)).collect(),
+        gaps: segment.gaps().to_vec(),
+    };
+    seal_input(input, name, created_at_ms)
+}
+
+/// Seals rows gathered by a consuming segment or taken from sealed ones.
+pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Result<SegmentImage, SegmentError> {
+    let SealInput { schema, partition, start_offset, end_offset, mut arrays, stats: known, gaps } = input;
+    let rows = arrays.last().map_or(0, |a| a.len());
+    let rows = u32::try_from(rows).map_err(|_| SegmentError::Predicate(format!("{rows} rows do not fit a segment")))?;
     // Rows usually arrive in time order already; then the sort by (column,
     // offset) is the identity and is skipped.
     if let Some(sorted) = schema.sorted.filter(|&s| !non_decreasing(arrays[s].as_ref())) {
@@ -134,7 +163,6 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
         )?;
         arrays = arrays.iter().map(|a| take(a.as_ref(), &order, None)).collect::<Result<_, _>>()?;
     }
-    let rows = segment.row_count();
     let mut fields: Vec<Field> = Vec::new();
     let mut physical: Vec<ArrayRef> = Vec::new();
     let mut columns = Vec::new();
@@ -165,7 +193,7 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
         }
         fields.push(Field::new(&spec.name, stored.data_type().clone(), spec.nullable));
         physical.push(stored);
-        let mut stats = segment.column_stats(i);
+        let mut stats = known[i].clone();
         stats.distinct_count = Some(distinct);
         columns.push(ColumnMeta { name: spec.name.clone(), encoding, stats });
         let mut add = |kind: IndexKind, payload: Option<Vec<u8>>| {
@@ -210,15 +238,15 @@ pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Resul
         format_version: FORMAT_VERSION,
         name: name.to_string(),
         schema: (*schema).clone(),
-        partition: segment.partition(),
-        start_offset: segment.start_offset(),
+        partition,
+        start_offset,
         end_offset,
         row_count: u64::from(rows),
         time_range,
         created_at_ms,
         columns,
         indexes: index_meta,
-        offset_gaps: segment.gaps().to_vec(),
+        offset_gaps: gaps,
     };
     let metadata = serde_json::to_vec(&meta).map_err(|e| SegmentError::Predicate(format!("metadata: {e}")))?;
     let bytes = format::assemble(&data, &section.finish(), &metadata);
@@ -371,7 +399,7 @@ fn non_decreasing(array: &dyn Array) -> bool {
 }
 
 /// The i64 values of an Int64 or timestamp array.
-fn int64_values(array: &dyn Array) -> &[i64] {
+pub(crate) fn int64_values(array: &dyn Array) -> &[i64] {
     match array.data_type() {
         DataType::Timestamp(ArrowTimeUnit::Second, _) => array.as_primitive::<TimestampSecondType>().values(),
         DataType::Timestamp(ArrowTimeUnit::Millisecond, _) => array.as_primitive::<TimestampMillisecondType>().values(),

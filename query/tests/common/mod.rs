@@ -283,6 +283,15 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
     engine.register(Arc::new(table));
     let schema = batches[0].schema();
     reference.register_table("clicks", Arc::new(MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
+    register_users(engine, &reference);
+    reference
+}
+
+/// Serves `users` (two segments) from `engine`, and registers the same rows
+/// with `reference`.
+pub fn register_users(engine: &sluice_query::QueryEngine, reference: &datafusion::prelude::SessionContext) {
+    use datafusion::datasource::MemTable;
+    use sluice_query::SegmentTable;
 
     let people = users(1500, 7);
     let (first, second) = people.split_at(600);
@@ -292,7 +301,6 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
     table.replace(vec![Arc::new(user_segment("users__0__0", first)), Arc::new(user_segment("users__0__1", second))]);
     engine.register(Arc::new(table));
     reference.register_table("users", Arc::new(MemTable::try_new(schema, vec![users_batches]).unwrap())).unwrap();
-    reference
 }
 
 /// `batch` with the column types sluice serves (strings as `Utf8View`), so
@@ -307,4 +315,62 @@ pub fn served(batch: &RecordBatch) -> RecordBatch {
     let columns =
         batch.columns().iter().zip(&fields).map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap()).collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+/// The pipeline config a worker of the clicks table would run: the same
+/// schema and indexes as [`clicks_schema`].
+pub const CLICKS_PIPELINE: &str = r#"
+table = "clicks"
+[source]
+bootstrap_servers = "localhost:9092"
+topic = "clicks"
+[schema]
+time_column = "ts"
+columns = [
+  { name = "ts", type = "timestamp", nullable = false, unit = "ms" },
+  { name = "user_id", type = "string", nullable = false },
+  { name = "country", type = "string" },
+  { name = "device", type = "string" },
+  { name = "url", type = "string", nullable = false },
+  { name = "status", type = "int32", nullable = false },
+  { name = "latency_ms", type = "int32" },
+  { name = "bytes", type = "int64" },
+  { name = "score", type = "float64" },
+  { name = "is_bot", type = "bool" },
+]
+[indexes]
+sorted = ["ts"]
+inverted = ["country", "device", "status"]
+range = ["latency_ms"]
+bloom = ["user_id"]
+"#;
+
+/// A click as the JSON record a producer writes. JSON has no NaN or
+/// infinities: those scores are written as the largest finite numbers, so
+/// callers compare against [`json_click`]'s round trip, not the original.
+pub fn json_click(c: &Click) -> (Click, Vec<u8>) {
+    let mut c = c.clone();
+    c.score = c.score.map(|s| {
+        if s.is_nan() {
+            f64::MAX
+        } else if s.is_infinite() {
+            f64::MIN
+        } else {
+            s
+        }
+    });
+    let record = serde_json::json!({
+        "ts": c.ts, "user_id": c.user_id, "country": c.country, "device": c.device, "url": c.url,
+        "status": c.status, "latency_ms": c.latency_ms, "bytes": c.bytes, "score": c.score, "is_bot": c.is_bot,
+    });
+    (c, serde_json::to_vec(&record).expect("JSON"))
+}
+
+/// `rows` sealed as a committed segment of `partition` at offsets from `start`.
+pub fn click_segment_at(name: &str, partition: i32, start: i64, rows: &[Click]) -> Segment {
+    let mut consuming = ConsumingSegment::new(clicks_schema(), partition, start);
+    for (i, row) in rows.iter().enumerate() {
+        consuming.append(start + i as i64, &click_datums(row)).expect("valid row");
+    }
+    seal(&consuming, name, 0).expect("seal").open().expect("open")
 }
