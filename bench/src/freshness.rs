@@ -202,6 +202,9 @@ async fn main() -> anyhow::Result<()> {
             let acked = acks.at[m as usize].load(Ordering::Relaxed);
             let latency = if acked == 0 { 0 } else { now.saturating_sub(acked) };
             samples.lock().unwrap().push(latency);
+            if std::env::var_os("FRESHNESS_TRACE").is_some() {
+                eprintln!("t={:.2}s max_seq={m} latency={:.0}ms", now as f64 / 1e6, latency as f64 / 1000.0);
+            }
             last = m;
         }
         if done && last + 1 >= total as i64 {

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, Statistics};
+use datafusion::common::{ColumnStatistics, DataFusionError, Result, ScalarValue, Statistics};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -32,7 +32,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 use roaring::RoaringBitmap;
-use sluice_segments::{OFFSET_COLUMN, Predicate, Segment};
+use sluice_segments::{OFFSET_COLUMN, Predicate, Scalar, Segment};
 
 use crate::pushdown;
 
@@ -547,8 +547,54 @@ impl ExecutionPlan for SegmentScanExec {
     fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
         let rows = self.rows(args.partition()) as usize;
         let rows = if self.exact { Precision::Exact(rows) } else { Precision::Inexact(rows) };
-        Ok(Arc::new(Statistics::new_unknown(&self.schema).with_num_rows(rows)))
+        let mut statistics = Statistics::new_unknown(&self.schema).with_num_rows(rows);
+        let parts: Vec<&Part> = match args.partition() {
+            Some(i) => self.partitions.get(i).into_iter().flatten().collect(),
+            None => self.partitions.iter().flatten().collect(),
+        };
+        // Every row of every segment read: the segments' min, max and NULL
+        // counts are the scan's, exactly, and DataFusion answers MIN, MAX
+        // and COUNT(column) from them without reading a row (Pinot's
+        // metadata-based aggregation).
+        if self.exact && parts.iter().all(|p| p.rows.len() == u64::from(p.segment.num_rows())) {
+            statistics.column_statistics = self.schema.fields().iter().map(|f| column_statistics(f, &parts)).collect();
+        }
+        Ok(Arc::new(statistics))
     }
+}
+
+/// Exact statistics of column `field` over whole segments: NULL counts for
+/// every column, min and max for integer and timestamp columns (whose order
+/// is DataFusion's; floats and strings are left to a scan).
+fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
+    let mut out = ColumnStatistics::new_unknown();
+    let mut nulls = 0u64;
+    let (mut min, mut max): (Option<i64>, Option<i64>) = (None, None);
+    for part in parts {
+        let Some(stats) = part.segment.meta().column_stats(field.name()) else { return out };
+        nulls += stats.null_count;
+        let as_i64 = |s: &Option<Scalar>| match s {
+            Some(Scalar::Int32(v)) => Some(i64::from(*v)),
+            Some(Scalar::Int64(v) | Scalar::Timestamp(v)) => Some(*v),
+            _ => None,
+        };
+        if let (Some(lo), Some(hi)) = (as_i64(&stats.min), as_i64(&stats.max)) {
+            min = Some(min.map_or(lo, |m| m.min(lo)));
+            max = Some(max.map_or(hi, |m| m.max(hi)));
+        }
+    }
+    out.null_count = Precision::Exact(nulls as usize);
+    let typed = |v: i64| match field.data_type() {
+        DataType::Int32 => i32::try_from(v).ok().map(|v| ScalarValue::Int32(Some(v))),
+        DataType::Int64 => Some(ScalarValue::Int64(Some(v))),
+        t @ DataType::Timestamp(..) => ScalarValue::Int64(Some(v)).cast_to(t).ok(),
+        _ => None,
+    };
+    if let (Some(lo), Some(hi)) = (min.and_then(typed), max.and_then(typed)) {
+        out.min_value = Precision::Exact(lo);
+        out.max_value = Precision::Exact(hi);
+    }
+    out
 }
 
 /// `rows` split into bitmaps of at most `size` rows, in order.

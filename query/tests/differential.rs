@@ -123,6 +123,9 @@ const CORPUS: &[&str] = &[
     "SELECT country, SUM(bytes) AS b FROM clicks GROUP BY country ORDER BY b DESC LIMIT 3",
     "SELECT url, COUNT(*) AS c FROM clicks GROUP BY url ORDER BY c DESC, url LIMIT 10",
     "SELECT MIN(ts), MAX(ts), COUNT(*) FROM clicks",
+    "SELECT MIN(status), MAX(status), MIN(latency_ms), MAX(latency_ms), MIN(bytes), MAX(bytes) FROM clicks",
+    "SELECT MAX(score), MIN(score), MAX(user_id), COUNT(score), COUNT(is_bot) FROM clicks",
+    "SELECT MAX(latency_ms) FROM clicks WHERE country = 'FR'",
     "SELECT COUNT(latency_ms), COUNT(*), COUNT(country) FROM clicks",
     "SELECT country, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) FROM clicks GROUP BY country",
     "SELECT country, COUNT(*) FILTER (WHERE is_bot) FROM clicks GROUP BY country",
@@ -303,6 +306,25 @@ async fn count_star_is_answered_from_statistics() {
     let response = f.engine.query("SELECT COUNT(*) FROM clicks").await.unwrap();
     let total: usize = SEGMENT_ROWS.iter().sum();
     assert_eq!(response.result_table.unwrap().rows[0][0], serde_json::json!(total));
+}
+
+/// MIN and MAX of integer and timestamp columns, and COUNT of a column,
+/// come from the segments' statistics when no filter selects rows (Pinot's
+/// metadata-based aggregation); floats, strings and filtered rows are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_max_and_column_counts_are_answered_from_statistics() {
+    let f = fixture();
+    for sql in [
+        "SELECT MIN(ts), MAX(ts) FROM clicks",
+        "SELECT MAX(status), MIN(latency_ms), MAX(bytes), COUNT(latency_ms) FROM clicks",
+    ] {
+        let plan = plan(&f, sql).await;
+        assert!(!plan.contains("SegmentScanExec") && !plan.contains("AggregateExec"), "{sql}\n{plan}");
+    }
+    for sql in ["SELECT MAX(score) FROM clicks", "SELECT MAX(user_id) FROM clicks", "SELECT MAX(ts) FROM clicks WHERE latency_ms > 5"] {
+        let plan = plan(&f, sql).await;
+        assert!(plan.contains("SegmentScanExec"), "{sql}\n{plan}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
