@@ -18,5 +18,5 @@ mod source;
 mod timestamp;
 
 pub use json::{BadRecord, BadRecordKind, Decoder, Row};
-pub use source::kafka_config;
+pub use source::{consumer_config, kafka_config};
 pub use timestamp::parse_rfc3339;

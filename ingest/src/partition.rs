@@ -135,7 +135,7 @@ impl PipelineContext {
             _ => None,
         };
         let consumer: Arc<StreamConsumer> = Arc::new(
-            kafka_config(&config)
+            sluice_decode::consumer_config(&config)
                 .set("group.id", format!("sluice-{}", config.table))
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")

@@ -52,8 +52,6 @@ pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
 /// How often changed tails are sealed and published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
-const FETCH_WAIT: &str = "fetch.wait.max.ms";
-
 /// A merged chunk is at least this many times the size of the next one.
 const MERGE_RATIO: u32 = 4;
 
@@ -668,16 +666,8 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let topic = config.source.topic.clone();
-    let mut client = sluice_decode::kafka_config(config);
-    // Freshness is the tail's purpose: a fetch that found nothing new is
-    // answered within 100 ms rather than librdkafka's 500 ms, unless the
-    // pipeline says otherwise. (A broker answers as soon as data arrives
-    // anyway; this bounds the wait where it does not.)
-    if !config.source.properties.contains_key(FETCH_WAIT) {
-        client.set(FETCH_WAIT, "100");
-    }
     let consumer: Arc<StreamConsumer> = Arc::new(
-        client
+        sluice_decode::consumer_config(config)
             .set("group.id", format!("sluice-query-{}", config.table))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
