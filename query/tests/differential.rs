@@ -321,7 +321,11 @@ async fn min_max_and_column_counts_are_answered_from_statistics() {
         let plan = plan(&f, sql).await;
         assert!(!plan.contains("SegmentScanExec") && !plan.contains("AggregateExec"), "{sql}\n{plan}");
     }
-    for sql in ["SELECT MAX(score) FROM clicks", "SELECT MAX(user_id) FROM clicks", "SELECT MAX(ts) FROM clicks WHERE latency_ms > 5"] {
+    for sql in [
+        "SELECT MAX(score) FROM clicks",
+        "SELECT MAX(user_id) FROM clicks",
+        "SELECT MAX(ts) FROM clicks WHERE latency_ms > 5",
+    ] {
         let plan = plan(&f, sql).await;
         assert!(plan.contains("SegmentScanExec"), "{sql}\n{plan}");
     }
