@@ -259,7 +259,13 @@ fn validate(files: &[PathBuf], kind: Option<ConfigKind>) -> ExitCode {
     let mut failed = 0;
     for file in files {
         match sluice_config::load_any(file, kind) {
-            Ok(config) => println!("OK    {}: {}", file.display(), describe(&config)),
+            Ok(config) => match deep_store_problem(&config) {
+                None => println!("OK    {}: {}", file.display(), describe(&config)),
+                Some(problem) => {
+                    failed += 1;
+                    eprintln!("{}: {problem}", file.display());
+                }
+            },
             Err(error) => {
                 failed += 1;
                 eprintln!("{error}");
@@ -272,6 +278,22 @@ fn validate(files: &[PathBuf], kind: Option<ConfigKind>) -> ExitCode {
         eprintln!("{failed} of {} file(s) invalid", files.len());
         ExitCode::FAILURE
     }
+}
+
+/// Builds (offline) the deep-store client each pipeline's URI needs with
+/// the node's object-store options: an unknown option or a URI the backend
+/// refuses is reported here rather than at the first upload.
+fn deep_store_problem(config: &AnyConfig) -> Option<String> {
+    let default = sluice_config::ObjectStoreConfig::default();
+    let (options, pipelines): (&sluice_config::ObjectStoreConfig, Vec<&sluice_config::PipelineConfig>) = match config {
+        AnyConfig::Pipeline(p) => (&default, vec![p]),
+        AnyConfig::Worker(w) => (&w.config.object_store, w.pipelines.iter().map(|(_, p)| p).collect()),
+        AnyConfig::QueryNode(_) => return None,
+    };
+    pipelines.iter().find_map(|p| {
+        let uri = p.deep_store.uri.as_deref()?;
+        sluice_storage::check_uri(uri, options).err().map(|e| format!("pipeline `{}`: deep_store.uri: {e}", p.table))
+    })
 }
 
 fn describe(config: &AnyConfig) -> String {

@@ -12,7 +12,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_segments::Segment;
-use sluice_segments::deepstore::file_uri_path;
+use sluice_storage::file_uri_path;
 use sluice_testkit::net::{http_get, metric_sum};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_coordinator::{CommitOutcome, Coordinator, Lease, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_segments::deepstore::DeepStore;
 use sluice_segments::{ConsumingSegment, Datum, SegmentSchema, seal};
+use sluice_storage::{DeepStore, file_uri};
 use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
 use sluice_testkit::{GuardedChild, ZooKeeper, unique_name, wait_until};
 
@@ -41,7 +41,8 @@ inverted = ["status"]
 struct Writer {
     coordinator: Arc<ZooKeeperCoordinator>,
     lease: Lease,
-    store: DeepStore,
+    /// The deep store's directory (`file://`).
+    store: PathBuf,
     schema: Arc<SegmentSchema>,
     next_offset: i64,
 }
@@ -59,7 +60,7 @@ impl Writer {
         let created = 1_764_000_000_000 + self.next_offset;
         let name = SegmentRecord::segment_name("clicks", 0, self.lease.checkpoint.next_seq, created);
         let image = seal(&segment, &name, created).unwrap();
-        let path = self.store.segment_path("clicks", &name, self.lease.epoch());
+        let path = self.store.join("clicks").join(DeepStore::segment_name(&name, self.lease.epoch()));
         image.write_file(&path).unwrap();
         let record = SegmentRecord {
             name,
@@ -68,7 +69,7 @@ impl Writer {
             start_offset: self.next_offset,
             end_offset: self.next_offset + rows - 1,
             row_count: rows as u64,
-            uri: DeepStore::uri_of(&path),
+            uri: file_uri(&path),
             size_bytes: image.bytes.len() as u64,
             crc32c: crc32c::crc32c(&image.bytes),
             time_range: image.meta.time_range,
@@ -142,7 +143,7 @@ async fn query_node_follows_the_catalog() {
     let mut writer = Writer {
         coordinator: coordinator.clone(),
         lease,
-        store: DeepStore::at(dir.path().join("deep")),
+        store: dir.path().join("deep"),
         schema: Arc::new(SegmentSchema::from_pipeline(&config)),
         next_offset: 0,
     };

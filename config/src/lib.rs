@@ -28,7 +28,8 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
-    CoordinatorConfig, CoordinatorEndpoint, HttpConfig, PipelineSources, QueryLimits, QueryNodeConfig, WorkerConfig,
+    CoordinatorConfig, CoordinatorEndpoint, HttpConfig, ObjectStoreConfig, PipelineSources, QueryLimits,
+    QueryNodeConfig, WorkerConfig,
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,

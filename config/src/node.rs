@@ -1,6 +1,7 @@
 //! Node files: what a worker (`sluice ingest`) or a query node (`sluice query`)
 //! needs to join the cluster.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -208,6 +209,9 @@ pub struct WorkerConfig {
     /// waiting in Kafka, or a failure it has not recovered from.
     #[serde(default = "WorkerConfig::default_stall_timeout", with = "units::duration")]
     pub stall_timeout: Duration,
+    /// How this node reaches object stores (deep stores on S3, GCS, Azure).
+    #[serde(default)]
+    pub object_store: ObjectStoreConfig,
 }
 
 impl WorkerConfig {
@@ -249,6 +253,7 @@ impl WorkerConfig {
                 "a duration from `1s` to `24h`",
             );
         }
+        self.object_store.validate(&mut p);
         if self.pipelines.files.is_empty() && !self.pipelines.from_coordinator {
             p.push(
                 "pipelines",
@@ -359,6 +364,9 @@ pub struct QueryNodeConfig {
     pub cache_dir: PathBuf,
     #[serde(default)]
     pub limits: QueryLimits,
+    /// How this node reaches object stores (deep stores on S3, GCS, Azure).
+    #[serde(default)]
+    pub object_store: ObjectStoreConfig,
 }
 
 impl QueryNodeConfig {
@@ -372,6 +380,7 @@ impl QueryNodeConfig {
     pub fn validate(&self) -> Problems {
         let mut p = Problems::default();
         self.coordinator.validate(&mut p);
+        self.object_store.validate(&mut p);
         let limits = &self.limits;
         if limits.query_timeout.is_zero() || limits.query_timeout > Duration::from_secs(86_400) {
             p.push(
@@ -410,5 +419,91 @@ impl QueryNodeConfig {
         }
         self.http.validate(&mut p);
         p
+    }
+}
+
+/// How a node reaches object stores. The deep store's location is the
+/// pipeline's `deep_store.uri`; credentials come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `GOOGLE_APPLICATION_CREDENTIALS`,
+/// `AZURE_STORAGE_ACCOUNT_KEY`, instance metadata, ...), never from here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// An S3-compatible server (MinIO, Ceph, R2, ...) or an Azure endpoint.
+    /// Absent: the provider's own (or `AWS_ENDPOINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3's region. Absent: `AWS_REGION`, else `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allows `http://` endpoints (a private network, tests).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Further `object_store` options by name, such as
+    /// `aws_virtual_hosted_style_request`; unknown names are errors.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Retries of a failed request (5xx, reset, timeout), with backoff.
+    #[serde(default = "ObjectStoreConfig::default_max_retries")]
+    pub max_retries: usize,
+    /// No retry starts later than this after the first attempt.
+    #[serde(default = "ObjectStoreConfig::default_retry_timeout", with = "units::duration")]
+    pub retry_timeout: Duration,
+    /// One request's time limit (a stalled connection is retried after it).
+    #[serde(default = "ObjectStoreConfig::default_request_timeout", with = "units::duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig {
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            options: BTreeMap::new(),
+            max_retries: Self::default_max_retries(),
+            retry_timeout: Self::default_retry_timeout(),
+            request_timeout: Self::default_request_timeout(),
+        }
+    }
+}
+
+impl ObjectStoreConfig {
+    fn default_max_retries() -> usize {
+        10
+    }
+    fn default_retry_timeout() -> Duration {
+        Duration::from_secs(180)
+    }
+    fn default_request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        if let Some(endpoint) = &self.endpoint {
+            let scheme = endpoint.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("https") => {}
+                Some("http") if self.allow_http => {}
+                Some("http") => p.push(
+                    "object_store.endpoint",
+                    format!("{endpoint:?}"),
+                    "an `https://` URL, or `allow_http = true` for plain HTTP",
+                ),
+                _ => p.push("object_store.endpoint", format!("{endpoint:?}"), "an `https://` or `http://` URL"),
+            }
+        }
+        for (field, value) in [("retry_timeout", self.retry_timeout), ("request_timeout", self.request_timeout)] {
+            if value.is_zero() || value > Duration::from_secs(3_600) {
+                p.push(
+                    format!("object_store.{field}"),
+                    format!("`{}`", humantime::format_duration(value)),
+                    "a duration greater than zero and at most `1h`",
+                );
+            }
+        }
+        if self.max_retries > 100 {
+            p.push("object_store.max_retries", self.max_retries.to_string(), "at most 100");
+        }
     }
 }

@@ -299,7 +299,7 @@ impl Default for FlushThresholds {
 }
 
 /// Deep-store URI schemes sluice can write segments to.
-pub const DEEP_STORE_SCHEMES: &[&str] = &["file"];
+pub const DEEP_STORE_SCHEMES: &[&str] = &["file", "memory", "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -588,6 +588,9 @@ fn check_deep_store_uri(uri: &str) -> Result<(), String> {
     }
     if scheme == "file" && !rest.starts_with('/') {
         return Err(format!("{uri:?}, a file URI without an absolute path (write `file:///absolute/path`)"));
+    }
+    if scheme != "file" && rest.split('/').next().is_none_or(str::is_empty) {
+        return Err(format!("{uri:?}, without a bucket or container (write `{scheme}://bucket/prefix`)"));
     }
     Ok(())
 }

@@ -8,12 +8,11 @@
 //! flight is never taken for an orphan.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_config::{PipelineConfig, ProcessEnv, TimeUnit};
-use sluice_segments::deepstore::{DeepStore, file_uri_path};
+use sluice_storage::{DeepStore, Resolver};
 
 use crate::{CoordError, Coordinator};
 
@@ -34,6 +33,7 @@ fn millis_since_epoch(t: SystemTime) -> i64 {
 /// is older than `retention` at `now`. Returns the deleted segment names.
 pub async fn enforce_retention(
     coordinator: &dyn Coordinator,
+    resolver: &Resolver,
     table: &str,
     retention: Duration,
     unit: TimeUnit,
@@ -48,10 +48,7 @@ pub async fn enforce_retention(
             continue;
         }
         coordinator.delete_segment(table, &segment.name).await?;
-        if let Some(path) = file_uri_path(&segment.uri)
-            && let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(e) = resolver.delete(&segment.uri).await {
             tracing::warn!(segment = %segment.name, error = %e, "retention: file left for orphan collection");
         }
         tracing::info!(table, segment = %segment.name, "retention: deleted");
@@ -60,28 +57,28 @@ pub async fn enforce_retention(
     Ok(deleted)
 }
 
-/// Deletes files in `table`'s deep-store directory that no catalog entry
-/// points to and that are older than `grace`. Returns the removed paths.
+/// Deletes objects in `table`'s deep-store directory that no catalog entry
+/// points to and that are older than `grace`. Returns the removed URIs.
 pub async fn collect_orphans(
     coordinator: &dyn Coordinator,
     table: &str,
     store: &DeepStore,
     grace: Duration,
     now: SystemTime,
-) -> Result<Vec<PathBuf>, CoordError> {
+) -> Result<Vec<String>, CoordError> {
     let unexpected = |reason: String| CoordError::Unexpected { operation: "collect orphans".into(), reason };
     let (segments, _) = coordinator.segments(table).await?;
-    // By path, not by name: a zombie's upload has a committed segment's
-    // name but its own file, and is an orphan.
-    let cataloged: HashSet<PathBuf> = segments.iter().filter_map(|s| file_uri_path(&s.uri)).collect();
+    // By URI, not by name: a zombie's upload has a committed segment's
+    // name but its own object, and is an orphan.
+    let cataloged: HashSet<&str> = segments.iter().map(|s| s.uri.as_str()).collect();
     let mut removed = Vec::new();
-    for file in store.list(table).map_err(|e| unexpected(e.to_string()))? {
-        let orphan = !cataloged.contains(&file.path);
-        let old_enough = now.duration_since(file.modified).is_ok_and(|age| age >= grace);
+    for object in store.list(table).await.map_err(|e| unexpected(e.to_string()))? {
+        let orphan = !cataloged.contains(object.uri.as_str());
+        let old_enough = now.duration_since(object.modified).is_ok_and(|age| age >= grace);
         if orphan && old_enough {
-            store.remove(&file.path).map_err(|e| unexpected(e.to_string()))?;
-            tracing::info!(table, file = %file.path.display(), "orphan collection: deleted");
-            removed.push(file.path);
+            store.delete(table, &object.name).await.map_err(|e| unexpected(e.to_string()))?;
+            tracing::info!(table, uri = %object.uri, "orphan collection: deleted");
+            removed.push(object.uri);
         }
     }
     Ok(removed)
@@ -95,6 +92,8 @@ pub struct Duties {
     pub orphan_grace: Duration,
     /// Deep store of pipelines that name none (`<data_dir>/deep-store`).
     pub default_deep_store: DeepStore,
+    /// Reaches the pipelines' deep stores with the node's options.
+    pub resolver: Resolver,
     /// Pipelines this node runs from files, in addition to those applied to
     /// the coordinator.
     pub local_pipelines: Vec<PipelineConfig>,
@@ -118,10 +117,10 @@ impl Duties {
             if let Some(retention) = pipeline.retention {
                 let unit =
                     pipeline.schema.column(&pipeline.schema.time_column).map(|c| c.time_unit()).unwrap_or_default();
-                enforce_retention(coordinator, &pipeline.table, retention, unit, now).await?;
+                enforce_retention(coordinator, &self.resolver, &pipeline.table, retention, unit, now).await?;
             }
             let store = match &pipeline.deep_store.uri {
-                Some(uri) => DeepStore::from_uri(uri).map_err(|e| CoordError::Unexpected {
+                Some(uri) => self.resolver.deep_store(uri).map_err(|e| CoordError::Unexpected {
                     operation: "collect orphans".into(),
                     reason: e.to_string(),
                 })?,

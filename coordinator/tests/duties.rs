@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use sluice_config::TimeUnit;
 use sluice_coordinator::duties::{Duties, collect_orphans, enforce_retention};
 use sluice_coordinator::{CommitOutcome, Coordinator, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_segments::deepstore::{DeepStore, file_uri_path};
+use sluice_storage::{DeepStore, Resolver, file_uri_path};
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -34,9 +34,7 @@ async fn commit_with_file(
     let seq = lease.checkpoint.next_seq;
     let start = lease.checkpoint.next_offset.unwrap_or(0);
     let name = SegmentRecord::segment_name(table, partition, seq, newest_ms);
-    let path = store.segment_path(table, &name, lease.epoch());
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, b"segment").unwrap();
+    let uri = store.put(table, &DeepStore::segment_name(&name, lease.epoch()), "segment".into()).await.unwrap();
     let record = SegmentRecord {
         name,
         partition,
@@ -44,7 +42,7 @@ async fn commit_with_file(
         start_offset: start,
         end_offset: start + 9,
         row_count: 10,
-        uri: DeepStore::uri_of(&path),
+        uri,
         size_bytes: 7,
         crc32c: 0,
         time_range: Some((newest_ms - 1000, newest_ms)),
@@ -66,12 +64,14 @@ async fn retention_removes_old_segments_and_orphans_are_collected_after_a_grace_
     let zk = ZooKeeper::start().unwrap();
     let c = connect(zk.connect_string(), &format!("/{}", unique_name("duties"))).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = DeepStore::at(dir.path());
+    let store = DeepStore::local(dir.path()).unwrap();
+    let resolver = Resolver::new(Default::default());
     let old = commit_with_file(c.as_ref(), &store, "clicks", 0, now_ms() - 48 * HOUR_MS).await;
     let fresh = commit_with_file(c.as_ref(), &store, "clicks", 0, now_ms() - HOUR_MS).await;
 
     let deleted = enforce_retention(
         c.as_ref(),
+        &resolver,
         "clicks",
         Duration::from_secs(24 * 3600),
         TimeUnit::Milliseconds,
@@ -92,31 +92,47 @@ async fn retention_removes_old_segments_and_orphans_are_collected_after_a_grace_
 
     // Orphans: uncommitted uploads (old and young), a zombie's upload under
     // a committed segment's name, and a stray temp file.
-    let old_orphan = store.segment_path("clicks", "clicks__0__9__20200101T0000Z", 1);
-    let young_orphan = store.segment_path("clicks", "clicks__0__10__20200101T0000Z", 1);
-    let zombie = store.segment_path("clicks", &fresh.name, 999);
-    let stray = store.table_dir("clicks").join(".clicks__0__11.tmp-42");
-    for path in [&old_orphan, &young_orphan, &zombie, &stray] {
-        std::fs::write(path, b"x").unwrap();
+    let mut put = Vec::new();
+    for name in [
+        DeepStore::segment_name("clicks__0__9__20200101T0000Z", 1),
+        DeepStore::segment_name("clicks__0__10__20200101T0000Z", 1),
+        DeepStore::segment_name(&fresh.name, 999),
+    ] {
+        put.push(store.put("clicks", &name, "x".into()).await.unwrap());
     }
-    for path in [&old_orphan, &zombie, &stray, &file_uri_path(&fresh.uri).unwrap()] {
-        age(path, Duration::from_secs(7200));
+    let [old_orphan, young_orphan, zombie] = <[String; 3]>::try_from(put).unwrap();
+    // A temporary file an earlier version's crashed upload left behind.
+    let stray = file_uri_path(&store.uri("clicks", ".clicks__0__11.tmp-42")).unwrap();
+    std::fs::write(&stray, b"x").unwrap();
+    for uri in [&old_orphan, &zombie, &fresh.uri] {
+        age(&file_uri_path(uri).unwrap(), Duration::from_secs(7200));
     }
+    age(&stray, Duration::from_secs(7200));
     let mut removed =
         collect_orphans(c.as_ref(), "clicks", &store, Duration::from_secs(3600), SystemTime::now()).await.unwrap();
     removed.sort();
-    let mut expected = vec![old_orphan.clone(), zombie.clone(), stray.clone()];
+    let mut expected = vec![old_orphan.clone(), zombie.clone(), store.uri("clicks", ".clicks__0__11.tmp-42")];
     expected.sort();
     assert_eq!(removed, expected);
-    assert!(young_orphan.exists(), "within the grace period an upload may still be committing");
+    assert!(!stray.exists());
+    assert!(
+        file_uri_path(&young_orphan).unwrap().exists(),
+        "within the grace period an upload may still be committing"
+    );
     assert!(file_uri_path(&fresh.uri).unwrap().exists(), "a cataloged file is never an orphan");
 
     // Seconds as the time unit.
     let secs = commit_with_file(c.as_ref(), &store, "secs", 0, (now_ms() - 48 * HOUR_MS) / 1000).await;
-    let deleted =
-        enforce_retention(c.as_ref(), "secs", Duration::from_secs(24 * 3600), TimeUnit::Seconds, SystemTime::now())
-            .await
-            .unwrap();
+    let deleted = enforce_retention(
+        c.as_ref(),
+        &resolver,
+        "secs",
+        Duration::from_secs(24 * 3600),
+        TimeUnit::Seconds,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(deleted, vec![secs.name]);
 }
 
@@ -125,7 +141,7 @@ async fn the_leader_runs_the_duties_and_a_successor_takes_over() {
     let zk = ZooKeeper::start().unwrap();
     let root = format!("/{}", unique_name("leader-duties"));
     let dir = tempfile::tempdir().unwrap();
-    let store = DeepStore::at(dir.path());
+    let store = DeepStore::local(dir.path()).unwrap();
     let admin = connect(zk.connect_string(), &root).await;
     let pipeline = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/clickstream.toml"))
         .unwrap()
@@ -140,7 +156,8 @@ async fn the_leader_runs_the_duties_and_a_successor_takes_over() {
         node: node.into(),
         interval: Duration::from_millis(200),
         orphan_grace: Duration::from_secs(3600),
-        default_deep_store: DeepStore::at(dir.path()),
+        default_deep_store: DeepStore::local(dir.path()).unwrap(),
+        resolver: Resolver::new(Default::default()),
         local_pipelines: Vec::new(),
     };
     let a = tokio::spawn(duties("a").run(node_a.clone()));

@@ -23,6 +23,8 @@ pub const SEGMENTS_COMMITTED: &str = "sluice_segments_committed_total";
 /// Rows in committed segments: what queries can see.
 pub const ROWS_COMMITTED: &str = "sluice_rows_committed_total";
 pub const SEAL_SECONDS: &str = "sluice_seal_seconds";
+/// Time to write a sealed segment to the deep store, retries included.
+pub const UPLOAD_SECONDS: &str = "sluice_upload_seconds";
 pub const COMMIT_SECONDS: &str = "sluice_commit_seconds";
 pub const CONSUMING_BYTES: &str = "sluice_consuming_segment_bytes";
 pub const PARTITIONS_OWNED: &str = "sluice_partitions_owned";

@@ -19,8 +19,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::{BadRecordPolicy, PipelineConfig};
 use sluice_coordinator::{Checkpoint, CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
-use sluice_segments::deepstore::DeepStore;
 use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
+use sluice_storage::DeepStore;
 use tokio::sync::watch;
 
 use crate::budget::{MemoryBudget, Pressure};
@@ -52,7 +52,8 @@ pub enum FailReason {
     BadRecord,
     /// A consumed record could not be recorded in the segment.
     Segment,
-    /// Sealing, or writing the file to the deep store, failed.
+    /// Sealing, or writing the object to the deep store (after the store's
+    /// own retries), failed.
     Upload,
     /// The checkpoint is not where the segment starts.
     Discontinuous,
@@ -698,32 +699,37 @@ async fn commit_segment(
     let config = &ctx.config;
     let created_at_ms = now_ms();
     let name = SegmentRecord::segment_name(&config.table, lease.partition, lease.checkpoint.next_seq, created_at_ms);
-    let path = ctx.store.segment_path(&config.table, &name, lease.epoch());
     let start_offset = segment.start_offset();
     let offset_gaps: u64 = segment.gaps().iter().map(|(from, to)| (to - from + 1) as u64).sum();
-    // Sealing, checksumming and the fsynced write are CPU and disk work: off
-    // the runtime's threads, so that other partitions' commits and the
-    // ZooKeeper session are not held up behind them.
+    // Sealing and checksumming are CPU work: off the runtime's threads, so
+    // that other partitions' commits and the ZooKeeper session are not held
+    // up behind them.
     let sealed = {
-        let (name, path, labels) = (name.clone(), path.clone(), labels.clone());
+        let (name, labels) = (name.clone(), labels.clone());
         tokio::task::spawn_blocking(move || {
             let sealing = Instant::now();
-            seal(&segment, &name, created_at_ms).map_err(|e| format!("seal {name}: {e}")).and_then(|image| {
+            seal(&segment, &name, created_at_ms).map_err(|e| format!("seal {name}: {e}")).map(|image| {
                 metrics::histogram!(m::SEAL_SECONDS, &labels).record(sealing.elapsed().as_secs_f64());
                 metrics::counter!(m::SEGMENTS_SEALED, &labels).increment(1);
-                image.write_file(&path).map_err(|e| format!("upload {name}: {e}"))?;
-                Ok((
-                    image.meta.row_count,
-                    image.meta.time_range,
-                    image.bytes.len() as u64,
-                    crc32c::crc32c(&image.bytes),
-                ))
+                let crc = crc32c::crc32c(&image.bytes);
+                (image.meta.row_count, image.meta.time_range, crc, image.bytes)
             })
         })
         .await
         .map_err(|e| Exit::failed(FailReason::Upload, format!("seal task: {e}")))?
     };
-    let (row_count, time_range, size_bytes, crc32c) = sealed.map_err(|e| Exit::failed(FailReason::Upload, e))?;
+    let (row_count, time_range, crc32c, bytes) = sealed.map_err(|e| Exit::failed(FailReason::Upload, e))?;
+    let size_bytes = bytes.len() as u64;
+    // The object is named by the lease epoch: a zombie's late upload lands
+    // beside the committed file, never over it.
+    let object = DeepStore::segment_name(&name, lease.epoch());
+    let uploading = Instant::now();
+    let uri = ctx
+        .store
+        .put(&config.table, &object, bytes::Bytes::from(bytes))
+        .await
+        .map_err(|e| Exit::failed(FailReason::Upload, format!("upload {name}: {e}")))?;
+    metrics::histogram!(m::UPLOAD_SECONDS, labels).record(uploading.elapsed().as_secs_f64());
     let record = SegmentRecord {
         name: name.clone(),
         partition: lease.partition,
@@ -731,7 +737,7 @@ async fn commit_segment(
         start_offset,
         end_offset,
         row_count,
-        uri: DeepStore::uri_of(&path),
+        uri,
         size_bytes,
         crc32c,
         time_range,
@@ -753,7 +759,11 @@ async fn commit_segment(
             Ok(CommitOutcome::Fenced) => {
                 metrics::counter!(m::FENCED, labels).increment(1);
                 tracing::warn!(table = %config.table, partition = lease.partition, "fenced: another worker owns the partition");
-                let _ = std::fs::remove_file(&path);
+                // Our upload is nobody's: remove it now (orphan collection
+                // would, later).
+                if let Err(e) = ctx.store.delete(&config.table, &object).await {
+                    tracing::warn!(uri = %record.uri, error = %e, "fenced: upload left for orphan collection");
+                }
                 return Err(Exit::Fenced);
             }
             Ok(CommitOutcome::Discontinuous { expected, found }) => {

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_config::{LoadedWorker, PipelineConfig, ProcessEnv};
 use sluice_coordinator::duties::Duties;
 use sluice_coordinator::{Coordinator, WorkerInfo, assigned_partitions};
-use sluice_segments::deepstore::DeepStore;
+use sluice_storage::{Resolver, file_uri};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,6 +27,8 @@ pub enum WorkerError {
     DataDir { path: String, source: std::io::Error },
     #[error("HTTP listen address {addr}: {source}")]
     Http { addr: String, source: std::io::Error },
+    #[error("default deep store: {0}")]
+    DeepStore(#[from] sluice_storage::StorageError),
 }
 
 /// How long a restarted worker waits for its previous session to expire.
@@ -63,7 +65,8 @@ pub async fn run_worker(
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let default_store = DeepStore::at(data_dir.join("deep-store"));
+    let resolver = Resolver::new(config.object_store.clone());
+    let default_store = resolver.deep_store(&file_uri(&data_dir.join("deep-store")))?;
     let started_at_ms = crate::partition::now_ms();
     let host = hostname();
     let health = Arc::new(PartitionHealth::default());
@@ -115,6 +118,7 @@ pub async fn run_worker(
         interval: Duration::from_secs(60),
         orphan_grace: Duration::from_secs(3600),
         default_deep_store: default_store.clone(),
+        resolver: resolver.clone(),
         local_pipelines: local.clone(),
     };
     let duties_task = tokio::spawn(duties.run(coordinator.clone()));
@@ -164,7 +168,7 @@ pub async fn run_worker(
                 continue;
             }
             let store = match &pipeline.deep_store.uri {
-                Some(uri) => match DeepStore::from_uri(uri) {
+                Some(uri) => match resolver.deep_store(uri) {
                     Ok(store) => store,
                     Err(e) => {
                         tracing::error!(%table, error = %e, "deep store");

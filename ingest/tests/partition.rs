@@ -17,7 +17,7 @@ use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_ingest::budget::MemoryBudget;
 use sluice_ingest::partition::{Exit, PipelineContext, ingest_partition};
 use sluice_segments::Segment;
-use sluice_segments::deepstore::{DeepStore, file_uri_path};
+use sluice_storage::{DeepStore, file_uri_path};
 use sluice_testkit::{KafkaBroker, ZooKeeper, unique_name, wait_until};
 use tokio::sync::watch;
 
@@ -106,8 +106,13 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
     // committing some segments.
     let a = coordinator(&zk, &root).await;
     let ctx_a = Arc::new(
-        PipelineContext::new(config.clone(), a.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            config.clone(),
+            a.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (_stop_a, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -133,8 +138,13 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
         .unwrap();
     let b = coordinator(&zk, &root).await;
     let ctx_b = Arc::new(
-        PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            config.clone(),
+            b.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (stop_b, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -184,8 +194,13 @@ async fn bad_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing
     let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), &extra));
     let c = coordinator(&zk, &format!("/{}", unique_name("dlq"))).await;
     let ctx = Arc::new(
-        PipelineContext::new(config, c.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            config,
+            c.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (stop, stop_rx) = watch::channel(false);
     let lease = c.acquire("events", 0, "w").await.unwrap().unwrap();
@@ -251,8 +266,13 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
     };
     let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let ctx_a = Arc::new(
-        PipelineContext::new(slow.clone(), a.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            slow.clone(),
+            a.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (_stop_a, stop_rx) = watch::channel(false);
     let lease = a.acquire("events", 0, "a").await.unwrap().unwrap();
@@ -271,8 +291,13 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
             .unwrap(),
     );
     let ctx_b = Arc::new(
-        PipelineContext::new(config.clone(), b.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            config.clone(),
+            b.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (stop_b, stop_rx) = watch::channel(false);
     let task_b = tokio::spawn(ingest_partition(ctx_b, lease_b, stop_rx));
@@ -291,7 +316,7 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
     let expected: BTreeMap<(i32, i64), i64> =
         produced.iter().enumerate().map(|(id, (p, o))| ((*p, *o), id as i64)).collect();
     assert_eq!(rows, expected, "exactly once despite the zombie");
-    let files = DeepStore::at(dir.path()).list("events").unwrap().len();
+    let files = DeepStore::local(dir.path()).unwrap().list("events").await.unwrap().len();
     let (segments, _) = b.segments("events").await.unwrap();
     assert_eq!(files, segments.len(), "the zombie's upload was removed when it was fenced");
 }
@@ -317,8 +342,10 @@ async fn over_the_memory_budget_the_largest_segment_seals_early() {
     config.flush.time = Duration::from_secs(3600);
     let c = coordinator(&zk, &format!("/{}", unique_name("budget"))).await;
     let budget = Arc::new(MemoryBudget::new(256 * 1024));
-    let ctx =
-        Arc::new(PipelineContext::new(Arc::new(config), c.clone(), DeepStore::at(dir.path()), budget.clone()).unwrap());
+    let ctx = Arc::new(
+        PipelineContext::new(Arc::new(config), c.clone(), DeepStore::local(dir.path()).unwrap(), budget.clone())
+            .unwrap(),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for p in 0..4 {
@@ -351,7 +378,9 @@ async fn over_the_memory_budget_the_largest_segment_seals_early() {
     // on time now.
     let mut config = pipeline(&topic, broker.bootstrap_servers(), "");
     config.flush.time = Duration::from_millis(200);
-    let ctx = Arc::new(PipelineContext::new(Arc::new(config), c.clone(), DeepStore::at(dir.path()), budget).unwrap());
+    let ctx = Arc::new(
+        PipelineContext::new(Arc::new(config), c.clone(), DeepStore::local(dir.path()).unwrap(), budget).unwrap(),
+    );
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for p in 0..4 {
@@ -392,8 +421,13 @@ async fn consumption_goes_on_while_a_commit_is_held_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(pipeline(&topic, broker.bootstrap_servers(), ""));
     let ctx = Arc::new(
-        PipelineContext::new(config, c.clone(), DeepStore::at(dir.path()), Arc::new(MemoryBudget::unlimited()))
-            .unwrap(),
+        PipelineContext::new(
+            config,
+            c.clone(),
+            DeepStore::local(dir.path()).unwrap(),
+            Arc::new(MemoryBudget::unlimited()),
+        )
+        .unwrap(),
     );
     let (stop, stop_rx) = watch::channel(false);
     let lease = c.acquire("events", 0, "w").await.unwrap().unwrap();

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sluice_coordinator::{Coordinator, SegmentRecord};
-use sluice_segments::deepstore::file_uri_path;
 use sluice_segments::{Segment, SegmentSchema};
+use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
@@ -135,6 +135,8 @@ pub struct CatalogFollower {
     coordinator: Arc<dyn Coordinator>,
     engine: Arc<QueryEngine>,
     cache_dir: PathBuf,
+    /// Reaches the deep stores the catalog's URIs name.
+    resolver: Resolver,
     tables: BTreeMap<String, TableState>,
     health: Arc<NodeHealth>,
     /// The node's tail memory; disabled (committed segments only) unless set.
@@ -153,11 +155,18 @@ impl CatalogFollower {
             coordinator,
             engine,
             cache_dir,
+            resolver: Resolver::new(Default::default()),
             tables: BTreeMap::new(),
             health,
             tails: TailBudget::new(0),
             shutdown: None,
         }
+    }
+
+    /// Reaches deep stores with `resolver` (the node's object-store options).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Also serves the real-time tail of every table whose applied config
@@ -258,12 +267,7 @@ impl CatalogFollower {
                 next_retry = Some(next_retry.map_or(f.retry_at, |t| t.min(f.retry_at)));
                 continue;
             }
-            let cache = self.cache_dir.join(name);
-            let quarantine = self.cache_dir.join(QUARANTINE);
-            let owned = record.clone();
-            let loaded = tokio::task::spawn_blocking(move || load(&cache, &quarantine, &owned))
-                .await
-                .unwrap_or_else(|e| Err(format!("loader panicked: {e}")));
+            let loaded = load(&self.resolver, self.cache_dir.join(name), self.cache_dir.join(QUARANTINE), record).await;
             let accepted = loaded.and_then(|loaded| {
                 let table = state
                     .table
@@ -364,49 +368,85 @@ fn quarantine(file: &Path, quarantine: &Path, reason: &str) {
 
 /// A verified, memory-mapped copy of the record's file in `cache`: the
 /// cached copy when it is intact, else a fresh one from the deep store.
-fn load(cache: &Path, quarantine_dir: &Path, record: &SegmentRecord) -> Result<Loaded, String> {
-    let source = file_uri_path(&record.uri).ok_or_else(|| format!("unsupported deep-store URI `{}`", record.uri))?;
-    let file_name = source.file_name().ok_or_else(|| format!("deep-store URI `{}` names no file", record.uri))?;
-    let cached = cache.join(file_name);
-    let intact = |bytes: &[u8]| bytes.len() as u64 == record.size_bytes && crc32c::crc32c(bytes) == record.crc32c;
-    if let Ok(bytes) = std::fs::read(&cached) {
-        if !intact(&bytes) {
-            // An older or partial copy: not this record's file.
-            let _ = std::fs::remove_file(&cached);
-        } else {
-            match Segment::open(&cached) {
-                Ok(segment) => return Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached }),
-                Err(e) => quarantine(&cached, quarantine_dir, &e.to_string()),
-            }
+async fn load(
+    resolver: &Resolver,
+    cache: PathBuf,
+    quarantine_dir: PathBuf,
+    record: &SegmentRecord,
+) -> Result<Loaded, String> {
+    let file_name = record
+        .uri
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .ok_or_else(|| format!("deep-store URI `{}` names no file", record.uri))?
+        .to_string();
+    let cached = cache.join(&file_name);
+    let owned = (cached.clone(), quarantine_dir.clone(), record.clone());
+    let from_cache = tokio::task::spawn_blocking(move || open_cached(&owned.0, &owned.1, &owned.2))
+        .await
+        .map_err(|e| format!("loader panicked: {e}"))?;
+    if let Some(loaded) = from_cache {
+        return Ok(loaded);
+    }
+    let fetched = cache.join(format!(".{file_name}.fetched"));
+    resolver.download(&record.uri, &fetched).await.map_err(|e| e.to_string())?;
+    let record = record.clone();
+    tokio::task::spawn_blocking(move || accept_download(&fetched, &cached, &quarantine_dir, &record))
+        .await
+        .map_err(|e| format!("loader panicked: {e}"))?
+}
+
+fn intact(bytes: &[u8], record: &SegmentRecord) -> bool {
+    bytes.len() as u64 == record.size_bytes && crc32c::crc32c(bytes) == record.crc32c
+}
+
+/// The cached copy of the record's file, when it is there and intact.
+fn open_cached(cached: &Path, quarantine_dir: &Path, record: &SegmentRecord) -> Option<Loaded> {
+    let bytes = std::fs::read(cached).ok()?;
+    if !intact(&bytes, record) {
+        // An older or partial copy: not this record's file.
+        let _ = std::fs::remove_file(cached);
+        return None;
+    }
+    match Segment::open(cached) {
+        Ok(segment) => {
+            Some(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached: cached.to_path_buf() })
+        }
+        Err(e) => {
+            quarantine(cached, quarantine_dir, &e.to_string());
+            None
         }
     }
-    let bytes = std::fs::read(&source).map_err(|e| format!("reading {}: {e}", source.display()))?;
-    if !intact(&bytes) {
+}
+
+/// Checks a downloaded copy against the catalog's size and checksum, moves
+/// it into the cache and opens it.
+fn accept_download(
+    fetched: &Path,
+    cached: &Path,
+    quarantine_dir: &Path,
+    record: &SegmentRecord,
+) -> Result<Loaded, String> {
+    let bytes = std::fs::read(fetched).map_err(|e| format!("reading {}: {e}", fetched.display()))?;
+    if !intact(&bytes, record) {
+        let _ = std::fs::remove_file(fetched);
         return Err(format!(
             "{}: checksum mismatch: the catalog recorded {} bytes with CRC32C {:08x}, the file has {} bytes with {:08x}",
-            source.display(),
+            record.uri,
             record.size_bytes,
             record.crc32c,
             bytes.len(),
             crc32c::crc32c(&bytes)
         ));
     }
-    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
-    let temp = cache.join(format!(".{}.download", file_name.to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &cached)
-    };
-    write().map_err(|e| format!("writing {}: {e}", cached.display()))?;
+    std::fs::rename(fetched, cached).map_err(|e| format!("moving {} into place: {e}", cached.display()))?;
     metrics::counter!("sluice_query_segments_downloaded_total").increment(1);
-    match Segment::open(&cached) {
-        Ok(segment) => Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached }),
+    match Segment::open(cached) {
+        Ok(segment) => Ok(Loaded { uri: record.uri.clone(), segment: Arc::new(segment), cached: cached.to_path_buf() }),
         Err(e) => {
             let reason = e.to_string();
-            quarantine(&cached, quarantine_dir, &reason);
+            quarantine(cached, quarantine_dir, &reason);
             Err(reason)
         }
     }

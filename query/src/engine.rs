@@ -330,20 +330,24 @@ impl QueryEngine {
         let stats = Arc::new(std::sync::Mutex::new(ScanStats::default()));
         let (executor, owned) = (self.executor.clone(), sql.to_string());
         let runtime = self.runtime.0.as_ref().expect("the runtime lives as long as the engine");
-        let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats.clone(), async move {
+        // The response rows are built on the engine's runtime too, under the
+        // slot and the deadline: for a large result that is real work, and
+        // it must not hold up the threads that accept and answer requests.
+        let scan_stats = stats.clone();
+        let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats, async move {
             let _slot = slot;
-            executor.execute(&owned).await
+            let batches = executor.execute(&owned).await?;
+            let stats = *scan_stats.lock().unwrap_or_else(|e| e.into_inner());
+            response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
         })));
-        let batches = match tokio::time::timeout(remaining, &mut task.0).await {
-            Ok(Ok(result)) => result?,
+        match tokio::time::timeout(remaining, &mut task.0).await {
+            Ok(Ok(result)) => result,
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "query task panicked");
-                return Err(QueryError::Internal { message: format!("the query crashed ({join})") });
+                Err(QueryError::Internal { message: format!("the query crashed ({join})") })
             }
-            Err(_) => return Err(QueryError::Timeout { limit: timeout }),
-        };
-        let stats = *stats.lock().unwrap_or_else(|e| e.into_inner());
-        response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
+            Err(_) => Err(QueryError::Timeout { limit: timeout }),
+        }
     }
 
     /// Runs `sql` to Arrow batches, by the fast path when it applies
@@ -437,11 +441,21 @@ impl Executor {
 /// buffers, not the buffers it shares with others (a slice of a segment
 /// column counts its rows, not the column).
 fn batch_bytes(batch: &RecordBatch) -> u64 {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(c.get_array_memory_size()) as u64)
-        .sum()
+    batch.columns().iter().map(|c| array_bytes(c.as_ref())).sum()
+}
+
+/// One column's share of a result. Arrow's slice size counts only the
+/// 16-byte views of a string-view column, not the strings (they live in
+/// variadic buffers): those are counted from the values, so a result of
+/// large strings is measured as large.
+fn array_bytes(array: &dyn arrow::array::Array) -> u64 {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    match array.data_type() {
+        DataType::Utf8View => (array.len() * 16 + array.as_string_view().total_bytes_len()) as u64,
+        DataType::BinaryView => (array.len() * 16 + array.as_binary_view().total_bytes_len()) as u64,
+        _ => array.to_data().get_slice_memory_size().unwrap_or(array.get_array_memory_size()) as u64,
+    }
 }
 
 fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {
@@ -456,5 +470,25 @@ struct Defer<F: FnMut()>(F);
 impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
         (self.0)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, StringArray, StringViewArray};
+
+    /// A string-view column counts its strings, not just its views (Arrow's
+    /// slice size misses them): a result of large strings is refused.
+    #[test]
+    fn string_view_results_are_measured_by_their_strings() {
+        let big = "x".repeat(100_000);
+        let views: ArrayRef = Arc::new(StringViewArray::from(vec![big.as_str(); 100]));
+        let plain: ArrayRef = Arc::new(StringArray::from(vec![big.as_str(); 100]));
+        for column in [views, plain] {
+            let batch = RecordBatch::try_from_iter([("s", column)]).unwrap();
+            assert!(batch_bytes(&batch) >= 10_000_000, "{}", batch_bytes(&batch));
+            assert!(check_result_bytes(&[batch], 1 << 20).is_err());
+        }
     }
 }

@@ -114,7 +114,15 @@ async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body
     }
     let engine = state.engine.clone();
     match tokio::spawn(async move { engine.query(&sql).await }).await {
-        Ok(Ok(response)) => pinot(200, &response),
+        // A large result is megabytes of JSON: written off the threads
+        // that serve other requests.
+        Ok(Ok(response)) => match tokio::task::spawn_blocking(move || serde_json::to_vec(&response)).await {
+            Ok(Ok(body)) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+            failed => {
+                let message = format!("internal error: the response could not be written ({failed:?})");
+                pinot(500, &PinotResponse::error(200, message, started.elapsed()))
+            }
+        },
         Ok(Err(e)) => {
             if e.status() >= 500 {
                 tracing::warn!(error = %e, "query failed");

@@ -78,7 +78,8 @@ impl QueryNode {
         let health = Arc::new(catalog::NodeHealth::default());
         let tails = tail::TailBudget::new(config.limits.tail_memory.as_u64());
         let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone())
-            .with_tails(tails);
+            .with_tails(tails)
+            .with_resolver(sluice_storage::Resolver::new(config.object_store.clone()));
         let follow = tokio::spawn(follower.run(shutdown.clone()));
         let listen = config.http.listen;
         let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health, shutdown)

@@ -21,7 +21,6 @@
 
 mod builder;
 mod consuming;
-pub mod deepstore;
 mod error;
 mod format;
 mod index;

@@ -1,6 +1,7 @@
 //! Real services for sluice's tests: ZooKeeper servers from Debian's
-//! `zookeeper` package and a Kafka-protocol broker (librdkafka's mock cluster
-//! in a process of its own, or an external broker), on loopback.
+//! `zookeeper` package, a Kafka-protocol broker (librdkafka's mock cluster
+//! in a process of its own, or an external broker) and an S3-compatible
+//! server (moto's), on loopback.
 //!
 //! Invariants:
 //! - Nothing here stands in for ZooKeeper or Kafka: every service is a real
@@ -17,6 +18,7 @@ pub mod kafka;
 pub mod net;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 mod wait;
 pub mod zookeeper;
 
@@ -25,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use kafka::{EXTERNAL_BROKER_ENV, KafkaBroker, TestProducer};
 pub use process::GuardedChild;
 pub use proxy::TcpProxy;
+pub use s3::S3Server;
 pub use wait::{wait_until, wait_until_blocking};
 pub use zookeeper::{ZooKeeper, ZooKeeperEnsemble};
 

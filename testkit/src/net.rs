@@ -36,7 +36,8 @@ pub fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
     http_request(addr, "POST", path, body)
 }
 
-fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+/// A plain HTTP/1.1 request on loopback, as [`http_get`].
+pub fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else { return (0, String::new()) };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let head = format!(
