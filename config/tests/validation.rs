@@ -190,6 +190,25 @@ fn unsupported_deep_store_scheme() {
     assert_problem(&text, "deep_store.uri", "unsupported scheme `ftp`", "file");
     let text = format!("{PIPELINE}\n[deep_store]\nuri = \"file://relative/dir\"\n");
     assert_problem(&text, "deep_store.uri", "absolute path", "file");
+    let text = format!("{PIPELINE}\n[deep_store]\nuri = \"s3:///no-bucket\"\n");
+    assert_problem(&text, "deep_store.uri", "without a bucket", "s3");
+    for uri in ["s3://bucket/prefix", "gs://bucket", "az://container/p", "abfss://c@account.dfs.core.windows.net/p"] {
+        parse(&format!("{PIPELINE}\n[deep_store]\nuri = \"{uri}\"\n")).unwrap_or_else(|e| panic!("{uri}: {e}"));
+    }
+}
+
+#[test]
+fn object_store_options_are_checked() {
+    let base = "cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n[object_store]\n";
+    let check = |extra: &str| parse_query_node(&format!("{base}{extra}"), Path::new("query.toml"), &env);
+    let config = check("endpoint = \"http://minio:9000\"\nallow_http = true\nregion = \"eu-west-1\"\n").unwrap();
+    assert_eq!(config.object_store.endpoint.as_deref(), Some("http://minio:9000"));
+    assert_eq!(config.object_store.max_retries, 10, "a default");
+    let error = check("endpoint = \"http://minio:9000\"\nrequest_timeout = \"0s\"\n").unwrap_err().to_string();
+    assert!(error.contains("object_store.endpoint") && error.contains("allow_http"), "{error}");
+    assert!(error.contains("object_store.request_timeout"), "every problem at once: {error}");
+    let error = check("endpont = \"https://x\"\n").unwrap_err().to_string();
+    assert!(error.contains("endpont"), "{error}");
 }
 
 #[test]
