@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
-    CoordinatorConfig, CoordinatorEndpoint, HttpConfig, ObjectStoreConfig, PipelineSources, QueryLimits,
-    QueryNodeConfig, WorkerConfig,
+    CoordinatorConfig, CoordinatorEndpoint, HttpAuth, HttpConfig, HttpUser, ObjectStoreConfig, PipelineSources,
+    QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig,
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,

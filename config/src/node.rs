@@ -112,6 +112,54 @@ pub struct HttpConfig {
     /// The largest request body accepted (413 beyond).
     #[serde(default = "HttpConfig::default_max_body_size")]
     pub max_body_size: ByteSize,
+    /// Serve HTTPS with this certificate and key. Absent: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Require credentials on every endpoint but `/health` (and `/metrics`
+    /// unless `protect_metrics`). Absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HttpAuth>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Who may call an endpoint: HTTP basic users (Pinot's broker scheme, which
+/// `pinotdb` and Pinot's JDBC driver send) and bearer tokens. Secrets come
+/// from `${VAR}`s.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    #[serde(default)]
+    pub users: Vec<HttpUser>,
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Also require credentials on `/metrics`.
+    #[serde(default)]
+    pub protect_metrics: bool,
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: Vec<&str> = self.users.iter().map(|u| u.username.as_str()).collect();
+        f.debug_struct("HttpAuth")
+            .field("users", &users)
+            .field("tokens", &self.tokens.len())
+            .field("protect_metrics", &self.protect_metrics)
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUser {
+    pub username: String,
+    pub password: String,
 }
 
 impl HttpConfig {
@@ -124,6 +172,8 @@ impl HttpConfig {
             idle_timeout: Self::default_idle_timeout(),
             max_connections: Self::default_max_connections(),
             max_body_size: Self::default_max_body_size(),
+            tls: None,
+            auth: None,
         }
     }
     fn default_header_read_timeout() -> Duration {
@@ -158,6 +208,29 @@ impl HttpConfig {
         }
         if !(ByteSize::kib(1)..=ByteSize::gib(1)).contains(&self.max_body_size) {
             p.push("http.max_body_size", self.max_body_size.to_string(), "a size from `1KiB` to `1GiB`");
+        }
+        if let Some(auth) = &self.auth {
+            if auth.users.is_empty() && auth.tokens.is_empty() {
+                p.push("http.auth", "no users and no tokens", "at least one user or token (or no `[http.auth]`)");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, user) in auth.users.iter().enumerate() {
+                if user.username.is_empty() || user.username.contains(':') || !seen.insert(&user.username) {
+                    p.push(
+                        format!("http.auth.users[{i}].username"),
+                        format!("{:?}", user.username),
+                        "a unique, non-empty name without `:`",
+                    );
+                }
+                if user.password.len() < 8 {
+                    p.push(format!("http.auth.users[{i}].password"), "a short password", "at least 8 characters");
+                }
+            }
+            for (i, token) in auth.tokens.iter().enumerate() {
+                if token.len() < 16 {
+                    p.push(format!("http.auth.tokens[{i}]"), "a short token", "at least 16 characters");
+                }
+            }
         }
     }
 }

@@ -432,3 +432,28 @@ fn absurd_durations_and_limits_are_refused() {
     let upper = PIPELINE.to_string() + "[deep_store]\nuri = \"FILE:///var/lib/sluice\"\n";
     parse(&upper).expect("URI schemes are case-insensitive");
 }
+
+#[test]
+fn http_auth_and_tls_are_checked() {
+    let base = "cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n";
+    let check = |extra: &str| parse_query_node(&format!("{base}{extra}"), Path::new("query.toml"), &env);
+    let config = check(
+        "[http]\nlisten = \"0.0.0.0:8443\"\n[http.tls]\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\n\
+         [http.auth]\nusers = [{ username = \"analyst\", password = \"long enough\" }]\n",
+    )
+    .unwrap();
+    let auth = config.http.auth.as_ref().unwrap();
+    assert!(!format!("{auth:?}").contains("long enough"), "a password never reaches a log: {auth:?}");
+    let error = check(
+        "[http]\nlisten = \"0.0.0.0:8099\"\n[http.auth]\n\
+         users = [{ username = \"a:b\", password = \"short\" }, { username = \"x\", password = \"long enough\" }]\n\
+         tokens = [\"tiny\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for field in ["http.auth.users[0].username", "http.auth.users[0].password", "http.auth.tokens[0]"] {
+        assert!(error.contains(field), "{field} in: {error}");
+    }
+    let error = check("[http]\nlisten = \"0.0.0.0:8099\"\n[http.auth]\n").unwrap_err().to_string();
+    assert!(error.contains("at least one user or token"), "{error}");
+}

@@ -15,6 +15,14 @@
 //!   never fatal to the listener.
 //! - Request bodies are read by [`read_body`], under a size cap checked
 //!   against `Content-Length` before anything is read and a read deadline.
+//! - With `http.auth`, no request reaches a router without credentials,
+//!   except `/health` (and `/metrics` unless protected): a 401 with a
+//!   challenge is answered here, before any handler runs.
+//! - With `http.tls`, a connection that does not complete its TLS handshake
+//!   within `header_read_timeout` is closed; nothing is served in clear.
+
+mod auth;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,13 +48,24 @@ pub async fn bind(config: &HttpConfig) -> std::io::Result<TcpListener> {
 
 /// Serves `app` on `listener` under `config`'s limits until `shutdown`
 /// turns true; connections then finish their request in progress.
+/// Fails when the TLS certificate or key cannot be used (the error names
+/// the file).
 pub fn spawn(
     listener: TcpListener,
     app: Router,
     config: HttpConfig,
     shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(accept_loop(listener, app, config, shutdown))
+) -> std::io::Result<JoinHandle<()>> {
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let credentials = config.auth.as_ref().map(auth::Credentials::new);
+    Ok(tokio::spawn(accept_loop(listener, app, config, Guards { tls, credentials }, shutdown)))
+}
+
+/// What a connection passes before its requests reach the router.
+#[derive(Clone)]
+struct Guards {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    credentials: Option<auth::Credentials>,
 }
 
 /// One served connection, as the accept loop sees it.
@@ -91,7 +110,13 @@ impl Registry {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, config: HttpConfig, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    config: HttpConfig,
+    guards: Guards,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let registry = Arc::new(Registry::default());
     let epoch = Instant::now();
     let max = config.max_connections.max(1) as usize;
@@ -136,10 +161,24 @@ async fn accept_loop(listener: TcpListener, app: Router, config: HttpConfig, mut
         });
         registry.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(next_id, conn.clone());
         metrics::gauge!("sluice_http_connections").increment(1.0);
-        let (registry, app, config, shutdown, id) =
-            (registry.clone(), app.clone(), config.clone(), shutdown.clone(), next_id);
+        let (registry, app, config, shutdown, id, guards) =
+            (registry.clone(), app.clone(), config.clone(), shutdown.clone(), next_id, guards.clone());
         tokio::spawn(async move {
-            serve_connection(stream, app, &config, conn, epoch, shutdown).await;
+            let credentials = guards.credentials;
+            match &guards.tls {
+                None => serve_connection(stream, app, &config, credentials, conn, epoch, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(tls)) => serve_connection(tls, app, &config, credentials, conn, epoch, shutdown).await,
+                    Ok(Err(e)) => {
+                        metrics::counter!("sluice_http_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!("sluice_http_tls_handshake_failures_total").increment(1);
+                    }
+                },
+            }
             registry.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             registry.gone.notify_waiters();
             metrics::gauge!("sluice_http_connections").decrement(1.0);
@@ -147,24 +186,33 @@ async fn accept_loop(listener: TcpListener, app: Router, config: HttpConfig, mut
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     config: &HttpConfig,
+    credentials: Option<auth::Credentials>,
     conn: Arc<Conn>,
     epoch: Instant,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tracked = conn.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut app = app.clone();
         let conn = tracked.clone();
         conn.busy.fetch_add(1, Ordering::Relaxed);
+        let allowed = credentials.as_ref().is_none_or(|c| c.allows(request.uri().path(), request.headers()));
         async move {
-            let response = app.call(request.map(Body::new)).await;
+            let response = if allowed {
+                app.call(request.map(Body::new)).await.unwrap_or_else(|never| match never {})
+            } else {
+                metrics::counter!("sluice_http_unauthorized_total").increment(1);
+                auth::unauthorized()
+            };
             conn.last_active_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             conn.busy.fetch_sub(1, Ordering::Relaxed);
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            Ok::<_, Infallible>(response)
         }
     });
     let http = hyper::server::conn::http1::Builder::new()

@@ -26,6 +26,8 @@ pub const SEAL_SECONDS: &str = "sluice_seal_seconds";
 /// Time to write a sealed segment to the deep store, retries included.
 pub const UPLOAD_SECONDS: &str = "sluice_upload_seconds";
 pub const COMMIT_SECONDS: &str = "sluice_commit_seconds";
+/// Committed checkpoints the consumer group did not take (advisory).
+pub const OFFSET_MIRROR_FAILURES: &str = "sluice_offset_mirror_failures_total";
 pub const CONSUMING_BYTES: &str = "sluice_consuming_segment_bytes";
 pub const PARTITIONS_OWNED: &str = "sluice_partitions_owned";
 pub const LAG: &str = "sluice_partition_lag";
@@ -100,6 +102,6 @@ pub async fn serve(
     // with the process.
     let (sender, never) = tokio::sync::watch::channel(false);
     std::mem::forget(sender);
-    sluice_http::spawn(listener, app, config.clone(), never);
+    sluice_http::spawn(listener, app, config.clone(), never)?;
     Ok(addr)
 }

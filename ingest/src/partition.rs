@@ -168,6 +168,21 @@ impl PipelineContext {
     }
 }
 
+/// Mirrors a committed checkpoint to the Kafka consumer group
+/// `sluice-<table>` (Kafka's convention: the next offset to read), so the
+/// usual lag tools — `kafka-consumer-groups`, Burrow, kcat — show sluice's
+/// progress. Advisory only: ZooKeeper is the truth and nothing reads this
+/// back; a failure is counted and logged, never retried or waited for.
+fn mirror_offset(ctx: &PipelineContext, partition: i32, next_offset: i64) {
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    let added = offsets.add_partition_offset(&ctx.config.source.topic, partition, rdkafka::Offset::Offset(next_offset));
+    let committed = added.and_then(|()| ctx.consumer.commit(&offsets, rdkafka::consumer::CommitMode::Async));
+    if let Err(e) = committed {
+        metrics::counter!(m::OFFSET_MIRROR_FAILURES, "table" => ctx.config.table.clone()).increment(1);
+        tracing::debug!(table = %ctx.config.table, partition, error = %e, "mirroring the offset to the consumer group failed");
+    }
+}
+
 /// Polls the pipeline consumer's own queue, which librdkafka needs polled to
 /// deliver errors and events. A message arriving here would be a partition
 /// whose queue was not split off: that cannot happen (the split comes before
@@ -754,6 +769,7 @@ async fn commit_segment(
                 metrics::counter!(m::ROWS_COMMITTED, labels).increment(record.row_count);
                 tracing::info!(table = %config.table, segment = %name, rows = record.row_count, end_offset, "committed");
                 ctx.health.committed(&config.table, lease.partition);
+                mirror_offset(ctx, lease.partition, end_offset + 1);
                 return Ok(());
             }
             Ok(CommitOutcome::Fenced) => {

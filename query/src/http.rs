@@ -58,7 +58,7 @@ pub async fn serve(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(AppState { engine, metrics, http: Arc::new(config.clone()), health });
-    Ok((addr, sluice_http::spawn(listener, app, config.clone(), shutdown)))
+    Ok((addr, sluice_http::spawn(listener, app, config.clone(), shutdown)?))
 }
 
 /// Corrupt segments the node refused are listed (they are not served, the

@@ -81,15 +81,14 @@ impl DeepStore {
         let uri = self.uri(table, name);
         let backend = |source| StorageError::Backend { operation: "upload", uri: uri.clone(), source };
         let mut writer = BufWriter::with_capacity(self.store.clone(), self.path(table, name), PART_SIZE);
-        let written = async {
-            writer.put(bytes).await.map_err(backend)?;
-            writer.shutdown().await.map_err(|e| backend(io_to_store(e)))
-        }
-        .await;
-        if let Err(e) = written {
+        if let Err(e) = writer.put(bytes).await {
+            // Parts already sent are dropped with the upload. (After a
+            // failed shutdown there is nothing left to abort: the writer
+            // refuses, and S3 expires incomplete uploads by lifecycle rule.)
             let _ = writer.abort().await;
-            return Err(e);
+            return Err(backend(e));
         }
+        writer.shutdown().await.map_err(|e| backend(io_to_store(e)))?;
         if let Some(root) = &self.local_root {
             // The rename into place happened; make it and the bytes durable
             // before the caller commits a catalog entry naming them.

@@ -144,3 +144,17 @@ fn uris_and_options_are_checked_before_use() {
     let error = check_uri("s3://bucket/x", &typo).unwrap_err().to_string();
     assert!(error.contains("aws_virtual_hosted_style"), "{error}");
 }
+
+/// A write that fails (the table's directory is a file) is an error naming
+/// the object — never a panic — and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_local_write_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("deep")).unwrap();
+    std::fs::write(dir.path().join("deep").join("t"), b"a file where the table's directory goes").unwrap();
+    let store = DeepStore::local(&dir.path().join("deep")).unwrap();
+    for size in [10usize, 9 << 20] {
+        let error = store.put("t", "a.e1.seg", Bytes::from(vec![7u8; size])).await.unwrap_err().to_string();
+        assert!(error.contains("a.e1.seg"), "{error}");
+    }
+}
