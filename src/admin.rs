@@ -28,9 +28,25 @@ pub struct CoordinatorArgs {
 impl CoordinatorArgs {
     fn coordinator_config(&self) -> anyhow::Result<CoordinatorConfig> {
         if let Some(connect) = &self.zookeeper {
+            // Credentials of a secured cluster: `SLUICE_ZOOKEEPER_AUTH=user:password`
+            // (an environment variable, so they stay out of shell history).
+            let auth = match std::env::var("SLUICE_ZOOKEEPER_AUTH") {
+                Ok(value) => {
+                    let Some((username, password)) = value.split_once(':') else {
+                        bail!("SLUICE_ZOOKEEPER_AUTH: expected `user:password`");
+                    };
+                    Some(sluice_config::ZooKeeperAuthConfig {
+                        username: username.to_string(),
+                        password: password.to_string(),
+                        world_readable: true,
+                    })
+                }
+                Err(_) => None,
+            };
             let config = CoordinatorConfig {
                 connect: connect.clone(),
                 root: self.root.clone(),
+                auth,
                 ..CoordinatorConfig::embedded()
             };
             if let Err(why) = config.endpoint() {
@@ -58,11 +74,7 @@ impl CoordinatorArgs {
             ),
             CoordinatorEndpoint::ZooKeeper(_) => {}
         }
-        let options = ZooKeeperOptions {
-            connect: config.connect.clone(),
-            root: config.root.clone(),
-            session_timeout: config.session_timeout,
-        };
+        let options = ZooKeeperOptions::from_config(&config);
         tokio::time::timeout(Duration::from_secs(30), ZooKeeperCoordinator::connect(options))
             .await
             .with_context(|| format!("ZooKeeper at {} did not answer within 30 s", config.connect))?

@@ -195,11 +195,9 @@ async fn connect_coordinator(
     Ok(match config.endpoint().map_err(anyhow::Error::msg)? {
         sluice_config::CoordinatorEndpoint::Embedded => Arc::new(sluice_coordinator::InProcessCoordinator::new()),
         sluice_config::CoordinatorEndpoint::ZooKeeper(_) => Arc::new(
-            sluice_coordinator::ZooKeeperCoordinator::connect(sluice_coordinator::ZooKeeperOptions {
-                connect: config.connect.clone(),
-                root: config.root.clone(),
-                session_timeout: config.session_timeout,
-            })
+            sluice_coordinator::ZooKeeperCoordinator::connect(sluice_coordinator::ZooKeeperOptions::from_config(
+                config,
+            ))
             .await
             .with_context(|| format!("connect to ZooKeeper at {}", config.connect))?,
         ),

@@ -25,6 +25,32 @@ pub struct CoordinatorConfig {
     /// session, and with it every partition lock the node held.
     #[serde(default = "CoordinatorConfig::default_session_timeout", with = "units::duration")]
     pub session_timeout: Duration,
+    /// ZooKeeper digest authentication: sluice's nodes are then writable by
+    /// this identity only. Absent: world-writable nodes (a trusted network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ZooKeeperAuthConfig>,
+}
+
+/// A ZooKeeper digest identity (`addauth digest user:password`); write the
+/// password as `${VAR}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperAuthConfig {
+    pub username: String,
+    pub password: String,
+    /// Anyone may read sluice's nodes (`zkCli.sh`, monitoring); only this
+    /// identity may change them.
+    #[serde(default = "default_true")]
+    pub world_readable: bool,
+}
+
+impl std::fmt::Debug for ZooKeeperAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperAuthConfig")
+            .field("username", &self.username)
+            .field("world_readable", &self.world_readable)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `coordinator.connect` designates.
@@ -47,6 +73,7 @@ impl CoordinatorConfig {
             connect: "embedded".to_string(),
             root: Self::default_root(),
             session_timeout: Self::default_session_timeout(),
+            auth: None,
         }
     }
 
@@ -58,6 +85,14 @@ impl CoordinatorConfig {
     }
 
     pub(crate) fn validate(&self, p: &mut Problems) {
+        if let Some(auth) = &self.auth {
+            if auth.username.is_empty() || auth.username.contains(':') {
+                p.push("coordinator.auth.username", format!("{:?}", auth.username), "a non-empty name without `:`");
+            }
+            if auth.password.len() < 8 {
+                p.push("coordinator.auth.password", "a short password", "at least 8 characters");
+            }
+        }
         if let Err(why) = self.endpoint() {
             p.push(
                 "coordinator.connect",

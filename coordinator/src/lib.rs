@@ -40,7 +40,7 @@ pub use balancer::assigned_partitions;
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
 pub use types::{Checkpoint, CommitOutcome, Lease, Position, SegmentRecord, WorkerInfo};
-pub use zk::{ZooKeeperCoordinator, ZooKeeperOptions};
+pub use zk::{ZooKeeperAuth, ZooKeeperCoordinator, ZooKeeperOptions};
 
 /// Resolves when the data it was returned with may have changed (a one-shot
 /// watch). It also resolves when the session ends, so waiters re-read.

@@ -23,7 +23,9 @@ use futures::future::{BoxFuture, select_all};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError, MultiWriteResult};
+use zookeeper_client::{
+    Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError, MultiWriteResult, Permission,
+};
 
 use crate::{
     Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, Position, SegmentRecord, WorkerInfo,
@@ -36,6 +38,56 @@ pub struct ZooKeeperOptions {
     /// Chroot all nodes live under, e.g. `/sluice`.
     pub root: String,
     pub session_timeout: Duration,
+    /// Digest credentials: every node this session creates is then writable
+    /// only by that identity. None: world-writable nodes (a trusted network).
+    pub auth: Option<ZooKeeperAuth>,
+}
+
+/// ZooKeeper digest authentication and the ACLs it puts on sluice's nodes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZooKeeperAuth {
+    pub username: String,
+    pub password: String,
+    /// Others may read (`zkCli.sh`, monitoring) but never write.
+    pub world_readable: bool,
+}
+
+impl std::fmt::Debug for ZooKeeperAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperAuth")
+            .field("username", &self.username)
+            .field("world_readable", &self.world_readable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZooKeeperOptions {
+    /// The options a node file's `[coordinator]` section describes.
+    pub fn from_config(config: &sluice_config::CoordinatorConfig) -> Self {
+        ZooKeeperOptions {
+            connect: config.connect.clone(),
+            root: config.root.clone(),
+            session_timeout: config.session_timeout,
+            auth: config.auth.as_ref().map(|a| ZooKeeperAuth {
+                username: a.username.clone(),
+                password: a.password.clone(),
+                world_readable: a.world_readable,
+            }),
+        }
+    }
+}
+
+/// Full rights for the creating identity, reads for anyone.
+static CREATOR_ALL_ANYONE_READ: [Acl; 2] =
+    [Acl::new_const(Permission::ALL, "auth", ""), Acl::new_const(Permission::READ, "world", "anyone")];
+
+/// The ACLs of every node a session with `options` creates.
+fn acls(options: &ZooKeeperOptions) -> Acls<'static> {
+    match &options.auth {
+        None => Acls::anyone_all(),
+        Some(auth) if auth.world_readable => Acls::new(&CREATOR_ALL_ANYONE_READ),
+        Some(_) => Acls::creator_all(),
+    }
 }
 
 pub struct ZooKeeperCoordinator {
@@ -51,12 +103,12 @@ struct Inner {
     registered: Mutex<Option<WorkerInfo>>,
 }
 
-fn persistent() -> CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+fn persistent(acls: Acls<'static>) -> CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(acls)
 }
 
-fn ephemeral() -> CreateOptions<'static> {
-    CreateMode::Ephemeral.with_acls(Acls::anyone_all())
+fn ephemeral(acls: Acls<'static>) -> CreateOptions<'static> {
+    CreateMode::Ephemeral.with_acls(acls)
 }
 
 fn err(operation: &str, e: ZkError) -> CoordError {
@@ -66,6 +118,12 @@ fn err(operation: &str, e: ZkError) -> CoordError {
             CoordError::Transient { operation, reason: e.to_string() }
         }
         ZkError::SessionExpired | ZkError::ClientClosed => CoordError::SessionExpired { operation },
+        ZkError::NoAuth => CoordError::Unexpected {
+            operation,
+            reason: "not authorized: sluice's nodes are protected by ACLs; give `coordinator.auth` (or, for the \
+                     command line, SLUICE_ZOOKEEPER_AUTH=user:password) the cluster's credentials"
+                .into(),
+        },
         other => CoordError::Unexpected { operation, reason: other.to_string() },
     }
 }
@@ -115,6 +173,10 @@ impl ZooKeeperCoordinator {
 
     fn client(&self) -> Client {
         self.inner.client()
+    }
+
+    fn acls(&self) -> Acls<'static> {
+        acls(&self.inner.options)
     }
 
     fn generation(&self) -> u64 {
@@ -181,10 +243,13 @@ impl ZooKeeperCoordinator {
     ) -> Result<(Checkpoint, i32), CoordError> {
         let dir = partition_dir(pipeline, partition);
         let path = format!("{dir}/checkpoint");
-        client.mkdir(&dir, &persistent()).await.map_err(|e| err("create partition node", e))?;
+        client.mkdir(&dir, &persistent(self.acls())).await.map_err(|e| err("create partition node", e))?;
         for _ in 0..16 {
             match self.read_checkpoint(client, pipeline, partition).await? {
-                None => match client.create(&path, &to_json(&update(&Checkpoint::initial())), &persistent()).await {
+                None => match client
+                    .create(&path, &to_json(&update(&Checkpoint::initial())), &persistent(self.acls()))
+                    .await
+                {
                     Ok((stat, _)) => return Ok((update(&Checkpoint::initial()), stat.version)),
                     Err(ZkError::NodeExists) => continue,
                     Err(e) => return Err(err("create checkpoint", e)),
@@ -251,7 +316,7 @@ impl ZooKeeperCoordinator {
         let mut multi = client.new_multi_writer();
         let built = multi
             .add_check_version(&checkpoint_path, token)
-            .and_then(|_| multi.add_create(&segment_path, &to_json(segment), &persistent()))
+            .and_then(|_| multi.add_create(&segment_path, &to_json(segment), &persistent(self.acls())))
             .and_then(|_| multi.add_set_data(&checkpoint_path, &to_json(&next), Some(token)));
         built.map_err(|e| err("commit", e))?;
         match multi.commit().await {
@@ -292,23 +357,30 @@ impl Inner {
 }
 
 async fn open_session(options: &ZooKeeperOptions) -> Result<Client, CoordError> {
-    let root_client = Client::connector()
+    let mut connector = Client::connector()
         .with_session_timeout(options.session_timeout)
-        .with_connection_timeout(options.session_timeout)
+        .with_connection_timeout(options.session_timeout);
+    if let Some(auth) = &options.auth {
+        connector = connector.with_auth("digest", format!("{}:{}", auth.username, auth.password).as_bytes());
+    }
+    let root_client = connector
         .connect(&options.connect)
         .await
         .map_err(|e| err(&format!("connect to ZooKeeper at {}", options.connect), e))?;
     let client = if options.root == "/" {
         root_client
     } else {
-        root_client.mkdir(&options.root, &persistent()).await.map_err(|e| err("create the root node", e))?;
+        root_client
+            .mkdir(&options.root, &persistent(acls(options)))
+            .await
+            .map_err(|e| err("create the root node", e))?;
         root_client.chroot(options.root.clone()).map_err(|_| CoordError::Unexpected {
             operation: "chroot".into(),
             reason: format!("invalid root {}", options.root),
         })?
     };
     for dir in ["/workers", "/pipelines", "/leader"] {
-        client.mkdir(dir, &persistent()).await.map_err(|e| err("create top-level nodes", e))?;
+        client.mkdir(dir, &persistent(acls(options))).await.map_err(|e| err("create top-level nodes", e))?;
     }
     Ok(client)
 }
@@ -345,9 +417,10 @@ async fn follow_session(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         *strong.client.write().expect("client lock poisoned") = client.clone();
         let registered = strong.registered.lock().expect("registration lock poisoned").clone();
+        let node_acls = acls(&strong.options);
         drop(strong);
         if let Some(worker) = registered {
-            reregister(&client, &worker).await;
+            reregister(&client, &worker, node_acls).await;
         }
         let Some(strong) = inner.upgrade() else { return };
         strong.generation_tx.send_modify(|_| {});
@@ -358,13 +431,13 @@ async fn follow_session(inner: Weak<Inner>) {
 /// outlive it by up to a session timeout (a restarted server restores its
 /// sessions before expiring them), so wait for that node to go rather than
 /// give up: a worker missing from the list gets no partitions.
-async fn reregister(client: &Client, worker: &WorkerInfo) {
+async fn reregister(client: &Client, worker: &WorkerInfo, acls: Acls<'static>) {
     let path = format!("/workers/{}", worker.id);
     loop {
         if client.state().is_terminated() {
             return; // this session ended too; the next one registers
         }
-        match client.create(&path, &to_json(worker), &ephemeral()).await {
+        match client.create(&path, &to_json(worker), &ephemeral(acls)).await {
             Ok(_) => {
                 tracing::info!(worker = %worker.id, "registered again under the new session");
                 return;
@@ -395,7 +468,7 @@ impl Coordinator for ZooKeeperCoordinator {
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), CoordError> {
         let client = self.client();
         let path = format!("/workers/{}", worker.id);
-        match client.create(&path, &to_json(worker), &ephemeral()).await {
+        match client.create(&path, &to_json(worker), &ephemeral(self.acls())).await {
             Ok(_) => {}
             Err(ZkError::NodeExists) => {
                 // Ours from this session (a retry) is fine; another live
@@ -421,10 +494,13 @@ impl Coordinator for ZooKeeperCoordinator {
         let client = self.client();
         let session = self.generation();
         let dir = partition_dir(pipeline, partition);
-        client.mkdir(&dir, &persistent()).await.map_err(|e| err("acquire", e))?;
-        client.mkdir(&segments_dir(pipeline), &persistent()).await.map_err(|e| err("acquire", e))?;
+        client.mkdir(&dir, &persistent(self.acls())).await.map_err(|e| err("acquire", e))?;
+        client.mkdir(&segments_dir(pipeline), &persistent(self.acls())).await.map_err(|e| err("acquire", e))?;
         let lock = format!("{dir}/lock");
-        match client.create(&lock, &to_json(&LockData { owner: owner.to_string(), session }), &ephemeral()).await {
+        match client
+            .create(&lock, &to_json(&LockData { owner: owner.to_string(), session }), &ephemeral(self.acls()))
+            .await
+        {
             Ok(_) => {}
             Err(ZkError::NodeExists) => return Ok(None),
             Err(e) => return Err(err("acquire", e)),
@@ -538,7 +614,7 @@ impl Coordinator for ZooKeeperCoordinator {
 
     async fn segments(&self, pipeline: &str) -> Result<(Vec<SegmentRecord>, Change), CoordError> {
         let dir = segments_dir(pipeline);
-        self.client().mkdir(&dir, &persistent()).await.map_err(|e| err("list segments", e))?;
+        self.client().mkdir(&dir, &persistent(self.acls())).await.map_err(|e| err("list segments", e))?;
         let (mut records, change) = self.list_json::<SegmentRecord>(&dir, "list segments").await?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((records, change))
@@ -554,9 +630,9 @@ impl Coordinator for ZooKeeperCoordinator {
     async fn apply_pipeline(&self, pipeline: &str, config: &str) -> Result<(), CoordError> {
         let client = self.client();
         let dir = format!("/pipelines/{pipeline}");
-        client.mkdir(&dir, &persistent()).await.map_err(|e| err("apply pipeline", e))?;
+        client.mkdir(&dir, &persistent(self.acls())).await.map_err(|e| err("apply pipeline", e))?;
         let path = format!("{dir}/config");
-        match client.create(&path, config.as_bytes(), &persistent()).await {
+        match client.create(&path, config.as_bytes(), &persistent(self.acls())).await {
             Ok(_) => Ok(()),
             Err(ZkError::NodeExists) => {
                 client.set_data(&path, config.as_bytes(), None).await.map(|_| ()).map_err(|e| err("apply pipeline", e))
@@ -617,7 +693,7 @@ impl Coordinator for ZooKeeperCoordinator {
         let client = self.client();
         let generation = self.generation();
         let (_, sequence) = client
-            .create("/leader/n-", node.as_bytes(), &CreateMode::EphemeralSequential.with_acls(Acls::anyone_all()))
+            .create("/leader/n-", node.as_bytes(), &CreateMode::EphemeralSequential.with_acls(self.acls()))
             .await
             .map_err(|e| err("campaign", e))?;
         let mine = format!("n-{sequence}");

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_coordinator::{
-    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperCoordinator, ZooKeeperOptions, assigned_partitions,
-    fair_share,
+    CommitOutcome, Coordinator, SegmentRecord, WorkerInfo, ZooKeeperAuth, ZooKeeperCoordinator, ZooKeeperOptions,
+    assigned_partitions, fair_share,
 };
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 use zookeeper_client::Client;
 
 fn options(connect: String, root: &str) -> ZooKeeperOptions {
-    ZooKeeperOptions { connect, root: root.to_string(), session_timeout: Duration::from_secs(4) }
+    ZooKeeperOptions { connect, root: root.to_string(), session_timeout: Duration::from_secs(4), auth: None }
 }
 
 async fn node(zk: &ZooKeeper, root: &str) -> Arc<ZooKeeperCoordinator> {
@@ -229,6 +229,7 @@ async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(2),
+        auth: None,
     };
     let worker = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let info = WorkerInfo { id: "w1".into(), host: "h".into(), http_addr: "127.0.0.1:9100".into(), started_at_ms: 1 };
@@ -253,4 +254,38 @@ async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
     // ...and the new session acquires afresh, with a new epoch.
     let fresh = worker.acquire("clicks", 0, "w1").await.unwrap().expect("the old lock died with the old session");
     assert!(fresh.epoch() > lease.epoch());
+}
+
+/// With credentials, sluice's nodes carry ACLs: anyone may read them, only
+/// sluice's identity may create, change or delete; a client with the wrong
+/// password is refused like an anonymous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_credentials_only_sluice_can_change_its_nodes() {
+    use zookeeper_client::{Acls, CreateMode, Error as ZkError};
+    let zk = ZooKeeper::start().unwrap();
+    let root = format!("/{}", unique_name("acl"));
+    let secured = |password: &str| ZooKeeperOptions {
+        auth: Some(ZooKeeperAuth { username: "sluice".into(), password: password.into(), world_readable: true }),
+        ..options(zk.connect_string(), &root)
+    };
+    let sluice = ZooKeeperCoordinator::connect(secured("the right password")).await.unwrap();
+    sluice.apply_pipeline("events", "table = \"events\"").await.unwrap();
+
+    let anonymous = Client::connect(&zk.connect_string()).await.unwrap();
+    let (data, _) = anonymous.get_data(&format!("{root}/pipelines/events/config")).await.unwrap();
+    assert_eq!(data, b"table = \"events\"", "world-readable");
+    let config = format!("{root}/pipelines/events/config");
+    assert_eq!(anonymous.set_data(&config, b"table = \"evil\"", None).await.unwrap_err(), ZkError::NoAuth);
+    assert_eq!(anonymous.delete(&config, None).await.unwrap_err(), ZkError::NoAuth);
+    let intruder = anonymous
+        .create(&format!("{root}/pipelines/intruder"), b"x", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        .await;
+    assert_eq!(intruder.unwrap_err(), ZkError::NoAuth);
+
+    let Err(wrong) = ZooKeeperCoordinator::connect(secured("a wrong password")).await else {
+        panic!("a wrong password was let in")
+    };
+    assert!(wrong.to_string().contains("coordinator.auth"), "{wrong}");
+    sluice.apply_pipeline("events", "table = \"events\" # v2").await.unwrap();
+    assert!(sluice.acquire("events", 0, "w").await.unwrap().is_some());
 }

@@ -50,8 +50,12 @@ time = "1s"
 }
 
 async fn coordinator(zk: &ZooKeeper, root: &str) -> Arc<dyn Coordinator> {
-    let options =
-        ZooKeeperOptions { connect: zk.connect_string(), root: root.into(), session_timeout: Duration::from_secs(2) };
+    let options = ZooKeeperOptions {
+        connect: zk.connect_string(),
+        root: root.into(),
+        session_timeout: Duration::from_secs(2),
+        auth: None,
+    };
     Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
 }
 
@@ -301,6 +305,7 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(2),
+        auth: None,
     };
     let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let ctx_a = Arc::new(
@@ -453,6 +458,7 @@ async fn consumption_goes_on_while_a_commit_is_held_back() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(20),
+        auth: None,
     };
     let c: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let observer = coordinator(&zk, &root).await;
