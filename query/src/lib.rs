@@ -56,6 +56,12 @@ use sluice_config::QueryNodeConfig;
 use sluice_coordinator::Coordinator;
 use tokio::sync::watch;
 
+/// The wait before retry number `attempts` + 1: `min`, doubling, at most
+/// `max` (segment loads and the tail consumer back off alike).
+pub(crate) fn backoff(min: std::time::Duration, max: std::time::Duration, attempts: u32) -> std::time::Duration {
+    min.saturating_mul(1 << attempts.min(16)).min(max)
+}
+
 /// A running query node: the catalog follower and the HTTP server.
 pub struct QueryNode {
     pub addr: SocketAddr,

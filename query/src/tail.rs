@@ -246,20 +246,16 @@ impl TableView {
         if tail.over_limit {
             // Dropped when it outgrew the budget: read again from the end.
             tail.over_limit = false;
-            tail.builder = None;
-            tail.chunks.clear();
-            tail.reseek = Some(end + 1);
+            forget(tail, end);
             self.recharge(tail);
             return;
         }
         // The rows since the last publish become a chunk first, so the cut
-        // below sees every row the tail holds.
-        let next = tail.next_offset().unwrap_or(end + 1).max(end + 1);
-        if let Some(builder) = tail.builder.replace(ConsumingSegment::new(decoding.schema.clone(), partition, next))
-            && !builder.is_empty()
-            && let Some(chunk) = self.seal_chunk(&builder, partition, tail.newest_ms)
-        {
-            tail.chunks.push(chunk);
+        // below sees every row the tail holds; the next row the tail takes
+        // is above the committed end.
+        self.seal_tail(tail, partition, decoding);
+        if tail.builder.as_ref().is_none_or(|b| b.next_offset() <= end) {
+            tail.builder = Some(ConsumingSegment::new(decoding.schema.clone(), partition, end + 1));
         }
         tail.chunks.retain(|c| c.meta().end_offset > end);
         if let Some(first) = tail.chunks.first().filter(|c| c.meta().start_offset <= end).cloned() {
@@ -282,9 +278,7 @@ impl TableView {
     /// exactly-once over a faster answer.
     fn drop_tail(&self, tail: &mut PartitionTail, partition: i32, end: i64, error: &dyn std::fmt::Display) {
         tracing::warn!(table = %self.table.name(), partition, %error, "cutting the tail failed; reading it again");
-        tail.chunks.clear();
-        tail.builder = None;
-        tail.reseek = Some(end + 1);
+        forget(tail, end);
     }
 
     fn chunk_name(&self, partition: i32) -> String {
@@ -549,6 +543,13 @@ impl TableView {
     }
 }
 
+/// Empties a tail and has the consumer read it again from after `end`.
+fn forget(tail: &mut PartitionTail, end: i64) {
+    tail.chunks.clear();
+    tail.builder = None;
+    tail.reseek = Some(end + 1);
+}
+
 fn append(builder: &mut ConsumingSegment, decoder: &Decoder, offset: i64, payload: &[u8]) {
     // Bad records are the workers' to count and dead-letter; here they are
     // skipped, classified the same way.
@@ -632,7 +633,7 @@ async fn supervise(view: Arc<TableView>, coordinator: Arc<dyn Coordinator>, mut 
         if started.elapsed() > RETRY_MAX * 2 {
             attempts = 0; // it ran fine for a while: start the backoff over
         }
-        let backoff = RETRY_MIN.saturating_mul(1 << attempts.min(5)).min(RETRY_MAX);
+        let backoff = crate::backoff(RETRY_MIN, RETRY_MAX, attempts);
         attempts += 1;
         tracing::error!(table = %config.table, %error, retry_in = ?backoff, "the tail consumer failed; retrying");
         metrics::counter!("sluice_query_tail_failures_total", "table" => config.table.clone()).increment(1);

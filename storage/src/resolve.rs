@@ -199,9 +199,6 @@ impl Resolver {
     /// Deletes the object at `uri`; one already gone is not an error.
     pub async fn delete(&self, uri: &str) -> Result<(), StorageError> {
         let (store, path) = self.locate(uri)?;
-        match store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(StorageError::Backend { operation: "delete", uri: uri.to_string(), source }),
-        }
+        crate::store::delete(store.as_ref(), &path, || uri.to_string()).await
     }
 }

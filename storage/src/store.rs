@@ -133,10 +133,20 @@ impl DeepStore {
 
     /// Deletes object `name` of `table`; one already gone is not an error.
     pub async fn delete(&self, table: &str, name: &str) -> Result<(), StorageError> {
-        match self.store.delete(&self.path(table, name)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(StorageError::Backend { operation: "delete", uri: self.uri(table, name), source }),
-        }
+        delete(self.store.as_ref(), &self.path(table, name), || self.uri(table, name)).await
+    }
+}
+
+/// Deletes `path`; an object already gone is not an error. `uri` names it
+/// in the error.
+pub(crate) async fn delete(
+    store: &dyn ObjectStore,
+    path: &Path,
+    uri: impl FnOnce() -> String,
+) -> Result<(), StorageError> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(StorageError::Backend { operation: "delete", uri: uri(), source }),
     }
 }
 
