@@ -158,7 +158,7 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
     let coordinator = args.connect().await?;
     let (workers, _) = coordinator.workers().await?;
     println!("workers: {}", workers.len());
-    let mut stalled = Vec::new();
+    let (mut stalled, mut failing) = (Vec::new(), Vec::new());
     for w in &workers {
         // Each worker's own view of its partitions: `/health` on its HTTP
         // port (a wildcard listen address is reached on its host).
@@ -171,11 +171,25 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
                 for s in health["stalled"].as_array().into_iter().flatten() {
                     stalled.push((w.id.clone(), s.clone()));
                 }
+                for f in health["failingPipelines"].as_array().into_iter().flatten() {
+                    failing.push((w.id.clone(), f.clone()));
+                }
                 health["status"].as_str().unwrap_or("unknown").to_string()
             }
             Err(e) => format!("unreachable ({e})"),
         };
         println!("  {}\thost {}\thttp {}\thealth {health}", w.id, w.host, w.http_addr);
+    }
+    if !failing.is_empty() {
+        println!("failing pipelines: {}", failing.len());
+        for (worker, f) in &failing {
+            println!(
+                "  {}\ton {worker}\tfor {}s\t{}",
+                f["table"].as_str().unwrap_or("?"),
+                f["failing_for_s"],
+                f["reason"].as_str().unwrap_or("?")
+            );
+        }
     }
     if !stalled.is_empty() {
         println!("stalled partitions: {}", stalled.len());

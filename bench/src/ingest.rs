@@ -154,7 +154,12 @@ async fn main() -> anyhow::Result<()> {
             peak_bytes_per_row = peak_bytes_per_row.max(memory / in_flight);
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "sluice did not finish within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Each poll renders the worker's whole registry (3% of its CPU at
+        // 50 polls a second): every 100 ms until the last quarter of the
+        // rows (the last segment of each partition) is what remains, then
+        // every 10 ms, so the end is seen within 10 ms.
+        let near_end = committed >= records as f64 * 0.75 - 1.0;
+        tokio::time::sleep(Duration::from_millis(if near_end { 10 } else { 100 })).await;
     };
     let (segments, _) = observer.segments("clickstream").await?;
     let in_catalog: u64 = segments.iter().map(|s| s.row_count).sum();

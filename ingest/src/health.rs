@@ -8,6 +8,13 @@
 //! same records after a restart is not progress. A quiet topic is never
 //! stalled. `/health` turns unhealthy while any partition is stalled and
 //! names each with its reason; `sluice status` shows them.
+//!
+//! A whole pipeline can fail before it has partitions: it could not start
+//! (a deep store or Kafka client its config cannot make), or its Kafka
+//! source cannot be read (a wrong password, an untrusted certificate,
+//! unreachable brokers), so not even the topic's partitions are known. Such
+//! a pipeline is *failing* once that lasted `stall_timeout`, and shown the
+//! same way.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -39,6 +46,16 @@ pub struct Stall {
     pub reason: String,
 }
 
+/// A pipeline that cannot run on this worker, as `/health` and `sluice
+/// status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PipelineFailure {
+    pub table: String,
+    /// Seconds since the failure began.
+    pub failing_for_s: u64,
+    pub reason: String,
+}
+
 /// The worker's view of its partitions' progress, shared by the
 /// supervisors, the partition tasks and the HTTP endpoint.
 #[derive(Debug, Default)]
@@ -46,6 +63,8 @@ pub struct PartitionHealth {
     /// By table, then partition: a report (after every consumed batch) finds
     /// its entry by the borrowed table name, without allocating.
     tables: Mutex<BTreeMap<String, BTreeMap<i32, State>>>,
+    /// Failing pipelines: since when, and the latest reason.
+    pipelines: Mutex<BTreeMap<String, (Instant, String)>>,
 }
 
 impl PartitionHealth {
@@ -116,6 +135,37 @@ impl PartitionHealth {
         self.update(table, partition, |s| s.failure = Some(reason));
     }
 
+    /// The pipeline of `table` cannot run: `reason` says why. The failure
+    /// dates from the first report since the pipeline last ran.
+    pub fn pipeline_failing(&self, table: &str, reason: String) {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        match pipelines.get_mut(table) {
+            Some((_, latest)) => *latest = reason,
+            None => {
+                pipelines.insert(table.to_string(), (Instant::now(), reason));
+            }
+        }
+    }
+
+    /// The pipeline of `table` runs (or is no longer run here).
+    pub fn pipeline_running(&self, table: &str) {
+        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).remove(table);
+    }
+
+    /// Every pipeline failing for longer than `timeout`.
+    pub fn failing_pipelines(&self, timeout: Duration) -> Vec<PipelineFailure> {
+        let pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        pipelines
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() > timeout)
+            .map(|(table, (since, reason))| PipelineFailure {
+                table: table.clone(),
+                failing_for_s: since.elapsed().as_secs(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
     /// Every partition without progress for longer than `timeout` while it
     /// has work.
     pub fn stalled(&self, timeout: Duration) -> Vec<Stall> {
@@ -174,5 +224,19 @@ mod tests {
         assert_eq!(parts, vec![1, 3], "re-reading offsets already consumed is not progress");
         h.assigned("t", &[0]);
         assert!(h.stalled(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_pipeline_fails_from_its_first_report_until_it_runs() {
+        let h = PartitionHealth::default();
+        h.pipeline_failing("t", "SASL authentication error".into());
+        assert!(h.failing_pipelines(Duration::from_secs(60)).is_empty(), "not yet for long");
+        std::thread::sleep(Duration::from_millis(30));
+        h.pipeline_failing("t", "still failing".into());
+        let failing = h.failing_pipelines(Duration::from_millis(20));
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert_eq!(failing[0].reason, "still failing", "the latest reason, the first report's age");
+        h.pipeline_running("t");
+        assert!(h.failing_pipelines(Duration::ZERO).is_empty());
     }
 }

@@ -40,6 +40,8 @@ pub const OFFSET_GAP_RECORDS: &str = "sluice_offset_gap_records_total";
 pub const PARTITION_FAILURES: &str = "sluice_partition_failures_total";
 /// Partitions without progress while they have work (see `health`).
 pub const PARTITIONS_STALLED: &str = "sluice_partitions_stalled";
+/// Pipelines that cannot run: not started, or their source unreadable.
+pub const PIPELINES_FAILING: &str = "sluice_pipelines_failing";
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn install_recorder() -> PrometheusHandle {
@@ -65,7 +67,8 @@ pub fn install_recorder() -> PrometheusHandle {
 }
 
 /// Binds the worker's HTTP port: `/health` (503 with the stalled
-/// partitions while any partition stalls, see [`crate::health`]) and
+/// partitions and failing pipelines while there are any, see
+/// [`crate::health`]) and
 /// `/metrics`. Returns the bound address (the configured port may be 0).
 pub async fn serve(
     config: &HttpConfig,
@@ -82,11 +85,14 @@ pub async fn serve(
             "/health",
             get(move || async move {
                 let stalled = health.stalled(stall_timeout);
-                let status = if stalled.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let failing = health.failing_pipelines(stall_timeout);
+                let healthy = stalled.is_empty() && failing.is_empty();
+                let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 let body = serde_json::json!({
-                    "status": if stalled.is_empty() { "ok" } else { "unhealthy" },
+                    "status": if healthy { "ok" } else { "unhealthy" },
                     "worker": *worker,
                     "stalled": stalled,
+                    "failingPipelines": failing,
                 });
                 (status, axum::Json(body))
             }),

@@ -13,19 +13,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::{BadRecordPolicy, PipelineConfig};
 use sluice_coordinator::{Checkpoint, CommitOutcome, Coordinator, Lease, Position, SegmentRecord};
-use sluice_segments::{ConsumingSegment, SegmentSchema, seal};
+use sluice_segments::{ConsumingSegment, SegmentSchema, SegmentSize, seal};
 use sluice_storage::DeepStore;
 use tokio::sync::watch;
 
 use crate::budget::{MemoryBudget, Pressure};
 use crate::metrics as m;
-use sluice_decode::{BadRecord, Decoder};
+use sluice_decode::{BadRecord, Decoder, SourceConsumer, SourceContext};
 
 /// How a partition's ingestion ended. Whatever the exit, the lease was
 /// released before the task ended, so the partition can be acquired again.
@@ -101,13 +101,16 @@ pub struct PipelineContext {
     /// a client per partition multiplies fetch requests, threads and wakeups
     /// by the partition count (on the bench: 292k rows/s delivered by 48
     /// one-partition consumers against 572k by one consumer, at 2.6× the CPU).
-    consumer: Arc<StreamConsumer>,
+    /// Its context holds the source's last connection failure.
+    pub(crate) consumer: Arc<SourceConsumer>,
     /// Serves the consumer's own queue: errors and events. Messages never
     /// arrive there, because every partition's queue is split off before it
     /// is assigned.
     events: tokio::task::JoinHandle<()>,
-    /// Set once the consumer holds the topic's metadata (see [`ingest_partition`]).
-    metadata: tokio::sync::OnceCell<()>,
+    /// Set once the consumer holds the topic's metadata (see
+    /// [`ingest_partition`]); the worker's supervisor sets it when it reads
+    /// the partition count through this consumer.
+    pub(crate) metadata: tokio::sync::OnceCell<()>,
     /// Where partitions report progress (the worker's, or a private one).
     pub health: Arc<crate::health::PartitionHealth>,
 }
@@ -118,32 +121,44 @@ impl Drop for PipelineContext {
     }
 }
 
+/// Why a pipeline's Kafka clients could not be made: librdkafka refused
+/// its `source.properties` (an unknown property, a value out of range, a
+/// certificate file it cannot read).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineStartError {
+    #[error("pipeline `{table}`: cannot create its dead-letter producer: {source}")]
+    DeadLetterProducer { table: String, source: rdkafka::error::KafkaError },
+    #[error("pipeline `{table}`: cannot create its Kafka consumer: {source}")]
+    Consumer { table: String, source: rdkafka::error::KafkaError },
+}
+
 impl PipelineContext {
     pub fn new(
         config: Arc<PipelineConfig>,
         coordinator: Arc<dyn Coordinator>,
         store: DeepStore,
         budget: Arc<MemoryBudget>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PipelineStartError> {
+        let table = || config.table.clone();
         let dead_letters = match config.bad_records.policy {
             BadRecordPolicy::DeadLetter => Some(
                 kafka_config(&config)
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
                     .create::<FutureProducer>()
-                    .map_err(|e| format!("dead-letter producer: {e}"))?,
+                    .map_err(|source| PipelineStartError::DeadLetterProducer { table: table(), source })?,
             ),
             _ => None,
         };
-        let consumer: Arc<StreamConsumer> = Arc::new(
+        let consumer: Arc<SourceConsumer> = Arc::new(
             sluice_decode::consumer_config(&config)
                 .set("group.id", format!("sluice-{}", config.table))
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
                 .set("auto.offset.reset", "earliest")
-                .create()
-                .map_err(|e| format!("Kafka consumer: {e}"))?,
+                .create_with_context(SourceContext::new(&config.table))
+                .map_err(|source| PipelineStartError::Consumer { table: table(), source })?,
         );
         let events = tokio::spawn(serve_events(consumer.clone(), config.table.clone()));
         Ok(Self {
@@ -188,7 +203,7 @@ fn mirror_offset(ctx: &PipelineContext, partition: i32, next_offset: i64) {
 /// whose queue was not split off: that cannot happen (the split comes before
 /// the assignment and librdkafka never forwards a queue the application
 /// split), and it is reported loudly if it ever does.
-async fn serve_events(consumer: Arc<StreamConsumer>, table: String) {
+async fn serve_events(consumer: Arc<SourceConsumer>, table: String) {
     loop {
         match consumer.recv().await {
             Ok(message) => tracing::error!(
@@ -198,7 +213,9 @@ async fn serve_events(consumer: Arc<StreamConsumer>, table: String) {
                 "a record arrived on the pipeline's shared queue instead of its partition's; it is not ingested from there"
             ),
             Err(e) => {
-                tracing::warn!(%table, error = %e, "Kafka");
+                // The code alone; the consumer's context logs the reason
+                // and keeps it for health (see `SourceContext`).
+                tracing::debug!(%table, error = %e, "Kafka");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -297,6 +314,7 @@ async fn consume_partition(
         ready: Default::default(),
         next_start: lease.checkpoint.next_offset,
         started: None,
+        last_size: None,
         records: metrics::counter!(m::RECORDS_CONSUMED, &labels),
         bytes: metrics::counter!(m::BYTES_CONSUMED, &labels),
         labels: labels.clone(),
@@ -477,6 +495,8 @@ struct Consuming {
     /// record.
     next_start: Option<i64>,
     started: Option<Instant>,
+    /// The size of the last segment cut, which the next one is sized for.
+    last_size: Option<SegmentSize>,
     /// Handles resolved once: a record costs two atomic adds, not two
     /// registry lookups with their label allocations.
     records: metrics::Counter,
@@ -521,7 +541,12 @@ impl Consuming {
             // Continue exactly where the checkpoint (or the segment in
             // flight) ends; a first segment starts at the first record read.
             let start = self.next_start.unwrap_or(offset);
-            ConsumingSegment::new(ctx.schema.clone(), partition, start)
+            let segment = ConsumingSegment::new(ctx.schema.clone(), partition, start);
+            let max_rows = usize::try_from(ctx.config.flush.rows).unwrap_or(usize::MAX);
+            match &self.last_size {
+                Some(size) => segment.sized(size, max_rows),
+                None => segment,
+            }
         });
         let expected = segment.next_offset();
         if offset < expected {
@@ -572,6 +597,7 @@ impl Consuming {
         if let Some(segment) = self.segment.take() {
             self.next_start = segment.last_offset().map(|o| o + 1).or(self.next_start);
             self.started = None;
+            self.last_size = Some(segment.size());
             self.ready.push_back(segment);
         }
     }
@@ -681,6 +707,7 @@ async fn begin_flush(
             }
             state.next_start = segment.last_offset().map(|o| o + 1);
             state.started = None;
+            state.last_size = Some(segment.size());
             segment
         }
     };

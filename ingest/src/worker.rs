@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use sluice_config::{LoadedWorker, PipelineConfig, ProcessEnv};
 use sluice_coordinator::duties::Duties;
 use sluice_coordinator::{Coordinator, WorkerInfo, assigned_partitions};
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::budget::MemoryBudget;
 use crate::health::PartitionHealth;
-use crate::partition::{Exit, PipelineContext, ingest_partition, kafka_config};
+use crate::partition::{Exit, PipelineContext, ingest_partition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -88,6 +88,11 @@ pub async fn run_worker(
             for s in &stalled {
                 tracing::warn!(table = %s.table, partition = s.partition, stalled_for_s = s.stalled_for_s, reason = %s.reason, "partition stalled");
             }
+            let failing = stall_gauge.failing_pipelines(stall_timeout);
+            metrics::gauge!(crate::metrics::PIPELINES_FAILING).set(failing.len() as f64);
+            for f in &failing {
+                tracing::warn!(table = %f.table, failing_for_s = f.failing_for_s, reason = %f.reason, "pipeline failing");
+            }
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
@@ -129,6 +134,10 @@ pub async fn run_worker(
         // The pipelines to run: the worker's files, then those applied to
         // the coordinator (a file wins over an applied config of the same table).
         let mut wanted: BTreeMap<String, PipelineConfig> = local.iter().map(|p| (p.table.clone(), p.clone())).collect();
+        // A pipeline that could not start is tried again after a while,
+        // not only when the configs change: what it lacked (a bucket, a
+        // certificate file) may appear.
+        let mut retry_soon = false;
         let changed = if config.pipelines.from_coordinator {
             match coordinator.pipelines().await {
                 Ok((applied, changed)) => {
@@ -138,7 +147,9 @@ pub async fn run_worker(
                                 wanted.entry(p.table.clone()).or_insert(p);
                             }
                             Err(e) => {
-                                tracing::error!(pipeline = %name, error = %e, "applied pipeline does not validate here; not running it")
+                                tracing::error!(pipeline = %name, error = %e, "applied pipeline does not validate here; not running it");
+                                health.pipeline_failing(&name, format!("does not validate on this worker: {e}"));
+                                retry_soon = true;
                             }
                         }
                     }
@@ -162,6 +173,7 @@ pub async fn run_worker(
         for table in stale {
             tracing::info!(%table, "pipeline removed or changed: stopping it");
             supervisors.remove(&table).expect("present").stop().await;
+            health.pipeline_running(&table);
         }
         for (table, pipeline) in wanted {
             if supervisors.contains_key(&table) {
@@ -172,6 +184,8 @@ pub async fn run_worker(
                     Ok(store) => store,
                     Err(e) => {
                         tracing::error!(%table, error = %e, "deep store");
+                        health.pipeline_failing(&table, format!("deep store: {e}"));
+                        retry_soon = true;
                         continue;
                     }
                 },
@@ -183,12 +197,19 @@ pub async fn run_worker(
                     tracing::info!(%table, "starting pipeline");
                     supervisors.insert(table, Supervisor::start(Arc::new(ctx), id.clone()));
                 }
-                Err(e) => tracing::error!(%table, error = %e, "cannot start pipeline"),
+                Err(e) => {
+                    tracing::error!(%table, error = %e, "cannot start pipeline");
+                    health.pipeline_failing(&table, e.to_string());
+                    retry_soon = true;
+                }
             }
         }
         let changed = async move {
             match changed {
-                Some(changed) => changed.await,
+                Some(changed) if !retry_soon => changed.await,
+                Some(changed) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), changed).await;
+                }
                 None => tokio::time::sleep(Duration::from_secs(5)).await,
             }
         };
@@ -263,9 +284,6 @@ fn schedule_retry(retries: &mut BTreeMap<i32, Retry>, partition: i32, started: I
 /// Keeps this worker's share of a pipeline's partitions running.
 async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Receiver<bool>) {
     let table = ctx.config.table.clone();
-    let metadata: Option<BaseConsumer> =
-        kafka_config(&ctx.config).set("group.id", format!("sluice-{table}")).create().ok();
-    let metadata = Arc::new(metadata);
     let mut partitions = 0;
     let mut running: BTreeMap<i32, Running> = BTreeMap::new();
     let mut retries: BTreeMap<i32, Retry> = BTreeMap::new();
@@ -275,24 +293,44 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
             break;
         }
         // Partition count from Kafka, every round: growth is picked up
-        // without a restart.
+        // without a restart. Reading it is also the proof that the source
+        // can be read: until it can, the pipeline is failing, for the
+        // reason librdkafka gave (a wrong password, an untrusted
+        // certificate, no broker reachable, no such topic).
         let topic = ctx.config.source.topic.clone();
-        let meta = metadata.clone();
-        let count = tokio::task::spawn_blocking(move || {
-            let consumer = meta.as_ref().as_ref()?;
-            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).ok()?;
-            md.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32)
-        })
-        .await
-        .ok()
-        .flatten();
+        let consumer = ctx.consumer.clone();
+        let count =
+            tokio::task::spawn_blocking(move || match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                Ok(md) => match md.topics().first().map(|t| (t, t.error())) {
+                    Some((t, None)) => Ok(t.partitions().len() as i32),
+                    Some((_, Some(e))) => {
+                        Err(format!("topic `{topic}`: {}", rdkafka::types::RDKafkaErrorCode::from(e)))
+                    }
+                    None => Err(format!("no metadata for topic `{topic}`")),
+                },
+                Err(e) => Err(e.to_string()),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
         match count {
-            Some(n) if n != partitions => {
-                tracing::info!(%table, partitions = n, "topic partitions");
-                partitions = n;
+            Ok(n) => {
+                // The consumer now holds the topic's leaders: its partitions
+                // need not fetch them again before their first assignment.
+                let _ = ctx.metadata.set(());
+                ctx.consumer.context().recovered();
+                health.pipeline_running(&table);
+                if n != partitions {
+                    tracing::info!(%table, partitions = n, "topic partitions");
+                    partitions = n;
+                }
             }
-            Some(_) => {}
-            None => tracing::warn!(%table, "cannot read the topic's partitions from Kafka; keeping {partitions}"),
+            Err(e) => {
+                let reason = ctx.consumer.context().failure().unwrap_or_else(|| {
+                    format!("pipeline `{table}` cannot read the partitions of its Kafka topic: {e}")
+                });
+                tracing::warn!(%table, error = %e, "cannot read the topic's partitions from Kafka; keeping {partitions}");
+                health.pipeline_failing(&table, reason);
+            }
         }
         let (mine, changed) = match assigned_partitions(ctx.coordinator.as_ref(), &table, partitions, &me).await {
             Ok(assigned) => assigned,
@@ -403,4 +441,5 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
     }
     // The pipeline is no longer run here: none of its partitions can stall.
     health.assigned(&table, &[]);
+    health.pipeline_running(&table);
 }

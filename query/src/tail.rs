@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::PipelineConfig;
 use sluice_coordinator::{Checkpoint, Coordinator, Position};
@@ -667,14 +667,14 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let topic = config.source.topic.clone();
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<sluice_decode::SourceConsumer> = Arc::new(
         sluice_decode::consumer_config(config)
             .set("group.id", format!("sluice-query-{}", config.table))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?,
+            .create_with_context(sluice_decode::SourceContext::new(&config.table))?,
     );
     tracing::info!(table = %config.table, "following the tail");
     let mut assigned: BTreeMap<i32, ()> = BTreeMap::new();
@@ -693,6 +693,30 @@ async fn run(
             .await
             .ok()
             .flatten();
+            // The source unreadable (a wrong password, an untrusted
+            // certificate) shows as the consumer erroring, with librdkafka's
+            // reason; readable again, it is running.
+            match (count, consumer.context().failure()) {
+                (Some(_), _) => {
+                    consumer.context().recovered();
+                    if failing_since.take().is_some() {
+                        view.set_consumer(|s| {
+                            s.state = "running".into();
+                            s.error = None;
+                        });
+                    }
+                }
+                (None, Some(failure)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > ERRORS_SHOWN_AFTER {
+                        view.set_consumer(|s| {
+                            s.state = "erroring".into();
+                            s.error = Some(failure);
+                        });
+                    }
+                }
+                (None, None) => {}
+            }
             let new: Vec<i32> = (0..count.unwrap_or(0)).filter(|p| !assigned.contains_key(p)).collect();
             for partition in new {
                 let fallback = fallback_start(coordinator, config, partition).await;
@@ -727,7 +751,8 @@ async fn run(
                         tracing::warn!(table = %config.table, error = %e, "tail: Kafka; retrying");
                         let since = *failing_since.get_or_insert_with(Instant::now);
                         if since.elapsed() > ERRORS_SHOWN_AFTER {
-                            view.set_consumer(|s| { s.state = "erroring".into(); s.error = Some(e.to_string()); });
+                            let error = consumer.context().failure().unwrap_or_else(|| e.to_string());
+                            view.set_consumer(|s| { s.state = "erroring".into(); s.error = Some(error); });
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         None

@@ -1,5 +1,6 @@
 //! The consuming segment: rows of one partition being appended, with live
-//! statistics and indexes, until the segment is sealed.
+//! statistics (and, when queried in place, live indexes), until the segment
+//! is sealed.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -22,6 +23,13 @@ const INDEX_MEMORY_RECOUNT_ROWS: u64 = 65_536;
 /// roaring array container).
 const INDEX_BYTES_PER_ROW: usize = 2;
 
+/// How large a consuming segment grew: rows, and string bytes per column.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentSize {
+    pub rows: usize,
+    pub bytes: Vec<usize>,
+}
+
 pub struct ConsumingSegment {
     schema: Arc<SegmentSchema>,
     partition: i32,
@@ -31,7 +39,9 @@ pub struct ConsumingSegment {
     columns: Vec<ColumnBuilder>,
     offsets: Vec<i64>,
     live: Vec<Option<LiveIndex>>,
-    stats: Vec<LiveStats>,
+    /// Min/max per column as rows arrive, kept only with live indexes (for
+    /// pruning in place); otherwise computed from the buffers when asked.
+    stats: Option<Vec<LiveStats>>,
     index_bytes_counted: usize,
     rows_since_recount: u64,
     /// Offset ranges (inclusive) Kafka never delivered between consumed
@@ -41,13 +51,29 @@ pub struct ConsumingSegment {
 
 impl ConsumingSegment {
     /// An empty segment of `partition` whose first record is at `start_offset`
-    /// (the partition checkpoint's next offset).
+    /// (the partition checkpoint's next offset), without live indexes.
+    ///
+    /// Both of sluice's consuming segments are such: a worker's rows are queried once
+    /// committed, a query node's tail once published as a sealed chunk, and
+    /// sealing builds every index from the columns. Live indexes there cost
+    /// a tenth of a worker's CPU per row and served no query.
     pub fn new(schema: Arc<SegmentSchema>, partition: i32, start_offset: i64) -> Self {
+        Self::build(schema, partition, start_offset, false)
+    }
+
+    /// An empty segment with live indexes on the schema's indexed columns,
+    /// for a consuming segment queried in place ([`ConsumingSegment::evaluate`]
+    /// answers indexed predicates from them instead of scanning).
+    pub fn with_live_indexes(schema: Arc<SegmentSchema>, partition: i32, start_offset: i64) -> Self {
+        Self::build(schema, partition, start_offset, true)
+    }
+
+    fn build(schema: Arc<SegmentSchema>, partition: i32, start_offset: i64, indexed: bool) -> Self {
         let columns = schema.columns.iter().map(|c| ColumnBuilder::new(c.data_type, c.arrow_type())).collect();
         let live = (0..schema.columns.len())
-            .map(|i| schema.live_indexed(i).then(|| LiveIndex::new(schema.columns[i].data_type)))
+            .map(|i| (indexed && schema.live_indexed(i)).then(|| LiveIndex::new(schema.columns[i].data_type)))
             .collect();
-        let stats = vec![LiveStats::default(); schema.columns.len()];
+        let stats = indexed.then(|| vec![LiveStats::default(); schema.columns.len()]);
         Self {
             schema,
             partition,
@@ -61,6 +87,26 @@ impl ConsumingSegment {
             rows_since_recount: 0,
             gaps: Vec::new(),
         }
+    }
+
+    /// Rows and string bytes per column this segment holds, to size the
+    /// next one of the partition ([`ConsumingSegment::sized`]).
+    pub fn size(&self) -> SegmentSize {
+        SegmentSize { rows: self.offsets.len(), bytes: self.columns.iter().map(ColumnBuilder::data_bytes).collect() }
+    }
+
+    /// Sizes this (empty) segment's buffers for `size`, when it is at most
+    /// `max_rows` rows: consecutive segments of a partition are alike, so
+    /// the next one fills without regrowing its buffers, each growth a copy
+    /// of everything so far.
+    pub fn sized(mut self, size: &SegmentSize, max_rows: usize) -> Self {
+        if size.rows <= max_rows && size.bytes.len() == self.columns.len() {
+            for (column, bytes) in self.columns.iter_mut().zip(&size.bytes) {
+                column.reserve(size.rows, *bytes);
+            }
+            self.offsets.reserve_exact(size.rows);
+        }
+        self
     }
 
     pub fn schema(&self) -> &Arc<SegmentSchema> {
@@ -144,15 +190,19 @@ impl ConsumingSegment {
         let row_id = self.offsets.len() as u32;
         for (i, datum) in row.iter().enumerate() {
             self.columns[i].push(datum);
-            // Borrowed keys: a key is allocated only when it is new to the
-            // index or a new minimum or maximum.
-            if let Some(key) = KeyRef::of(datum) {
-                if let Some(index) = &mut self.live[i]
-                    && let Some(bytes) = index.add(key, row_id)
-                {
-                    self.index_bytes_counted += bytes;
+        }
+        if let Some(stats) = &mut self.stats {
+            for (i, datum) in row.iter().enumerate() {
+                // Borrowed keys: a key is allocated only when it is new to
+                // the index or a new minimum or maximum.
+                if let Some(key) = KeyRef::of(datum) {
+                    if let Some(index) = &mut self.live[i]
+                        && let Some(bytes) = index.add(key, row_id)
+                    {
+                        self.index_bytes_counted += bytes;
+                    }
+                    stats[i].observe(key);
                 }
-                self.stats[i].observe(key);
             }
         }
         self.offsets.push(offset);
@@ -199,7 +249,14 @@ impl ConsumingSegment {
     /// Statistics of column `column` so far (no distinct count).
     pub fn column_stats(&self, column: usize) -> ColumnStats {
         let spec = &self.schema.columns[column];
-        self.stats[column].to_stats(spec.data_type, self.columns[column].null_count() as u64)
+        let nulls = self.columns[column].null_count() as u64;
+        match &self.stats {
+            Some(stats) => stats[column].to_stats(spec.data_type, nulls),
+            None => {
+                let (min, max) = self.columns[column].min_max().unzip();
+                LiveStats { min, max }.to_stats(spec.data_type, nulls)
+            }
+        }
     }
 
     /// The rows so far as Arrow arrays (copies), with the offset column last.

@@ -32,7 +32,7 @@ mod sealed;
 mod stats;
 pub mod types;
 
-pub use consuming::ConsumingSegment;
+pub use consuming::{ConsumingSegment, SegmentSize};
 pub use error::{RowError, Section, SegmentError};
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use index::IndexKind;

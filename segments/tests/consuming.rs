@@ -11,7 +11,7 @@ use sluice_segments::{CmpOp, ConsumingSegment, Datum, Predicate, RowError, Scala
 /// the previous version's.
 #[test]
 fn metadata_of_the_previous_version_reads_without_gaps() {
-    let mut segment = ConsumingSegment::new(common::clickstream_schema(None), 0, 0);
+    let mut segment = ConsumingSegment::with_live_indexes(common::clickstream_schema(None), 0, 0);
     common::fill(&mut segment, 10, 7);
     let image = seal(&segment, "s", 0).unwrap();
     let json = serde_json::to_value(&image.meta).unwrap();
@@ -23,7 +23,7 @@ fn metadata_of_the_previous_version_reads_without_gaps() {
 #[test]
 fn a_bad_row_is_refused_and_leaves_the_segment_unchanged() {
     let schema = common::clickstream_schema(None);
-    let mut segment = ConsumingSegment::new(schema, 0, 0);
+    let mut segment = ConsumingSegment::with_live_indexes(schema, 0, 0);
     common::fill(&mut segment, 10, 7);
     let before = segment.to_record_batch().unwrap();
     let memory = segment.memory_bytes();
@@ -55,7 +55,7 @@ fn a_bad_row_is_refused_and_leaves_the_segment_unchanged() {
 
 #[test]
 fn offsets_skipped_records_and_the_next_checkpoint() {
-    let mut segment = ConsumingSegment::new(common::clickstream_schema(None), 4, 1_000);
+    let mut segment = ConsumingSegment::with_live_indexes(common::clickstream_schema(None), 4, 1_000);
     assert_eq!(segment.next_offset(), 1_000);
     assert!(seal(&segment, "s", 0).is_err(), "nothing consumed, nothing to seal");
     segment.skip(1_000).unwrap();
@@ -74,7 +74,7 @@ fn offsets_skipped_records_and_the_next_checkpoint() {
 #[test]
 fn reported_memory_is_within_one_and_a_half_times_the_arrow_size_plus_indexes() {
     for rows in [1_000u32, 50_000, 200_000] {
-        let mut segment = ConsumingSegment::new(common::clickstream_schema(None), 0, 0);
+        let mut segment = ConsumingSegment::with_live_indexes(common::clickstream_schema(None), 0, 0);
         common::fill(&mut segment, rows, 11);
         let reported = segment.memory_bytes() as f64;
         let arrow: usize = segment.arrays().iter().map(|a| a.to_data().get_slice_memory_size().unwrap()).sum();
@@ -88,7 +88,7 @@ fn reported_memory_is_within_one_and_a_half_times_the_arrow_size_plus_indexes() 
 #[test]
 fn sealing_sorts_dictionary_encodes_and_keeps_stats() {
     let schema = common::clickstream_schema(Some("country"));
-    let mut segment = ConsumingSegment::new(schema, 2, 0);
+    let mut segment = ConsumingSegment::with_live_indexes(schema, 2, 0);
     common::fill(&mut segment, 5_000, 3);
     let image = seal(&segment, "clicks__2__0__20261125T1000Z", 42).unwrap();
     let meta = image.meta.clone();

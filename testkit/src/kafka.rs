@@ -118,20 +118,22 @@ impl KafkaBroker {
                 }
             }
         }
-        let bootstrap = self.bootstrap.clone();
-        let topic_name = topic.to_string();
-        crate::wait_until(&format!("topic {topic} shows {partitions} partitions"), Duration::from_secs(30), || {
-            let bootstrap = bootstrap.clone();
-            let topic_name = topic_name.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    partition_count(&bootstrap, &topic_name).ok() == Some(partitions as usize)
-                })
-                .await
-                .unwrap_or(false)
-            }
-        })
-        .await
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        wait_for_partitions(config, topic, partitions).await
+    }
+
+    /// Creates `topic` on the mock cluster without waiting for its metadata
+    /// (for a cluster reached through fronts, whose clients need more than
+    /// the bootstrap servers).
+    pub fn create_topic_unchecked(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        self.command(&format!("create-topic {topic} {partitions}"))
+    }
+
+    /// Makes the metadata of broker `broker_id` (1-based) send clients to
+    /// `addr` instead of the broker's own port.
+    pub fn advertise(&self, broker_id: i32, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        self.command(&format!("advertise {broker_id} {} {}", addr.ip(), addr.port()))
     }
 
     /// Takes every broker down: connections are closed and refused until
@@ -182,10 +184,29 @@ impl KafkaBroker {
     }
 }
 
+/// Waits until the metadata a client with `config` gets shows `topic` with
+/// `partitions` partitions.
+pub async fn wait_for_partitions(config: ClientConfig, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    crate::wait_until(&format!("topic {topic} shows {partitions} partitions"), Duration::from_secs(30), || {
+        let (config, topic) = (config.clone(), topic.to_string());
+        async move {
+            tokio::task::spawn_blocking(move || partition_count_with(config, &topic).ok() == Some(partitions as usize))
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await
+}
+
 /// The partition count of `topic` as the broker's metadata reports it.
 pub fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "testkit-metadata").create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    partition_count_with(config, topic)
+}
+
+fn partition_count_with(mut config: ClientConfig, topic: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = config.set("group.id", "testkit-metadata").create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let topic_meta = metadata.topics().first().ok_or_else(|| anyhow!("no metadata for {topic}"))?;
     if let Some(error) = topic_meta.error() {
@@ -202,8 +223,15 @@ pub struct TestProducer {
 
 impl TestProducer {
     pub fn new(bootstrap: &str) -> anyhow::Result<Self> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        Self::with_config(config)
+    }
+
+    /// A producer with `config`'s connection settings (bootstrap servers,
+    /// TLS, SASL).
+    pub fn with_config(mut config: ClientConfig) -> anyhow::Result<Self> {
+        let producer = config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")

@@ -1,7 +1,8 @@
 //! Real services for sluice's tests: ZooKeeper servers from Debian's
 //! `zookeeper` package, a Kafka-protocol broker (librdkafka's mock cluster
 //! in a process of its own, or an external broker) and an S3-compatible
-//! server (moto's), on loopback.
+//! server (moto's), on loopback; and the same broker behind a TLS/SASL
+//! front ([`SecureKafka`]) for the Kafka-security tests.
 //!
 //! Invariants:
 //! - Nothing here stands in for ZooKeeper or Kafka: every service is a real
@@ -15,10 +16,12 @@
 //!   offsets being exact.
 
 pub mod kafka;
+pub mod kafka_front;
 pub mod net;
 pub mod process;
 pub mod proxy;
 pub mod s3;
+pub mod secure_kafka;
 mod wait;
 pub mod zookeeper;
 
@@ -28,6 +31,7 @@ pub use kafka::{EXTERNAL_BROKER_ENV, KafkaBroker, TestProducer};
 pub use process::GuardedChild;
 pub use proxy::TcpProxy;
 pub use s3::S3Server;
+pub use secure_kafka::{Requirements, SecureKafka, self_signed_certificate};
 pub use wait::{wait_until, wait_until_blocking};
 pub use zookeeper::{ZooKeeper, ZooKeeperEnsemble};
 
