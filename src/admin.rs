@@ -43,10 +43,17 @@ impl CoordinatorArgs {
                 }
                 Err(_) => None,
             };
+            // TLS to ZooKeeper's secure port: `SLUICE_ZOOKEEPER_CA=<PEM file>`.
+            let tls = std::env::var_os("SLUICE_ZOOKEEPER_CA").map(|ca| sluice_config::ZooKeeperTlsConfig {
+                ca: ca.into(),
+                cert: None,
+                key: None,
+            });
             let config = CoordinatorConfig {
                 connect: connect.clone(),
                 root: self.root.clone(),
                 auth,
+                tls,
                 ..CoordinatorConfig::embedded()
             };
             if let Err(why) = config.endpoint() {

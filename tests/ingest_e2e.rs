@@ -125,6 +125,7 @@ async fn setup(partitions: i32, name: &str) -> Setup {
         connect: zk.connect_string(),
         root: cluster.root.clone(),
         session_timeout: Duration::from_secs(30),
+        tls: None,
         auth: None,
     })
     .await

@@ -113,6 +113,7 @@ async fn observer(zk: &ZooKeeper, root: &str) -> ZooKeeperCoordinator {
         connect: zk.connect_string(),
         root: root.to_string(),
         session_timeout: Duration::from_secs(10),
+        tls: None,
         auth: None,
     })
     .await

@@ -47,6 +47,7 @@ async fn segments_go_through_s3_and_survive_its_failures() {
         connect: zk.connect_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(30),
+        tls: None,
         auth: None,
     })
     .await

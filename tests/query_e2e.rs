@@ -133,6 +133,7 @@ async fn query_node_follows_the_catalog() {
             connect: zk.connect_string(),
             root: root.clone(),
             session_timeout: Duration::from_secs(4),
+            tls: None,
             auth: None,
         })
         .await

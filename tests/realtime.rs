@@ -34,6 +34,7 @@ impl Cluster {
             connect: zk.connect_string(),
             root: root.clone(),
             session_timeout: Duration::from_secs(30),
+            tls: None,
             auth: None,
         })
         .await

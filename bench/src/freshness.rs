@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         connect: zk.connect_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(30),
+        tls: None,
         auth: None,
     })
     .await?;

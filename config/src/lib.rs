@@ -29,7 +29,7 @@ pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
     CoordinatorConfig, CoordinatorEndpoint, HttpAuth, HttpConfig, HttpUser, ObjectStoreConfig, PipelineSources,
-    QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig,
+    QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig, ZooKeeperTlsConfig,
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,

@@ -29,6 +29,25 @@ pub struct CoordinatorConfig {
     /// this identity only. Absent: world-writable nodes (a trusted network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<ZooKeeperAuthConfig>,
+    /// TLS to ZooKeeper's secure client port (`secureClientPort`): every
+    /// connection is encrypted and the servers' certificates verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ZooKeeperTlsConfig>,
+}
+
+/// How to reach ZooKeeper over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperTlsConfig {
+    /// PEM certificate(s) of the authority that signed the servers'
+    /// certificates (their names must match the connect string's hosts).
+    pub ca: PathBuf,
+    /// A client certificate and its key (PEM), for servers that require
+    /// client authentication (`ssl.clientAuth=need`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// A ZooKeeper digest identity (`addauth digest user:password`); write the
@@ -74,6 +93,7 @@ impl CoordinatorConfig {
             root: Self::default_root(),
             session_timeout: Self::default_session_timeout(),
             auth: None,
+            tls: None,
         }
     }
 
@@ -91,6 +111,14 @@ impl CoordinatorConfig {
             }
             if auth.password.len() < 8 {
                 p.push("coordinator.auth.password", "a short password", "at least 8 characters");
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                p.push("coordinator.tls", "only one of `cert` and `key`", "both (client authentication) or neither");
+            }
+            if self.connect.trim() == "embedded" {
+                p.push("coordinator.tls", "TLS with `connect = \"embedded\"`", "a ZooKeeper connect string");
             }
         }
         if let Err(why) = self.endpoint() {

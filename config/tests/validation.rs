@@ -340,6 +340,18 @@ fn malformed_zookeeper_connect_string() {
 }
 
 #[test]
+fn zookeeper_tls_needs_both_or_neither_of_cert_and_key() {
+    let with_tls =
+        |tls: &str| WORKER.replace("session_timeout = \"10s\"\n", &format!("session_timeout = \"10s\"\n{tls}"));
+    let config = worker(&with_tls("[coordinator.tls]\nca = \"/etc/zk/ca.pem\"\n")).unwrap();
+    assert_eq!(config.coordinator.tls.unwrap().ca, Path::new("/etc/zk/ca.pem"));
+    let error = worker(&with_tls("[coordinator.tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\n")).unwrap_err();
+    assert_eq!(error.problems()[0].field, "coordinator.tls", "{error}");
+    let error = worker(&with_tls("[coordinator.tls]\nca = \"/ca.pem\"\ncertificate = \"/c.pem\"\n")).unwrap_err();
+    assert!(error.to_string().contains("certificate"), "unknown fields are refused: {error}");
+}
+
+#[test]
 fn worker_rules() {
     let error = worker(&WORKER.replace("root = \"/sluice\"", "root = \"sluice/\"")).unwrap_err();
     assert_eq!(error.problems()[0].field, "coordinator.root");

@@ -41,6 +41,9 @@ pub struct ZooKeeperOptions {
     /// Digest credentials: every node this session creates is then writable
     /// only by that identity. None: world-writable nodes (a trusted network).
     pub auth: Option<ZooKeeperAuth>,
+    /// TLS to the servers' secure client port: the CA to verify them with,
+    /// and an optional client identity.
+    pub tls: Option<sluice_config::ZooKeeperTlsConfig>,
 }
 
 /// ZooKeeper digest authentication and the ACLs it puts on sluice's nodes.
@@ -68,6 +71,7 @@ impl ZooKeeperOptions {
             connect: config.connect.clone(),
             root: config.root.clone(),
             session_timeout: config.session_timeout,
+            tls: config.tls.clone(),
             auth: config.auth.as_ref().map(|a| ZooKeeperAuth {
                 username: a.username.clone(),
                 password: a.password.clone(),
@@ -363,10 +367,11 @@ async fn open_session(options: &ZooKeeperOptions) -> Result<Client, CoordError> 
     if let Some(auth) = &options.auth {
         connector = connector.with_auth("digest", format!("{}:{}", auth.username, auth.password).as_bytes());
     }
-    let root_client = connector
-        .connect(&options.connect)
-        .await
-        .map_err(|e| err(&format!("connect to ZooKeeper at {}", options.connect), e))?;
+    let connecting = match &options.tls {
+        Some(tls) => connector.with_tls(tls_options(tls)?).secure_connect(&options.connect).await,
+        None => connector.connect(&options.connect).await,
+    };
+    let root_client = connecting.map_err(|e| err(&format!("connect to ZooKeeper at {}", options.connect), e))?;
     let client = if options.root == "/" {
         root_client
     } else {
@@ -383,6 +388,32 @@ async fn open_session(options: &ZooKeeperOptions) -> Result<Client, CoordError> 
         client.mkdir(dir, &persistent(acls(options))).await.map_err(|e| err("create top-level nodes", e))?;
     }
     Ok(client)
+}
+
+/// The client's TLS settings from `coordinator.tls`'s PEM files.
+fn tls_options(tls: &sluice_config::ZooKeeperTlsConfig) -> Result<zookeeper_client::TlsOptions, CoordError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| CoordError::Unexpected {
+            operation: "coordinator.tls".into(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let invalid = |what: &str, e: zookeeper_client::Error| CoordError::Unexpected {
+        operation: "coordinator.tls".into(),
+        reason: format!("{what}: {e}"),
+    };
+    // The TLS client builds on rustls' process-wide provider: ring, the one
+    // the rest of the process uses (a second one may be linked in).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut options = zookeeper_client::TlsOptions::new()
+        .with_pem_ca(&read(&tls.ca)?)
+        .map_err(|e| invalid(&format!("{} holds no usable CA certificate", tls.ca.display()), e))?;
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options
+            .with_pem_identity(&read(cert)?, &read(key)?)
+            .map_err(|e| invalid(&format!("{} and {} are no certificate and key", cert.display(), key.display()), e))?;
+    }
+    Ok(options)
 }
 
 /// Replaces an ended session: bumps the generation (killing its leases),

@@ -72,6 +72,7 @@ impl Cluster for Zk {
                 connect: proxy.addr().to_string(),
                 root: self.root.clone(),
                 session_timeout: SESSION_TIMEOUT,
+                tls: None,
                 auth: None,
             };
             let coordinator: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());

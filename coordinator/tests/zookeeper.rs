@@ -13,7 +13,7 @@ use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 use zookeeper_client::Client;
 
 fn options(connect: String, root: &str) -> ZooKeeperOptions {
-    ZooKeeperOptions { connect, root: root.to_string(), session_timeout: Duration::from_secs(4), auth: None }
+    ZooKeeperOptions { connect, root: root.to_string(), session_timeout: Duration::from_secs(4), auth: None, tls: None }
 }
 
 async fn node(zk: &ZooKeeper, root: &str) -> Arc<ZooKeeperCoordinator> {
@@ -229,6 +229,7 @@ async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(2),
+        tls: None,
         auth: None,
     };
     let worker = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());

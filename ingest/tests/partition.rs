@@ -54,6 +54,7 @@ async fn coordinator(zk: &ZooKeeper, root: &str) -> Arc<dyn Coordinator> {
         connect: zk.connect_string(),
         root: root.into(),
         session_timeout: Duration::from_secs(2),
+        tls: None,
         auth: None,
     };
     Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
@@ -305,6 +306,7 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(2),
+        tls: None,
         auth: None,
     };
     let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
@@ -458,6 +460,7 @@ async fn consumption_goes_on_while_a_commit_is_held_back() {
         connect: proxy.addr().to_string(),
         root: root.clone(),
         session_timeout: Duration::from_secs(20),
+        tls: None,
         auth: None,
     };
     let c: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());

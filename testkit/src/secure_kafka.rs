@@ -15,14 +15,17 @@ use crate::kafka::wait_for_partitions;
 use crate::kafka_front::{FrontSecurity, KafkaFront, SaslUser};
 use crate::{KafkaBroker, TestProducer};
 
-/// A self-signed certificate for `127.0.0.1` and `localhost` (which is
-/// also its own CA, for a client's `ssl.ca.location`), made by the
-/// `openssl` command. Returns `(certificate, key)` PEM paths in `dir`.
+/// A self-signed certificate for `127.0.0.1` and `localhost` (which a
+/// client trusts as itself: `ssl.ca.location`, `coordinator.tls.ca`), made
+/// by the `openssl` command. Returns `(certificate, key)` PEM paths in `dir`.
 pub fn self_signed_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        // Not a CA: rustls' verifier refuses a CA certificate as a server's
+        // own; trusted as itself, a self-signed leaf needs no CA flag.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)

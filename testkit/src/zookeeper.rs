@@ -14,6 +14,9 @@ use crate::process::GuardedChild;
 
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
+/// Netty's codec, resolver and native-unix jars, which the server's TLS
+/// port needs beyond the Netty jars `zookeeper.jar`'s manifest lists.
+const NETTY_JARS: &str = "/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:/usr/share/java/netty-transport-native-unix-common.jar";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// ZooKeeper's tick. Session timeouts are bounded by 2..20 ticks by default;
@@ -24,8 +27,18 @@ const TICK_MS: u64 = 500;
 struct Node {
     id: usize,
     client_port: u16,
+    /// The TLS port (`secureClientPort`) and its PEM files, when served.
+    tls: Option<SecurePort>,
     dir: PathBuf,
     process: Option<GuardedChild>,
+}
+
+#[derive(Clone)]
+struct SecurePort {
+    port: u16,
+    /// Key and certificate in one PEM file (ZooKeeper's PEM key store).
+    key_store: PathBuf,
+    certificate: PathBuf,
 }
 
 impl Node {
@@ -46,6 +59,20 @@ impl Node {
             data_dir.display(),
             self.client_port
         );
+        if let Some(tls) = &self.tls {
+            // Netty serves both ports; the plain one stays for the
+            // four-letter readiness checks.
+            write!(
+                cfg,
+                "secureClientPort={}\nsecureClientPortAddress=127.0.0.1\n\
+                 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                 ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+                 ssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth=none\n",
+                tls.port,
+                tls.key_store.display(),
+                tls.certificate.display()
+            )?;
+        }
         if !peers.is_empty() {
             for (i, (quorum, election)) in peers.iter().enumerate() {
                 writeln!(cfg, "server.{}=127.0.0.1:{quorum}:{election}", i + 1)?;
@@ -64,7 +91,7 @@ impl Node {
             .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
             .arg("-Dzookeeper.jmx.log4j.disable=true")
             .arg("-cp")
-            .arg(format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}"))
+            .arg(format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}:{NETTY_JARS}"))
             .arg(if self.is_ensemble_member() {
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain"
             } else {
@@ -156,12 +183,32 @@ pub struct ZooKeeper {
 
 impl ZooKeeper {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// A server that also serves TLS on [`ZooKeeper::secure_connect_string`],
+    /// with a self-signed certificate for `127.0.0.1` ([`ZooKeeper::ca`]).
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Self> {
         check_installed()?;
         let mut last_error = None;
         // A free port can be taken by another process before the JVM binds it.
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("sluice-zk-").tempdir()?;
-            let mut node = Node { id: 1, client_port: free_ports(1)?[0], dir: dir.path().to_path_buf(), process: None };
+            let ports = free_ports(2)?;
+            let secure = if tls {
+                let (certificate, key) = crate::self_signed_certificate(dir.path())?;
+                let key_store = dir.path().join("keystore.pem");
+                fs::write(&key_store, [fs::read(&key)?, fs::read(&certificate)?].concat())?;
+                Some(SecurePort { port: ports[1], key_store, certificate })
+            } else {
+                None
+            };
+            let mut node =
+                Node { id: 1, client_port: ports[0], tls: secure, dir: dir.path().to_path_buf(), process: None };
             node.write_config(&[])?;
             node.spawn()?;
             match wait_ready(std::slice::from_mut(&mut node), &["standalone"]) {
@@ -175,6 +222,16 @@ impl ZooKeeper {
     /// `127.0.0.1:<port>`.
     pub fn connect_string(&self) -> String {
         format!("127.0.0.1:{}", self.node.client_port)
+    }
+
+    /// `127.0.0.1:<TLS port>`, for a server started with [`ZooKeeper::start_tls`].
+    pub fn secure_connect_string(&self) -> Option<String> {
+        self.node.tls.as_ref().map(|t| format!("127.0.0.1:{}", t.port))
+    }
+
+    /// The certificate a client must trust to reach the TLS port.
+    pub fn ca(&self) -> Option<&Path> {
+        self.node.tls.as_ref().map(|t| t.certificate.as_path())
     }
 
     pub fn port(&self) -> u16 {
@@ -224,6 +281,7 @@ impl ZooKeeperEnsemble {
                 let node = Node {
                     id: i + 1,
                     client_port: *client_port,
+                    tls: None,
                     dir: dir.path().join(format!("zk{}", i + 1)),
                     process: None,
                 };
