@@ -210,16 +210,40 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
             );
         }
     }
+    // Registered query nodes, then any named on the command line.
+    let (registered, _) = coordinator.query_nodes().await?;
+    println!("query nodes: {}", registered.len());
+    let mut addresses: Vec<(String, String)> = registered
+        .iter()
+        .map(|n| {
+            let addr = match n.http_addr.strip_prefix("0.0.0.0:") {
+                Some(port) => format!("{}:{port}", if n.host.is_empty() { "127.0.0.1" } else { n.host.as_str() }),
+                None => n.http_addr.clone(),
+            };
+            (n.id.clone(), addr)
+        })
+        .collect();
     for node in query_nodes {
+        if !addresses.iter().any(|(_, addr)| addr == node) {
+            addresses.push((node.clone(), node.clone()));
+        }
+    }
+    for (id, node) in &addresses {
         let health = match http_get_json(node, "/health").await {
             Ok(health) => health,
             Err(e) => {
-                println!("query node {node}: unreachable ({e})");
+                println!("  {id}	http {node}	unreachable ({e})");
                 continue;
             }
         };
         let corrupt = health["corruptSegments"].as_array().cloned().unwrap_or_default();
-        println!("query node {node}: {} corrupt segment(s), not served", corrupt.len());
+        println!(
+            "  {id}	http {node}	health {}	serves {} segments, {} bytes	{} corrupt segment(s), not served",
+            health["status"].as_str().unwrap_or("unknown"),
+            health["served"]["segments"],
+            health["served"]["bytes"],
+            corrupt.len()
+        );
         for c in corrupt {
             println!(
                 "  {}/{}\t{}",

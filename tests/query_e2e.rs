@@ -156,7 +156,7 @@ async fn query_node_follows_the_catalog() {
     std::fs::write(
         &query_config,
         format!(
-            "cache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n",
+            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n",
             dir.path().join("cache").display(),
             zk.connect_string()
         ),
@@ -229,6 +229,11 @@ async fn query_node_follows_the_catalog() {
         .unwrap();
     let printed = String::from_utf8_lossy(&status.stdout);
     assert!(printed.contains("1 corrupt segment(s)") && printed.contains(&crafted.name), "{printed}");
+    // The node registered itself: listed once (named on the command line
+    // too), with what it serves.
+    assert!(printed.contains("query nodes: 1") && printed.contains(&format!("q1\thttp {addr}")), "{printed}");
+    assert_eq!(printed.matches("corrupt segment(s)").count(), 1, "{printed}");
+    assert!(printed.contains("q1\thttp") && printed.contains(" segments, "), "what it serves: {printed}");
 
     node.signal(libc::SIGTERM).unwrap();
     assert!(node.wait_timeout(Duration::from_secs(20)).unwrap().expect("exits").success());

@@ -368,15 +368,7 @@ impl WorkerConfig {
     /// and checked by [`crate::load_worker`].
     pub fn validate(&self) -> Problems {
         let mut p = Problems::default();
-        if let Some(id) = &self.node_id
-            && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
-            p.push(
-                "node_id",
-                format!("{id:?}"),
-                "letters, digits, `-`, `_` and `.` (it becomes a ZooKeeper node name)",
-            );
-        }
+        validate_node_id(self.node_id.as_deref(), &mut p);
         self.coordinator.validate(&mut p);
         if self.memory_budget < ByteSize::mib(16) {
             p.push("memory_budget", self.memory_budget.to_string(), "at least `16MiB`");
@@ -492,6 +484,10 @@ impl Default for QueryLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryNodeConfig {
+    /// Stable identity of this query node in the cluster (its registration
+    /// under `/query-nodes`). Absent: `<hostname>-<pid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub coordinator: CoordinatorConfig,
     #[serde(default = "QueryNodeConfig::default_http")]
     pub http: HttpConfig,
@@ -515,6 +511,7 @@ impl QueryNodeConfig {
 
     pub fn validate(&self) -> Problems {
         let mut p = Problems::default();
+        validate_node_id(self.node_id.as_deref(), &mut p);
         self.coordinator.validate(&mut p);
         self.object_store.validate(&mut p);
         let limits = &self.limits;
@@ -641,5 +638,14 @@ impl ObjectStoreConfig {
         if self.max_retries > 100 {
             p.push("object_store.max_retries", self.max_retries.to_string(), "at most 100");
         }
+    }
+}
+
+/// A node id becomes a ZooKeeper node name.
+fn validate_node_id(id: Option<&str>, p: &mut Problems) {
+    if let Some(id) = id
+        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        p.push("node_id", format!("{id:?}"), "letters, digits, `-`, `_` and `.` (it becomes a ZooKeeper node name)");
     }
 }

@@ -12,6 +12,9 @@ pub enum CoordError {
     /// previous incarnation of a restarted worker, until its session expires).
     #[error("worker id {id} is registered by another live session")]
     WorkerIdTaken { id: String },
+    /// The same for a query node id.
+    #[error("query node id {id} is registered by another live session")]
+    QueryNodeIdTaken { id: String },
     #[error("{operation}: {reason}")]
     Unexpected { operation: String, reason: String },
 }

@@ -20,6 +20,8 @@
 //!   twice.
 //! - Offsets are continuous: a segment must start at the checkpoint's next
 //!   offset. A gap or overlap is refused as `Discontinuous`, never committed.
+//! - Every record stored in ZooKeeper carries a format version and records
+//!   of every earlier version are read ([`record`]).
 //! - A lease belongs to one session. When a session ends (expiry, explicit
 //!   close), its leases are dead at once: commits under them are `Fenced`
 //!   without reaching the store.
@@ -29,6 +31,7 @@ mod balancer;
 pub mod duties;
 mod error;
 mod memory;
+pub mod record;
 mod types;
 mod zk;
 
@@ -39,7 +42,7 @@ pub use assignment::{fair_assignment, fair_share};
 pub use balancer::assigned_partitions;
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
-pub use types::{Checkpoint, CommitOutcome, Lease, Position, SegmentRecord, WorkerInfo};
+pub use types::{Checkpoint, CommitOutcome, Lease, NodeInfo, Position, SegmentRecord, WorkerInfo, hostname};
 pub use zk::{ZooKeeperAuth, ZooKeeperCoordinator, ZooKeeperOptions};
 
 /// Resolves when the data it was returned with may have changed (a one-shot
@@ -82,6 +85,11 @@ pub trait Coordinator: Send + Sync {
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), CoordError>;
     /// Live workers, sorted by id, and a watch on the list.
     async fn workers(&self) -> Result<(Vec<WorkerInfo>, Change), CoordError>;
+    /// Registers this query node for as long as the session lives (again
+    /// under a new session after an expiry, as a worker is).
+    async fn register_query_node(&self, node: &NodeInfo) -> Result<(), CoordError>;
+    /// Live query nodes, sorted by id, and a watch on the list.
+    async fn query_nodes(&self) -> Result<(Vec<NodeInfo>, Change), CoordError>;
 
     // ---- partitions --------------------------------------------------------
 

@@ -13,13 +13,15 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::{
-    Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, Position, SegmentRecord, WorkerInfo,
+    Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, NodeInfo, Position, SegmentRecord,
+    WorkerInfo,
 };
 
 #[derive(Default)]
 struct State {
     live_sessions: HashSet<u64>,
     workers: BTreeMap<String, (u64, WorkerInfo)>,
+    query_nodes: BTreeMap<String, (u64, NodeInfo)>,
     locks: HashMap<(String, i32), (u64, String)>,
     checkpoints: HashMap<(String, i32), (Checkpoint, i64)>,
     segments: BTreeMap<String, BTreeMap<String, SegmentRecord>>,
@@ -76,6 +78,7 @@ impl InProcessCoordinator {
         let mut state = self.lock();
         state.live_sessions.remove(&self.session);
         state.workers.retain(|_, (s, _)| *s != self.session);
+        state.query_nodes.retain(|_, (s, _)| *s != self.session);
         state.locks.retain(|_, (s, _)| *s != self.session);
         state.candidates.retain(|_, (s, _)| *s != self.session);
         self.notify();
@@ -134,6 +137,20 @@ impl Coordinator for InProcessCoordinator {
         let state = self.lock();
         self.live(&state, "list workers")?;
         Ok((state.workers.values().map(|(_, w)| w.clone()).collect(), self.change()))
+    }
+
+    async fn register_query_node(&self, node: &NodeInfo) -> Result<(), CoordError> {
+        let mut state = self.lock();
+        self.live(&state, "register query node")?;
+        state.query_nodes.insert(node.id.clone(), (self.session, node.clone()));
+        self.notify();
+        Ok(())
+    }
+
+    async fn query_nodes(&self) -> Result<(Vec<NodeInfo>, Change), CoordError> {
+        let state = self.lock();
+        self.live(&state, "list query nodes")?;
+        Ok((state.query_nodes.values().map(|(_, n)| n.clone()).collect(), self.change()))
     }
 
     async fn acquire(&self, pipeline: &str, partition: i32, owner: &str) -> Result<Option<Lease>, CoordError> {

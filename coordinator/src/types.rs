@@ -1,12 +1,33 @@
 use serde::{Deserialize, Serialize};
 
-/// A worker's registration (`/workers/<id>`).
+/// A node's registration: a worker's (`/workers/<id>`) or a query node's
+/// (`/query-nodes/<id>`), alive as long as the node's session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerInfo {
+pub struct NodeInfo {
     pub id: String,
     pub host: String,
     pub http_addr: String,
     pub started_at_ms: i64,
+}
+
+/// A worker's registration.
+pub type WorkerInfo = NodeInfo;
+
+impl NodeInfo {
+    /// This process's registration as `id` (the configured one, else
+    /// `<hostname>-<pid>`), reachable over HTTP at `http_addr`.
+    pub fn this_process(configured_id: Option<&str>, role: &str, http_addr: String, started_at_ms: i64) -> Self {
+        let host = hostname();
+        let id = configured_id
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}-{}", if host.is_empty() { role } else { &host }, std::process::id()));
+        NodeInfo { id, host, http_addr, started_at_ms }
+    }
+}
+
+/// The machine's host name (empty when unknown).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 /// Where a partition continues from.

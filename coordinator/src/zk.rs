@@ -1,7 +1,8 @@
 //! The ZooKeeper coordinator. Layout under the configured root:
 //!
 //! ```text
-//! /workers/<id>                                   ephemeral: WorkerInfo
+//! /workers/<id>                                   ephemeral: NodeInfo
+//! /query-nodes/<id>                               ephemeral: NodeInfo
 //! /leader/n-<seq>                                 ephemeral sequential: node id
 //! /pipelines/<p>/config                           the pipeline config text
 //! /pipelines/<p>/partitions/<n>/lock              ephemeral: {"owner", "session"}
@@ -10,7 +11,7 @@
 //! ```
 //!
 //! When the session expires, every lease of it is dead (the generation
-//! changes), a new session is opened and the worker registration is
+//! changes), a new session is opened and the node's registrations are
 //! restored; the caller re-acquires what it still should own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,8 @@ use zookeeper_client::{
 };
 
 use crate::{
-    Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, Position, SegmentRecord, WorkerInfo,
+    Change, Checkpoint, CommitOutcome, CoordError, Coordinator, Leadership, Lease, NodeInfo, Position, SegmentRecord,
+    WorkerInfo,
 };
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,7 @@ struct Inner {
     generation: AtomicU64,
     generation_tx: watch::Sender<u64>,
     registered: Mutex<Option<WorkerInfo>>,
+    registered_query_node: Mutex<Option<NodeInfo>>,
 }
 
 fn persistent(acls: Acls<'static>) -> CreateOptions<'static> {
@@ -133,11 +136,11 @@ fn err(operation: &str, e: ZkError) -> CoordError {
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("coordination records serialize")
+    crate::record::encode(value)
 }
 
 fn from_json<T: DeserializeOwned>(operation: &str, path: &str, data: &[u8]) -> Result<T, CoordError> {
-    serde_json::from_slice(data).map_err(|e| CoordError::Malformed {
+    crate::record::decode(data).map_err(|e| CoordError::Malformed {
         operation: operation.to_string(),
         path: path.to_string(),
         reason: e.to_string(),
@@ -170,6 +173,7 @@ impl ZooKeeperCoordinator {
             generation: AtomicU64::new(1),
             generation_tx,
             registered: Mutex::new(None),
+            registered_query_node: Mutex::new(None),
         });
         tokio::spawn(follow_session(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -384,7 +388,7 @@ async fn open_session(options: &ZooKeeperOptions) -> Result<Client, CoordError> 
             reason: format!("invalid root {}", options.root),
         })?
     };
-    for dir in ["/workers", "/pipelines", "/leader"] {
+    for dir in ["/workers", "/query-nodes", "/pipelines", "/leader"] {
         client.mkdir(dir, &persistent(acls(options))).await.map_err(|e| err("create top-level nodes", e))?;
     }
     Ok(client)
@@ -448,42 +452,46 @@ async fn follow_session(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else { return };
         *strong.client.write().expect("client lock poisoned") = client.clone();
         let registered = strong.registered.lock().expect("registration lock poisoned").clone();
+        let query_node = strong.registered_query_node.lock().expect("registration lock poisoned").clone();
         let node_acls = acls(&strong.options);
         drop(strong);
         if let Some(worker) = registered {
-            reregister(&client, &worker, node_acls).await;
+            reregister(&client, "/workers", &worker, node_acls).await;
+        }
+        if let Some(node) = query_node {
+            reregister(&client, "/query-nodes", &node, node_acls).await;
         }
         let Some(strong) = inner.upgrade() else { return };
         strong.generation_tx.send_modify(|_| {});
     }
 }
 
-/// Registers `worker` under a new session. The previous session's node can
-/// outlive it by up to a session timeout (a restarted server restores its
-/// sessions before expiring them), so wait for that node to go rather than
-/// give up: a worker missing from the list gets no partitions.
-async fn reregister(client: &Client, worker: &WorkerInfo, acls: Acls<'static>) {
-    let path = format!("/workers/{}", worker.id);
+/// Registers `node` in `dir` under a new session. The previous session's
+/// node can outlive it by up to a session timeout (a restarted server
+/// restores its sessions before expiring them), so wait for that node to go
+/// rather than give up: a worker missing from the list gets no partitions.
+async fn reregister(client: &Client, dir: &str, worker: &NodeInfo, acls: Acls<'static>) {
+    let path = format!("{dir}/{}", worker.id);
     loop {
         if client.state().is_terminated() {
             return; // this session ended too; the next one registers
         }
         match client.create(&path, &to_json(worker), &ephemeral(acls)).await {
             Ok(_) => {
-                tracing::info!(worker = %worker.id, "registered again under the new session");
+                tracing::info!(node = %worker.id, %dir, "registered again under the new session");
                 return;
             }
             Err(ZkError::NodeExists) => match client.check_and_watch_stat(&path).await {
                 Ok((Some(stat), _)) if stat.ephemeral_owner == client.session_id().0 => return,
                 Ok((Some(_), watcher)) => {
-                    tracing::info!(worker = %worker.id, "waiting for the previous session's registration to expire");
+                    tracing::info!(node = %worker.id, "waiting for the previous session's registration to expire");
                     let _ = tokio::time::timeout(Duration::from_secs(5), watcher.changed()).await;
                 }
                 Ok((None, _)) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             },
             Err(e) => {
-                tracing::warn!(error = %e, "re-registering worker; retrying");
+                tracing::warn!(error = %e, %dir, "re-registering; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -519,6 +527,29 @@ impl Coordinator for ZooKeeperCoordinator {
         let (mut workers, change) = self.list_json::<WorkerInfo>("/workers", "list workers").await?;
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((workers, change))
+    }
+
+    async fn register_query_node(&self, node: &NodeInfo) -> Result<(), CoordError> {
+        let client = self.client();
+        let path = format!("/query-nodes/{}", node.id);
+        match client.create(&path, &to_json(node), &ephemeral(self.acls())).await {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => {
+                let stat = client.check_stat(&path).await.map_err(|e| err("register query node", e))?;
+                if stat.is_some_and(|s| s.ephemeral_owner != client.session_id().0) {
+                    return Err(CoordError::QueryNodeIdTaken { id: node.id.clone() });
+                }
+            }
+            Err(e) => return Err(err("register query node", e)),
+        }
+        *self.inner.registered_query_node.lock().expect("registration lock poisoned") = Some(node.clone());
+        Ok(())
+    }
+
+    async fn query_nodes(&self) -> Result<(Vec<NodeInfo>, Change), CoordError> {
+        let (mut nodes, change) = self.list_json::<NodeInfo>("/query-nodes", "list query nodes").await?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((nodes, change))
     }
 
     async fn acquire(&self, pipeline: &str, partition: i32, owner: &str) -> Result<Option<Lease>, CoordError> {

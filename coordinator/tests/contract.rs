@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sluice_coordinator::{
-    CommitOutcome, Coordinator, InProcessCoordinator, Position, SegmentRecord, WorkerInfo, ZooKeeperCoordinator,
-    ZooKeeperOptions,
+    CommitOutcome, Coordinator, InProcessCoordinator, NodeInfo, Position, SegmentRecord, WorkerInfo,
+    ZooKeeperCoordinator, ZooKeeperOptions,
 };
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 
@@ -194,6 +194,22 @@ async fn a_session_end_kills_its_leases_and_registrations(cluster: &dyn Cluster)
     assert!(b.segments("clicks").await.unwrap().0.is_empty());
 }
 
+async fn query_nodes_register_for_their_session(cluster: &dyn Cluster) {
+    let (a, b) = (cluster.node().await, cluster.node().await);
+    let node =
+        |id: &str| NodeInfo { id: id.into(), host: "h".into(), http_addr: "127.0.0.1:8099".into(), started_at_ms: 1 };
+    let (none, changed) = b.query_nodes().await.unwrap();
+    assert!(none.is_empty());
+    b.register_query_node(&node("q2")).await.unwrap();
+    a.register_query_node(&node("q1")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed).await.expect("the query-node list watch fires");
+    let (nodes, changed) = b.query_nodes().await.unwrap();
+    assert_eq!(nodes, vec![node("q1"), node("q2")], "sorted by id");
+    assert!(b.workers().await.unwrap().0.is_empty(), "query nodes are not workers");
+    (a.end_session)().await;
+    tokio::time::timeout(Duration::from_secs(10), changed).await.expect("the list changes with the session");
+}
+
 async fn the_catalog_is_watched_and_pruned(cluster: &dyn Cluster) {
     let (writer, reader) = (cluster.node().await, cluster.node().await);
     let (empty, changed) = reader.segments("clicks").await.unwrap();
@@ -283,6 +299,7 @@ contract!(
     commits_advance_the_checkpoint_atomically,
     an_operator_reset_fences_the_owner,
     a_session_end_kills_its_leases_and_registrations,
+    query_nodes_register_for_their_session,
     the_catalog_is_watched_and_pruned,
     pipeline_configs_are_stored_and_watched,
     exactly_one_leader_and_failover,

@@ -40,18 +40,6 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// This worker's id: the configured one, else `<hostname>-<pid>`.
-pub fn worker_id(configured: Option<&str>) -> String {
-    configured.map(str::to_string).unwrap_or_else(|| {
-        let host = hostname();
-        format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
-    })
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
-}
-
 /// Runs the worker until `shutdown` turns true, then stops every partition
 /// (committing what it consumed) and returns.
 pub async fn run_worker(
@@ -60,7 +48,7 @@ pub async fn run_worker(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let config = &loaded.config;
-    let id = worker_id(config.node_id.as_deref());
+    let id = WorkerInfo::this_process(config.node_id.as_deref(), "worker", String::new(), 0).id;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
@@ -68,7 +56,7 @@ pub async fn run_worker(
     let resolver = Resolver::new(config.object_store.clone());
     let default_store = resolver.deep_store(&file_uri(&data_dir.join("deep-store")))?;
     let started_at_ms = crate::partition::now_ms();
-    let host = hostname();
+    let host = sluice_coordinator::hostname();
     let health = Arc::new(PartitionHealth::default());
     let http_addr = crate::metrics::serve(
         &config.http,

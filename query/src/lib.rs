@@ -53,7 +53,7 @@ pub use table::{ScanStats, SegmentScanExec, SegmentTable};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_config::QueryNodeConfig;
-use sluice_coordinator::Coordinator;
+use sluice_coordinator::{Coordinator, NodeInfo};
 use tokio::sync::watch;
 
 /// The wait before retry number `attempts` + 1: `min`, doubling, at most
@@ -83,6 +83,7 @@ impl QueryNode {
             .map_err(|source| StartError::CacheDir { path: config.cache_dir.display().to_string(), source })?;
         let health = Arc::new(catalog::NodeHealth::default());
         let tails = tail::TailBudget::new(config.limits.tail_memory.as_u64());
+        let (coordinator_for_registration, shutdown_for_registration) = (coordinator.clone(), shutdown.clone());
         let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone())
             .with_tails(tails)
             .with_resolver(sluice_storage::Resolver::new(config.object_store.clone()));
@@ -92,13 +93,45 @@ impl QueryNode {
             .await
             .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
         tracing::info!(%addr, "query node serving SQL on /query/sql");
-        Ok(QueryNode { addr, engine, tasks: vec![follow, server] })
+        let started_at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let info = NodeInfo::this_process(config.node_id.as_deref(), "query", addr.to_string(), started_at_ms);
+        let register = tokio::spawn(register(coordinator_for_registration, info, shutdown_for_registration));
+        Ok(QueryNode { addr, engine, tasks: vec![follow, server, register] })
     }
 
     /// Waits for the follower and the server to stop (after shutdown).
     pub async fn join(self) {
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Registers the node under `/query-nodes` (`sluice status` lists it), in
+/// the background: serving never waits for it. A previous incarnation's
+/// registration is waited out until its session expires; other failures
+/// are retried with backoff. The coordinator restores the registration
+/// after a session loss by itself.
+async fn register(coordinator: Arc<dyn Coordinator>, info: NodeInfo, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = std::time::Duration::from_millis(500);
+    while !*shutdown.borrow() {
+        match coordinator.register_query_node(&info).await {
+            Ok(()) => {
+                tracing::info!(node = %info.id, "registered as a query node");
+                return;
+            }
+            Err(sluice_coordinator::CoordError::QueryNodeIdTaken { .. }) => {
+                tracing::info!(node = %info.id, "waiting for the previous session of this query node id to expire");
+            }
+            Err(e) => {
+                tracing::warn!(node = %info.id, error = %e, retry_in = ?backoff, "registering the query node");
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            changed = shutdown.changed() => if changed.is_err() { return },
         }
     }
 }
