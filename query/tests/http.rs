@@ -84,8 +84,13 @@ async fn answers_in_pinot_shape() {
     assert_eq!(body["dateTimeFieldSpecs"][0]["name"], "ts");
     assert_eq!(body["dimensionFieldSpecs"].as_array().unwrap().len(), 9);
     assert_eq!(get(&s.addr, "/tables/nope/schema").await.0, 404);
-    let healthy = json!({"status": "ok", "corruptSegments": [], "tailConsumers": [], "tails": []});
-    assert_eq!(get(&s.addr, "/health").await, (200, healthy));
+    let (status, mut health) = get(&s.addr, "/health").await;
+    assert_eq!(status, 200);
+    // What the node serves: every segment, with its file's bytes.
+    let served = health.as_object_mut().unwrap().remove("served").unwrap();
+    assert_eq!(served["segments"], 8, "{served}");
+    assert!(served["bytes"].as_u64().unwrap() > 0, "{served}");
+    assert_eq!(health, json!({"status": "ok", "corruptSegments": [], "tailConsumers": [], "tails": []}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
