@@ -184,7 +184,13 @@ async fn the_leader_runs_the_duties_and_a_successor_takes_over() {
     wait_until("the successor expires the next old segment", Duration::from_secs(10), gone(second.name.clone()))
         .await
         .unwrap();
-    assert!(!file_uri_path(&second.uri).unwrap().exists());
+    // The catalog entry goes first, then the file: a moment apart.
+    let file = file_uri_path(&second.uri).unwrap();
+    let file_gone = || {
+        let file = file.clone();
+        async move { !file.exists() }
+    };
+    wait_until("the successor deletes its file", Duration::from_secs(10), file_gone).await.unwrap();
     a.abort();
     b.abort();
 }
