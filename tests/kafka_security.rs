@@ -276,3 +276,63 @@ async fn a_wrong_password_fails_the_pipeline_by_name() {
     );
     assert!(!log.contains("not the password"), "the password is never logged");
 }
+
+/// The same wrong password on a query node: its tail consumer of the
+/// pipeline is shown `erroring` in `/health` (503) with librdkafka's reason
+/// and the pipeline's name, and `sluice status` prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_nodes_tail_shows_a_wrong_password_by_name() {
+    let zk = ZooKeeper::start().unwrap();
+    let kafka =
+        SecureKafka::start(Requirements { tls: true, sasl: Some(user(SaslMechanism::ScramSha256)) }).await.unwrap();
+    let topic = unique_name("secure");
+    kafka.create_topic(&topic, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("/{}", unique_name("secure"));
+    let mut properties = kafka.client_properties();
+    properties.insert("sasl.password".into(), "${KAFKA_PASSWORD}".into());
+    let pipeline = small_pipeline("payments", &topic, &kafka, &properties, &dir.path().join("deep"));
+    observer(&zk, &root).await.apply_pipeline("payments", &pipeline).await.unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let config = dir.path().join("query.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n",
+            dir.path().join("cache").display(),
+            zk.connect_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("query.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["query", "--config"])
+        .arg(&config)
+        .env("KAFKA_PASSWORD", "not the password")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let _node = GuardedChild::spawn(command).unwrap();
+
+    let erroring = || async {
+        let (status, body) = http_get(&addr, "/health");
+        status == 503 && body.contains("erroring") && body.contains("pipeline `payments`")
+    };
+    if let Err(e) = wait_until("the tail consumer shows the failure", Duration::from_secs(60), erroring).await {
+        panic!("{e}: {:?}\n{}", http_get(&addr, "/health"), std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    let (_, body) = http_get(&addr, "/health");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = health["tailConsumers"][0]["error"].as_str().unwrap().to_string();
+    assert!(error.to_lowercase().contains("authentication"), "librdkafka's reason: {error}");
+    assert!(!error.contains("not the password"), "{error}");
+    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &zk.connect_string(), "--root", &root])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("tail consumer of payments: erroring") && shown.contains("q1\thttp"), "{shown}");
+}
