@@ -167,12 +167,8 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
     println!("workers: {}", workers.len());
     let (mut stalled, mut failing) = (Vec::new(), Vec::new());
     for w in &workers {
-        // Each worker's own view of its partitions: `/health` on its HTTP
-        // port (a wildcard listen address is reached on its host).
-        let addr = match w.http_addr.strip_prefix("0.0.0.0:") {
-            Some(port) => format!("{}:{port}", if w.host.is_empty() { "127.0.0.1" } else { w.host.as_str() }),
-            None => w.http_addr.clone(),
-        };
+        // Each worker's own view of its partitions: `/health` on its HTTP port.
+        let addr = w.reachable_http_addr();
         let health = match http_get_json(&addr, "/health").await {
             Ok(health) => {
                 for s in health["stalled"].as_array().into_iter().flatten() {
@@ -213,16 +209,8 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
     // Registered query nodes, then any named on the command line.
     let (registered, _) = coordinator.query_nodes().await?;
     println!("query nodes: {}", registered.len());
-    let mut addresses: Vec<(String, String)> = registered
-        .iter()
-        .map(|n| {
-            let addr = match n.http_addr.strip_prefix("0.0.0.0:") {
-                Some(port) => format!("{}:{port}", if n.host.is_empty() { "127.0.0.1" } else { n.host.as_str() }),
-                None => n.http_addr.clone(),
-            };
-            (n.id.clone(), addr)
-        })
-        .collect();
+    let mut addresses: Vec<(String, String)> =
+        registered.iter().map(|n| (n.id.clone(), n.reachable_http_addr())).collect();
     for node in query_nodes {
         if !addresses.iter().any(|(_, addr)| addr == node) {
             addresses.push((node.clone(), node.clone()));

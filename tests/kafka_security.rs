@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_testkit::kafka::committed_offsets;
 use sluice_testkit::kafka_front::{SaslMechanism, SaslUser};
 use sluice_testkit::net::{free_port, http_get};
 use sluice_testkit::{GuardedChild, Requirements, SecureKafka, ZooKeeper, unique_name, wait_until};
@@ -163,31 +163,10 @@ async fn the_readmes_sasl_ssl_pipeline_ingests_and_shows_its_offsets_to_kafka_to
         checkpoints.insert(p, checkpoint.next_offset.unwrap());
     }
     assert_eq!(checkpoints.values().sum::<i64>(), 400);
-    let mut config = kafka.client_config();
-    config.set("group.id", "sluice-clickstream");
-    let mirrored = || {
-        let (config, topic) = (config.clone(), topic.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let reader: BaseConsumer = config.create().ok()?;
-                let mut asked = rdkafka::TopicPartitionList::new();
-                asked.add_partition(&topic, 0);
-                asked.add_partition(&topic, 1);
-                let committed = reader.committed_offsets(asked, Duration::from_secs(5)).ok()?;
-                (0..2)
-                    .map(|p| match committed.find_partition(&topic, p)?.offset() {
-                        rdkafka::Offset::Offset(o) => Some((p, o)),
-                        _ => None,
-                    })
-                    .collect::<Option<BTreeMap<i32, i64>>>()
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let mirrored = || committed_offsets(kafka.client_config(), "sluice-clickstream", &topic, 2);
     let matches = || {
-        let (mirrored, checkpoints) = (mirrored, checkpoints.clone());
-        async move { mirrored().await == Some(checkpoints) }
+        let (mirrored, checkpoints) = (mirrored(), checkpoints.clone());
+        async move { mirrored.await == Some(checkpoints) }
     };
     if let Err(e) = wait_until("the consumer group shows the checkpoints", Duration::from_secs(30), matches).await {
         panic!("{e}: {:?} vs {checkpoints:?}", mirrored().await);
@@ -230,17 +209,34 @@ async fn tls_alone_and_sasl_without_tls_each_ingest() {
     }
 }
 
+/// A `payments` pipeline over a TLS + SASL `mechanism` broker whose
+/// password comes from `${KAFKA_PASSWORD}`, which the tests set wrong.
+struct WrongPassword {
+    zk: ZooKeeper,
+    kafka: SecureKafka,
+    dir: tempfile::TempDir,
+    root: String,
+    pipeline: String,
+}
+
+impl WrongPassword {
+    async fn start(mechanism: SaslMechanism) -> Self {
+        let zk = ZooKeeper::start().unwrap();
+        let kafka = SecureKafka::start(Requirements { tls: true, sasl: Some(user(mechanism)) }).await.unwrap();
+        let topic = unique_name("secure");
+        kafka.create_topic(&topic, 1).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = format!("/{}", unique_name("secure"));
+        let mut properties = kafka.client_properties();
+        properties.insert("sasl.password".into(), "${KAFKA_PASSWORD}".into());
+        let pipeline = small_pipeline("payments", &topic, &kafka, &properties, &dir.path().join("deep"));
+        WrongPassword { zk, kafka, dir, root, pipeline }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_the_pipeline_by_name() {
-    let zk = ZooKeeper::start().unwrap();
-    let kafka = SecureKafka::start(Requirements { tls: true, sasl: Some(user(SaslMechanism::Plain)) }).await.unwrap();
-    let topic = unique_name("secure");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = format!("/{}", unique_name("secure"));
-    let mut properties = kafka.client_properties();
-    properties.insert("sasl.password".into(), "${KAFKA_PASSWORD}".into());
-    let pipeline = small_pipeline("payments", &topic, &kafka, &properties, &dir.path().join("deep"));
+    let WrongPassword { zk, kafka: _kafka, dir, root, pipeline } = WrongPassword::start(SaslMechanism::Plain).await;
     let worker = start_worker(
         dir.path(),
         &zk,
@@ -282,16 +278,8 @@ async fn a_wrong_password_fails_the_pipeline_by_name() {
 /// and the pipeline's name, and `sluice status` prints it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_nodes_tail_shows_a_wrong_password_by_name() {
-    let zk = ZooKeeper::start().unwrap();
-    let kafka =
-        SecureKafka::start(Requirements { tls: true, sasl: Some(user(SaslMechanism::ScramSha256)) }).await.unwrap();
-    let topic = unique_name("secure");
-    kafka.create_topic(&topic, 1).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = format!("/{}", unique_name("secure"));
-    let mut properties = kafka.client_properties();
-    properties.insert("sasl.password".into(), "${KAFKA_PASSWORD}".into());
-    let pipeline = small_pipeline("payments", &topic, &kafka, &properties, &dir.path().join("deep"));
+    let WrongPassword { zk, kafka: _kafka, dir, root, pipeline } =
+        WrongPassword::start(SaslMechanism::ScramSha256).await;
     observer(&zk, &root).await.apply_pipeline("payments", &pipeline).await.unwrap();
 
     let addr = format!("127.0.0.1:{}", free_port().unwrap());

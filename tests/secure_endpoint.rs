@@ -11,18 +11,7 @@ use sluice_testkit::{GuardedChild, wait_until_blocking};
 #[test]
 fn pinotdb_over_tls_with_basic_auth() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(made.success(), "openssl could not make a certificate");
+    let (cert, key) = sluice_testkit::self_signed_certificate(dir.path()).unwrap();
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
     let config = dir.path().join("query.toml");
     std::fs::write(

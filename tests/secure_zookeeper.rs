@@ -6,8 +6,61 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use sluice_coordinator::{Coordinator, ZooKeeperAuth, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_testkit::{GuardedChild, KafkaBroker, ZooKeeper, unique_name, wait_until};
+
+/// Rows each test produces and expects committed.
+const ROWS: i64 = 300;
+
+/// `events.toml` in `dir`: one timestamp column from `topic`, segments of
+/// 100 rows, a deep store in `dir`.
+fn write_pipeline(dir: &Path, broker: &KafkaBroker, topic: &str) -> PathBuf {
+    let pipeline = dir.join("events.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
+             [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
+             [flush]\nrows = 100\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
+            broker.bootstrap_servers(),
+            dir.join("deep").display()
+        ),
+    )
+    .unwrap();
+    pipeline
+}
+
+/// `sluice ingest --config <config>` with `env`, logging to `dir/worker.log`.
+fn start_worker(dir: &Path, config: &Path, env: &[(&str, &str)]) -> GuardedChild {
+    let log = std::fs::File::create(dir.join("worker.log")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["ingest", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    GuardedChild::spawn(command).unwrap()
+}
+
+async fn produce(broker: &KafkaBroker, topic: &str) {
+    let records = (0..ROWS).map(|ts| (0, format!("{{\"ts\": {ts}}}").into_bytes()));
+    broker.producer().unwrap().send_all(topic, records).await.unwrap();
+}
+
+/// Waits until the catalog holds every produced row (the worker's log on failure).
+async fn wait_for_every_row(observer: &ZooKeeperCoordinator, dir: &Path) {
+    let committed = || async {
+        let rows = observer.segments("events").await.map(|(s, _)| s.iter().map(|s| s.row_count).sum::<u64>());
+        rows.unwrap_or(0) == ROWS as u64
+    };
+    if let Err(e) = wait_until("the worker commits every row", Duration::from_secs(60), committed).await {
+        panic!("{e}\n{}", std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default());
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_ingests_on_a_secured_zookeeper() {
@@ -19,18 +72,7 @@ async fn a_worker_ingests_on_a_secured_zookeeper() {
     let root = format!("/{}", unique_name("secured"));
     let credentials = ("sluice", "a long zookeeper password");
 
-    let pipeline = dir.path().join("events.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
-             [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
-             [flush]\nrows = 100\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
-            broker.bootstrap_servers(),
-            dir.path().join("deep").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = write_pipeline(dir.path(), &broker, &topic);
     let applied = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["pipeline", "apply", pipeline.to_str().unwrap(), "--zookeeper", &zk.connect_string(), "--root", &root])
         .env("SLUICE_ZOOKEEPER_AUTH", format!("{}:{}", credentials.0, credentials.1))
@@ -58,22 +100,8 @@ async fn a_worker_ingests_on_a_secured_zookeeper() {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command
-        .args(["ingest", "--config", worker.to_str().unwrap()])
-        .env("ZK_PASSWORD", credentials.1)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let _worker = GuardedChild::spawn(command).unwrap();
-
-    broker
-        .producer()
-        .unwrap()
-        .send_all(&topic, (0..300i64).map(|ts| (0, format!("{{\"ts\": {ts}}}").into_bytes())))
-        .await
-        .unwrap();
+    let _worker = start_worker(dir.path(), &worker, &[("ZK_PASSWORD", credentials.1)]);
+    produce(&broker, &topic).await;
     let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
         connect: zk.connect_string(),
         root: root.clone(),
@@ -87,12 +115,7 @@ async fn a_worker_ingests_on_a_secured_zookeeper() {
     })
     .await
     .unwrap();
-    let committed = || async {
-        observer.segments("events").await.map(|(s, _)| s.iter().map(|s| s.row_count).sum::<u64>()).unwrap_or(0) == 300
-    };
-    if let Err(e) = wait_until("the worker commits every row", Duration::from_secs(60), committed).await {
-        panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default());
-    }
+    wait_for_every_row(&observer, dir.path()).await;
 
     // What the worker wrote is readable by anyone, changeable by no one else.
     let anonymous = zookeeper_client::Client::connect(&zk.connect_string()).await.unwrap();
@@ -116,18 +139,7 @@ async fn a_worker_and_the_cli_reach_zookeeper_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let root = format!("/{}", unique_name("zktls"));
 
-    let pipeline = dir.path().join("events.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
-             [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\
-             [flush]\nrows = 100\ntime = \"10m\"\n[deep_store]\nuri = \"file://{}\"\n",
-            broker.bootstrap_servers(),
-            dir.path().join("deep").display()
-        ),
-    )
-    .unwrap();
+    let pipeline = write_pipeline(dir.path(), &broker, &topic);
     let apply = |with_ca: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.args(["pipeline", "apply", pipeline.to_str().unwrap(), "--zookeeper", &secure, "--root", &root]);
@@ -152,20 +164,8 @@ async fn a_worker_and_the_cli_reach_zookeeper_over_tls() {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command
-        .args(["ingest", "--config", worker.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let _worker = GuardedChild::spawn(command).unwrap();
-    broker
-        .producer()
-        .unwrap()
-        .send_all(&topic, (0..300i64).map(|ts| (0, format!("{{\"ts\": {ts}}}").into_bytes())))
-        .await
-        .unwrap();
+    let _worker = start_worker(dir.path(), &worker, &[]);
+    produce(&broker, &topic).await;
     let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
         connect: secure.clone(),
         root: root.clone(),
@@ -175,12 +175,7 @@ async fn a_worker_and_the_cli_reach_zookeeper_over_tls() {
     })
     .await
     .unwrap();
-    let committed = || async {
-        observer.segments("events").await.map(|(s, _)| s.iter().map(|s| s.row_count).sum::<u64>()).unwrap_or(0) == 300
-    };
-    if let Err(e) = wait_until("the worker commits every row over TLS", Duration::from_secs(60), committed).await {
-        panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default());
-    }
+    wait_for_every_row(&observer, dir.path()).await;
 
     // Without the CA, the TLS port gives no session: the command fails
     // within its session timeout instead of writing in clear text.

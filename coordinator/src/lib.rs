@@ -42,7 +42,7 @@ pub use assignment::{fair_assignment, fair_share};
 pub use balancer::assigned_partitions;
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
-pub use types::{Checkpoint, CommitOutcome, Lease, NodeInfo, Position, SegmentRecord, WorkerInfo, hostname};
+pub use types::{Checkpoint, CommitOutcome, Lease, NodeInfo, Position, SegmentRecord, WorkerInfo, hostname, node_id};
 pub use zk::{ZooKeeperAuth, ZooKeeperCoordinator, ZooKeeperOptions};
 
 /// Resolves when the data it was returned with may have changed (a one-shot

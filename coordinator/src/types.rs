@@ -17,12 +17,26 @@ impl NodeInfo {
     /// This process's registration as `id` (the configured one, else
     /// `<hostname>-<pid>`), reachable over HTTP at `http_addr`.
     pub fn this_process(configured_id: Option<&str>, role: &str, http_addr: String, started_at_ms: i64) -> Self {
-        let host = hostname();
-        let id = configured_id
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{}-{}", if host.is_empty() { role } else { &host }, std::process::id()));
-        NodeInfo { id, host, http_addr, started_at_ms }
+        NodeInfo { id: node_id(configured_id, role), host: hostname(), http_addr, started_at_ms }
     }
+
+    /// Where `/health` of this node is reached from elsewhere: a wildcard
+    /// listen address on its host.
+    pub fn reachable_http_addr(&self) -> String {
+        match self.http_addr.strip_prefix("0.0.0.0:") {
+            Some(port) => format!("{}:{port}", if self.host.is_empty() { "127.0.0.1" } else { self.host.as_str() }),
+            None => self.http_addr.clone(),
+        }
+    }
+}
+
+/// A node's id: the configured one, else `<hostname>-<pid>` (`<role>-<pid>`
+/// without a host name).
+pub fn node_id(configured: Option<&str>, role: &str) -> String {
+    configured.map(str::to_string).unwrap_or_else(|| {
+        let host = hostname();
+        format!("{}-{}", if host.is_empty() { role } else { &host }, std::process::id())
+    })
 }
 
 /// The machine's host name (empty when unknown).

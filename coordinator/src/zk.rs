@@ -211,6 +211,21 @@ impl ZooKeeperCoordinator {
 
     /// The JSON records in the children of `dir`, and a watch on the set.
     /// A child deleted between the listing and its read is skipped.
+    /// Creates `node`'s ephemeral registration in `dir`. False when another
+    /// live session holds that id; ours from this session (a retry) is fine.
+    async fn register_node(&self, dir: &str, operation: &str, node: &NodeInfo) -> Result<bool, CoordError> {
+        let client = self.client();
+        let path = format!("{dir}/{}", node.id);
+        match client.create(&path, &to_json(node), &ephemeral(self.acls())).await {
+            Ok(_) => Ok(true),
+            Err(ZkError::NodeExists) => {
+                let stat = client.check_stat(&path).await.map_err(|e| err(operation, e))?;
+                Ok(stat.is_none_or(|s| s.ephemeral_owner == client.session_id().0))
+            }
+            Err(e) => Err(err(operation, e)),
+        }
+    }
+
     async fn list_json<T: DeserializeOwned>(&self, dir: &str, operation: &str) -> Result<(Vec<T>, Change), CoordError> {
         let client = self.client();
         let (names, _, watcher) = client.get_and_watch_children(dir).await.map_err(|e| err(operation, e))?;
@@ -505,19 +520,8 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<(), CoordError> {
-        let client = self.client();
-        let path = format!("/workers/{}", worker.id);
-        match client.create(&path, &to_json(worker), &ephemeral(self.acls())).await {
-            Ok(_) => {}
-            Err(ZkError::NodeExists) => {
-                // Ours from this session (a retry) is fine; another live
-                // session's is a duplicate worker id.
-                let stat = client.check_stat(&path).await.map_err(|e| err("register worker", e))?;
-                if stat.is_some_and(|s| s.ephemeral_owner != client.session_id().0) {
-                    return Err(CoordError::WorkerIdTaken { id: worker.id.clone() });
-                }
-            }
-            Err(e) => return Err(err("register worker", e)),
+        if !self.register_node("/workers", "register worker", worker).await? {
+            return Err(CoordError::WorkerIdTaken { id: worker.id.clone() });
         }
         *self.inner.registered.lock().expect("registration lock poisoned") = Some(worker.clone());
         Ok(())
@@ -530,17 +534,8 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn register_query_node(&self, node: &NodeInfo) -> Result<(), CoordError> {
-        let client = self.client();
-        let path = format!("/query-nodes/{}", node.id);
-        match client.create(&path, &to_json(node), &ephemeral(self.acls())).await {
-            Ok(_) => {}
-            Err(ZkError::NodeExists) => {
-                let stat = client.check_stat(&path).await.map_err(|e| err("register query node", e))?;
-                if stat.is_some_and(|s| s.ephemeral_owner != client.session_id().0) {
-                    return Err(CoordError::QueryNodeIdTaken { id: node.id.clone() });
-                }
-            }
-            Err(e) => return Err(err("register query node", e)),
+        if !self.register_node("/query-nodes", "register query node", node).await? {
+            return Err(CoordError::QueryNodeIdTaken { id: node.id.clone() });
         }
         *self.inner.registered_query_node.lock().expect("registration lock poisoned") = Some(node.clone());
         Ok(())

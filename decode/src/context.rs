@@ -66,6 +66,7 @@ impl SourceContext {
 
     fn failed(&self, message: String) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        // The same failure again within LOG_EVERY changes nothing but the flag.
         let repeated = failure.as_ref().is_some_and(|f| f.message == message && f.logged_at.elapsed() < LOG_EVERY);
         if !repeated {
             tracing::error!(
@@ -74,10 +75,8 @@ impl SourceContext {
                 self.table,
                 hint(&message)
             );
+            *failure = Some(Failure { message, logged_at: Instant::now() });
         }
-        let logged_at =
-            if repeated { failure.as_ref().map_or_else(Instant::now, |f| f.logged_at) } else { Instant::now() };
-        *failure = Some(Failure { message, logged_at });
         self.failing.store(true, Ordering::Relaxed);
     }
 }

@@ -48,7 +48,7 @@ pub async fn run_worker(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let config = &loaded.config;
-    let id = WorkerInfo::this_process(config.node_id.as_deref(), "worker", String::new(), 0).id;
+    let id = sluice_coordinator::node_id(config.node_id.as_deref(), "worker");
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| WorkerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let data_dir = std::fs::canonicalize(&config.data_dir)

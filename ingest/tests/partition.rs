@@ -18,6 +18,7 @@ use sluice_ingest::budget::MemoryBudget;
 use sluice_ingest::partition::{Exit, PipelineContext, ingest_partition};
 use sluice_segments::Segment;
 use sluice_storage::{DeepStore, file_uri_path};
+use sluice_testkit::kafka::committed_offsets;
 use sluice_testkit::{KafkaBroker, ZooKeeper, unique_name, wait_until};
 use tokio::sync::watch;
 
@@ -181,35 +182,12 @@ async fn a_crash_mid_stream_loses_nothing_and_duplicates_nothing() {
     for p in 0..2 {
         checkpoints.insert(p, b.checkpoint("events", p).await.unwrap().unwrap().next_offset.unwrap());
     }
-    let (bootstrap, topic) = (broker.bootstrap_servers().to_string(), topic.clone());
-    let mirrored = move || {
-        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                use rdkafka::consumer::{BaseConsumer, Consumer};
-                let reader: BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .set("group.id", "sluice-events")
-                    .create()
-                    .unwrap();
-                let mut asked = rdkafka::TopicPartitionList::new();
-                asked.add_partition(&topic, 0);
-                asked.add_partition(&topic, 1);
-                let committed = reader.committed_offsets(asked, Duration::from_secs(5)).ok()?;
-                (0..2)
-                    .map(|p| match committed.find_partition(&topic, p)?.offset() {
-                        rdkafka::Offset::Offset(o) => Some((p, o)),
-                        _ => None,
-                    })
-                    .collect::<Option<BTreeMap<i32, i64>>>()
-            })
-            .await
-            .unwrap()
-        }
-    };
+    let mut reader = rdkafka::ClientConfig::new();
+    reader.set("bootstrap.servers", broker.bootstrap_servers());
+    let mirrored = || committed_offsets(reader.clone(), "sluice-events", &topic, 2);
     let matches = || {
-        let (mirrored, checkpoints) = (mirrored.clone(), checkpoints.clone());
-        async move { mirrored().await == Some(checkpoints) }
+        let (mirrored, checkpoints) = (mirrored(), checkpoints.clone());
+        async move { mirrored.await == Some(checkpoints) }
     };
     wait_until("the consumer group's offsets match the checkpoints", Duration::from_secs(30), matches).await.unwrap();
 }

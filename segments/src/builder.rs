@@ -222,40 +222,30 @@ impl ColumnBuilder {
     /// and column while consuming.
     pub fn min_max(&self) -> Option<(Key, Key)> {
         let valid = |row: usize| self.validity.nulls == 0 || self.validity.is_valid(row);
-        fn fold<T: Copy, K: Ord + Copy>(
-            values: &[T],
-            valid: impl Fn(usize) -> bool,
-            key: impl Fn(T) -> K,
-        ) -> Option<(K, K)> {
-            let mut range: Option<(K, K)> = None;
-            for (row, v) in values.iter().enumerate() {
-                if valid(row) {
-                    let k = key(*v);
-                    range = Some(range.map_or((k, k), |(lo, hi)| (lo.min(k), hi.max(k))));
-                }
-            }
-            range
+        fn range<K: Ord + Copy>(keys: impl Iterator<Item = K>, valid: impl Fn(usize) -> bool) -> Option<(K, K)> {
+            keys.enumerate()
+                .filter(|(row, _)| valid(*row))
+                .fold(None, |range, (_, k)| Some(range.map_or((k, k), |(lo, hi): (K, K)| (lo.min(k), hi.max(k)))))
         }
+        let rows = 0..self.validity.len;
         match &self.values {
-            Values::Bool { bits } => {
-                let values: Vec<bool> = (0..self.validity.len).map(|r| bits[r / 8] & (1 << (r % 8)) != 0).collect();
-                fold(&values, valid, |v| v).map(|(lo, hi)| (Key::Bool(lo), Key::Bool(hi)))
+            Values::Bool { bits } => range(rows.map(|r| bits[r / 8] & (1 << (r % 8)) != 0), valid)
+                .map(|(lo, hi)| (Key::Bool(lo), Key::Bool(hi))),
+            Values::Int32(v) => {
+                range(v.iter().map(|x| i64::from(*x)), valid).map(|(lo, hi)| (Key::Int(lo), Key::Int(hi)))
             }
-            Values::Int32(v) => fold(v, valid, i64::from).map(|(lo, hi)| (Key::Int(lo), Key::Int(hi))),
-            Values::Int64(v) => fold(v, valid, |x| x).map(|(lo, hi)| (Key::Int(lo), Key::Int(hi))),
-            Values::Float32(v) => fold(v, valid, f32_order_bits).map(|(lo, hi)| (Key::Float(lo), Key::Float(hi))),
-            Values::Float64(v) => fold(v, valid, f64_order_bits).map(|(lo, hi)| (Key::Float(lo), Key::Float(hi))),
+            Values::Int64(v) => range(v.iter().copied(), valid).map(|(lo, hi)| (Key::Int(lo), Key::Int(hi))),
+            Values::Float32(v) => {
+                range(v.iter().map(|x| f32_order_bits(*x)), valid).map(|(lo, hi)| (Key::Float(lo), Key::Float(hi)))
+            }
+            Values::Float64(v) => {
+                range(v.iter().map(|x| f64_order_bits(*x)), valid).map(|(lo, hi)| (Key::Float(lo), Key::Float(hi)))
+            }
             Values::Str { offsets, data } => {
-                let mut range: Option<(&[u8], &[u8])> = None;
-                for row in 0..self.validity.len {
-                    if valid(row) {
-                        let s = &data[offsets[row] as usize..offsets[row + 1] as usize];
-                        range = Some(range.map_or((s, s), |(lo, hi)| (lo.min(s), hi.max(s))));
-                    }
-                }
+                let slices = rows.map(|r| &data[offsets[r] as usize..offsets[r + 1] as usize]);
                 // SAFETY: `data` holds whole `&str`s, cut at their offsets.
                 let text = |b: &[u8]| Key::Str(unsafe { std::str::from_utf8_unchecked(b) }.into());
-                range.map(|(lo, hi)| (text(lo), text(hi)))
+                range(slices, valid).map(|(lo, hi)| (text(lo), text(hi)))
             }
         }
     }

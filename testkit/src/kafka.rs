@@ -198,6 +198,36 @@ pub async fn wait_for_partitions(config: ClientConfig, topic: &str, partitions: 
     .await
 }
 
+/// The offsets consumer group `group` committed for partitions
+/// `0..partitions` of `topic`, read by an independent client with
+/// `config`'s connection settings; `None` until every partition has one.
+pub async fn committed_offsets(
+    mut config: ClientConfig,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Option<std::collections::BTreeMap<i32, i64>> {
+    config.set("group.id", group);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let reader: BaseConsumer = config.create().ok()?;
+        let mut asked = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            asked.add_partition(&topic, p);
+        }
+        let committed = reader.committed_offsets(asked, Duration::from_secs(5)).ok()?;
+        (0..partitions)
+            .map(|p| match committed.find_partition(&topic, p)?.offset() {
+                rdkafka::Offset::Offset(o) => Some((p, o)),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// The partition count of `topic` as the broker's metadata reports it.
 pub fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
     let mut config = ClientConfig::new();
