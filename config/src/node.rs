@@ -499,6 +499,17 @@ pub struct QueryNodeConfig {
     /// How this node reaches object stores (deep stores on S3, GCS, Azure).
     #[serde(default)]
     pub object_store: ObjectStoreConfig,
+    /// Where this node serves the distributed tasks of the cluster's queries
+    /// (Arrow Flight, `host:port`; port 0 picks a free one). Set: the node
+    /// joins the cluster of query nodes, serves only its share of the
+    /// segments and runs queries across the cluster. Absent: it serves every
+    /// segment by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_listen: Option<SocketAddr>,
+    /// How many live query nodes serve each committed segment. Absent: 1
+    /// while the node is alone, 2 once the cluster has more nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<u32>,
 }
 
 impl QueryNodeConfig {
@@ -514,6 +525,12 @@ impl QueryNodeConfig {
         validate_node_id(self.node_id.as_deref(), &mut p);
         self.coordinator.validate(&mut p);
         self.object_store.validate(&mut p);
+        if let Some(r) = self.replication.filter(|r| !(1..=16).contains(r)) {
+            p.push("replication", r.to_string(), "from 1 to 16 query nodes per segment");
+        }
+        if self.replication.is_some() && self.flight_listen.is_none() {
+            p.push("replication", "set", "`flight_listen` too: only a node in a cluster shares segments");
+        }
         let limits = &self.limits;
         if limits.query_timeout.is_zero() || limits.query_timeout > Duration::from_secs(86_400) {
             p.push(

@@ -49,9 +49,79 @@ pub fn fair_assignment(pipeline: &str, partitions: i32, workers: &[String]) -> B
     out
 }
 
+/// The query nodes that serve each of a table's committed `segments`:
+/// `replication` distinct nodes per segment (fewer when fewer nodes live),
+/// by rendezvous hashing on the segment name capped at an even share, so
+/// every node holds the same number of segments of the table, ± one, and a
+/// node joining or leaving moves few of them. Every node computes the same
+/// answer from the same inputs: no controller decides.
+pub fn replica_assignment(
+    table: &str,
+    segments: &[String],
+    nodes: &[String],
+    replication: usize,
+) -> BTreeMap<String, Vec<String>> {
+    let replication = replication.clamp(1, nodes.len().max(1));
+    let mut out: BTreeMap<String, Vec<String>> = segments.iter().map(|s| (s.clone(), Vec::new())).collect();
+    if nodes.is_empty() {
+        return out;
+    }
+    let cap = (segments.len() * replication).div_ceil(nodes.len());
+    let score = |node: &str, segment: &str| {
+        let key = [node.as_bytes(), &[0], table.as_bytes(), &[0], segment.as_bytes()].concat();
+        sluice_segments::types::stable_hash(&key, 0)
+    };
+    let mut pairs: Vec<(u64, &String, &String)> = Vec::with_capacity(segments.len() * nodes.len());
+    for segment in segments {
+        for node in nodes {
+            pairs.push((score(node, segment), segment, node));
+        }
+    }
+    pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
+    let mut load: BTreeMap<&String, usize> = nodes.iter().map(|n| (n, 0)).collect();
+    // Capped first, then (rarely: the nodes left with room already hold the
+    // segment) uncapped, so every segment gets its replicas.
+    for capped in [true, false] {
+        for &(_, segment, node) in &pairs {
+            let holders = out.get_mut(segment).expect("segment present");
+            let held = load.get_mut(node).expect("node present");
+            if holders.len() < replication && !holders.contains(node) && (!capped || *held < cap) {
+                holders.push(node.clone());
+                *held += 1;
+            }
+        }
+    }
+    for holders in out.values_mut() {
+        holders.sort_unstable();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_distinct_balanced_and_stable() {
+        let segments: Vec<String> = (0..40).map(|i| format!("t__{}__{i}", i % 4)).collect();
+        for nodes in 1..=5 {
+            for replication in 1..=3 {
+                let a = replica_assignment("t", &segments, &names(nodes), replication);
+                let r = replication.min(nodes);
+                assert!(a.values().all(|h| h.len() == r && h.windows(2).all(|w| w[0] != w[1])));
+                let mut load: BTreeMap<&String, usize> = BTreeMap::new();
+                for h in a.values().flatten() {
+                    *load.entry(h).or_default() += 1;
+                }
+                let (lo, hi) = (load.values().min().unwrap(), load.values().max().unwrap());
+                assert!(hi - lo <= 1, "{nodes} nodes, replication {replication}: {load:?}");
+            }
+        }
+        let before = replica_assignment("t", &segments, &names(3), 1);
+        let after = replica_assignment("t", &segments, &names(4), 1);
+        let moved = segments.iter().filter(|s| before[*s] != after[*s]).count();
+        assert!(moved <= 20, "a fourth node moved {moved} of 40 segments");
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("worker-{i}")).collect()

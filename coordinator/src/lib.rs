@@ -38,7 +38,7 @@ mod zk;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
-pub use assignment::{fair_assignment, fair_share};
+pub use assignment::{fair_assignment, fair_share, replica_assignment};
 pub use balancer::assigned_partitions;
 pub use error::CoordError;
 pub use memory::InProcessCoordinator;
@@ -87,8 +87,11 @@ pub trait Coordinator: Send + Sync {
     async fn workers(&self) -> Result<(Vec<WorkerInfo>, Change), CoordError>;
     /// Registers this query node for as long as the session lives (again
     /// under a new session after an expiry, as a worker is).
+    /// Registering again from the same session replaces the record (a query
+    /// node publishes what it serves this way); it outlives session losses.
     async fn register_query_node(&self, node: &NodeInfo) -> Result<(), CoordError>;
-    /// Live query nodes, sorted by id, and a watch on the list.
+    /// Live query nodes, sorted by id, and a watch on the list and on each
+    /// node's record.
     async fn query_nodes(&self) -> Result<(Vec<NodeInfo>, Change), CoordError>;
 
     // ---- partitions --------------------------------------------------------

@@ -2,12 +2,23 @@ use serde::{Deserialize, Serialize};
 
 /// A node's registration: a worker's (`/workers/<id>`) or a query node's
 /// (`/query-nodes/<id>`), alive as long as the node's session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
     pub host: String,
     pub http_addr: String,
     pub started_at_ms: i64,
+    /// A query node's Arrow Flight endpoint (`host:port`), where the other
+    /// query nodes send the distributed tasks of their queries. Absent: the
+    /// node takes no part in distributed queries (a worker, or a query node
+    /// outside a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_addr: Option<String>,
+    /// The segments a query node serves, by table: Pinot's external view,
+    /// read by the others to route tasks and to drop a segment only once
+    /// its new holders serve it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub serving: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A worker's registration.
@@ -17,15 +28,32 @@ impl NodeInfo {
     /// This process's registration as `id` (the configured one, else
     /// `<hostname>-<pid>`), reachable over HTTP at `http_addr`.
     pub fn this_process(configured_id: Option<&str>, role: &str, http_addr: String, started_at_ms: i64) -> Self {
-        NodeInfo { id: node_id(configured_id, role), host: hostname(), http_addr, started_at_ms }
+        NodeInfo {
+            id: node_id(configured_id, role),
+            host: hostname(),
+            http_addr,
+            started_at_ms,
+            flight_addr: None,
+            serving: Default::default(),
+        }
     }
 
     /// Where `/health` of this node is reached from elsewhere: a wildcard
     /// listen address on its host.
     pub fn reachable_http_addr(&self) -> String {
-        match self.http_addr.strip_prefix("0.0.0.0:") {
+        self.reachable(&self.http_addr)
+    }
+
+    /// Where the Flight endpoint of this query node is reached from
+    /// elsewhere, if it has one.
+    pub fn reachable_flight_addr(&self) -> Option<String> {
+        self.flight_addr.as_deref().map(|a| self.reachable(a))
+    }
+
+    fn reachable(&self, addr: &str) -> String {
+        match addr.strip_prefix("0.0.0.0:") {
             Some(port) => format!("{}:{port}", if self.host.is_empty() { "127.0.0.1" } else { self.host.as_str() }),
-            None => self.http_addr.clone(),
+            None => addr.to_string(),
         }
     }
 }

@@ -209,10 +209,9 @@ impl ZooKeeperCoordinator {
         .boxed()
     }
 
-    /// The JSON records in the children of `dir`, and a watch on the set.
-    /// A child deleted between the listing and its read is skipped.
-    /// Creates `node`'s ephemeral registration in `dir`. False when another
-    /// live session holds that id; ours from this session (a retry) is fine.
+    /// Creates `node`'s ephemeral registration in `dir`, or updates ours
+    /// from this session (a retry, or a query node publishing what it now
+    /// serves). False when another live session holds that id.
     async fn register_node(&self, dir: &str, operation: &str, node: &NodeInfo) -> Result<bool, CoordError> {
         let client = self.client();
         let path = format!("{dir}/{}", node.id);
@@ -220,25 +219,53 @@ impl ZooKeeperCoordinator {
             Ok(_) => Ok(true),
             Err(ZkError::NodeExists) => {
                 let stat = client.check_stat(&path).await.map_err(|e| err(operation, e))?;
-                Ok(stat.is_none_or(|s| s.ephemeral_owner == client.session_id().0))
+                match stat {
+                    None => Ok(true),
+                    Some(s) if s.ephemeral_owner == client.session_id().0 => {
+                        client.set_data(&path, &to_json(node), Some(s.version)).await.map_err(|e| err(operation, e))?;
+                        Ok(true)
+                    }
+                    Some(_) => Ok(false),
+                }
             }
             Err(e) => Err(err(operation, e)),
         }
     }
 
-    async fn list_json<T: DeserializeOwned>(&self, dir: &str, operation: &str) -> Result<(Vec<T>, Change), CoordError> {
+    /// The JSON records in the children of `dir`, and a watch on the set
+    /// and on each record (a query node's record changes with what it
+    /// serves). A child deleted between the listing and its read is skipped.
+
+    async fn list_json<T: DeserializeOwned>(
+        &self,
+        dir: &str,
+        operation: &str,
+        watch_records: bool,
+    ) -> Result<(Vec<T>, Change), CoordError> {
         let client = self.client();
         let (names, _, watcher) = client.get_and_watch_children(dir).await.map_err(|e| err(operation, e))?;
         let mut records = Vec::with_capacity(names.len());
+        let mut changes = vec![self.change(watcher)];
         for name in names {
             let path = format!("{dir}/{name}");
-            match client.get_data(&path).await {
-                Ok((data, _)) => records.push(from_json::<T>(operation, &path, &data)?),
+            let read = if watch_records {
+                client.get_and_watch_data(&path).await.map(|(data, _, w)| {
+                    changes.push(self.change(w));
+                    data
+                })
+            } else {
+                client.get_data(&path).await.map(|(data, _)| data)
+            };
+            match read {
+                Ok(data) => records.push(from_json::<T>(operation, &path, &data)?),
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(err(operation, e)),
             }
         }
-        Ok((records, self.change(watcher)))
+        let change = async move {
+            futures::future::select_all(changes).await;
+        };
+        Ok((records, change.boxed()))
     }
 
     async fn read_checkpoint(
@@ -528,7 +555,7 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn workers(&self) -> Result<(Vec<WorkerInfo>, Change), CoordError> {
-        let (mut workers, change) = self.list_json::<WorkerInfo>("/workers", "list workers").await?;
+        let (mut workers, change) = self.list_json::<WorkerInfo>("/workers", "list workers", false).await?;
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((workers, change))
     }
@@ -542,7 +569,7 @@ impl Coordinator for ZooKeeperCoordinator {
     }
 
     async fn query_nodes(&self) -> Result<(Vec<NodeInfo>, Change), CoordError> {
-        let (mut nodes, change) = self.list_json::<NodeInfo>("/query-nodes", "list query nodes").await?;
+        let (mut nodes, change) = self.list_json::<NodeInfo>("/query-nodes", "list query nodes", true).await?;
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((nodes, change))
     }
@@ -672,7 +699,7 @@ impl Coordinator for ZooKeeperCoordinator {
     async fn segments(&self, pipeline: &str) -> Result<(Vec<SegmentRecord>, Change), CoordError> {
         let dir = segments_dir(pipeline);
         self.client().mkdir(&dir, &persistent(self.acls())).await.map_err(|e| err("list segments", e))?;
-        let (mut records, change) = self.list_json::<SegmentRecord>(&dir, "list segments").await?;
+        let (mut records, change) = self.list_json::<SegmentRecord>(&dir, "list segments", false).await?;
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((records, change))
     }

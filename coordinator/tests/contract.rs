@@ -179,7 +179,13 @@ async fn an_operator_reset_fences_the_owner(cluster: &dyn Cluster) {
 
 async fn a_session_end_kills_its_leases_and_registrations(cluster: &dyn Cluster) {
     let (a, b) = (cluster.node().await, cluster.node().await);
-    let info = WorkerInfo { id: "a".into(), host: "h".into(), http_addr: "127.0.0.1:1".into(), started_at_ms: 0 };
+    let info = WorkerInfo {
+        id: "a".into(),
+        host: "h".into(),
+        http_addr: "127.0.0.1:1".into(),
+        started_at_ms: 0,
+        ..WorkerInfo::default()
+    };
     a.register_worker(&info).await.unwrap();
     let (workers, workers_changed) = b.workers().await.unwrap();
     assert_eq!(workers, vec![info.clone()]);
@@ -196,8 +202,13 @@ async fn a_session_end_kills_its_leases_and_registrations(cluster: &dyn Cluster)
 
 async fn query_nodes_register_for_their_session(cluster: &dyn Cluster) {
     let (a, b) = (cluster.node().await, cluster.node().await);
-    let node =
-        |id: &str| NodeInfo { id: id.into(), host: "h".into(), http_addr: "127.0.0.1:8099".into(), started_at_ms: 1 };
+    let node = |id: &str| NodeInfo {
+        id: id.into(),
+        host: "h".into(),
+        http_addr: "127.0.0.1:8099".into(),
+        started_at_ms: 1,
+        ..NodeInfo::default()
+    };
     let (none, changed) = b.query_nodes().await.unwrap();
     assert!(none.is_empty());
     b.register_query_node(&node("q2")).await.unwrap();
@@ -206,6 +217,14 @@ async fn query_nodes_register_for_their_session(cluster: &dyn Cluster) {
     let (nodes, changed) = b.query_nodes().await.unwrap();
     assert_eq!(nodes, vec![node("q1"), node("q2")], "sorted by id");
     assert!(b.workers().await.unwrap().0.is_empty(), "query nodes are not workers");
+    // A node publishes what it serves by registering again; the others see it.
+    let mut serving = node("q1");
+    serving.flight_addr = Some("127.0.0.1:9099".into());
+    serving.serving.insert("clicks".into(), vec!["clicks__0__0".into()]);
+    a.register_query_node(&serving).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed).await.expect("a changed record fires the watch");
+    let (nodes, changed) = b.query_nodes().await.unwrap();
+    assert_eq!(nodes, vec![serving, node("q2")]);
     (a.end_session)().await;
     tokio::time::timeout(Duration::from_secs(10), changed).await.expect("the list changes with the session");
 }

@@ -135,8 +135,13 @@ struct Worker {
 
 async fn start_worker(zk: &ZooKeeper, root: &str, id: &str, partitions: i32) -> Worker {
     let coordinator = node(zk, root).await;
-    let info =
-        WorkerInfo { id: id.into(), host: "localhost".into(), http_addr: "127.0.0.1:0".into(), started_at_ms: 0 };
+    let info = WorkerInfo {
+        id: id.into(),
+        host: "localhost".into(),
+        http_addr: "127.0.0.1:0".into(),
+        started_at_ms: 0,
+        ..WorkerInfo::default()
+    };
     coordinator.register_worker(&info).await.unwrap();
     let held = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
     let (c, h, me) = (coordinator.clone(), held.clone(), id.to_string());
@@ -233,7 +238,13 @@ async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
         auth: None,
     };
     let worker = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
-    let info = WorkerInfo { id: "w1".into(), host: "h".into(), http_addr: "127.0.0.1:9100".into(), started_at_ms: 1 };
+    let info = WorkerInfo {
+        id: "w1".into(),
+        host: "h".into(),
+        http_addr: "127.0.0.1:9100".into(),
+        started_at_ms: 1,
+        ..WorkerInfo::default()
+    };
     worker.register_worker(&info).await.unwrap();
     let mut lease = worker.acquire("clicks", 0, "w1").await.unwrap().unwrap();
     let observer = node(&zk, &root).await;

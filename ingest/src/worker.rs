@@ -85,7 +85,8 @@ pub async fn run_worker(
         }
     });
     tracing::info!(%http_addr, "serving /health and /metrics");
-    let info = WorkerInfo { id: id.clone(), host, http_addr: http_addr.to_string(), started_at_ms };
+    let info =
+        WorkerInfo { id: id.clone(), host, http_addr: http_addr.to_string(), started_at_ms, ..WorkerInfo::default() };
     // A restarted worker may find its previous incarnation still registered
     // until that session expires: wait for it, within reason.
     let registering = Instant::now();

@@ -32,7 +32,7 @@ use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
-use crate::table::SegmentTable;
+use crate::table::{Elsewhere, RemoteSegment, SegmentTable};
 use crate::tail::{self, TableView, TailBudget};
 
 /// Resync even without a watch firing, in case a notification was missed
@@ -129,6 +129,11 @@ struct TableState {
     view: Option<Arc<TableView>>,
     segments: BTreeMap<String, Loaded>,
     failures: HashMap<String, Failure>,
+    /// In a cluster: per partition, the largest end offset of the committed
+    /// segments served so far (here or elsewhere). Never decreases: the
+    /// tail holds only rows above it, so a segment at or below it that no
+    /// node serves is missing from answers, never pending.
+    cut: HashMap<i32, i64>,
 }
 
 pub struct CatalogFollower {
@@ -142,6 +147,10 @@ pub struct CatalogFollower {
     /// The node's tail memory; disabled (committed segments only) unless set.
     tails: Arc<TailBudget>,
     shutdown: Option<watch::Receiver<bool>>,
+    /// In a cluster: the other query nodes, and where this node publishes
+    /// what it serves.
+    cluster: Option<(Arc<crate::cluster::Cluster>, watch::Sender<sluice_coordinator::NodeInfo>)>,
+    registration: Option<watch::Sender<sluice_coordinator::NodeInfo>>,
 }
 
 impl CatalogFollower {
@@ -160,7 +169,27 @@ impl CatalogFollower {
             health,
             tails: TailBudget::new(0),
             shutdown: None,
+            cluster: None,
+            registration: None,
         }
+    }
+
+    /// Holds the sender of the node's registration (so the publisher keeps
+    /// it registered) outside a cluster, where it never changes.
+    pub fn keep_registration(mut self, registration: watch::Sender<sluice_coordinator::NodeInfo>) -> Self {
+        self.registration = Some(registration);
+        self
+    }
+
+    /// Serves only this node's share of the segments of `cluster`, and
+    /// publishes what it serves through `registration`.
+    pub fn in_cluster(
+        mut self,
+        cluster: Arc<crate::cluster::Cluster>,
+        registration: watch::Sender<sluice_coordinator::NodeInfo>,
+    ) -> Self {
+        self.cluster = Some((cluster, registration));
+        self
     }
 
     /// Reaches deep stores with `resolver` (the node's object-store options).
@@ -189,6 +218,10 @@ impl CatalogFollower {
                 }
             };
             watches.push(tokio::time::sleep(wait.max(Duration::from_millis(50))).boxed());
+            if let Some((cluster, _)) = &self.cluster {
+                let cluster = cluster.clone();
+                watches.push(async move { cluster.changed.notified().await }.boxed());
+            }
             tokio::select! {
                 _ = futures::future::select_all(watches) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
@@ -214,6 +247,7 @@ impl CatalogFollower {
                 next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
             }
         }
+        self.publish_serving();
         let gone: Vec<String> = self.tables.keys().filter(|t| !names.contains(t)).cloned().collect();
         for name in gone {
             if let Some(state) = self.tables.remove(&name) {
@@ -233,6 +267,22 @@ impl CatalogFollower {
         Ok(next_retry)
     }
 
+    /// Publishes the segments this node serves, when they changed.
+    fn publish_serving(&self) {
+        let Some((_, registration)) = &self.cluster else { return };
+        let serving: BTreeMap<String, Vec<String>> = self
+            .tables
+            .iter()
+            .filter(|(_, state)| !state.segments.is_empty())
+            .map(|(table, state)| (table.clone(), state.segments.keys().cloned().collect()))
+            .collect();
+        registration.send_if_modified(|info| {
+            let changed = info.serving != serving;
+            info.serving = serving;
+            changed
+        });
+    }
+
     async fn sync_table(&mut self, name: &str, config: Option<&str>, records: Vec<SegmentRecord>) -> Option<Instant> {
         let state = self.tables.entry(name.to_string()).or_default();
         let parsed = config.and_then(|text| parse_config(name, text));
@@ -243,11 +293,33 @@ impl CatalogFollower {
             state.table = Some(Arc::new(SegmentTable::new(name, &schema)));
         }
         let wanted: HashMap<&str, &SegmentRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
+        // In a cluster, the segments this node should serve; a segment it
+        // no longer should is dropped only once its assignees serve it.
+        let cluster = self.cluster.as_ref().map(|(c, _)| c.clone());
+        let assignment = cluster.as_ref().map(|c| {
+            let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+            c.assignment(name, &names)
+        });
+        let mine = |segment: &str| match (&assignment, &cluster) {
+            (Some(a), Some(c)) => a.get(segment).is_some_and(|holders| holders.iter().any(|h| h == c.self_id())),
+            _ => true,
+        };
         let mut changed = false;
         state.segments.retain(|segment, loaded| {
-            let keep = wanted.get(segment.as_str()).is_some_and(|r| r.uri == loaded.uri);
+            let in_catalog = wanted.get(segment.as_str()).is_some_and(|r| r.uri == loaded.uri);
+            let handed_over = in_catalog
+                && !mine(segment)
+                && match (&assignment, &cluster) {
+                    (Some(a), Some(c)) => c.served_by_assignees(name, segment, &a[segment.as_str()]),
+                    _ => false,
+                };
+            let keep = in_catalog && !handed_over;
             if !keep {
-                tracing::info!(table = %name, segment = %segment, "segment left the catalog; no longer served");
+                if handed_over {
+                    tracing::info!(table = %name, segment = %segment, "segment served by its new holders; dropped here");
+                } else {
+                    tracing::info!(table = %name, segment = %segment, "segment left the catalog; no longer served");
+                }
                 let _ = std::fs::remove_file(&loaded.cached);
                 changed = true;
             }
@@ -258,7 +330,7 @@ impl CatalogFollower {
         let now = Instant::now();
         let mut next_retry: Option<Instant> = None;
         for record in &records {
-            if state.segments.contains_key(&record.name) {
+            if state.segments.contains_key(&record.name) || !mine(&record.name) {
                 continue;
             }
             if let Some(f) = state.failures.get(&record.name)
@@ -318,8 +390,14 @@ impl CatalogFollower {
                 })
                 .clone();
             let registered = self.engine.table(name).is_some();
-            if changed || !registered {
-                view.set_committed(state.segments.values().map(|l| l.segment.clone()).collect());
+            let local: Vec<Arc<Segment>> = state.segments.values().map(|l| l.segment.clone()).collect();
+            match &cluster {
+                Some(cluster) => {
+                    let elsewhere = elsewhere(cluster, name, &records, &state.segments, &mut state.cut);
+                    view.set_committed_with(local, elsewhere);
+                }
+                None if changed || !registered => view.set_committed(local),
+                None => {}
             }
             if !registered {
                 self.engine.register(table.clone());
@@ -331,6 +409,51 @@ impl CatalogFollower {
         set_gauges(name, state);
         next_retry
     }
+}
+
+/// The committed segments of `table` this node does not hold: served by
+/// others (remote), or by no live node (missing when at or below the
+/// partition's cut, whose rows the tail no longer holds; otherwise pending,
+/// still answered from the tail, and left out).
+fn elsewhere(
+    cluster: &crate::cluster::Cluster,
+    table: &str,
+    records: &[SegmentRecord],
+    loaded: &BTreeMap<String, Loaded>,
+    cut: &mut HashMap<i32, i64>,
+) -> Elsewhere {
+    let mut out = Elsewhere::default();
+    let mut unserved = Vec::new();
+    for record in records.iter().filter(|r| !loaded.contains_key(&r.name)) {
+        if cluster.holders(table, &record.name).is_empty() {
+            unserved.push(record);
+        } else {
+            out.remote.push(RemoteSegment {
+                name: record.name.clone(),
+                partition: record.partition,
+                end_offset: record.end_offset,
+                rows: record.row_count,
+            });
+        }
+    }
+    let served_ends = loaded
+        .values()
+        .map(|l| (l.segment.meta().partition, l.segment.meta().end_offset))
+        .chain(out.remote.iter().map(|r| (r.partition, r.end_offset)));
+    for (partition, end) in served_ends {
+        let at = cut.entry(partition).or_insert(end);
+        *at = (*at).max(end);
+    }
+    for record in unserved {
+        if cut.get(&record.partition).is_some_and(|&c| record.start_offset <= c) {
+            out.missing.push(record.name.clone());
+        }
+    }
+    if !out.missing.is_empty() {
+        tracing::warn!(%table, missing = out.missing.len(), "committed segments no live query node serves");
+    }
+    metrics::gauge!("sluice_query_segments_unavailable", "table" => table.to_string()).set(out.missing.len() as f64);
+    out
 }
 
 fn set_gauges(table: &str, state: &TableState) {

@@ -66,6 +66,10 @@ pub enum QueryError {
     Overloaded { running: usize, queued: usize },
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// A task on another query node failed in a way a retry may fix; never
+    /// returned to a client (after the last attempt it is `Internal`).
+    #[error("a distributed task failed: {message}")]
+    Remote { message: String, node: Option<String> },
 }
 
 impl QueryError {
@@ -80,7 +84,7 @@ impl QueryError {
             QueryError::TooManyRows { .. } | QueryError::ResultTooLarge { .. } | QueryError::TooExpensive { .. } => 413,
             QueryError::Timeout { .. } => 504,
             QueryError::Overloaded { .. } | QueryError::OutOfMemory { .. } => 503,
-            QueryError::Internal { .. } => 500,
+            QueryError::Internal { .. } | QueryError::Remote { .. } => 500,
         }
     }
 
@@ -90,7 +94,7 @@ impl QueryError {
             QueryError::Syntax { .. } => 150,
             QueryError::UnknownTable { .. } => 190,
             QueryError::ReadOnly { .. } | QueryError::Invalid { .. } | QueryError::TooComplex { .. } => 700,
-            QueryError::Execution { .. } | QueryError::Internal { .. } => 200,
+            QueryError::Execution { .. } | QueryError::Internal { .. } | QueryError::Remote { .. } => 200,
             QueryError::OutOfMemory { .. } => 211,
             QueryError::Timeout { .. } => 250,
             QueryError::TooManyRows { .. } | QueryError::ResultTooLarge { .. } | QueryError::TooExpensive { .. } => 240,
@@ -112,7 +116,7 @@ impl QueryError {
             QueryError::Timeout { .. } => "timeout",
             QueryError::Overloaded { .. } => "overloaded",
             QueryError::OutOfMemory { .. } => "out_of_memory",
-            QueryError::Internal { .. } => "error",
+            QueryError::Internal { .. } | QueryError::Remote { .. } => "error",
         }
     }
 
@@ -165,7 +169,7 @@ impl QueryError {
 /// nothing.
 pub(crate) const QUERY_STACK_SIZE: usize = 256 << 20;
 
-type Tables = Arc<RwLock<BTreeMap<String, Arc<SegmentTable>>>>;
+pub(crate) type Tables = Arc<RwLock<BTreeMap<String, Arc<SegmentTable>>>>;
 
 /// The tables a query node serves, and how it runs queries over them.
 pub struct QueryEngine {
@@ -184,6 +188,8 @@ struct Executor {
     /// DataFusion's target partitions, also the fast path's threads.
     threads: usize,
     tables: Tables,
+    /// Set when the node is part of a cluster of query nodes.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The engine's runtime. Shut down in the background on drop, so an engine
@@ -220,6 +226,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Attempts of a distributed query whose tasks failed on other nodes.
+const MAX_ATTEMPTS: u32 = 3;
+
 /// How many queries may wait for a slot, per slot.
 const QUEUE_PER_SLOT: usize = 4;
 
@@ -246,7 +255,7 @@ impl QueryEngine {
             .build()
             .map_err(|e| QueryError::Internal { message: format!("cannot start the query runtime: {e}") })?;
         Ok(QueryEngine {
-            executor: Executor { ctx, limits, threads, tables: Tables::default() },
+            executor: Executor { ctx, limits, threads, tables: Tables::default(), cluster: None },
             permits,
             waiting: AtomicUsize::new(0),
             running: Arc::default(),
@@ -256,6 +265,45 @@ impl QueryEngine {
 
     pub fn limits(&self) -> &QueryLimits {
         &self.executor.limits
+    }
+
+    /// Makes this engine one of `cluster`'s query nodes: its queries are
+    /// planned with DataFusion Distributed, tasks for the segments other
+    /// nodes serve are sent there, and the returned worker runs the tasks
+    /// other nodes send here (on this engine's tables, functions and memory
+    /// pool). Called before any table is registered.
+    pub fn join_cluster(&mut self, cluster: Arc<crate::cluster::Cluster>) -> datafusion_distributed::Worker {
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
+        let state = self.executor.ctx.state();
+        let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions {
+            tables: self.executor.tables.clone(),
+            max_function_output: self.executor.limits.max_function_output.as_u64(),
+        })
+        .with_runtime_env(state.runtime_env().clone());
+        let mut distributed = SessionStateBuilder::new_from_existing(state)
+            .with_physical_optimizer_rule(Arc::new(crate::distributed::PlaceBoundaries))
+            .with_distributed_worker_resolver(crate::cluster::ClusterResolver(cluster.clone()))
+            .with_distributed_user_codec(crate::distributed::ClusterCodec)
+            .with_distributed_route_tasks_handler(crate::distributed::route_tasks)
+            .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
+            .with_distributed_planner()
+            .build();
+        distributed.config_mut().set_extension(cluster.clone());
+        self.executor.ctx = SessionContext::new_with_state(distributed);
+        self.executor.cluster = Some(cluster);
+        worker
+    }
+
+    /// Runs `future` on the query runtime (deep stacks): the Flight server
+    /// of distributed tasks runs there, so others' tasks get the stacks and
+    /// threads this node's own queries get.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.0.as_ref().expect("the runtime lives as long as the engine").spawn(future)
     }
 
     /// Serves `table` under its name, replacing a previous table of that name.
@@ -390,6 +438,59 @@ impl Executor {
     }
 
     async fn execute(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        let Some(cluster) = &self.cluster else { return self.execute_once(sql).await };
+        // A task that failed on another node is retried on a replica: the
+        // query is planned again, around the node that failed (suspected)
+        // or with the segments a node gave up (served elsewhere by now).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Each attempt reports its own counters.
+            let _ = QUERY_STATS.try_with(|s| *s.lock().unwrap_or_else(|e| e.into_inner()) = ScanStats::default());
+            match self.execute_once(sql).await {
+                Err(QueryError::Remote { message, node }) if attempt < MAX_ATTEMPTS => {
+                    metrics::counter!("sluice_query_retries_total").increment(1);
+                    tracing::info!(attempt, %message, node = ?node, "a distributed task failed; planning the query again");
+                    if let Some(node) = node {
+                        cluster.suspect(&node);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                    }
+                }
+                Err(QueryError::Remote { message, .. }) => return Err(QueryError::Internal { message }),
+                other => return other,
+            }
+        }
+    }
+
+    /// The failure of a task on another node, as [`QueryError::Remote`]
+    /// when a retry may succeed: the node could not be reached, or no
+    /// longer serves a segment.
+    fn remote_failure(&self, e: &DataFusionError) -> Option<QueryError> {
+        let cluster = self.cluster.as_ref()?;
+        let message = e.to_string();
+        if message.contains(crate::distributed::NOT_SERVED) {
+            return Some(QueryError::Remote { message, node: None });
+        }
+        let unreachable = [
+            "transport error",
+            "Connection refused",
+            "connection refused",
+            "tcp connect error",
+            "error trying to connect",
+            "Unavailable",
+            "broken pipe",
+            "connection reset",
+            "h2 protocol error",
+        ];
+        if !unreachable.iter().any(|m| message.contains(m)) {
+            return None;
+        }
+        let node = cluster.urls().iter().find(|u| message.contains(u.authority())).and_then(|u| cluster.member_at(u));
+        Some(QueryError::Remote { message, node })
+    }
+
+    async fn execute_once(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         if let Some(query) = fast::plan(sql, |name| self.table(name)) {
             metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
             let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
@@ -416,13 +517,14 @@ impl Executor {
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_planning)?;
         let physical = frame.create_physical_plan().await.map_err(QueryError::from_planning)?;
         let schema = physical.schema();
-        let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(QueryError::from_datafusion)?;
+        let fail = |e: DataFusionError| self.remote_failure(&e).unwrap_or_else(|| QueryError::from_datafusion(e));
+        let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(fail)?;
         let limit = self.limits.max_result_rows;
         let max_bytes = self.limits.max_result_bytes.as_u64();
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(QueryError::from_datafusion)?;
+            let batch = batch.map_err(fail)?;
             rows += batch.num_rows() as u64;
             if rows > limit {
                 return Err(QueryError::TooManyRows { limit });

@@ -109,7 +109,8 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
     if from != template.from[0] {
         return None;
     }
-    let table = table(&table_name)?;
+    // A table spread over the cluster goes through the distributed planner.
+    let table = table(&table_name).filter(|t| t.is_local())?;
     let schema = table.schema_ref();
 
     let mut columns = Vec::with_capacity(projection.len());
@@ -153,7 +154,11 @@ pub(crate) async fn execute(
     max_rows: u64,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ScanStats), QueryError> {
     let schema = Arc::new(query.table.schema_ref().project(&query.projection).map_err(internal)?);
-    let segments = query.table.snapshot();
+    let (segments, elsewhere) = query.table.cluster_snapshot();
+    if !elsewhere.is_empty() {
+        // Spread over the cluster since it was planned: plan it again.
+        return Err(QueryError::Remote { message: "the table moved while planned".into(), node: None });
+    }
     let out = schema.clone();
     tokio::task::spawn_blocking(move || {
         let (mut parts, mut stats) = select(&segments, query.predicate.as_ref(), threads).map_err(internal)?;

@@ -33,6 +33,8 @@
 //!   quarantined, never served and never reloaded from the cache.
 
 pub mod catalog;
+pub mod cluster;
+pub mod distributed;
 pub mod engine;
 mod fast;
 mod functions;
@@ -78,60 +80,66 @@ impl QueryNode {
         metrics: Option<PrometheusHandle>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<QueryNode, StartError> {
-        let engine = Arc::new(QueryEngine::new(config.limits.clone())?);
+        let mut engine = QueryEngine::new(config.limits.clone())?;
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|source| StartError::CacheDir { path: config.cache_dir.display().to_string(), source })?;
+        let started_at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut info = NodeInfo::this_process(config.node_id.as_deref(), "query", String::new(), started_at_ms);
+        let mut tasks = Vec::new();
+        // In a cluster: the Flight endpoint of distributed tasks, listening
+        // before the node registers, and the view of the other nodes.
+        let cluster = match config.flight_listen {
+            None => None,
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
+                let flight = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
+                info.flight_addr = Some(flight.to_string());
+                let reachable = info.reachable_flight_addr().unwrap_or_else(|| flight.to_string());
+                let url = url::Url::parse(&format!("http://{reachable}"))
+                    .map_err(|e| StartError::Listen { listen: listen.to_string(), source: std::io::Error::other(e) })?;
+                let cluster = cluster::Cluster::new(info.id.clone(), url, config.replication);
+                let worker = engine.join_cluster(cluster.clone());
+                tasks.push(engine.spawn(distributed::serve(listener, worker, shutdown.clone())));
+                tasks.push(tokio::spawn(cluster.clone().follow(coordinator.clone(), shutdown.clone())));
+                tracing::info!(%flight, "query node serving distributed tasks (Arrow Flight)");
+                Some(cluster)
+            }
+        };
+        let engine = Arc::new(engine);
         let health = Arc::new(catalog::NodeHealth::default());
         let tails = tail::TailBudget::new(config.limits.tail_memory.as_u64());
-        let (coordinator_for_registration, shutdown_for_registration) = (coordinator.clone(), shutdown.clone());
-        let follower = CatalogFollower::new(coordinator, engine.clone(), config.cache_dir.clone(), health.clone())
-            .with_tails(tails)
-            .with_resolver(sluice_storage::Resolver::new(config.object_store.clone()));
-        let follow = tokio::spawn(follower.run(shutdown.clone()));
         let listen = config.http.listen;
-        let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health, shutdown)
+        let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health.clone(), shutdown.clone())
             .await
             .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
         tracing::info!(%addr, "query node serving SQL on /query/sql");
-        let started_at_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let info = NodeInfo::this_process(config.node_id.as_deref(), "query", addr.to_string(), started_at_ms);
-        let register = tokio::spawn(register(coordinator_for_registration, info, shutdown_for_registration));
-        Ok(QueryNode { addr, engine, tasks: vec![follow, server, register] })
+        info.http_addr = addr.to_string();
+        let (registration, published) = watch::channel(info);
+        let mut follower = CatalogFollower::new(coordinator.clone(), engine.clone(), config.cache_dir.clone(), health)
+            .with_tails(tails)
+            .with_resolver(sluice_storage::Resolver::new(config.object_store.clone()));
+        if let Some(cluster) = cluster {
+            follower = follower.in_cluster(cluster, registration);
+        } else {
+            // Nothing else updates the registration; keep its sender alive
+            // with the follower.
+            follower = follower.keep_registration(registration);
+        }
+        tasks.push(tokio::spawn(follower.run(shutdown.clone())));
+        tasks.push(server);
+        tasks.push(tokio::spawn(cluster::publish(coordinator, published, shutdown)));
+        Ok(QueryNode { addr, engine, tasks })
     }
 
     /// Waits for the follower and the server to stop (after shutdown).
     pub async fn join(self) {
         for task in self.tasks {
             let _ = task.await;
-        }
-    }
-}
-
-/// Registers the node under `/query-nodes` (`sluice status` lists it), in
-/// the background: serving never waits for it. A previous incarnation's
-/// registration is waited out until its session expires; other failures
-/// are retried with backoff. The coordinator restores the registration
-/// after a session loss by itself.
-async fn register(coordinator: Arc<dyn Coordinator>, info: NodeInfo, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = std::time::Duration::from_millis(500);
-    while !*shutdown.borrow() {
-        match coordinator.register_query_node(&info).await {
-            Ok(()) => {
-                tracing::info!(node = %info.id, "registered as a query node");
-                return;
-            }
-            Err(sluice_coordinator::CoordError::QueryNodeIdTaken { .. }) => {
-                tracing::info!(node = %info.id, "waiting for the previous session of this query node id to expire");
-            }
-            Err(e) => {
-                tracing::warn!(node = %info.id, error = %e, retry_in = ?backoff, "registering the query node");
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            changed = shutdown.changed() => if changed.is_err() { return },
         }
     }
 }

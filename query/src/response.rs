@@ -76,8 +76,8 @@ impl PinotResponse {
         PinotResponse {
             result_table: None,
             exceptions: Vec::new(),
-            num_servers_queried: 1,
-            num_servers_responded: 1,
+            num_servers_queried: stats.servers_queried.max(1) as u32,
+            num_servers_responded: stats.servers_responded.max(1) as u32,
             num_segments_queried: stats.segments_queried,
             num_segments_processed: stats.segments_processed,
             num_segments_matched: stats.segments_matched,
@@ -124,6 +124,16 @@ pub fn build(
     }
     let mut response = PinotResponse::empty(stats, elapsed);
     response.result_table = Some(ResultTable { data_schema: DataSchema { column_names, column_data_types }, rows });
+    if stats.segments_missing > 0 {
+        // Pinot's BROKER_SEGMENT_UNAVAILABLE: never a silently short total.
+        response.exceptions.push(PinotException {
+            error_code: 305,
+            message: format!(
+                "{} segment(s) unavailable: no live query node serves them; this answer leaves their rows out",
+                stats.segments_missing
+            ),
+        });
+    }
     if stats.tails_excluded > 0 {
         // A partial answer, as Pinot gives one with an exception: the rows
         // are right for the data included, and the caller is told what is not.

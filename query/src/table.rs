@@ -71,6 +71,12 @@ pub struct ScanStats {
     pub min_consuming_freshness_ms: i64,
     /// Partitions whose tail was left out (over the tail memory).
     pub tails_excluded: u64,
+    /// Query nodes the query's tasks went to (this one included), and the
+    /// ones that answered; 0 for a query answered by this node alone.
+    pub servers_queried: u64,
+    pub servers_responded: u64,
+    /// Committed segments no live query node serves: the answer is partial.
+    pub segments_missing: u64,
 }
 
 impl ScanStats {
@@ -83,6 +89,9 @@ impl ScanStats {
         self.offset_gaps += other.offset_gaps;
         self.consuming_segments += other.consuming_segments;
         self.tails_excluded += other.tails_excluded;
+        self.servers_queried = self.servers_queried.max(other.servers_queried);
+        self.servers_responded = self.servers_responded.max(other.servers_responded);
+        self.segments_missing += other.segments_missing;
         self.min_consuming_freshness_ms = match (self.min_consuming_freshness_ms, other.min_consuming_freshness_ms) {
             (0, theirs) => theirs,
             (ours, 0) => ours,
@@ -98,12 +107,38 @@ tokio::task_local! {
     pub static QUERY_STATS: Arc<std::sync::Mutex<ScanStats>>;
 }
 
+/// A committed segment that other query nodes serve (in a cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSegment {
+    pub name: String,
+    pub partition: i32,
+    pub end_offset: i64,
+    pub rows: u64,
+}
+
+/// The part of a table this node does not hold: segments served by other
+/// query nodes, and committed segments no live node serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    pub remote: Vec<RemoteSegment>,
+    pub missing: Vec<String>,
+}
+
+impl Elsewhere {
+    pub fn is_empty(&self) -> bool {
+        self.remote.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// One snapshot of a table: what this node holds, and what it does not.
+type Snapshot = (Arc<Vec<Arc<Segment>>>, Arc<Elsewhere>);
+
 /// The segments of one table. The set is swapped whole, so a query sees one
 /// consistent snapshot from planning to its last row.
 pub struct SegmentTable {
     name: String,
     schema: SchemaRef,
-    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    segments: RwLock<Snapshot>,
     /// Partitions whose real-time tail is left out (over the node's tail
     /// memory): their answers come from committed data only.
     tails_excluded: std::sync::atomic::AtomicU64,
@@ -175,12 +210,27 @@ impl SegmentTable {
         }
     }
 
+    /// The segments this node holds (committed and tail).
     pub fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// What this node holds and what other nodes serve, read together.
+    pub fn cluster_snapshot(&self) -> (Arc<Vec<Arc<Segment>>>, Arc<Elsewhere>) {
         self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether this node holds the whole table (then queries run here alone).
+    pub fn is_local(&self) -> bool {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).1.is_empty()
+    }
+
     pub fn replace(&self, segments: Vec<Arc<Segment>>) {
-        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(segments);
+        self.replace_with(segments, Elsewhere::default());
+    }
+
+    pub fn replace_with(&self, segments: Vec<Arc<Segment>>, elsewhere: Elsewhere) {
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(segments), Arc::new(elsewhere));
     }
 
     pub fn row_count(&self) -> u64 {
@@ -221,7 +271,35 @@ impl TableProvider for SegmentTable {
         let exact = residual.is_empty();
         let read = Reader::new(state, &self.schema, &schema, residual)?;
         let threads = state.config().target_partitions().max(1);
-        let segments = self.snapshot();
+        let (segments, elsewhere) = self.cluster_snapshot();
+        if !elsewhere.is_empty() {
+            // Part of the table is on other query nodes: the scan runs there
+            // too, next to the data (DataFusion Distributed).
+            let Some(cluster) = state.config().get_extension::<crate::cluster::Cluster>() else {
+                return Err(DataFusionError::Execution(format!(
+                    "table `{}` is spread over the cluster, and this session cannot reach it",
+                    self.name
+                )));
+            };
+            let limit = if exact { limit.map(|l| l as u64) } else { None };
+            let scan = crate::distributed::ClusterScanExec::plan(
+                &cluster,
+                crate::distributed::ScanSpec {
+                    table: self.name.clone(),
+                    schema,
+                    reader: read,
+                    predicate,
+                    exact,
+                    limit,
+                },
+                segments,
+                &elsewhere,
+                threads,
+            )?;
+            let _ = QUERY_STATS
+                .try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&scan.stats(self.tails_excluded())));
+            return Ok(Arc::new(scan));
+        }
         let selection = {
             let predicate = predicate.clone();
             tokio::task::spawn_blocking(move || select(&segments, predicate.as_ref(), threads))
@@ -244,10 +322,10 @@ impl TableProvider for SegmentTable {
 /// projected.
 #[derive(Debug, Clone)]
 pub(crate) struct Reader {
-    read_schema: SchemaRef,
-    residual: Option<Arc<dyn PhysicalExpr>>,
+    pub(crate) read_schema: SchemaRef,
+    pub(crate) residual: Option<Arc<dyn PhysicalExpr>>,
     /// Positions of the output columns in `read_schema`.
-    output: Vec<usize>,
+    pub(crate) output: Vec<usize>,
 }
 
 impl Reader {
@@ -335,17 +413,7 @@ pub(crate) fn select(
         offset_gaps: segments.iter().flat_map(|s| &s.meta().offset_gaps).map(|(from, to)| (to - from + 1) as u64).sum(),
         ..ScanStats::default()
     };
-    // A partition's tail is one consuming segment in Pinot's terms, however
-    // many chunks hold it; each chunk carries its newest record's timestamp
-    // as creation time.
-    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
-    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
-        let at = newest.entry(tail.meta().name.as_str()).or_insert(i64::MIN);
-        *at = (*at).max(tail.meta().created_at_ms);
-    }
-    for (_, newest_ms) in newest {
-        stats.add(&ScanStats { consuming_segments: 1, min_consuming_freshness_ms: newest_ms, ..ScanStats::default() });
-    }
+    stats.add(&consuming_stats(segments));
     let mut parts = Vec::new();
     for result in results {
         let part = result?;
@@ -356,6 +424,23 @@ pub(crate) fn select(
         }
     }
     Ok((parts, stats))
+}
+
+/// The consuming segments among `segments`, and their freshness. A
+/// partition's tail is one consuming segment in Pinot's terms, however many
+/// chunks hold it; each chunk carries its newest record's timestamp as
+/// creation time.
+pub(crate) fn consuming_stats(segments: &[Arc<Segment>]) -> ScanStats {
+    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
+        let at = newest.entry(tail.meta().name.as_str()).or_insert(i64::MIN);
+        *at = (*at).max(tail.meta().created_at_ms);
+    }
+    let mut stats = ScanStats::default();
+    for (_, newest_ms) in newest {
+        stats.add(&ScanStats { consuming_segments: 1, min_consuming_freshness_ms: newest_ms, ..ScanStats::default() });
+    }
+    stats
 }
 
 /// `f` over `items` in order, on up to `threads` scoped threads of
@@ -598,7 +683,7 @@ fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
 }
 
 /// `rows` split into bitmaps of at most `size` rows, in order.
-fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
+pub(crate) fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
     let total = rows.len();
     if total <= u64::from(size) {
         return vec![rows.clone()];

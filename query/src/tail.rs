@@ -44,7 +44,7 @@ use sluice_decode::Decoder;
 use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, reseal, seal};
 use tokio::sync::watch;
 
-use crate::table::SegmentTable;
+use crate::table::{Elsewhere, SegmentTable};
 
 /// The suffix of a tail segment's name; scans count these as consuming.
 pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
@@ -161,6 +161,8 @@ struct MergeJob {
 #[derive(Default)]
 struct ViewState {
     committed: Vec<Arc<Segment>>,
+    /// In a cluster: the committed segments served by other nodes or none.
+    elsewhere: Elsewhere,
     /// The largest end offset among the loaded segments, per partition.
     ends: HashMap<i32, i64>,
     tails: BTreeMap<i32, PartitionTail>,
@@ -218,14 +220,31 @@ impl TableView {
     /// The loaded segments changed: the tails keep only the rows above each
     /// partition's committed end, and both are published in one swap.
     pub fn set_committed(&self, segments: Vec<Arc<Segment>>) {
+        self.set_committed_with(segments, Elsewhere::default());
+    }
+
+    /// [`TableView::set_committed`] in a cluster: `elsewhere` are the
+    /// committed segments other query nodes serve (their rows leave the
+    /// tail as a loaded segment's do) and those no node serves.
+    pub fn set_committed_with(&self, segments: Vec<Arc<Segment>>, elsewhere: Elsewhere) {
         let mut state = self.lock();
         let mut ends: HashMap<i32, i64> = HashMap::new();
-        for s in &segments {
-            let meta = s.meta();
-            let end = ends.entry(meta.partition).or_insert(meta.end_offset);
-            *end = (*end).max(meta.end_offset);
+        let served = segments
+            .iter()
+            .map(|s| (s.meta().partition, s.meta().end_offset))
+            .chain(elsewhere.remote.iter().map(|r| (r.partition, r.end_offset)));
+        for (partition, end_offset) in served {
+            let end = ends.entry(partition).or_insert(end_offset);
+            *end = (*end).max(end_offset);
+        }
+        // The cut never moves back: rows at or below it were committed, and
+        // a segment served no more (its node died) is missing, not tail.
+        for (partition, end) in &state.ends {
+            let at = ends.entry(*partition).or_insert(*end);
+            *at = (*at).max(*end);
         }
         state.committed = segments;
+        state.elsewhere = elsewhere;
         let decoding = state.decoding.clone();
         for (&partition, &end) in &ends {
             if state.ends.get(&partition).is_some_and(|e| *e >= end) {
@@ -496,7 +515,7 @@ impl TableView {
             }
         }
         self.table.set_tails_excluded(excluded);
-        self.table.replace(segments);
+        self.table.replace_with(segments, state.elsewhere.clone());
         metrics::gauge!("sluice_query_tail_rows", "table" => self.table.name().to_string()).set(rows as f64);
     }
 

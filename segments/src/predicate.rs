@@ -22,7 +22,7 @@ use crate::error::SegmentError;
 use crate::stats::ColumnStats;
 use crate::types::{Key, Scalar, key_array};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CmpOp {
     Eq,
     NotEq,
@@ -45,7 +45,8 @@ impl CmpOp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable: distributed queries send it to the nodes that evaluate it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Predicate {
     Compare { column: String, op: CmpOp, value: Scalar },
     In { column: String, values: Vec<Scalar>, negated: bool },

@@ -1,0 +1,575 @@
+//! Queries across the cluster on DataFusion Distributed.
+//!
+//! A table spread over query nodes is scanned by a [`ClusterScanExec`]: one
+//! task per node holding some of the table's segments, each routed to that
+//! node ([`route_tasks`]) and reading only the segments it serves. The
+//! planner's rule ([`PlaceBoundaries`]) cuts the plan right above the
+//! highest operator that can run next to the data (filters, projections,
+//! the partial step of an aggregation, a per-partition top-k): that much runs
+//! on the holders, the rest (final merge, joins, sort) on the node that took
+//! the query. Every query node is both: it plans the queries it receives
+//! and runs the tasks others send it (its [`Worker`] on the Flight port).
+//!
+//! Invariants:
+//! - A task reads exactly the segments the planner assigned it: named
+//!   segments are resolved on the node that runs it, and a segment that node
+//!   no longer serves fails the task ([`NOT_SERVED`]) rather than being
+//!   skipped; the engine re-plans with a fresh view.
+//! - The planner's own segments, tail included, are pinned for the query in
+//!   its process ([`Pin`]) and read by its own task: the cut between
+//!   committed segments and tail rows is the one it planned with.
+//! - Scan work runs on the query runtime of the node that holds the data
+//!   (deep stacks, the node's memory pool and limits).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::limit::LocalLimitExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use datafusion::prelude::SessionContext;
+use datafusion_distributed::{
+    DistributedExt, DistributedTaskContext, NetworkBoundaryExt, NetworkCoalesceExec, RouteTasksEvent,
+    RouteTasksEventResponse, Worker, WorkerQueryContext, WorkerSessionBuilder,
+};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sluice_segments::{Predicate, Segment};
+use url::Url;
+
+use crate::cluster::Cluster;
+use crate::table::{Elsewhere, Reader, ScanStats, SegmentTable, chunks, select, truncate};
+
+/// The mark of a task that reached a node no longer serving one of its
+/// segments: the engine re-plans the query (the view has moved on).
+pub const NOT_SERVED: &str = "sluice: segment not served here";
+
+/// What a scan reads and how, as the table's `scan` decided it.
+pub(crate) struct ScanSpec {
+    pub table: String,
+    /// The scan's output.
+    pub schema: SchemaRef,
+    pub reader: Reader,
+    pub predicate: Option<Predicate>,
+    pub exact: bool,
+    /// Rows each task may stop after (DataFusion's limit stays above).
+    pub limit: Option<u64>,
+}
+
+/// One task of a scan: the node it runs on and what it reads there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Task {
+    url: String,
+    /// Segments resolved by name on the node running the task.
+    named: Vec<String>,
+    /// The planner's own segments, pinned in its process for the query.
+    pinned: Option<u64>,
+}
+
+/// The serialized part of a scan (besides schemas and the residual filter).
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    table: String,
+    tasks: Vec<Task>,
+    predicate: Option<Predicate>,
+    exact: bool,
+    limit: Option<u64>,
+    partitions: usize,
+    output: Vec<usize>,
+}
+
+/// Segments pinned by the queries this process plans, by pin id.
+static PINNED: LazyLock<Mutex<HashMap<u64, Vec<Arc<Segment>>>>> = LazyLock::new(Default::default);
+static NEXT_PIN: AtomicU64 = AtomicU64::new(1);
+
+/// Keeps a query's own segments reachable by its tasks while its plan
+/// lives.
+struct Pin(u64);
+
+impl Pin {
+    fn new(segments: Vec<Arc<Segment>>) -> Arc<Pin> {
+        let id = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
+        PINNED.lock().unwrap_or_else(|e| e.into_inner()).insert(id, segments);
+        Arc::new(Pin(id))
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        PINNED.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
+
+/// A scan of a table spread over query nodes, one task per node.
+pub struct ClusterScanExec {
+    spec: ScanSpec,
+    tasks: Vec<Task>,
+    partitions: usize,
+    properties: Arc<PlanProperties>,
+    /// Planner side only: the pinned segments, and the scan's counters.
+    _pin: Option<Arc<Pin>>,
+    stats: ScanStats,
+}
+
+impl fmt::Debug for ClusterScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterScanExec").field("table", &self.spec.table).field("tasks", &self.tasks).finish()
+    }
+}
+
+impl ClusterScanExec {
+    /// Plans the scan of `local` (this node's segments, tail included) and
+    /// `elsewhere` (segments other nodes serve): each remote segment goes to
+    /// the least loaded of its live holders, each node's share is one task.
+    pub(crate) fn plan(
+        cluster: &Cluster,
+        spec: ScanSpec,
+        local: Arc<Vec<Arc<Segment>>>,
+        elsewhere: &Elsewhere,
+        partitions: usize,
+    ) -> Result<Self> {
+        let mut stats = crate::table::consuming_stats(&local);
+        stats.segments_queried = (local.len() + elsewhere.remote.len() + elsewhere.missing.len()) as u64;
+        stats.total_docs = local.iter().map(|s| u64::from(s.num_rows())).sum::<u64>()
+            + elsewhere.remote.iter().map(|r| r.rows).sum::<u64>();
+        let mut by_url: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut load: HashMap<String, u64> = HashMap::new();
+        let mut missing = elsewhere.missing.len() as u64;
+        for segment in &elsewhere.remote {
+            let holders = cluster.holders(&spec.table, &segment.name);
+            let Some(holder) = holders.iter().min_by_key(|m| (load.get(m.url.as_str()).copied().unwrap_or(0), &m.id))
+            else {
+                missing += 1;
+                continue;
+            };
+            *load.entry(holder.url.to_string()).or_default() += segment.rows;
+            by_url.entry(holder.url.to_string()).or_default().push(segment.name.clone());
+        }
+        let self_url = cluster.self_url().to_string();
+        let mut tasks = Vec::new();
+        let pin = (!local.is_empty()).then(|| Pin::new(local.to_vec()));
+        // This node's task first; at least two tasks, so the planner keeps
+        // the network boundary even when one other node holds everything.
+        tasks.push(Task { url: self_url.clone(), named: Vec::new(), pinned: pin.as_ref().map(|p| p.0) });
+        tasks.extend(by_url.into_iter().map(|(url, named)| Task { url, named, pinned: None }));
+        let servers = tasks.iter().filter(|t| t.pinned.is_some() || !t.named.is_empty()).count() as u64;
+        stats.servers_responded = servers.max(1);
+        stats.servers_queried = stats.servers_responded + u64::from(missing > 0);
+        stats.segments_missing = missing;
+        if spec.predicate.is_none() && spec.reader.residual.is_none() {
+            stats.docs_scanned = stats.total_docs;
+        }
+        Ok(Self::new(spec, tasks, partitions, pin, stats))
+    }
+
+    fn new(spec: ScanSpec, tasks: Vec<Task>, partitions: usize, pin: Option<Arc<Pin>>, stats: ScanStats) -> Self {
+        let partitions = partitions.max(1);
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(spec.schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, stats }
+    }
+
+    /// The scan's counters, as the planner knows them.
+    pub(crate) fn stats(&self, tails_excluded: u64) -> ScanStats {
+        ScanStats { tails_excluded, ..self.stats }
+    }
+
+    /// The node each task runs on, in task order.
+    fn urls(&self) -> Result<Vec<Url>> {
+        self.tasks
+            .iter()
+            .map(|t| Url::parse(&t.url).map_err(|e| DataFusionError::Internal(format!("task URL {}: {e}", t.url))))
+            .collect()
+    }
+
+    /// The segments of `task`, on the node running it.
+    fn resolve(&self, task: &Task, context: &TaskContext) -> Result<Vec<Arc<Segment>>> {
+        let mut out = Vec::new();
+        if let Some(id) = task.pinned {
+            let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+            out.extend(pinned.ok_or_else(|| {
+                DataFusionError::Execution(format!("{NOT_SERVED}: the query's pinned segments are gone"))
+            })?);
+        }
+        if task.named.is_empty() {
+            return Ok(out);
+        }
+        let tables = context
+            .session_config()
+            .get_extension::<NodeTables>()
+            .ok_or_else(|| DataFusionError::Internal("a distributed scan ran outside a query node's worker".into()))?;
+        let table = tables.table(&self.spec.table).ok_or_else(|| {
+            DataFusionError::Execution(format!("{NOT_SERVED}: table `{}` is not served", self.spec.table))
+        })?;
+        let snapshot = table.snapshot();
+        let by_name: HashMap<&str, &Arc<Segment>> = snapshot.iter().map(|s| (s.meta().name.as_str(), s)).collect();
+        for name in &task.named {
+            let segment = by_name.get(name.as_str()).ok_or_else(|| {
+                DataFusionError::Execution(format!("{NOT_SERVED}: segment `{name}` of `{}`", self.spec.table))
+            })?;
+            out.push(Arc::clone(segment));
+        }
+        Ok(out)
+    }
+}
+
+impl DisplayAs for ClusterScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let describe: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                let pinned = if t.pinned.is_some() { "local+tail" } else { "" };
+                format!("{}[{} {}]", t.url, t.named.len(), pinned)
+            })
+            .collect();
+        write!(f, "ClusterScanExec: table={}, tasks={}", self.spec.table, describe.join(", "))?;
+        if let Some(p) = &self.spec.predicate {
+            write!(f, ", predicate={p:?}, exact={}", self.spec.exact)?;
+        }
+        if let Some(residual) = &self.spec.reader.residual {
+            write!(f, ", residual={residual}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ClusterScanExec {
+    fn name(&self) -> &str {
+        "ClusterScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        match &self.spec.reader.residual {
+            Some(expr) => f(expr),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let index = DistributedTaskContext::from_ctx(&context).task_index;
+        let task = self
+            .tasks
+            .get(index)
+            .ok_or_else(|| DataFusionError::Internal(format!("ClusterScanExec has no task {index}")))?;
+        // This partition's share of the task's segments.
+        let segments: Vec<Arc<Segment>> = self
+            .resolve(task, &context)?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.partitions == partition)
+            .map(|(_, s)| s)
+            .collect();
+        let batch_size = context.session_config().batch_size().max(1) as u32;
+        let schema = self.spec.schema.clone();
+        let reader = Arc::new(self.spec.reader.clone());
+        let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
+        let selected = async move {
+            tokio::task::spawn_blocking(move || {
+                let (mut parts, _) = select(&segments, predicate.as_ref(), 1)?;
+                if let Some(limit) = limit {
+                    truncate(&mut parts, limit);
+                }
+                Ok::<_, DataFusionError>(parts)
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        let out = schema.clone();
+        let batches = futures::stream::once(selected)
+            .map(move |parts| {
+                let reader = reader.clone();
+                let schema = out.clone();
+                let reads: Box<dyn Iterator<Item = Result<arrow::record_batch::RecordBatch>> + Send> = match parts {
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                    Ok(parts) => Box::new(parts.into_iter().flat_map(move |part| {
+                        let (reader, schema) = (reader.clone(), schema.clone());
+                        chunks(&part.rows, batch_size)
+                            .into_iter()
+                            .map(move |rows| reader.read(&part.segment, &rows, &schema))
+                    })),
+                };
+                futures::stream::iter(reads)
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+use futures::StreamExt;
+
+/// The query node's tables, for the tasks its worker runs.
+pub(crate) struct NodeTables(pub(crate) crate::engine::Tables);
+
+impl NodeTables {
+    fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+}
+
+/// (De)serializes [`ClusterScanExec`] for the tasks sent between nodes.
+#[derive(Debug)]
+pub struct ClusterCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ScanProto {
+    #[prost(bytes = "vec", tag = "1")]
+    spec: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    schema: Option<protobuf::Schema>,
+    #[prost(message, optional, tag = "3")]
+    read_schema: Option<protobuf::Schema>,
+    #[prost(message, optional, tag = "4")]
+    residual: Option<protobuf::PhysicalExprNode>,
+}
+
+fn decode_error(what: &str, e: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("decoding a distributed scan's {what}: {e}"))
+}
+
+impl PhysicalExtensionCodec for ClusterCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !inputs.is_empty() {
+            return Err(DataFusionError::Internal("ClusterScanExec has no inputs".into()));
+        }
+        let proto = ScanProto::decode(buf).map_err(|e| decode_error("message", e))?;
+        let spec: Spec = serde_json::from_slice(&proto.spec).map_err(|e| decode_error("spec", e))?;
+        let schema = proto.schema.as_ref().ok_or_else(|| decode_error("schema", "absent"))?;
+        let schema: SchemaRef = Arc::new(Schema::try_from(schema)?);
+        let read_schema = proto.read_schema.as_ref().ok_or_else(|| decode_error("read schema", "absent"))?;
+        let read_schema: SchemaRef = Arc::new(Schema::try_from(read_schema)?);
+        let residual = match &proto.residual {
+            Some(node) => {
+                let decode = PhysicalPlanDecodeContext::new(ctx, self);
+                Some(proto_converter.proto_to_physical_expr(node, &read_schema, &decode)?)
+            }
+            None => None,
+        };
+        if spec.output.iter().any(|&i| i >= read_schema.fields().len()) {
+            return Err(decode_error("output columns", "out of range"));
+        }
+        let reader = Reader { read_schema, residual, output: spec.output };
+        let scan = ScanSpec {
+            table: spec.table,
+            schema,
+            reader,
+            predicate: spec.predicate,
+            exact: spec.exact,
+            limit: spec.limit,
+        };
+        Ok(Arc::new(ClusterScanExec::new(scan, spec.tasks, spec.partitions, None, ScanStats::default())))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(scan) = node.downcast_ref::<ClusterScanExec>() else {
+            return Err(DataFusionError::Internal(format!("ClusterCodec cannot encode {}", node.name())));
+        };
+        let spec = Spec {
+            table: scan.spec.table.clone(),
+            tasks: scan.tasks.clone(),
+            predicate: scan.spec.predicate.clone(),
+            exact: scan.spec.exact,
+            limit: scan.spec.limit,
+            partitions: scan.partitions,
+            output: scan.spec.reader.output.clone(),
+        };
+        let residual = match &scan.spec.reader.residual {
+            Some(expr) => Some(proto_converter.physical_expr_to_proto(expr, self)?),
+            None => None,
+        };
+        let proto = ScanProto {
+            spec: serde_json::to_vec(&spec).map_err(|e| DataFusionError::Internal(e.to_string()))?,
+            schema: Some(scan.spec.schema.as_ref().try_into()?),
+            read_schema: Some(scan.spec.reader.read_schema.as_ref().try_into()?),
+            residual,
+        };
+        proto.encode(buf).map_err(|e| DataFusionError::Internal(format!("encoding a distributed scan: {e}")))
+    }
+}
+
+/// Cuts the plan above the highest operator over a [`ClusterScanExec`]
+/// that runs partition by partition next to the data: the holders run that
+/// much, and the node that took the query the rest.
+#[derive(Debug)]
+pub struct PlaceBoundaries;
+
+impl PhysicalOptimizerRule for PlaceBoundaries {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let placed = place(plan)?;
+        // A distributed plan answers through one partition.
+        if placed.exists(|p| Ok(p.is_network_boundary()))? && placed.output_partitioning().partition_count() > 1 {
+            return Ok(Arc::new(CoalescePartitionsExec::new(placed)));
+        }
+        Ok(placed)
+    }
+
+    fn name(&self) -> &str {
+        "sluice_place_network_boundaries"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn place(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    if plan.is_network_boundary() {
+        return Ok(plan);
+    }
+    if let Some(tasks) = runs_next_to_data(&plan) {
+        // Each task answers through one stream: merged in order when its
+        // partitions are sorted (a per-partition top-k), else concatenated.
+        let gathered: Arc<dyn ExecutionPlan> = match plan.output_ordering().cloned() {
+            Some(ordering) if plan.output_partitioning().partition_count() > 1 => {
+                let fetch = plan.fetch();
+                Arc::new(SortPreservingMergeExec::new(ordering, plan).with_fetch(fetch))
+            }
+            _ => Arc::new(CoalescePartitionsExec::new(plan)),
+        };
+        return Ok(Arc::new(NetworkCoalesceExec::try_new(gathered, tasks, 1)?));
+    }
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(plan);
+    }
+    let placed = children.into_iter().map(place).collect::<Result<Vec<_>>>()?;
+    plan.replace_children(placed, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+}
+
+/// The task count of the scan under `plan`, when `plan` and everything
+/// between it and the scan work partition by partition.
+fn runs_next_to_data(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    if let Some(scan) = plan.downcast_ref::<ClusterScanExec>() {
+        return Some(scan.tasks.len());
+    }
+    let per_partition = plan.is::<FilterExec>()
+        || plan.is::<ProjectionExec>()
+        || plan.is::<LocalLimitExec>()
+        || plan.downcast_ref::<SortExec>().is_some_and(|s| s.preserve_partitioning())
+        || plan.downcast_ref::<AggregateExec>().is_some_and(|a| matches!(a.mode(), AggregateMode::Partial));
+    match plan.children().as_slice() {
+        [child] if per_partition => runs_next_to_data(child),
+        _ => None,
+    }
+}
+
+/// Sends each task of a scan's stage to the node holding its segments.
+pub fn route_tasks(event: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
+    let mut urls = None;
+    let walked = event.plan.apply(|node| {
+        if node.is_network_boundary() {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        if let Some(scan) = node.downcast_ref::<ClusterScanExec>() {
+            urls = Some(scan.urls());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Err(e) = walked {
+        return Some(Err(e));
+    }
+    let urls = match urls? {
+        Ok(urls) => urls,
+        Err(e) => return Some(Err(e)),
+    };
+    if urls.len() != event.task_count {
+        return Some(Err(DataFusionError::Internal(format!(
+            "a distributed scan planned {} tasks, its stage has {}",
+            urls.len(),
+            event.task_count
+        ))));
+    }
+    Some(Ok(RouteTasksEventResponse::new(urls)))
+}
+
+/// The session a node's worker runs others' tasks in: the node's tables,
+/// functions and codec.
+pub(crate) struct WorkerSessions {
+    pub(crate) tables: crate::engine::Tables,
+    pub(crate) max_function_output: u64,
+}
+
+#[async_trait]
+impl WorkerSessionBuilder for WorkerSessions {
+    async fn build_session_state(&self, ctx: WorkerQueryContext) -> Result<SessionState> {
+        let mut builder = ctx.builder.with_distributed_user_codec(ClusterCodec);
+        builder.config().get_or_insert_default().set_extension(Arc::new(NodeTables(self.tables.clone())));
+        let session = SessionContext::new_with_state(builder.build());
+        crate::functions::register(&session, self.max_function_output);
+        Ok(session.state())
+    }
+}
+
+/// Serves the node's worker on `listener` until `shutdown` turns true.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    worker: Worker,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(worker.into_worker_server())
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+    {
+        tracing::error!(error = %e, "the Flight server of distributed tasks stopped");
+    }
+}

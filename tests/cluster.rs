@@ -1,0 +1,362 @@
+//! Three real `sluice query` processes forming a cluster over a real
+//! ZooKeeper: each serves its share of the segments (rendezvous hashing with
+//! replicas), any of them answers any query across all of them (DataFusion
+//! Distributed over Arrow Flight) exactly as one node holding everything,
+//! the partial step of an aggregation runs on the holders, and a node
+//! killed mid-loop costs no wrong answer: complete ones at replication 2,
+//! flagged partial ones at replication 1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_coordinator::{CommitOutcome, Coordinator, Lease, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_segments::{ConsumingSegment, Datum, SegmentSchema, seal};
+use sluice_storage::{DeepStore, file_uri};
+use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
+use sluice_testkit::{GuardedChild, ZooKeeper, unique_name, wait_until};
+
+const PIPELINE: &str = r#"
+table = "clicks"
+[source]
+bootstrap_servers = "localhost:9092"
+topic = "clicks"
+[schema]
+time_column = "ts"
+[[schema.columns]]
+name = "ts"
+type = "timestamp"
+unit = "ms"
+nullable = false
+[[schema.columns]]
+name = "user_id"
+type = "string"
+[[schema.columns]]
+name = "status"
+type = "int32"
+[indexes]
+inverted = ["status"]
+"#;
+
+const PARTITIONS: i32 = 2;
+const SEGMENTS_PER_PARTITION: i64 = 6;
+const ROWS: i64 = 100;
+
+/// Commits `SEGMENTS_PER_PARTITION` segments of `ROWS` rows to each
+/// partition, as workers would.
+async fn commit_segments(coordinator: &Arc<ZooKeeperCoordinator>, store: &Path) -> Vec<SegmentRecord> {
+    let config = sluice_config::parse_pipeline(PIPELINE, Path::new("clicks.toml"), &sluice_config::ProcessEnv).unwrap();
+    let schema = Arc::new(SegmentSchema::from_pipeline(&config));
+    let mut records = Vec::new();
+    for partition in 0..PARTITIONS {
+        let mut lease: Lease = coordinator.acquire("clicks", partition, "test-writer").await.unwrap().unwrap();
+        for s in 0..SEGMENTS_PER_PARTITION {
+            let first = s * ROWS;
+            let mut segment = ConsumingSegment::new(schema.clone(), partition, first);
+            for offset in first..first + ROWS {
+                let user = format!("u-{}", offset % 7);
+                let status = [200, 404, 500][(offset % 3) as usize];
+                let row = [Datum::Timestamp(1_764_000_000_000 + offset), Datum::Str(&user), Datum::Int32(status)];
+                segment.append(offset, &row).unwrap();
+            }
+            let created = 1_764_000_000_000 + first;
+            let name = SegmentRecord::segment_name("clicks", partition, lease.checkpoint.next_seq, created);
+            let image = seal(&segment, &name, created).unwrap();
+            let path = store.join("clicks").join(DeepStore::segment_name(&name, lease.epoch()));
+            image.write_file(&path).unwrap();
+            let record = SegmentRecord {
+                name,
+                partition,
+                seq: lease.checkpoint.next_seq,
+                start_offset: first,
+                end_offset: first + ROWS - 1,
+                row_count: ROWS as u64,
+                uri: file_uri(&path),
+                size_bytes: image.bytes.len() as u64,
+                crc32c: crc32c::crc32c(&image.bytes),
+                time_range: image.meta.time_range,
+                created_at_ms: created,
+                offset_gaps: 0,
+            };
+            assert_eq!(coordinator.commit(&mut lease, &record).await.unwrap(), CommitOutcome::Committed);
+            records.push(record);
+        }
+    }
+    records
+}
+
+struct Node {
+    addr: String,
+    dir: PathBuf,
+    config: PathBuf,
+    child: Option<GuardedChild>,
+}
+
+impl Node {
+    fn new(root_dir: &Path, id: &str, zk: &ZooKeeper, root: &str, replication: u32) -> Node {
+        let dir = root_dir.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let config = dir.join("query.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{id}\"\ncache_dir = \"{}\"\nflight_listen = \"127.0.0.1:0\"\nreplication = {replication}\n\
+                 [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n",
+                dir.join("cache").display(),
+                zk.connect_string()
+            ),
+        )
+        .unwrap();
+        let mut node = Node { addr, dir, config, child: None };
+        node.start();
+        node
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.join("query.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["query", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(GuardedChild::spawn(command).unwrap());
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.signal(libc::SIGKILL).unwrap();
+        let _ = child.wait_timeout(Duration::from_secs(10));
+    }
+
+    fn loaded(&self) -> f64 {
+        metric_sum(&http_get(&self.addr, "/metrics").1, "sluice_query_segments_loaded")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("query.log")).unwrap_or_default()
+    }
+}
+
+async fn query(addr: &str, sql: &str) -> Value {
+    let (addr, body) = (addr.to_string(), serde_json::to_vec(&json!({ "sql": sql })).unwrap());
+    let (status, text) = tokio::task::spawn_blocking(move || http_post(&addr, "/query/sql", &body)).await.unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap_or(json!({ "unparsed": text }));
+    v["httpStatus"] = json!(status);
+    v
+}
+
+fn rows(v: &Value) -> Vec<String> {
+    let mut rows: Vec<String> =
+        v["resultTable"]["rows"].as_array().map(|r| r.iter().map(|row| row.to_string()).collect()).unwrap_or_default();
+    rows.sort();
+    rows
+}
+
+/// Every query of the corpus answers the same on every node, and as
+/// expected from the rows committed.
+const CORPUS: &[&str] = &[
+    "SELECT COUNT(*) FROM clicks",
+    "SELECT status, COUNT(*), MIN(ts), MAX(ts) FROM clicks GROUP BY status",
+    "SELECT user_id, COUNT(*) FROM clicks WHERE status = 404 GROUP BY user_id",
+    "SELECT COUNT(DISTINCT user_id) FROM clicks WHERE status <> 200",
+    "SELECT user_id, status FROM clicks WHERE ts = CAST(1764000000123 AS TIMESTAMP(3)) ORDER BY status",
+    "SELECT ts FROM clicks ORDER BY ts DESC LIMIT 3",
+    "SELECT a.status, COUNT(*) FROM clicks a JOIN (SELECT DISTINCT status FROM clicks WHERE status > 300) b \
+     ON a.status = b.status GROUP BY a.status",
+    "SELECT COUNT(*) FROM clicks WHERE user_id LIKE 'u-1%' OR status IN (500)",
+];
+
+async fn answers(addr: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for sql in CORPUS {
+        let v = query(addr, sql).await;
+        assert_eq!(v["httpStatus"], 200, "{sql}: {v}");
+        assert_eq!(v["exceptions"], json!([]), "{sql}: {v}");
+        out.push(rows(&v));
+    }
+    out
+}
+
+async fn count(addr: &str) -> (Option<i64>, Value) {
+    let v = query(addr, "SELECT COUNT(*) FROM clicks").await;
+    (v["resultTable"]["rows"][0][0].as_i64(), v)
+}
+
+async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, i64) {
+    let zk = ZooKeeper::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("/{}", unique_name("cluster"));
+    let coordinator = Arc::new(
+        ZooKeeperCoordinator::connect(ZooKeeperOptions {
+            connect: zk.connect_string(),
+            root: root.clone(),
+            session_timeout: Duration::from_secs(4),
+            tls: None,
+            auth: None,
+        })
+        .await
+        .unwrap(),
+    );
+    coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
+    let records = commit_segments(&coordinator, &dir.path().join("deep")).await;
+    let total = records.iter().map(|r| r.row_count as i64).sum::<i64>();
+    let nodes: Vec<Node> =
+        ["q1", "q2", "q3"].iter().map(|id| Node::new(dir.path(), id, &zk, &root, replication)).collect();
+    let expected_each = (records.len() as f64 * f64::from(replication) / 3.0).round();
+    let settled = wait_until("every node to hold its share and answer in full", Duration::from_secs(60), || async {
+        let mut ok = true;
+        for node in &nodes {
+            let addr = node.addr.clone();
+            let loaded = tokio::task::spawn_blocking({
+                let addr = addr.clone();
+                move || metric_sum(&http_get(&addr, "/metrics").1, "sluice_query_segments_loaded")
+            })
+            .await
+            .unwrap();
+            ok &= (loaded - expected_each).abs() <= 1.0 && count(&addr).await.0 == Some(total);
+        }
+        ok
+    })
+    .await;
+    if let Err(e) = settled {
+        for node in &nodes {
+            eprintln!("--- {} loaded {}\n{}", node.addr, node.loaded(), node.log());
+        }
+        panic!("{e}");
+    }
+    (zk, dir, nodes, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_segments_and_answer_like_one() {
+    let (_zk, dir, mut nodes, total) = cluster(1).await;
+    assert_eq!(total, i64::from(PARTITIONS) * SEGMENTS_PER_PARTITION * ROWS);
+    let segments = f64::from(PARTITIONS) * SEGMENTS_PER_PARTITION as f64;
+    let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
+    assert_eq!(loaded.iter().sum::<f64>(), segments, "each segment on exactly one node at replication 1: {loaded:?}");
+
+    // One node holding everything: the reference.
+    let mut single_dir = dir.path().join("single");
+    std::fs::create_dir_all(&single_dir).unwrap();
+    single_dir = single_dir.canonicalize().unwrap();
+    let reference = {
+        let zk_connect = std::fs::read_to_string(&nodes[0].config).unwrap();
+        let root_line = zk_connect.lines().find(|l| l.starts_with("root")).unwrap().to_string();
+        let connect_line = zk_connect.lines().find(|l| l.starts_with("connect")).unwrap().to_string();
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let config = single_dir.join("query.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"single\"\ncache_dir = \"{}\"\n[coordinator]\n{connect_line}\n{root_line}\n[http]\nlisten = \"{addr}\"\n",
+                single_dir.join("cache").display()
+            ),
+        )
+        .unwrap();
+        let mut single = Node { addr: addr.clone(), dir: single_dir.clone(), config, child: None };
+        single.start();
+        wait_until("the single node to serve everything", Duration::from_secs(30), || async {
+            count(&addr).await.0 == Some(total)
+        })
+        .await
+        .unwrap();
+        let reference = answers(&addr).await;
+        single.kill();
+        reference
+    };
+    for node in &nodes {
+        assert_eq!(answers(&node.addr).await, reference, "node {} differs from one node holding everything", node.addr);
+    }
+
+    // EXPLAIN shows the stages; the partial aggregation runs below the
+    // network boundary, on the holders, and only partial states cross it.
+    let plan = query(&nodes[0].addr, "EXPLAIN SELECT status, COUNT(*) FROM clicks GROUP BY status").await;
+    let plan = plan.to_string();
+    assert!(plan.contains("[Stage") && plan.contains("NetworkCoalesceExec"), "{plan}");
+    let boundary = plan.find("NetworkCoalesceExec").unwrap();
+    let partial = plan.find("mode=Partial").expect("a partial aggregation");
+    let scan = plan.find("ClusterScanExec").unwrap();
+    assert!(boundary < partial && partial < scan, "the partial step runs next to the data: {plan}");
+
+    // Replication 1, a node killed: answers are complete or flagged partial,
+    // never silently short, and complete again once the survivors took
+    // over the dead node's segments.
+    nodes[2].kill();
+    let (mut partial_seen, mut complete_again) = (0, false);
+    for _ in 0..200 {
+        let (n, v) = count(&nodes[0].addr).await;
+        let exceptions = v["exceptions"].as_array().cloned().unwrap_or_default();
+        match n {
+            Some(n) if n == total && exceptions.is_empty() => {
+                if partial_seen > 0 || nodes[0].loaded() + nodes[1].loaded() >= segments {
+                    complete_again = true;
+                    break;
+                }
+            }
+            Some(n) => {
+                assert!(n < total, "never more than the total: {v}");
+                assert!(exceptions.iter().any(|e| e["errorCode"] == 305), "a short answer must say it is partial: {v}");
+                assert!(v["numServersResponded"].as_u64() < v["numServersQueried"].as_u64(), "{v}");
+                partial_seen += 1;
+            }
+            None => assert!(v["httpStatus"] != 200, "an answer without a count: {v}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        complete_again,
+        "the survivors serve the dead node's segments; last loaded {:?}",
+        (nodes[0].loaded(), nodes[1].loaded())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_two_survives_a_killed_node() {
+    let (_zk, _dir, mut nodes, total) = cluster(2).await;
+    let segments = f64::from(PARTITIONS) * SEGMENTS_PER_PARTITION as f64;
+    let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
+    assert_eq!(loaded.iter().sum::<f64>(), 2.0 * segments, "two copies of each segment: {loaded:?}");
+
+    // A query loop on a survivor while a node is SIGKILLed: every answer
+    // complete and right.
+    let addr = nodes[0].addr.clone();
+    let looping = tokio::spawn(async move {
+        let mut answered = 0;
+        for _ in 0..60 {
+            let (n, v) = count(&addr).await;
+            assert_eq!(n, Some(total), "a complete, right answer while a node dies: {v}");
+            assert_eq!(v["exceptions"], json!([]), "{v}");
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[1].kill();
+    assert_eq!(looping.await.unwrap(), 60);
+
+    // Re-replicated to the survivors: each holds every segment.
+    wait_until("the survivors to hold two copies again", Duration::from_secs(30), || async {
+        nodes[0].loaded() + nodes[2].loaded() == 2.0 * segments
+    })
+    .await
+    .unwrap();
+    // The node comes back: it takes its share, and the others drop theirs
+    // only once it serves them.
+    nodes[1].start();
+    let each = (2.0 * segments / 3.0).round();
+    wait_until("the restarted node to take its share back", Duration::from_secs(60), || async {
+        nodes.iter().all(|n| (n.loaded() - each).abs() <= 1.0)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", nodes.iter().map(Node::loaded).collect::<Vec<_>>()));
+    for node in &nodes {
+        assert_eq!(count(&node.addr).await.0, Some(total));
+    }
+}
