@@ -235,7 +235,6 @@ impl ZooKeeperCoordinator {
     /// The JSON records in the children of `dir`, and a watch on the set
     /// and on each record (a query node's record changes with what it
     /// serves). A child deleted between the listing and its read is skipped.
-
     async fn list_json<T: DeserializeOwned>(
         &self,
         dir: &str,
