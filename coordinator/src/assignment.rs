@@ -79,17 +79,53 @@ pub fn replica_assignment(
     }
     pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
     let mut load: BTreeMap<&String, usize> = nodes.iter().map(|n| (n, 0)).collect();
-    // Capped first, then (rarely: the nodes left with room already hold the
-    // segment) uncapped, so every segment gets its replicas.
-    for capped in [true, false] {
-        for &(_, segment, node) in &pairs {
-            let holders = out.get_mut(segment).expect("segment present");
-            let held = load.get_mut(node).expect("node present");
-            if holders.len() < replication && !holders.contains(node) && (!capped || *held < cap) {
-                holders.push(node.clone());
-                *held += 1;
-            }
+    for &(_, segment, node) in &pairs {
+        let holders = out.get_mut(segment).expect("segment present");
+        let held = load.get_mut(node).expect("node present");
+        if holders.len() < replication && !holders.contains(node) && *held < cap {
+            holders.push(node.clone());
+            *held += 1;
         }
+    }
+    // Rarely, the nodes left with room already hold a segment: its missing
+    // replicas go to the least loaded nodes without it (ties by score).
+    for segment in segments {
+        while out[segment].len() < replication {
+            let holders = &out[segment];
+            let Some(node) = nodes
+                .iter()
+                .filter(|n| !holders.contains(n))
+                .min_by_key(|n| (load[n], std::cmp::Reverse(score(n, segment))))
+                .cloned()
+            else {
+                break;
+            };
+            *load.get_mut(&node).expect("node present") += 1;
+            out.get_mut(segment).expect("segment present").push(node);
+        }
+    }
+    // Even out what the capped pass left uneven: the most loaded node hands
+    // its lowest-scoring segment the least loaded lacks, until no two nodes
+    // differ by more than one.
+    loop {
+        let (Some((&max_node, &max)), Some((&min_node, &min))) =
+            (load.iter().max_by_key(|(n, l)| (**l, std::cmp::Reverse(*n))), load.iter().min_by_key(|(n, l)| (**l, *n)))
+        else {
+            break;
+        };
+        if max <= min + 1 {
+            break;
+        }
+        let movable = segments
+            .iter()
+            .filter(|s| out[*s].contains(max_node) && !out[*s].contains(min_node))
+            .min_by_key(|s| (score(max_node, s), *s));
+        let Some(segment) = movable else { break };
+        let holders = out.get_mut(segment).expect("segment present");
+        holders.retain(|h| h != max_node);
+        holders.push(min_node.clone());
+        *load.get_mut(max_node).expect("node present") -= 1;
+        *load.get_mut(min_node).expect("node present") += 1;
     }
     for holders in out.values_mut() {
         holders.sort_unstable();
