@@ -107,12 +107,9 @@ pub fn replica_assignment(
     // Even out what the capped pass left uneven: the most loaded node hands
     // its lowest-scoring segment the least loaded lacks, until no two nodes
     // differ by more than one.
-    loop {
-        let (Some((&max_node, &max)), Some((&min_node, &min))) =
-            (load.iter().max_by_key(|(n, l)| (**l, std::cmp::Reverse(*n))), load.iter().min_by_key(|(n, l)| (**l, *n)))
-        else {
-            break;
-        };
+    while let (Some((&max_node, &max)), Some((&min_node, &min))) =
+        (load.iter().max_by_key(|(n, l)| (**l, std::cmp::Reverse(*n))), load.iter().min_by_key(|(n, l)| (**l, *n)))
+    {
         if max <= min + 1 {
             break;
         }
