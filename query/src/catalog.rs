@@ -150,7 +150,6 @@ pub struct CatalogFollower {
     /// In a cluster: the other query nodes, and where this node publishes
     /// what it serves.
     cluster: Option<(Arc<crate::cluster::Cluster>, watch::Sender<sluice_coordinator::NodeInfo>)>,
-    registration: Option<watch::Sender<sluice_coordinator::NodeInfo>>,
 }
 
 impl CatalogFollower {
@@ -170,15 +169,7 @@ impl CatalogFollower {
             tails: TailBudget::new(0),
             shutdown: None,
             cluster: None,
-            registration: None,
         }
-    }
-
-    /// Holds the sender of the node's registration (so the publisher keeps
-    /// it registered) outside a cluster, where it never changes.
-    pub fn keep_registration(mut self, registration: watch::Sender<sluice_coordinator::NodeInfo>) -> Self {
-        self.registration = Some(registration);
-        self
     }
 
     /// Serves only this node's share of the segments of `cluster`, and

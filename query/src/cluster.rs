@@ -96,16 +96,6 @@ impl Cluster {
         wanted.clamp(1, nodes)
     }
 
-    /// The segments of `table` this node should serve, of `segments`.
-    pub fn assigned(&self, table: &str, segments: &[String]) -> Vec<String> {
-        let nodes = self.node_ids();
-        sluice_coordinator::replica_assignment(table, segments, &nodes, self.replication())
-            .into_iter()
-            .filter(|(_, holders)| holders.contains(&self.self_id))
-            .map(|(segment, _)| segment)
-            .collect()
-    }
-
     /// Whether every live node assigned `segment` (but this one) serves it:
     /// then this node may drop it (load before drop).
     pub fn served_by_assignees(&self, table: &str, segment: &str, assignees: &[String]) -> bool {
@@ -236,7 +226,8 @@ impl WorkerResolver for ClusterResolver {
 /// serves changes it), in the background: serving never waits for it. A
 /// previous incarnation's registration is waited out until its session
 /// expires; other failures are retried with backoff. The coordinator
-/// restores the registration after a session loss by itself.
+/// restores the registration after a session loss by itself. Once `info`'s
+/// sender is gone (a node outside a cluster), it returns after registering.
 pub async fn publish(
     coordinator: Arc<dyn Coordinator>,
     mut info: watch::Receiver<NodeInfo>,

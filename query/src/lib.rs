@@ -123,12 +123,10 @@ impl QueryNode {
         let mut follower = CatalogFollower::new(coordinator.clone(), engine.clone(), config.cache_dir.clone(), health)
             .with_tails(tails)
             .with_resolver(sluice_storage::Resolver::new(config.object_store.clone()));
+        // Outside a cluster the registration never changes: its sender is
+        // dropped, and the publisher stops once it has registered.
         if let Some(cluster) = cluster {
             follower = follower.in_cluster(cluster, registration);
-        } else {
-            // Nothing else updates the registration; keep its sender alive
-            // with the follower.
-            follower = follower.keep_registration(registration);
         }
         tasks.push(tokio::spawn(follower.run(shutdown.clone())));
         tasks.push(server);
