@@ -62,7 +62,7 @@ use sluice_segments::{Predicate, Segment};
 use url::Url;
 
 use crate::cluster::Cluster;
-use crate::table::{Elsewhere, Reader, ScanStats, SegmentTable, chunks, select, truncate};
+use crate::table::{Elsewhere, Reader, ScanStats, SegmentTable, read_parts, select, truncate};
 
 /// The mark of a task that reached a node no longer serving one of its
 /// segments: the engine re-plans the query (the view has moved on).
@@ -252,13 +252,7 @@ impl DisplayAs for ClusterScanExec {
             })
             .collect();
         write!(f, "ClusterScanExec: table={}, tasks={}", self.spec.table, describe.join(", "))?;
-        if let Some(p) = &self.spec.predicate {
-            write!(f, ", predicate={p:?}, exact={}", self.spec.exact)?;
-        }
-        if let Some(residual) = &self.spec.reader.residual {
-            write!(f, ", residual={residual}")?;
-        }
-        Ok(())
+        self.spec.reader.fmt_filters(f, self.spec.predicate.as_ref(), self.spec.exact)
     }
 }
 
@@ -279,10 +273,7 @@ impl ExecutionPlan for ClusterScanExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        match &self.spec.reader.residual {
-            Some(expr) => f(expr),
-            None => Ok(TreeNodeRecursion::Continue),
-        }
+        self.spec.reader.apply_residual(f)
     }
 
     fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -321,16 +312,9 @@ impl ExecutionPlan for ClusterScanExec {
         let out = schema.clone();
         let batches = futures::stream::once(selected)
             .map(move |parts| {
-                let reader = reader.clone();
-                let schema = out.clone();
                 let reads: Box<dyn Iterator<Item = Result<arrow::record_batch::RecordBatch>> + Send> = match parts {
                     Err(e) => Box::new(std::iter::once(Err(e))),
-                    Ok(parts) => Box::new(parts.into_iter().flat_map(move |part| {
-                        let (reader, schema) = (reader.clone(), schema.clone());
-                        chunks(&part.rows, batch_size)
-                            .into_iter()
-                            .map(move |rows| reader.read(&part.segment, &rows, &schema))
-                    })),
+                    Ok(parts) => Box::new(read_parts(parts, reader.clone(), out.clone(), batch_size)),
                 };
                 futures::stream::iter(reads)
             })

@@ -353,6 +353,33 @@ impl Reader {
         Ok(Reader { read_schema, residual: Some(residual), output })
     }
 
+    /// Visits the residual filter, the one expression a scan holds.
+    pub(crate) fn apply_residual(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        match &self.residual {
+            Some(expr) => f(expr),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    }
+
+    /// How a scan shows its filters: the pushed predicate, then the residual.
+    pub(crate) fn fmt_filters(
+        &self,
+        f: &mut fmt::Formatter,
+        predicate: Option<&Predicate>,
+        exact: bool,
+    ) -> fmt::Result {
+        if let Some(p) = predicate {
+            write!(f, ", predicate={p:?}, exact={exact}")?;
+        }
+        if let Some(residual) = &self.residual {
+            write!(f, ", residual={residual}")?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
         let names: Vec<&str> = self.read_schema.fields().iter().map(|f| f.name().as_str()).collect();
         let types: Vec<DataType> = self.read_schema.fields().iter().map(|f| f.data_type().clone()).collect();
@@ -574,13 +601,7 @@ impl DisplayAs for SegmentScanExec {
             self.table,
             self.rows(None)
         )?;
-        if let Some(p) = &self.predicate {
-            write!(f, ", predicate={p:?}, exact={}", self.exact)?;
-        }
-        if let Some(residual) = &self.reader.residual {
-            write!(f, ", residual={residual}")?;
-        }
-        Ok(())
+        self.reader.fmt_filters(f, self.predicate.as_ref(), self.exact)
     }
 }
 
@@ -601,10 +622,7 @@ impl ExecutionPlan for SegmentScanExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        match &self.reader.residual {
-            Some(expr) => f(expr),
-            None => Ok(TreeNodeRecursion::Continue),
-        }
+        self.reader.apply_residual(f)
     }
 
     fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -618,15 +636,8 @@ impl ExecutionPlan for SegmentScanExec {
             .cloned()
             .ok_or_else(|| DataFusionError::Internal(format!("SegmentScanExec has no partition {partition}")))?;
         let batch_size = context.session_config().batch_size().max(1) as u32;
-        let schema = self.schema.clone();
-        let reader = Arc::new(self.reader.clone());
-        let out_schema = schema.clone();
-        let batches = parts.into_iter().flat_map(move |part| {
-            let reader = reader.clone();
-            let schema = out_schema.clone();
-            chunks(&part.rows, batch_size).into_iter().map(move |rows| reader.read(&part.segment, &rows, &schema))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches))))
+        let batches = read_parts(parts, Arc::new(self.reader.clone()), self.schema.clone(), batch_size);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batches))))
     }
 
     fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
@@ -682,8 +693,22 @@ fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
     out
 }
 
+/// The selected rows of `parts` as batches of at most `batch_size` rows,
+/// read one at a time as the stream asks.
+pub(crate) fn read_parts(
+    parts: Vec<Part>,
+    reader: Arc<Reader>,
+    schema: SchemaRef,
+    batch_size: u32,
+) -> impl Iterator<Item = Result<RecordBatch>> + Send {
+    parts.into_iter().flat_map(move |part| {
+        let (reader, schema) = (reader.clone(), schema.clone());
+        chunks(&part.rows, batch_size).into_iter().map(move |rows| reader.read(&part.segment, &rows, &schema))
+    })
+}
+
 /// `rows` split into bitmaps of at most `size` rows, in order.
-pub(crate) fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
+fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
     let total = rows.len();
     if total <= u64::from(size) {
         return vec![rows.clone()];
