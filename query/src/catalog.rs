@@ -32,7 +32,7 @@ use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
-use crate::table::{Elsewhere, RemoteSegment, SegmentTable};
+use crate::table::{RemoteSegment, SegmentTable, UnservedSegment};
 use crate::tail::{self, TableView, TailBudget};
 
 /// Resync even without a watch firing, in case a notification was missed
@@ -129,11 +129,6 @@ struct TableState {
     view: Option<Arc<TableView>>,
     segments: BTreeMap<String, Loaded>,
     failures: HashMap<String, Failure>,
-    /// In a cluster: per partition, the largest end offset of the committed
-    /// segments served so far (here or elsewhere). Never decreases: the
-    /// tail holds only rows above it, so a segment at or below it that no
-    /// node serves is missing from answers, never pending.
-    cut: HashMap<i32, i64>,
 }
 
 pub struct CatalogFollower {
@@ -384,8 +379,8 @@ impl CatalogFollower {
             let local: Vec<Arc<Segment>> = state.segments.values().map(|l| l.segment.clone()).collect();
             match &cluster {
                 Some(cluster) => {
-                    let elsewhere = elsewhere(cluster, name, &records, &state.segments, &mut state.cut);
-                    view.set_committed_with(local, elsewhere);
+                    let (remote, unserved) = elsewhere(cluster, name, &records, &state.segments);
+                    view.set_committed_with(local, remote, unserved);
                 }
                 None if changed || !registered => view.set_committed(local),
                 None => {}
@@ -403,23 +398,24 @@ impl CatalogFollower {
 }
 
 /// The committed segments of `table` this node does not hold: served by
-/// others (remote), or by no live node (missing when at or below the
-/// partition's cut, whose rows the tail no longer holds; otherwise pending,
-/// still answered from the tail, and left out).
+/// other live nodes (remote), and by none (the view tells missing from
+/// pending, [`TableView::set_committed_with`]).
 fn elsewhere(
     cluster: &crate::cluster::Cluster,
     table: &str,
     records: &[SegmentRecord],
     loaded: &BTreeMap<String, Loaded>,
-    cut: &mut HashMap<i32, i64>,
-) -> Elsewhere {
-    let mut out = Elsewhere::default();
-    let mut unserved = Vec::new();
+) -> (Vec<RemoteSegment>, Vec<UnservedSegment>) {
+    let (mut remote, mut unserved) = (Vec::new(), Vec::new());
     for record in records.iter().filter(|r| !loaded.contains_key(&r.name)) {
         if cluster.holders(table, &record.name).is_empty() {
-            unserved.push(record);
+            unserved.push(UnservedSegment {
+                name: record.name.clone(),
+                partition: record.partition,
+                start_offset: record.start_offset,
+            });
         } else {
-            out.remote.push(RemoteSegment {
+            remote.push(RemoteSegment {
                 name: record.name.clone(),
                 partition: record.partition,
                 end_offset: record.end_offset,
@@ -427,24 +423,7 @@ fn elsewhere(
             });
         }
     }
-    let served_ends = loaded
-        .values()
-        .map(|l| (l.segment.meta().partition, l.segment.meta().end_offset))
-        .chain(out.remote.iter().map(|r| (r.partition, r.end_offset)));
-    for (partition, end) in served_ends {
-        let at = cut.entry(partition).or_insert(end);
-        *at = (*at).max(end);
-    }
-    for record in unserved {
-        if cut.get(&record.partition).is_some_and(|&c| record.start_offset <= c) {
-            out.missing.push(record.name.clone());
-        }
-    }
-    if !out.missing.is_empty() {
-        tracing::warn!(%table, missing = out.missing.len(), "committed segments no live query node serves");
-    }
-    metrics::gauge!("sluice_query_segments_unavailable", "table" => table.to_string()).set(out.missing.len() as f64);
-    out
+    (remote, unserved)
 }
 
 fn set_gauges(table: &str, state: &TableState) {

@@ -116,6 +116,14 @@ pub struct RemoteSegment {
     pub rows: u64,
 }
 
+/// A committed segment no live query node serves (in a cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnservedSegment {
+    pub name: String,
+    pub partition: i32,
+    pub start_offset: i64,
+}
+
 /// The part of a table this node does not hold: segments served by other
 /// query nodes, and committed segments no live node serves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -44,7 +44,7 @@ use sluice_decode::Decoder;
 use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, reseal, seal};
 use tokio::sync::watch;
 
-use crate::table::{Elsewhere, SegmentTable};
+use crate::table::{Elsewhere, RemoteSegment, SegmentTable, UnservedSegment};
 
 /// The suffix of a tail segment's name; scans count these as consuming.
 pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
@@ -220,19 +220,27 @@ impl TableView {
     /// The loaded segments changed: the tails keep only the rows above each
     /// partition's committed end, and both are published in one swap.
     pub fn set_committed(&self, segments: Vec<Arc<Segment>>) {
-        self.set_committed_with(segments, Elsewhere::default());
+        self.set_committed_with(segments, Vec::new(), Vec::new());
     }
 
-    /// [`TableView::set_committed`] in a cluster: `elsewhere` are the
-    /// committed segments other query nodes serve (their rows leave the
-    /// tail as a loaded segment's do) and those no node serves.
-    pub fn set_committed_with(&self, segments: Vec<Arc<Segment>>, elsewhere: Elsewhere) {
+    /// [`TableView::set_committed`] in a cluster: `remote` are the committed
+    /// segments other query nodes serve (their rows leave the tail as a
+    /// loaded segment's do), `unserved` those no live node serves. An
+    /// unserved segment at or below its partition's cut is missing from
+    /// answers (the tail no longer holds its rows); one above it is pending
+    /// (its rows are still tail rows) and left out.
+    pub fn set_committed_with(
+        &self,
+        segments: Vec<Arc<Segment>>,
+        remote: Vec<RemoteSegment>,
+        unserved: Vec<UnservedSegment>,
+    ) {
         let mut state = self.lock();
         let mut ends: HashMap<i32, i64> = HashMap::new();
         let served = segments
             .iter()
             .map(|s| (s.meta().partition, s.meta().end_offset))
-            .chain(elsewhere.remote.iter().map(|r| (r.partition, r.end_offset)));
+            .chain(remote.iter().map(|r| (r.partition, r.end_offset)));
         for (partition, end_offset) in served {
             let end = ends.entry(partition).or_insert(end_offset);
             *end = (*end).max(end_offset);
@@ -243,8 +251,18 @@ impl TableView {
             let at = ends.entry(*partition).or_insert(*end);
             *at = (*at).max(*end);
         }
+        let missing: Vec<String> = unserved
+            .into_iter()
+            .filter(|u| ends.get(&u.partition).is_some_and(|&cut| u.start_offset <= cut))
+            .map(|u| u.name)
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(table = %self.table.name(), missing = missing.len(), "committed segments no live query node serves");
+        }
+        metrics::gauge!("sluice_query_segments_unavailable", "table" => self.table.name().to_string())
+            .set(missing.len() as f64);
         state.committed = segments;
-        state.elsewhere = elsewhere;
+        state.elsewhere = Elsewhere { remote, missing };
         let decoding = state.decoding.clone();
         for (&partition, &end) in &ends {
             if state.ends.get(&partition).is_some_and(|e| *e >= end) {
