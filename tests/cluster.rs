@@ -6,39 +6,17 @@
 //! killed mid-loop costs no wrong answer: complete ones at replication 2,
 //! flagged partial ones at replication 1.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::PIPELINE;
 use serde_json::{Value, json};
 use sluice_coordinator::{CommitOutcome, Coordinator, Lease, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_segments::{ConsumingSegment, Datum, SegmentSchema, seal};
-use sluice_storage::{DeepStore, file_uri};
 use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
 use sluice_testkit::{GuardedChild, ZooKeeper, unique_name, wait_until};
-
-const PIPELINE: &str = r#"
-table = "clicks"
-[source]
-bootstrap_servers = "localhost:9092"
-topic = "clicks"
-[schema]
-time_column = "ts"
-[[schema.columns]]
-name = "ts"
-type = "timestamp"
-unit = "ms"
-nullable = false
-[[schema.columns]]
-name = "user_id"
-type = "string"
-[[schema.columns]]
-name = "status"
-type = "int32"
-[indexes]
-inverted = ["status"]
-"#;
 
 const PARTITIONS: i32 = 2;
 const SEGMENTS_PER_PARTITION: i64 = 6;
@@ -47,39 +25,14 @@ const ROWS: i64 = 100;
 /// Commits `SEGMENTS_PER_PARTITION` segments of `ROWS` rows to each
 /// partition, as workers would.
 async fn commit_segments(coordinator: &Arc<ZooKeeperCoordinator>, store: &Path) -> Vec<SegmentRecord> {
-    let config = sluice_config::parse_pipeline(PIPELINE, Path::new("clicks.toml"), &sluice_config::ProcessEnv).unwrap();
-    let schema = Arc::new(SegmentSchema::from_pipeline(&config));
+    let schema = common::schema();
     let mut records = Vec::new();
     for partition in 0..PARTITIONS {
         let mut lease: Lease = coordinator.acquire("clicks", partition, "test-writer").await.unwrap().unwrap();
         for s in 0..SEGMENTS_PER_PARTITION {
-            let first = s * ROWS;
-            let mut segment = ConsumingSegment::new(schema.clone(), partition, first);
-            for offset in first..first + ROWS {
-                let user = format!("u-{}", offset % 7);
-                let status = [200, 404, 500][(offset % 3) as usize];
-                let row = [Datum::Timestamp(1_764_000_000_000 + offset), Datum::Str(&user), Datum::Int32(status)];
-                segment.append(offset, &row).unwrap();
-            }
-            let created = 1_764_000_000_000 + first;
-            let name = SegmentRecord::segment_name("clicks", partition, lease.checkpoint.next_seq, created);
-            let image = seal(&segment, &name, created).unwrap();
-            let path = store.join("clicks").join(DeepStore::segment_name(&name, lease.epoch()));
-            image.write_file(&path).unwrap();
-            let record = SegmentRecord {
-                name,
-                partition,
-                seq: lease.checkpoint.next_seq,
-                start_offset: first,
-                end_offset: first + ROWS - 1,
-                row_count: ROWS as u64,
-                uri: file_uri(&path),
-                size_bytes: image.bytes.len() as u64,
-                crc32c: crc32c::crc32c(&image.bytes),
-                time_range: image.meta.time_range,
-                created_at_ms: created,
-                offset_gaps: 0,
-            };
+            let (_, _, record) = common::seal_segment(store, &schema, &lease, partition, s * ROWS, ROWS, |o| {
+                (format!("u-{}", o % 7), [200, 404, 500][(o % 3) as usize])
+            });
             assert_eq!(coordinator.commit(&mut lease, &record).await.unwrap(), CommitOutcome::Committed);
             records.push(record);
         }
@@ -116,16 +69,7 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let log = std::fs::File::options().create(true).append(true).open(self.dir.join("query.log")).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command
-            .args(["query", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.child = Some(GuardedChild::spawn(command).unwrap());
+        self.child = Some(common::start_query_node(&self.dir, &self.config));
     }
 
     fn kill(&mut self) {

@@ -4,39 +4,19 @@
 //! repaired) without disturbing the others, and a restarted node serves
 //! from its cache without downloading again.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{PIPELINE, start_query_node};
 use serde_json::{Value, json};
 use sluice_coordinator::{CommitOutcome, Coordinator, Lease, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
-use sluice_segments::{ConsumingSegment, Datum, SegmentSchema, seal};
-use sluice_storage::{DeepStore, file_uri};
+use sluice_segments::SegmentSchema;
 use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
-use sluice_testkit::{GuardedChild, ZooKeeper, unique_name, wait_until};
-
-const PIPELINE: &str = r#"
-table = "clicks"
-[source]
-bootstrap_servers = "localhost:9092"
-topic = "clicks"
-[schema]
-time_column = "ts"
-[[schema.columns]]
-name = "ts"
-type = "timestamp"
-unit = "ms"
-nullable = false
-[[schema.columns]]
-name = "user_id"
-type = "string"
-[[schema.columns]]
-name = "status"
-type = "int32"
-[indexes]
-inverted = ["status"]
-"#;
+use sluice_testkit::{ZooKeeper, unique_name, wait_until};
 
 struct Writer {
     coordinator: Arc<ZooKeeperCoordinator>,
@@ -51,46 +31,17 @@ impl Writer {
     /// Seals `rows` rows into the deep store; returns the file's bytes and
     /// the catalog record a worker would commit.
     fn seal(&mut self, rows: i64) -> (PathBuf, Vec<u8>, SegmentRecord) {
-        let mut segment = ConsumingSegment::new(self.schema.clone(), 0, self.next_offset);
-        for offset in self.next_offset..self.next_offset + rows {
-            let user = format!("u-{offset}");
-            let row = [Datum::Timestamp(1_764_000_000_000 + offset), Datum::Str(&user), Datum::Int32(200)];
-            segment.append(offset, &row).unwrap();
-        }
-        let created = 1_764_000_000_000 + self.next_offset;
-        let name = SegmentRecord::segment_name("clicks", 0, self.lease.checkpoint.next_seq, created);
-        let image = seal(&segment, &name, created).unwrap();
-        let path = self.store.join("clicks").join(DeepStore::segment_name(&name, self.lease.epoch()));
-        image.write_file(&path).unwrap();
-        let record = SegmentRecord {
-            name,
-            partition: 0,
-            seq: self.lease.checkpoint.next_seq,
-            start_offset: self.next_offset,
-            end_offset: self.next_offset + rows - 1,
-            row_count: rows as u64,
-            uri: file_uri(&path),
-            size_bytes: image.bytes.len() as u64,
-            crc32c: crc32c::crc32c(&image.bytes),
-            time_range: image.meta.time_range,
-            created_at_ms: created,
-            offset_gaps: 0,
-        };
+        let sealed = common::seal_segment(&self.store, &self.schema, &self.lease, 0, self.next_offset, rows, |o| {
+            (format!("u-{o}"), 200)
+        });
         self.next_offset += rows;
-        (path, image.bytes.to_vec(), record)
+        sealed
     }
 
     async fn commit(&mut self, record: &SegmentRecord) {
         let outcome = self.coordinator.commit(&mut self.lease, record).await.unwrap();
         assert_eq!(outcome, CommitOutcome::Committed);
     }
-}
-
-fn start_query_node(dir: &Path, config: &Path) -> GuardedChild {
-    let log = std::fs::File::options().create(true).append(true).open(dir.join("query.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command.args(["query", "--config"]).arg(config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    GuardedChild::spawn(command).unwrap()
 }
 
 async fn count(addr: &str) -> Option<i64> {
@@ -140,13 +91,12 @@ async fn query_node_follows_the_catalog() {
         .unwrap(),
     );
     coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
-    let config = sluice_config::parse_pipeline(PIPELINE, Path::new("clicks.toml"), &sluice_config::ProcessEnv).unwrap();
     let lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");
     let mut writer = Writer {
         coordinator: coordinator.clone(),
         lease,
         store: dir.path().join("deep"),
-        schema: Arc::new(SegmentSchema::from_pipeline(&config)),
+        schema: common::schema(),
         next_offset: 0,
     };
 
