@@ -557,3 +557,55 @@ pub(crate) async fn serve(
         tracing::error!(error = %e, "the Flight server of distributed tasks stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    fn scan(output: Vec<usize>) -> ScanProto {
+        let schema = Schema::new(vec![Field::new("status", DataType::Int32, true)]);
+        let spec = Spec {
+            table: "clicks".into(),
+            tasks: vec![Task { url: "http://127.0.0.1:1".into(), named: vec!["s".into()], pinned: None }],
+            predicate: None,
+            exact: true,
+            limit: None,
+            partitions: 2,
+            output,
+        };
+        ScanProto {
+            spec: serde_json::to_vec(&spec).unwrap(),
+            schema: Some((&schema).try_into().unwrap()),
+            read_schema: Some((&schema).try_into().unwrap()),
+            residual: None,
+        }
+    }
+
+    /// The Flight port takes plans from the network: bytes that are not a
+    /// scan, or a scan pointing outside its own columns, are refused with
+    /// an error, never a panic or an out-of-bounds read later.
+    #[test]
+    fn hostile_scan_bytes_are_refused() {
+        let (ctx, converter) = (TaskContext::default(), DefaultPhysicalProtoConverter {});
+        let decode = |bytes: &[u8]| ClusterCodec.try_decode(bytes, &[], &ctx, &converter);
+        let mut truncated = scan(vec![0]).encode_to_vec();
+        truncated.truncate(truncated.len() / 2);
+        let mut bad_spec = scan(vec![0]);
+        bad_spec.spec = b"{\"table\": 7}".to_vec();
+        let mut no_schema = scan(vec![0]);
+        no_schema.schema = None;
+        for bytes in [
+            Vec::new(),
+            vec![0xff; 64],
+            truncated,
+            bad_spec.encode_to_vec(),
+            no_schema.encode_to_vec(),
+            scan(vec![5]).encode_to_vec(),
+        ] {
+            assert!(decode(&bytes).is_err(), "{bytes:?}");
+        }
+        assert!(decode(&scan(vec![0]).encode_to_vec()).is_ok(), "a well-formed scan decodes");
+    }
+}
