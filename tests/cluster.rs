@@ -7,36 +7,46 @@
 //! flagged partial ones at replication 1.
 
 mod common;
+#[path = "../query/tests/common/mod.rs"]
+mod fixture;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::PIPELINE;
+use fixture::corpus::CORPUS;
 use serde_json::{Value, json};
-use sluice_coordinator::{CommitOutcome, Coordinator, Lease, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_coordinator::{CommitOutcome, Coordinator, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_testkit::net::{free_port, http_get, http_post, metric_sum};
 use sluice_testkit::{GuardedChild, ZooKeeper, unique_name, wait_until};
 
-const PARTITIONS: i32 = 2;
-const SEGMENTS_PER_PARTITION: i64 = 6;
-const ROWS: i64 = 100;
-
-/// Commits `SEGMENTS_PER_PARTITION` segments of `ROWS` rows to each
-/// partition, as workers would.
+/// Commits the differential fixture as workers would: the six `clicks`
+/// segments alternately to partitions 0 and 1, the two `users` segments to
+/// partition 0.
 async fn commit_segments(coordinator: &Arc<ZooKeeperCoordinator>, store: &Path) -> Vec<SegmentRecord> {
-    let schema = common::schema();
     let mut records = Vec::new();
-    for partition in 0..PARTITIONS {
-        let mut lease: Lease = coordinator.acquire("clicks", partition, "test-writer").await.unwrap().unwrap();
-        for s in 0..SEGMENTS_PER_PARTITION {
-            let (_, _, record) = common::seal_segment(store, &schema, &lease, partition, s * ROWS, ROWS, |o| {
-                (format!("u-{}", o % 7), [200, 404, 500][(o % 3) as usize])
-            });
-            assert_eq!(coordinator.commit(&mut lease, &record).await.unwrap(), CommitOutcome::Committed);
-            records.push(record);
-        }
+    let mut commit = async |table: &str, partition: i32, segment: sluice_segments::ConsumingSegment| {
+        let mut lease = coordinator.acquire(table, partition, "test-writer").await.unwrap().unwrap();
+        let created = fixture::BASE_TS + records.len() as i64;
+        let (_, _, record) = common::store_segment(store, table, &lease, &segment, created);
+        assert_eq!(coordinator.commit(&mut lease, &record).await.unwrap(), CommitOutcome::Committed);
+        coordinator.release(lease).await.unwrap();
+        records.push(record);
+    };
+    let clicks_schema = fixture::clicks_schema();
+    let mut next = [0i64; 2];
+    for (i, rows) in fixture::fixture_clicks().iter().enumerate() {
+        let partition = (i % 2) as i32;
+        let segment = fixture::consuming(&clicks_schema, partition, next[i % 2], rows, fixture::click_datums);
+        next[i % 2] = segment.next_offset();
+        commit("clicks", partition, segment).await;
     }
+    let users_schema = fixture::users_schema();
+    let (first, second) = fixture::fixture_users();
+    let segment = fixture::consuming(&users_schema, 0, 0, &first, fixture::user_datums);
+    let start = segment.next_offset();
+    commit("users", 0, segment).await;
+    commit("users", 0, fixture::consuming(&users_schema, 0, start, &second, fixture::user_datums)).await;
     records
 }
 
@@ -78,6 +88,7 @@ impl Node {
         let _ = child.wait_timeout(Duration::from_secs(10));
     }
 
+    /// Segments loaded, over every table.
     fn loaded(&self) -> f64 {
         metric_sum(&http_get(&self.addr, "/metrics").1, "sluice_query_segments_loaded")
     }
@@ -85,6 +96,11 @@ impl Node {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("query.log")).unwrap_or_default()
     }
+}
+
+/// Segments of `table` the node at `addr` has loaded.
+fn loaded_of(addr: &str, table: &str) -> f64 {
+    metric_sum(&http_get(addr, "/metrics").1, &format!("sluice_query_segments_loaded{{table=\"{table}\"}}"))
 }
 
 async fn query(addr: &str, sql: &str) -> Value {
@@ -95,34 +111,32 @@ async fn query(addr: &str, sql: &str) -> Value {
     v
 }
 
-fn rows(v: &Value) -> Vec<String> {
-    let mut rows: Vec<String> =
-        v["resultTable"]["rows"].as_array().map(|r| r.iter().map(|row| row.to_string()).collect()).unwrap_or_default();
-    rows.sort();
+/// An answer's rows as strings, floats to 7 significant digits (the
+/// summation order differs between plans), sorted unless the order is part
+/// of the answer.
+fn rows(v: &Value, keep_order: bool) -> Vec<String> {
+    let cell = |c: &Value| match c {
+        Value::Number(n) if n.is_f64() => format!("{:.6e}", n.as_f64().unwrap()),
+        other => other.to_string(),
+    };
+    let mut rows: Vec<String> = v["resultTable"]["rows"]
+        .as_array()
+        .map(|r| r.iter().map(|row| row.as_array().unwrap().iter().map(cell).collect::<Vec<_>>().join(" | ")).collect())
+        .unwrap_or_default();
+    if !keep_order {
+        rows.sort();
+    }
     rows
 }
 
-/// Every query of the corpus answers the same on every node, and as
-/// expected from the rows committed.
-const CORPUS: &[&str] = &[
-    "SELECT COUNT(*) FROM clicks",
-    "SELECT status, COUNT(*), MIN(ts), MAX(ts) FROM clicks GROUP BY status",
-    "SELECT user_id, COUNT(*) FROM clicks WHERE status = 404 GROUP BY user_id",
-    "SELECT COUNT(DISTINCT user_id) FROM clicks WHERE status <> 200",
-    "SELECT user_id, status FROM clicks WHERE ts = CAST(1764000000123 AS TIMESTAMP(3)) ORDER BY status",
-    "SELECT ts FROM clicks ORDER BY ts DESC LIMIT 3",
-    "SELECT a.status, COUNT(*) FROM clicks a JOIN (SELECT DISTINCT status FROM clicks WHERE status > 300) b \
-     ON a.status = b.status GROUP BY a.status",
-    "SELECT COUNT(*) FROM clicks WHERE user_id LIKE 'u-1%' OR status IN (500)",
-];
-
+/// The differential corpus's answers from the node at `addr`.
 async fn answers(addr: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for sql in CORPUS {
         let v = query(addr, sql).await;
         assert_eq!(v["httpStatus"], 200, "{sql}: {v}");
         assert_eq!(v["exceptions"], json!([]), "{sql}: {v}");
-        out.push(rows(&v));
+        out.push(rows(&v, sql.contains("ORDER BY") && !sql.contains("OVER")));
     }
     out
 }
@@ -147,23 +161,31 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
         .await
         .unwrap(),
     );
-    coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
+    coordinator.apply_pipeline("clicks", fixture::CLICKS_PIPELINE).await.unwrap();
+    coordinator.apply_pipeline("users", fixture::USERS_PIPELINE).await.unwrap();
     let records = commit_segments(&coordinator, &dir.path().join("deep")).await;
-    let total = records.iter().map(|r| r.row_count as i64).sum::<i64>();
+    let total = fixture::SEGMENT_ROWS.iter().sum::<usize>() as i64;
     let nodes: Vec<Node> =
         ["q1", "q2", "q3"].iter().map(|id| Node::new(dir.path(), id, &zk, &root, replication)).collect();
-    let expected_each = (records.len() as f64 * f64::from(replication) / 3.0).round();
+    // Each node holds its share of each table, ± one segment.
+    let share = |table: &str| {
+        records.iter().filter(|r| r.name.starts_with(&format!("{table}__"))).count() as f64 * f64::from(replication)
+            / 3.0
+    };
+    let (clicks_share, users_share) = (share("clicks"), share("users"));
     let settled = wait_until("every node to hold its share and answer in full", Duration::from_secs(60), || async {
         let mut ok = true;
         for node in &nodes {
             let addr = node.addr.clone();
-            let loaded = tokio::task::spawn_blocking({
+            let (clicks, users) = tokio::task::spawn_blocking({
                 let addr = addr.clone();
-                move || metric_sum(&http_get(&addr, "/metrics").1, "sluice_query_segments_loaded")
+                move || (loaded_of(&addr, "clicks"), loaded_of(&addr, "users"))
             })
             .await
             .unwrap();
-            ok &= (loaded - expected_each).abs() <= 1.0 && count(&addr).await.0 == Some(total);
+            ok &= (clicks - clicks_share).abs() <= 1.0
+                && (users - users_share).abs() <= 1.0
+                && count(&addr).await.0 == Some(total);
         }
         ok
     })
@@ -180,8 +202,7 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_segments_and_answer_like_one() {
     let (_zk, dir, mut nodes, total) = cluster(1).await;
-    assert_eq!(total, i64::from(PARTITIONS) * SEGMENTS_PER_PARTITION * ROWS);
-    let segments = f64::from(PARTITIONS) * SEGMENTS_PER_PARTITION as f64;
+    let segments = (fixture::SEGMENT_ROWS.len() + 2) as f64;
     let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
     assert_eq!(loaded.iter().sum::<f64>(), segments, "each segment on exactly one node at replication 1: {loaded:?}");
 
@@ -263,7 +284,7 @@ async fn three_nodes_share_segments_and_answer_like_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_two_survives_a_killed_node() {
     let (_zk, _dir, mut nodes, total) = cluster(2).await;
-    let segments = f64::from(PARTITIONS) * SEGMENTS_PER_PARTITION as f64;
+    let segments = (fixture::SEGMENT_ROWS.len() + 2) as f64;
     let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
     assert_eq!(loaded.iter().sum::<f64>(), 2.0 * segments, "two copies of each segment: {loaded:?}");
 

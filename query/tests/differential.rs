@@ -7,6 +7,7 @@ mod common;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use common::corpus::CORPUS;
 use common::*;
 use datafusion::prelude::SessionContext;
 use sluice_config::QueryLimits;
@@ -55,99 +56,6 @@ fn normalize(batches: &[RecordBatch], keep_order: bool) -> Vec<String> {
     }
     rows
 }
-
-const CORPUS: &[&str] = &[
-    // filters of every kind, NULLs included
-    "SELECT COUNT(*) FROM clicks",
-    "SELECT COUNT(*) FROM clicks WHERE country = 'FR'",
-    "SELECT COUNT(*) FROM clicks WHERE country <> 'FR'",
-    "SELECT COUNT(*) FROM clicks WHERE country IS NULL",
-    "SELECT COUNT(*) FROM clicks WHERE country IS NOT NULL",
-    "SELECT COUNT(*) FROM clicks WHERE country IN ('FR', 'DE')",
-    "SELECT COUNT(*) FROM clicks WHERE country NOT IN ('FR', 'DE')",
-    "SELECT COUNT(*) FROM clicks WHERE country IN ('FR', NULL)",
-    "SELECT COUNT(*) FROM clicks WHERE country NOT IN ('FR', NULL)",
-    "SELECT COUNT(*) FROM clicks WHERE status = 404",
-    "SELECT COUNT(*) FROM clicks WHERE status >= 404",
-    "SELECT COUNT(*) FROM clicks WHERE status BETWEEN 300 AND 404",
-    "SELECT COUNT(*) FROM clicks WHERE status NOT BETWEEN 300 AND 404",
-    "SELECT COUNT(*) FROM clicks WHERE latency_ms < 100",
-    "SELECT COUNT(*) FROM clicks WHERE latency_ms > 1900 OR latency_ms IS NULL",
-    "SELECT COUNT(*) FROM clicks WHERE NOT (latency_ms > 1000)",
-    "SELECT COUNT(*) FROM clicks WHERE latency_ms BETWEEN 500 AND 400",
-    "SELECT COUNT(*) FROM clicks WHERE ts >= TIMESTAMP '2025-11-24 16:01:00'",
-    "SELECT COUNT(*) FROM clicks WHERE ts BETWEEN TIMESTAMP '2025-11-24 16:00:30' AND TIMESTAMP '2025-11-24 16:02:00'",
-    "SELECT COUNT(*) FROM clicks WHERE ts < to_timestamp_millis(1764000100000)",
-    "SELECT COUNT(*) FROM clicks WHERE score = 0.0",
-    "SELECT COUNT(*) FROM clicks WHERE score > 50",
-    "SELECT COUNT(*) FROM clicks WHERE score = 'NaN'::double",
-    "SELECT COUNT(*) FROM clicks WHERE score IS NULL",
-    "SELECT COUNT(*) FROM clicks WHERE is_bot",
-    "SELECT COUNT(*) FROM clicks WHERE NOT is_bot",
-    "SELECT COUNT(*) FROM clicks WHERE is_bot IS NOT TRUE",
-    "SELECT COUNT(*) FROM clicks WHERE is_bot = false",
-    "SELECT * FROM clicks WHERE user_id = 'u-00042'",
-    "SELECT COUNT(*) FROM clicks WHERE user_id = 'nobody'",
-    "SELECT COUNT(*) FROM clicks WHERE url LIKE '/product/1%'",
-    "SELECT COUNT(*) FROM clicks WHERE url LIKE '/product/1_/view'",
-    "SELECT COUNT(*) FROM clicks WHERE url LIKE '%9/view'",
-    "SELECT COUNT(*) FROM clicks WHERE country = 'FR' AND (status = 500 OR latency_ms < 50)",
-    "SELECT COUNT(*) FROM clicks WHERE (country = 'FR' OR device = 'tablet') AND NOT (status = 200)",
-    "SELECT COUNT(*) FROM clicks WHERE country = 'FR' AND length(url) > 15",
-    "SELECT COUNT(*) FROM clicks WHERE (country = 'US' AND length(url) > 15) OR status = 301",
-    "SELECT COUNT(*) FROM clicks WHERE NOT (country = 'US' AND length(url) > 15)",
-    "SELECT COUNT(*) FROM clicks WHERE device IS NULL AND country IS NULL",
-    "SELECT COUNT(*) FROM clicks WHERE status = 200 AND status = 404",
-    "SELECT COUNT(*) FROM clicks WHERE latency_ms = bytes",
-    "SELECT COUNT(*) FROM clicks WHERE bytes > 1000000",
-    "SELECT COUNT(*) FROM clicks WHERE status + 1 = 201",
-    "SELECT COUNT(*) FROM clicks WHERE 404 = status OR 'JP' = country",
-    // projection, order, limit
-    "SELECT ts, user_id, status FROM clicks WHERE country = 'JP' ORDER BY ts LIMIT 25",
-    "SELECT * FROM clicks WHERE status = 500 ORDER BY ts DESC LIMIT 10",
-    "SELECT user_id FROM clicks ORDER BY ts LIMIT 5 OFFSET 100",
-    "SELECT country, device FROM clicks WHERE latency_ms IS NULL ORDER BY ts",
-    "SELECT ts FROM clicks WHERE status = 301 ORDER BY latency_ms DESC NULLS LAST, ts LIMIT 7",
-    // aggregations
-    // (MIN/MAX of a float group holding NaN depend on the row order in
-    // DataFusion, so that column's NaNs are filtered out here.)
-    "SELECT country, COUNT(*), SUM(bytes), AVG(latency_ms), MIN(latency_ms), MAX(bytes) FROM clicks GROUP BY country",
-    "SELECT device, MIN(score), MAX(score) FROM clicks WHERE NOT isnan(score) GROUP BY device",
-    "SELECT MIN(score), MAX(score) FROM clicks",
-    "SELECT status, COUNT(*) FROM clicks WHERE country IS NOT NULL GROUP BY status HAVING COUNT(*) > 1000",
-    "SELECT device, COUNT(DISTINCT user_id) FROM clicks GROUP BY device",
-    "SELECT COUNT(DISTINCT country) FROM clicks",
-    "SELECT approx_distinct(user_id) FROM clicks",
-    "SELECT DISTINCT country FROM clicks",
-    "SELECT DISTINCT status, device FROM clicks WHERE is_bot",
-    "SELECT country, SUM(bytes) AS b FROM clicks GROUP BY country ORDER BY b DESC LIMIT 3",
-    "SELECT url, COUNT(*) AS c FROM clicks GROUP BY url ORDER BY c DESC, url LIMIT 10",
-    "SELECT MIN(ts), MAX(ts), COUNT(*) FROM clicks",
-    "SELECT MIN(status), MAX(status), MIN(latency_ms), MAX(latency_ms), MIN(bytes), MAX(bytes) FROM clicks",
-    "SELECT MAX(score), MIN(score), MAX(user_id), COUNT(score), COUNT(is_bot) FROM clicks",
-    "SELECT MAX(latency_ms) FROM clicks WHERE country = 'FR'",
-    "SELECT COUNT(latency_ms), COUNT(*), COUNT(country) FROM clicks",
-    "SELECT country, SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) FROM clicks GROUP BY country",
-    "SELECT country, COUNT(*) FILTER (WHERE is_bot) FROM clicks GROUP BY country",
-    "SELECT is_bot, AVG(score) FROM clicks WHERE score < 1000 GROUP BY is_bot",
-    "SELECT stddev(latency_ms), var_pop(bytes) FROM clicks WHERE status = 200",
-    // time bucketing
-    "SELECT date_trunc('minute', ts) AS m, COUNT(*) FROM clicks GROUP BY m",
-    "SELECT date_trunc('hour', ts), status, COUNT(*) FROM clicks GROUP BY 1, 2",
-    "SELECT date_bin(INTERVAL '15 seconds', ts) AS b, COUNT(*) FROM clicks WHERE country = 'BR' GROUP BY b",
-    // CTEs, subqueries, joins
-    "WITH fr AS (SELECT * FROM clicks WHERE country = 'FR') SELECT device, COUNT(*) FROM fr GROUP BY device",
-    "SELECT COUNT(*) FROM clicks WHERE user_id IN (SELECT user_id FROM users WHERE plan = 'pro')",
-    "SELECT COUNT(*) FROM clicks WHERE latency_ms > (SELECT AVG(latency_ms) FROM clicks)",
-    "SELECT u.plan, COUNT(*), AVG(c.latency_ms) FROM clicks c JOIN users u ON c.user_id = u.user_id GROUP BY u.plan",
-    "SELECT u.plan, COUNT(c.ts) FROM users u LEFT JOIN clicks c ON c.user_id = u.user_id AND c.status = 500 GROUP BY u.plan",
-    "SELECT COUNT(*) FROM clicks c WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id)",
-    "SELECT plan, COUNT(*), MIN(age), MAX(age) FROM users GROUP BY plan",
-    "SELECT * FROM (SELECT country, COUNT(*) AS n FROM clicks GROUP BY country) t WHERE n > 100",
-    "SELECT country, ROW_NUMBER() OVER (ORDER BY COUNT(*) DESC, country) FROM clicks GROUP BY country",
-    "SELECT COUNT(*) FROM clicks WHERE country = 'FR' UNION ALL SELECT COUNT(*) FROM clicks WHERE country = 'DE'",
-    "SELECT user_id, COUNT(*) FROM clicks WHERE user_id LIKE 'u-0001%' GROUP BY user_id ORDER BY 2 DESC, 1 LIMIT 5",
-];
 
 /// Every corpus query whose answer from `engine` differs from `reference`'s.
 async fn differences(engine: &QueryEngine, reference: &SessionContext) -> Vec<String> {

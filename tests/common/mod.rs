@@ -2,6 +2,8 @@
 //! `clicks` pipeline, sealing a segment into a `file://` deep store with
 //! the catalog record a worker would commit, and starting `sluice query`.
 
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -59,17 +61,30 @@ pub fn seal_segment(
         segment.append(offset, &datums).unwrap();
     }
     let created = 1_764_000_000_000 + first;
-    let name = SegmentRecord::segment_name("clicks", partition, lease.checkpoint.next_seq, created);
-    let image = seal(&segment, &name, created).unwrap();
-    let path = store.join("clicks").join(DeepStore::segment_name(&name, lease.epoch()));
+    store_segment(store, "clicks", lease, &segment, created)
+}
+
+/// Seals `segment` into `store` as the next segment of `table` under
+/// `lease`; returns the file, its bytes and the catalog record a worker
+/// would commit.
+pub fn store_segment(
+    store: &Path,
+    table: &str,
+    lease: &Lease,
+    segment: &ConsumingSegment,
+    created: i64,
+) -> (PathBuf, Vec<u8>, SegmentRecord) {
+    let name = SegmentRecord::segment_name(table, segment.partition(), lease.checkpoint.next_seq, created);
+    let image = seal(segment, &name, created).unwrap();
+    let path = store.join(table).join(DeepStore::segment_name(&name, lease.epoch()));
     image.write_file(&path).unwrap();
     let record = SegmentRecord {
         name,
-        partition,
+        partition: segment.partition(),
         seq: lease.checkpoint.next_seq,
-        start_offset: first,
-        end_offset: first + rows - 1,
-        row_count: rows as u64,
+        start_offset: segment.start_offset(),
+        end_offset: segment.next_offset() - 1,
+        row_count: u64::from(segment.row_count()),
         uri: file_uri(&path),
         size_bytes: image.bytes.len() as u64,
         crc32c: crc32c::crc32c(&image.bytes),

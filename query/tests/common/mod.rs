@@ -3,6 +3,8 @@
 //! the same rows, for differential tests and benchmarks.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::sync::Arc;
 
 use arrow::array::{
@@ -230,15 +232,17 @@ pub fn users(n: u64, seed: u64) -> Vec<User> {
         .collect()
 }
 
+pub fn user_datums(u: &User) -> Vec<Datum<'_>> {
+    vec![
+        Datum::Timestamp(BASE_TS),
+        Datum::Str(&u.user_id),
+        u.plan.map_or(Datum::Null, Datum::Str),
+        u.age.map_or(Datum::Null, Datum::Int32),
+    ]
+}
+
 pub fn user_segment(name: &str, rows: &[User]) -> Segment {
-    sealed(&users_schema(), name, rows, |u| {
-        vec![
-            Datum::Timestamp(BASE_TS),
-            Datum::Str(&u.user_id),
-            u.plan.map_or(Datum::Null, Datum::Str),
-            u.age.map_or(Datum::Null, Datum::Int32),
-        ]
-    })
+    sealed(&users_schema(), name, rows, user_datums)
 }
 
 pub fn users_batch(rows: &[User]) -> RecordBatch {
@@ -259,6 +263,25 @@ pub fn users_batch(rows: &[User]) -> RecordBatch {
 
 pub const SEGMENT_ROWS: [usize; 6] = [3000, 5000, 1, 2500, 4000, 7000];
 
+/// The fixture's clicks, segment by segment: [`SEGMENT_ROWS`] rows each,
+/// 10 ms apart, the first segment covering the first 30 s.
+pub fn fixture_clicks() -> Vec<Vec<Click>> {
+    let mut ts = BASE_TS;
+    let mut segments = Vec::new();
+    for (i, n) in SEGMENT_ROWS.into_iter().enumerate() {
+        segments.push(clicks(n, ts, 1000 + i as u64, 2000));
+        ts += n as i64 * 10;
+    }
+    segments
+}
+
+/// The fixture's users, as its two segments.
+pub fn fixture_users() -> (Vec<User>, Vec<User>) {
+    let mut people = users(1500, 7);
+    let second = people.split_off(600);
+    (people, second)
+}
+
 /// Serves `clicks` (six segments of [`SEGMENT_ROWS`], 10 ms apart, the
 /// first one covering the first 30 s) and `users` (two segments) from
 /// `engine`, and returns a plain DataFusion context holding the same rows
@@ -271,12 +294,9 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
     let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
     let mut segments = Vec::new();
     let mut batches = Vec::new();
-    let mut ts = BASE_TS;
-    for (i, n) in SEGMENT_ROWS.into_iter().enumerate() {
-        let rows = clicks(n, ts, 1000 + i as u64, 2000);
-        ts += n as i64 * 10;
-        segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), &rows)));
-        batches.push(served(&clicks_batch(&rows)));
+    for (i, rows) in fixture_clicks().iter().enumerate() {
+        segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), rows)));
+        batches.push(served(&clicks_batch(rows)));
     }
     let table = SegmentTable::new("clicks", &clicks_arrow_schema());
     table.replace(segments);
@@ -293,8 +313,8 @@ pub fn register_users(engine: &sluice_query::QueryEngine, reference: &datafusion
     use datafusion::datasource::MemTable;
     use sluice_query::SegmentTable;
 
-    let people = users(1500, 7);
-    let (first, second) = people.split_at(600);
+    let (first, second) = fixture_users();
+    let (first, second) = (&first[..], &second[..]);
     let users_batches = vec![served(&users_batch(first)), served(&users_batch(second))];
     let schema = users_batches[0].schema();
     let table = SegmentTable::new("users", &users_batch(first).schema());
@@ -366,11 +386,44 @@ pub fn json_click(c: &Click) -> (Click, Vec<u8>) {
     (c, serde_json::to_vec(&record).expect("JSON"))
 }
 
+/// `rows` as the consuming segment of `partition` holding offsets from
+/// `start`.
+pub fn consuming<'a, R: 'a>(
+    schema: &Arc<SegmentSchema>,
+    partition: i32,
+    start: i64,
+    rows: &'a [R],
+    datums: impl Fn(&'a R) -> Vec<Datum<'a>>,
+) -> ConsumingSegment {
+    let mut consuming = ConsumingSegment::new(schema.clone(), partition, start);
+    for (i, row) in rows.iter().enumerate() {
+        consuming.append(start + i as i64, &datums(row)).expect("valid row");
+    }
+    consuming
+}
+
 /// `rows` sealed as a committed segment of `partition` at offsets from `start`.
 pub fn click_segment_at(name: &str, partition: i32, start: i64, rows: &[Click]) -> Segment {
-    let mut consuming = ConsumingSegment::new(clicks_schema(), partition, start);
-    for (i, row) in rows.iter().enumerate() {
-        consuming.append(start + i as i64, &click_datums(row)).expect("valid row");
-    }
+    let consuming = consuming(&clicks_schema(), partition, start, rows, click_datums);
     seal(&consuming, name, 0).expect("seal").open().expect("open")
 }
+
+/// The pipeline config of the users table: the same schema and indexes as
+/// [`users_schema`].
+pub const USERS_PIPELINE: &str = r#"
+table = "users"
+[source]
+bootstrap_servers = "localhost:9092"
+topic = "users"
+[schema]
+time_column = "signup"
+columns = [
+  { name = "signup", type = "timestamp", nullable = false, unit = "ms" },
+  { name = "user_id", type = "string", nullable = false },
+  { name = "plan", type = "string" },
+  { name = "age", type = "int32" },
+]
+[indexes]
+inverted = ["plan"]
+bloom = ["user_id"]
+"#;
