@@ -23,6 +23,16 @@ struct Cluster {
     query_addr: String,
 }
 
+/// `sluice query` config: a lone node, or (with `id`) a member of a cluster.
+fn query_config(cache: &std::path::Path, zk: &str, root: &str, addr: &str, id: Option<&str>) -> String {
+    let member = id.map_or(String::new(), |id| format!("node_id = \"{id}\"\nflight_listen = \"127.0.0.1:0\"\n"));
+    format!(
+        "{member}cache_dir = \"{}\"\n[coordinator]\nconnect = \"{zk}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n\
+         [http]\nlisten = \"{addr}\"\n",
+        cache.display()
+    )
+}
+
 impl Cluster {
     async fn start(flush_rows: u64) -> Cluster {
         let zk = ZooKeeper::start().unwrap();
@@ -44,11 +54,7 @@ impl Cluster {
         let pipeline = pipeline(broker.bootstrap_servers(), &topic, &deep, flush_rows, "");
         observer.apply_pipeline("events", &pipeline).await.unwrap();
         let query_addr = format!("127.0.0.1:{}", free_port().unwrap());
-        let query = format!(
-            "cache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{query_addr}\"\n",
-            dir.path().join("cache").display(),
-            zk.connect_string()
-        );
+        let query = query_config(&dir.path().join("cache"), &zk.connect_string(), &root, &query_addr, None);
         std::fs::write(dir.path().join("query.toml"), query).unwrap();
         Cluster { dir, zk, broker, topic, root, observer, query_addr }
     }
@@ -79,6 +85,21 @@ impl Cluster {
 
     fn query_node(&self) -> GuardedChild {
         self.spawn("query", &["query", "--config", self.dir.path().join("query.toml").to_str().unwrap()])
+    }
+
+    /// A member `id` of a cluster of query nodes; returns it and its address.
+    fn cluster_node(&self, id: &str) -> (GuardedChild, String) {
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let cache = self.dir.path().join(id);
+        let config = query_config(&cache, &self.zk.connect_string(), &self.root, &addr, Some(id));
+        let path = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, config).unwrap();
+        (self.spawn(id, &["query", "--config", path.to_str().unwrap()]), addr)
+    }
+
+    /// Member `id` started again with the config it had.
+    fn restart_node(&self, id: &str) -> GuardedChild {
+        self.spawn(id, &["query", "--config", self.dir.path().join(format!("{id}.toml")).to_str().unwrap()])
     }
 
     fn log(&self, name: &str) -> String {
@@ -231,6 +252,104 @@ async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
     let answer = sql(&addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
     assert_eq!(first_i64(&answer, 0), Some(total));
     assert_eq!(first_i64(&answer, 1), Some((0..total).sum::<i64>()));
+    drop(worker);
+}
+
+/// The exactly-once property at every instant across a cluster of three
+/// query nodes (replication 2, DataFusion Distributed over Flight): readers
+/// ask every node in turn while records arrive, segments commit and spread
+/// over the nodes, the worker is killed and one query node is SIGKILLed and
+/// restarted. No answer counts a row twice or exceeds what was sent, no
+/// node's answer goes down, and every node ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_exact_on_every_node_of_a_cluster() {
+    let c = Cluster::start(2_000).await;
+    let mut worker = c.worker("w1");
+    let mut nodes: Vec<(GuardedChild, String)> = ["q1", "q2", "q3"].iter().map(|id| c.cluster_node(id)).collect();
+    let addrs: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
+    for addr in &addrs {
+        let ready = || async { sql(addr, "SELECT COUNT(*) FROM events").is_some() };
+        if let Err(e) = wait_until("every node serves the table", Duration::from_secs(60), ready).await {
+            panic!("{e}\n{}", c.log("q1"));
+        }
+    }
+
+    let sent = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // A restarted node answers from what it has read since: its answers are
+    // monotonic from then on (its tail catches up from the committed end).
+    let restarted = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (addrs, sent, stop, restarted) = (addrs.clone(), sent.clone(), stop.clone(), restarted.clone());
+        std::thread::spawn(move || {
+            let mut last = vec![0i64; addrs.len()];
+            let mut answers = 0;
+            while !stop.load(Ordering::SeqCst) {
+                if restarted.swap(false, Ordering::SeqCst) {
+                    last[2] = 0;
+                }
+                for (i, addr) in addrs.iter().enumerate() {
+                    let Some(answer) = sql(addr, "SELECT COUNT(*), COUNT(DISTINCT id), SUM(id) FROM events") else {
+                        continue; // a node down or restarting
+                    };
+                    if answer["exceptions"].as_array().is_some_and(|e| !e.is_empty()) {
+                        continue; // flagged partial: never silently short
+                    }
+                    let (count, distinct) = (first_i64(&answer, 0).unwrap(), first_i64(&answer, 1).unwrap());
+                    let bound = sent.load(Ordering::SeqCst);
+                    assert_eq!(count, distinct, "a row counted twice by {addr}: {answer}");
+                    assert!(count <= bound, "{count} rows answered by {addr}, {bound} sent: {answer}");
+                    assert!(count >= last[i], "{addr}'s answer went down from {} to {count}: {answer}", last[i]);
+                    last[i] = count;
+                    answers += 1;
+                }
+            }
+            answers
+        })
+    };
+    let producer = c.broker.producer().unwrap();
+    let total = 50_000i64;
+    for chunk in 0..10 {
+        let ids = chunk * 5_000..(chunk + 1) * 5_000;
+        sent.store(ids.end, Ordering::SeqCst);
+        producer.send_all(&c.topic, events(ids)).await.unwrap();
+        if chunk == 3 {
+            worker.signal(libc::SIGKILL).unwrap();
+            worker.wait_timeout(Duration::from_secs(5)).unwrap();
+            worker = c.worker("w1");
+        }
+        if chunk == 5 {
+            nodes[2].0.signal(libc::SIGKILL).unwrap();
+            nodes[2].0.wait_timeout(Duration::from_secs(5)).unwrap();
+            restarted.store(true, Ordering::SeqCst);
+        }
+        if chunk == 7 {
+            nodes[2].0 = c.restart_node("q3");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for addr in &addrs {
+        let exact = || async { sql(addr, "SELECT COUNT(*) FROM events").and_then(|a| first_i64(&a, 0)) == Some(total) };
+        if let Err(e) = wait_until("every node's final answer is exact", Duration::from_secs(90), exact).await {
+            panic!("{e} ({addr})\nq1:\n{}\nq3:\n{}\nworker:\n{}", c.log("q1"), c.log("q3"), c.log("w1"));
+        }
+    }
+    // The reader goes on while the worker commits the rest and the nodes
+    // hand the new segments to their holders.
+    let committed = || async { c.observer.segments("events").await.unwrap().0.len() >= 20 };
+    wait_until("the worker commits what it read", Duration::from_secs(60), committed).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let Ok(answers) = reader.join() else {
+        panic!("a wrong answer\nq1:\n{}\nq2:\n{}\nq3:\n{}", c.log("q1"), c.log("q2"), c.log("q3"));
+    };
+    eprintln!("{answers} answers checked");
+    assert!(answers > 30);
+    for addr in &addrs {
+        let answer = sql(addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
+        assert_eq!(first_i64(&answer, 0), Some(total), "{addr}");
+        assert_eq!(first_i64(&answer, 1), Some((0..total).sum::<i64>()), "{addr}");
+    }
     drop(worker);
 }
 
