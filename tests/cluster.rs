@@ -50,6 +50,9 @@ async fn commit_segments(coordinator: &Arc<ZooKeeperCoordinator>, store: &Path) 
     records
 }
 
+/// The cluster's shared secret: every call between the nodes carries it.
+const TOKEN: &str = "the-cluster-secret-0123456789";
+
 struct Node {
     addr: String,
     dir: PathBuf,
@@ -67,6 +70,7 @@ impl Node {
             &config,
             format!(
                 "node_id = \"{id}\"\ncache_dir = \"{}\"\nflight_listen = \"127.0.0.1:0\"\nreplication = {replication}\n\
+                 flight_token = \"{TOKEN}\"\n\
                  [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n",
                 dir.join("cache").display(),
                 zk.connect_string()

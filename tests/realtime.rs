@@ -25,7 +25,7 @@ struct Cluster {
 
 /// `sluice query` config: a lone node, or (with `id`) a member of a cluster.
 fn query_config(cache: &std::path::Path, zk: &str, root: &str, addr: &str, id: Option<&str>) -> String {
-    let member = id.map_or(String::new(), |id| format!("node_id = \"{id}\"\nflight_listen = \"127.0.0.1:0\"\n"));
+    let member = id.map_or(String::new(), |id| format!("node_id = \"{id}\"\nflight_listen = \"127.0.0.1:0\"\nflight_token = \"cluster-secret-0123456789\"\n"));
     format!(
         "{member}cache_dir = \"{}\"\n[coordinator]\nconnect = \"{zk}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n\
          [http]\nlisten = \"{addr}\"\n",

@@ -510,6 +510,22 @@ pub struct QueryNodeConfig {
     /// while the node is alone, 2 once the cluster has more nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<u32>,
+    /// The cluster's shared secret (write it as `${VAR}`): every node
+    /// presents it on the Flight port of the others and refuses callers
+    /// without it. Required when `flight_listen` is not a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_token: Option<FlightToken>,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FlightToken(pub String);
+
+impl std::fmt::Debug for FlightToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlightToken(..)")
+    }
 }
 
 impl QueryNodeConfig {
@@ -530,6 +546,23 @@ impl QueryNodeConfig {
         }
         if self.replication.is_some() && self.flight_listen.is_none() {
             p.push("replication", "set", "`flight_listen` too: only a node in a cluster shares segments");
+        }
+        match (&self.flight_listen, &self.flight_token) {
+            (None, Some(_)) => p.push("flight_token", "set", "`flight_listen` too: only a node in a cluster uses it"),
+            (Some(listen), None) if !listen.ip().is_loopback() => p.push(
+                "flight_token",
+                "absent",
+                format!(
+                    "a shared secret of at least 16 characters: the Flight port {listen} is reachable from other \
+                     machines and runs any query plan it is sent"
+                ),
+            ),
+            (_, Some(token)) if token.0.len() < 16 || token.0.chars().any(|c| c.is_control() || c == ' ') => p.push(
+                "flight_token",
+                "a short or malformed secret",
+                "at least 16 characters, without spaces or control characters",
+            ),
+            _ => {}
         }
         let limits = &self.limits;
         if limits.query_timeout.is_zero() || limits.query_timeout > Duration::from_secs(86_400) {

@@ -469,3 +469,26 @@ fn http_auth_and_tls_are_checked() {
     let error = check("[http]\nlisten = \"0.0.0.0:8099\"\n[http.auth]\n").unwrap_err().to_string();
     assert!(error.contains("at least one user or token"), "{error}");
 }
+
+/// A Flight port other machines can reach runs any plan it is sent: it
+/// needs the cluster's token, a real secret that never reaches a log.
+#[test]
+fn the_cluster_token_is_checked() {
+    let base = "cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n";
+    let check = |extra: &str| parse_query_node(&format!("{extra}{base}"), Path::new("query.toml"), &env);
+    let fields = |extra: &str| -> Vec<String> {
+        check(extra).unwrap_err().problems().iter().map(|p| p.field.clone()).collect()
+    };
+    assert_eq!(fields("flight_listen = \"10.0.0.11:8098\"\n"), ["flight_token"]);
+    assert_eq!(fields("flight_listen = \"10.0.0.11:8098\"\nflight_token = \"short\"\n"), ["flight_token"]);
+    assert_eq!(fields("flight_token = \"a-secret-of-at-least-16\"\n"), ["flight_token"], "without flight_listen");
+    assert_eq!(
+        fields("flight_listen = \"10.0.0.11:8098\"\nflight_token = \"with a space in it, long\"\n"),
+        ["flight_token"]
+    );
+    check("flight_listen = \"127.0.0.1:0\"\n").expect("a loopback port without a token");
+    let config = check("flight_listen = \"10.0.0.11:8098\"\nflight_token = \"a-secret-of-at-least-16\"\n").unwrap();
+    assert!(!format!("{config:?}").contains("a-secret"), "the token never reaches a log");
+    let error = check("flight_listen = \"0.0.0.0:8098\"\n").unwrap_err();
+    assert!(error.to_string().contains("any query plan"), "{error}");
+}

@@ -526,12 +526,17 @@ pub fn route_tasks(event: RouteTasksEvent) -> Option<Result<RouteTasksEventRespo
 pub(crate) struct WorkerSessions {
     pub(crate) tables: crate::engine::Tables,
     pub(crate) max_function_output: u64,
+    /// Workers call each other too: with the cluster's token.
+    pub(crate) channels: crate::flight_auth::TokenChannels,
 }
 
 #[async_trait]
 impl WorkerSessionBuilder for WorkerSessions {
     async fn build_session_state(&self, ctx: WorkerQueryContext) -> Result<SessionState> {
-        let mut builder = ctx.builder.with_distributed_user_codec(ClusterCodec);
+        let mut builder = ctx
+            .builder
+            .with_distributed_user_codec(ClusterCodec)
+            .with_distributed_channel_resolver(self.channels.clone());
         builder.config().get_or_insert_default().set_extension(Arc::new(NodeTables(self.tables.clone())));
         let session = SessionContext::new_with_state(builder.build());
         crate::functions::register(&session, self.max_function_output);
@@ -539,17 +544,24 @@ impl WorkerSessionBuilder for WorkerSessions {
     }
 }
 
-/// Serves the node's worker on `listener` until `shutdown` turns true.
+/// Serves the node's worker on `listener` until `shutdown` turns true,
+/// to callers presenting `token` when there is one.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     worker: Worker,
+    token: Option<crate::flight_auth::ClusterToken>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let authenticate = move |request: tonic::Request<()>| match &token {
+        Some(token) => token.check(request),
+        None => Ok(request),
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     if let Err(e) = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(authenticate))
         .add_service(worker.into_worker_server())
         .serve_with_incoming_shutdown(incoming, stop)
         .await

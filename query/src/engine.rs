@@ -272,13 +272,19 @@ impl QueryEngine {
     /// nodes serve are sent there, and the returned worker runs the tasks
     /// other nodes send here (on this engine's tables, functions and memory
     /// pool). Called before any table is registered.
-    pub fn join_cluster(&mut self, cluster: Arc<crate::cluster::Cluster>) -> datafusion_distributed::Worker {
+    pub fn join_cluster(
+        &mut self,
+        cluster: Arc<crate::cluster::Cluster>,
+        token: Option<crate::flight_auth::ClusterToken>,
+    ) -> datafusion_distributed::Worker {
         use datafusion::execution::SessionStateBuilder;
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
         let state = self.executor.ctx.state();
+        let channels = crate::flight_auth::TokenChannels::new(token.as_ref());
         let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions {
             tables: self.executor.tables.clone(),
             max_function_output: self.executor.limits.max_function_output.as_u64(),
+            channels: channels.clone(),
         })
         .with_runtime_env(state.runtime_env().clone());
         let mut distributed = SessionStateBuilder::new_from_existing(state)
@@ -286,6 +292,7 @@ impl QueryEngine {
             .with_distributed_worker_resolver(crate::cluster::ClusterResolver(cluster.clone()))
             .with_distributed_user_codec(crate::distributed::ClusterCodec)
             .with_distributed_route_tasks_handler(crate::distributed::route_tasks)
+            .with_distributed_channel_resolver(channels)
             .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
             .with_distributed_planner()
             .build();

@@ -37,6 +37,7 @@ pub mod cluster;
 pub mod distributed;
 pub mod engine;
 mod fast;
+pub mod flight_auth;
 mod functions;
 pub mod http;
 pub mod limits;
@@ -103,8 +104,9 @@ impl QueryNode {
                 let url = url::Url::parse(&format!("http://{reachable}"))
                     .map_err(|e| StartError::Listen { listen: listen.to_string(), source: std::io::Error::other(e) })?;
                 let cluster = cluster::Cluster::new(info.id.clone(), url, config.replication);
-                let worker = engine.join_cluster(cluster.clone());
-                tasks.push(engine.spawn(distributed::serve(listener, worker, shutdown.clone())));
+                let token = config.flight_token.as_ref().map(|t| flight_auth::ClusterToken::new(&t.0));
+                let worker = engine.join_cluster(cluster.clone(), token.clone());
+                tasks.push(engine.spawn(distributed::serve(listener, worker, token, shutdown.clone())));
                 tasks.push(tokio::spawn(cluster.clone().follow(coordinator.clone(), shutdown.clone())));
                 tracing::info!(%flight, "query node serving distributed tasks (Arrow Flight)");
                 Some(cluster)
