@@ -53,6 +53,9 @@ async fn commit_segments(coordinator: &Arc<ZooKeeperCoordinator>, store: &Path) 
 /// The cluster's shared secret: every call between the nodes carries it.
 const TOKEN: &str = "the-cluster-secret-0123456789";
 
+/// The nodes' query deadline: the corpus answers well within it.
+const QUERY_TIMEOUT_S: u64 = 5;
+
 struct Node {
     addr: String,
     dir: PathBuf,
@@ -71,7 +74,8 @@ impl Node {
             format!(
                 "node_id = \"{id}\"\ncache_dir = \"{}\"\nflight_listen = \"127.0.0.1:0\"\nreplication = {replication}\n\
                  flight_token = \"{TOKEN}\"\n\
-                 [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n",
+                 [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n\
+                 [limits]\nquery_timeout = \"{QUERY_TIMEOUT_S}s\"\n",
                 dir.join("cache").display(),
                 zk.connect_string()
             ),
@@ -252,6 +256,17 @@ async fn three_nodes_share_segments_and_answer_like_one() {
     let partial = plan.find("mode=Partial").expect("a partial aggregation");
     let scan = plan.find("ClusterScanExec").unwrap();
     assert!(boundary < partial && partial < scan, "the partial step runs next to the data: {plan}");
+
+    // The deadline covers the whole distributed query: with a holder hung
+    // (SIGSTOP: connected, never answering) the query ends at its deadline
+    // with a timeout, instead of waiting on the holder. The hung node is
+    // the one killed next.
+    nodes[2].child.as_ref().unwrap().signal(libc::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let v = query(&nodes[0].addr, "SELECT status, COUNT(*) FROM clicks GROUP BY status").await;
+    let waited = started.elapsed();
+    assert!(v["httpStatus"] == 504 && v.to_string().contains("timed out"), "{v}");
+    assert!(waited < Duration::from_secs(QUERY_TIMEOUT_S + 3), "answered {waited:?} after: {v}");
 
     // Replication 1, a node killed: answers are complete or flagged partial,
     // never silently short, and complete again once the survivors took

@@ -25,7 +25,9 @@ struct Cluster {
 
 /// `sluice query` config: a lone node, or (with `id`) a member of a cluster.
 fn query_config(cache: &std::path::Path, zk: &str, root: &str, addr: &str, id: Option<&str>) -> String {
-    let member = id.map_or(String::new(), |id| format!("node_id = \"{id}\"\nflight_listen = \"127.0.0.1:0\"\nflight_token = \"cluster-secret-0123456789\"\n"));
+    let member = id.map_or(String::new(), |id| {
+        format!("node_id = \"{id}\"\nflight_listen = \"127.0.0.1:0\"\nflight_token = \"cluster-secret-0123456789\"\n")
+    });
     format!(
         "{member}cache_dir = \"{}\"\n[coordinator]\nconnect = \"{zk}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n\
          [http]\nlisten = \"{addr}\"\n",
@@ -345,6 +347,25 @@ async fn answers_are_exact_on_every_node_of_a_cluster() {
     };
     eprintln!("{answers} answers checked");
     assert!(answers > 30);
+    // Each partition's tail is followed by two of the three nodes; a node
+    // reads the tail it does not follow on one that does.
+    let followed = || {
+        addrs
+            .iter()
+            .map(|a| {
+                serde_json::from_str::<Value>(&http_get(a, "/health").1).unwrap()["tails"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            })
+            .collect::<Vec<_>>()
+    };
+    let settled = || async { followed().iter().sum::<usize>() == 4 };
+    if let Err(e) = wait_until("two nodes follow each partition's tail", Duration::from_secs(30), settled).await {
+        panic!("{e}: {:?}", followed());
+    }
+    let plans: Vec<String> =
+        addrs.iter().map(|a| sql(a, "EXPLAIN SELECT COUNT(*) FROM events").unwrap().to_string()).collect();
+    assert!(plans.iter().any(|p| p.contains(" tail/")), "a tail read on another node: {plans:?}");
     for addr in &addrs {
         let answer = sql(addr, "SELECT COUNT(DISTINCT id), SUM(id) FROM events").unwrap();
         assert_eq!(first_i64(&answer, 0), Some(total), "{addr}");

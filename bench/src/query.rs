@@ -12,6 +12,7 @@
 
 #[path = "../../query/tests/common/mod.rs"]
 mod common;
+mod queries;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::*;
+use queries::{Kind, QUERIES};
 use sluice_config::{ByteSize, QueryLimits};
 use sluice_query::{QueryEngine, SegmentTable};
 use sluice_segments::Segment;
@@ -27,34 +29,6 @@ use sluice_segments::Segment;
 /// jemalloc, as in the `sluice` binary, so that the query engine allocates as it does in the `sluice` binary.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-const QUERIES: [(&str, &str, Kind); 7] = [
-    ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
-    (
-        "in_list",
-        "SELECT user_id, latency_ms FROM clicks WHERE url IN ('/product/1/view', '/product/2/view', '/product/3/view', '/product/4/view', '/product/5/view')",
-        Kind::Filter,
-    ),
-    (
-        "range_sorted",
-        "SELECT user_id, status FROM clicks WHERE ts BETWEEN '2025-11-24T16:10:00Z' AND '2025-11-24T16:11:00Z'",
-        Kind::Filter,
-    ),
-    ("count_filter", "SELECT COUNT(*) FROM clicks WHERE country = 'FR' AND status = 404", Kind::Filter),
-    ("group_by_3_aggs", "SELECT device, COUNT(*), SUM(bytes), AVG(latency_ms) FROM clicks GROUP BY device", Kind::Scan),
-    (
-        "top10_by_sum",
-        "SELECT user_id, SUM(bytes) AS b FROM clicks GROUP BY user_id ORDER BY b DESC LIMIT 10",
-        Kind::Scan,
-    ),
-    ("count_distinct", "SELECT COUNT(DISTINCT user_id) FROM clicks", Kind::Scan),
-];
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Filter,
-    Scan,
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;

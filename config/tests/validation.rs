@@ -476,9 +476,8 @@ fn http_auth_and_tls_are_checked() {
 fn the_cluster_token_is_checked() {
     let base = "cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n";
     let check = |extra: &str| parse_query_node(&format!("{extra}{base}"), Path::new("query.toml"), &env);
-    let fields = |extra: &str| -> Vec<String> {
-        check(extra).unwrap_err().problems().iter().map(|p| p.field.clone()).collect()
-    };
+    let fields =
+        |extra: &str| -> Vec<String> { check(extra).unwrap_err().problems().iter().map(|p| p.field.clone()).collect() };
     assert_eq!(fields("flight_listen = \"10.0.0.11:8098\"\n"), ["flight_token"]);
     assert_eq!(fields("flight_listen = \"10.0.0.11:8098\"\nflight_token = \"short\"\n"), ["flight_token"]);
     assert_eq!(fields("flight_token = \"a-secret-of-at-least-16\"\n"), ["flight_token"], "without flight_listen");

@@ -19,6 +19,11 @@ pub struct NodeInfo {
     /// its new holders serve it.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub serving: std::collections::BTreeMap<String, Vec<String>>,
+    /// The partitions whose real-time tail a query node serves, caught up,
+    /// by table: others send it the tail tasks of those partitions, and a
+    /// node hands a tail over only once its new holders list it here.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tails: std::collections::BTreeMap<String, Vec<i32>>,
 }
 
 /// A worker's registration.
@@ -35,6 +40,7 @@ impl NodeInfo {
             started_at_ms,
             flight_addr: None,
             serving: Default::default(),
+            tails: Default::default(),
         }
     }
 

@@ -144,7 +144,7 @@ pub struct CatalogFollower {
     shutdown: Option<watch::Receiver<bool>>,
     /// In a cluster: the other query nodes, and where this node publishes
     /// what it serves.
-    cluster: Option<(Arc<crate::cluster::Cluster>, watch::Sender<sluice_coordinator::NodeInfo>)>,
+    cluster: Option<(Arc<crate::cluster::Cluster>, Arc<watch::Sender<sluice_coordinator::NodeInfo>>)>,
 }
 
 impl CatalogFollower {
@@ -174,7 +174,7 @@ impl CatalogFollower {
         cluster: Arc<crate::cluster::Cluster>,
         registration: watch::Sender<sluice_coordinator::NodeInfo>,
     ) -> Self {
-        self.cluster = Some((cluster, registration));
+        self.cluster = Some((cluster, Arc::new(registration)));
         self
     }
 
@@ -371,6 +371,9 @@ impl CatalogFollower {
                 .view
                 .get_or_insert_with(|| {
                     let view = TableView::new(table.clone(), self.tails.clone());
+                    if let Some((cluster, registration)) = &self.cluster {
+                        view.join_cluster(cluster.clone(), registration.clone());
+                    }
                     self.health.views.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), view.clone());
                     view
                 })

@@ -12,6 +12,9 @@
 //!   not wait for the dead node's session to expire.
 //! - What this node serves is published after each catalog pass, and its
 //!   registration is restored after a session loss ([`publish`]).
+//! - The real-time tail of each partition is assigned like a segment, by
+//!   rendezvous hashing on the partition; a node publishes a tail once it
+//!   has caught up, and is sent tail tasks only for published tails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +47,8 @@ struct View {
     urls: HashMap<String, Url>,
     /// table → segment → ids of the nodes serving it.
     serving: HashMap<String, HashMap<String, Vec<String>>>,
+    /// table → partition → ids of the nodes serving its tail, caught up.
+    tails: HashMap<String, HashMap<i32, Vec<String>>>,
 }
 
 /// A node that can run a task: its id and Flight URL.
@@ -113,6 +118,52 @@ impl Cluster {
         sluice_coordinator::replica_assignment(table, segments, &self.node_ids(), self.replication())
     }
 
+    /// The assignees of the tail of each partition `0..partitions` of
+    /// `table`: rendezvous hashing on the partition, as segments are
+    /// assigned, with the same replication.
+    pub fn tail_assignment(&self, table: &str, partitions: i32) -> BTreeMap<i32, Vec<String>> {
+        let keys: Vec<String> = (0..partitions).map(|p| p.to_string()).collect();
+        sluice_coordinator::replica_assignment(&format!("{table}/tail"), &keys, &self.node_ids(), self.replication())
+            .into_iter()
+            .filter_map(|(key, nodes)| Some((key.parse().ok()?, nodes)))
+            .collect()
+    }
+
+    /// Whether every live node assigned the tail of `partition` (but this
+    /// one) serves it caught up: then this node may stop following it.
+    pub fn tail_served_by_assignees(&self, table: &str, partition: i32, assignees: &[String]) -> bool {
+        let view = self.view();
+        let serving = view.tails.get(table).and_then(|t| t.get(&partition));
+        !assignees.is_empty()
+            && assignees
+                .iter()
+                .filter(|id| **id != self.self_id)
+                .all(|id| serving.is_some_and(|holders| holders.contains(id)))
+    }
+
+    /// The other live, unsuspected nodes serving the tail of `partition` of
+    /// `table` caught up, in a fixed order: a planner sends the partition's
+    /// tail task to the first, the same one query after query, so its
+    /// answers do not step back to a replica that read less.
+    pub fn tail_holders(&self, table: &str, partition: i32) -> Vec<Member> {
+        let view = self.view();
+        let Some(ids) = view.tails.get(table).and_then(|t| t.get(&partition)) else { return Vec::new() };
+        let suspects = self.live_suspects();
+        let mut holders: Vec<Member> = ids
+            .iter()
+            .filter(|id| **id != self.self_id && !suspects.contains(*id))
+            .filter_map(|id| view.urls.get(id).map(|url| Member { id: id.clone(), url: url.clone() }))
+            .collect();
+        holders.sort_by(|a, b| a.id.cmp(&b.id));
+        holders
+    }
+
+    /// How many partitions of `table` have a tail some node serves (the
+    /// highest one's number plus one).
+    pub fn tail_partitions(&self, table: &str) -> i32 {
+        self.view().tails.get(table).and_then(|t| t.keys().max()).map_or(0, |p| p + 1)
+    }
+
     /// The other live, unsuspected nodes that serve `segment` of `table`.
     pub fn holders(&self, table: &str, segment: &str) -> Vec<Member> {
         let view = self.view();
@@ -171,6 +222,12 @@ impl Cluster {
                 Err(e) => {
                     tracing::warn!(node = %node.id, %addr, error = %e, "unusable Flight address; node left out");
                     continue;
+                }
+            }
+            for (table, partitions) in &node.tails {
+                let by_partition = view.tails.entry(table.clone()).or_default();
+                for partition in partitions {
+                    by_partition.entry(*partition).or_default().push(node.id.clone());
                 }
             }
             for (table, segments) in &node.serving {

@@ -62,7 +62,7 @@ use sluice_segments::{Predicate, Segment};
 use url::Url;
 
 use crate::cluster::Cluster;
-use crate::table::{Elsewhere, Reader, ScanStats, SegmentTable, read_parts, select, truncate};
+use crate::table::{Elsewhere, Reader, RemoteTail, ScanStats, SegmentTable, read_parts, select, truncate};
 
 /// The mark of a task that reached a node no longer serving one of its
 /// segments: the engine re-plans the query (the view has moved on).
@@ -88,6 +88,10 @@ struct Task {
     named: Vec<String>,
     /// The planner's own segments, pinned in its process for the query.
     pinned: Option<u64>,
+    /// Partition tails read on the node running the task, above the
+    /// planner's committed end of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tails: Vec<RemoteTail>,
 }
 
 /// The serialized part of a scan (besides schemas and the residual filter).
@@ -169,17 +173,41 @@ impl ClusterScanExec {
             *load.entry(holder.url.to_string()).or_default() += segment.rows;
             by_url.entry(holder.url.to_string()).or_default().push(segment.name.clone());
         }
+        // Each tail this node does not serve goes to the first node serving
+        // it caught up, with this node's cut of the partition.
+        let mut tails_by_url: BTreeMap<String, Vec<RemoteTail>> = BTreeMap::new();
+        let mut tails_unavailable = 0;
+        for tail in &elsewhere.remote_tails {
+            match cluster.tail_holders(&spec.table, tail.partition).first() {
+                Some(holder) => tails_by_url.entry(holder.url.to_string()).or_default().push(*tail),
+                None => tails_unavailable += 1,
+            }
+        }
+        stats.consuming_segments += (elsewhere.remote_tails.len() - tails_unavailable as usize) as u64;
         let self_url = cluster.self_url().to_string();
         let mut tasks = Vec::new();
         let pin = (!local.is_empty()).then(|| Pin::new(local.to_vec()));
         // This node's task first; at least two tasks, so the planner keeps
         // the network boundary even when one other node holds everything.
-        tasks.push(Task { url: self_url.clone(), named: Vec::new(), pinned: pin.as_ref().map(|p| p.0) });
-        tasks.extend(by_url.into_iter().map(|(url, named)| Task { url, named, pinned: None }));
-        let servers = tasks.iter().filter(|t| t.pinned.is_some() || !t.named.is_empty()).count() as u64;
+        tasks.push(Task {
+            url: self_url.clone(),
+            named: Vec::new(),
+            pinned: pin.as_ref().map(|p| p.0),
+            tails: Vec::new(),
+        });
+        for url in tails_by_url.keys() {
+            by_url.entry(url.clone()).or_default();
+        }
+        tasks.extend(by_url.into_iter().map(|(url, named)| {
+            let tails = tails_by_url.remove(&url).unwrap_or_default();
+            Task { url, named, pinned: None, tails }
+        }));
+        let servers =
+            tasks.iter().filter(|t| t.pinned.is_some() || !t.named.is_empty() || !t.tails.is_empty()).count() as u64;
         stats.servers_responded = servers.max(1);
-        stats.servers_queried = stats.servers_responded + u64::from(missing > 0);
+        stats.servers_queried = stats.servers_responded + u64::from(missing > 0 || tails_unavailable > 0);
         stats.segments_missing = missing;
+        stats.tails_unavailable = tails_unavailable;
         if spec.predicate.is_none() && spec.reader.residual.is_none() {
             stats.docs_scanned = stats.total_docs;
         }
@@ -219,7 +247,7 @@ impl ClusterScanExec {
                 DataFusionError::Execution(format!("{NOT_SERVED}: the query's pinned segments are gone"))
             })?);
         }
-        if task.named.is_empty() {
+        if task.named.is_empty() && task.tails.is_empty() {
             return Ok(out);
         }
         let tables = context
@@ -229,7 +257,7 @@ impl ClusterScanExec {
         let table = tables.table(&self.spec.table).ok_or_else(|| {
             DataFusionError::Execution(format!("{NOT_SERVED}: table `{}` is not served", self.spec.table))
         })?;
-        let snapshot = table.snapshot();
+        let (snapshot, elsewhere) = table.cluster_snapshot();
         let by_name: HashMap<&str, &Arc<Segment>> = snapshot.iter().map(|s| (s.meta().name.as_str(), s)).collect();
         for name in &task.named {
             let segment = by_name.get(name.as_str()).ok_or_else(|| {
@@ -237,8 +265,54 @@ impl ClusterScanExec {
             })?;
             out.push(Arc::clone(segment));
         }
+        for tail in &task.tails {
+            out.extend(tail_rows(&self.spec.table, &snapshot, &elsewhere, *tail)?);
+        }
         Ok(out)
     }
+}
+
+/// The rows of `tail` this node serves: its chunks of the partition, cut
+/// above the planner's committed end. A tail that begins past that end
+/// (this node saw a commit the planner has not yet) or is not served here
+/// fails the task, and the planner re-plans: never a row missing unnoticed.
+pub(crate) fn tail_rows(
+    table: &str,
+    snapshot: &[Arc<Segment>],
+    elsewhere: &Elsewhere,
+    tail: RemoteTail,
+) -> Result<Vec<Arc<Segment>>> {
+    let not_served =
+        |why: String| DataFusionError::Execution(format!("{NOT_SERVED}: tail {table}/{}: {why}", tail.partition));
+    let start = *elsewhere.tails_from.get(&tail.partition).ok_or_else(|| not_served("not followed here".into()))?;
+    match (tail.after, start.committed_end) {
+        (Some(after), _) if start.from > after + 1 => {
+            return Err(not_served(format!(
+                "begins at offset {}, past the planner's committed end {after}",
+                start.from
+            )));
+        }
+        (None, Some(end)) => {
+            return Err(not_served(format!("cut at committed offset {end}, which the planner has not seen")));
+        }
+        _ => {}
+    }
+    let name = format!("{table}__{}{}", tail.partition, crate::tail::CONSUMING_SUFFIX);
+    let mut out = Vec::new();
+    for chunk in snapshot.iter().filter(|s| s.meta().name == name) {
+        let meta = chunk.meta();
+        match tail.after {
+            Some(after) if meta.end_offset <= after => {}
+            Some(after) if meta.start_offset <= after => {
+                let cut = sluice_segments::reseal(&[chunk.as_ref()], after + 1, &name, meta.created_at_ms)
+                    .and_then(|image| image.map(|i| i.open()).transpose())
+                    .map_err(|e| DataFusionError::Execution(format!("cutting tail {name}: {e}")))?;
+                out.extend(cut.map(Arc::new));
+            }
+            _ => out.push(Arc::clone(chunk)),
+        }
+    }
+    Ok(out)
 }
 
 impl DisplayAs for ClusterScanExec {
@@ -247,8 +321,9 @@ impl DisplayAs for ClusterScanExec {
             .tasks
             .iter()
             .map(|t| {
-                let pinned = if t.pinned.is_some() { "local+tail" } else { "" };
-                format!("{}[{} {}]", t.url, t.named.len(), pinned)
+                let pinned = if t.pinned.is_some() { " local+tail" } else { "" };
+                let tails: String = t.tails.iter().map(|tail| format!(" tail/{}", tail.partition)).collect();
+                format!("{}[{}{pinned}{tails}]", t.url, t.named.len())
             })
             .collect();
         write!(f, "ClusterScanExec: table={}, tasks={}", self.spec.table, describe.join(", "))?;
@@ -580,7 +655,12 @@ mod tests {
         let schema = Schema::new(vec![Field::new("status", DataType::Int32, true)]);
         let spec = Spec {
             table: "clicks".into(),
-            tasks: vec![Task { url: "http://127.0.0.1:1".into(), named: vec!["s".into()], pinned: None }],
+            tasks: vec![Task {
+                url: "http://127.0.0.1:1".into(),
+                named: vec!["s".into()],
+                pinned: None,
+                tails: vec![],
+            }],
             predicate: None,
             exact: true,
             limit: None,

@@ -227,7 +227,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Attempts of a distributed query whose tasks failed on other nodes.
-const MAX_ATTEMPTS: u32 = 3;
+const MAX_ATTEMPTS: u32 = 5;
 
 /// How many queries may wait for a slot, per slot.
 const QUEUE_PER_SLOT: usize = 4;

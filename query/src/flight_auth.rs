@@ -117,7 +117,8 @@ mod tests {
         let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
         let token = ClusterToken::new("the-cluster-secret-0123456789");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::distributed::serve(listener, Worker::default(), Some(token.clone()), shutdown));
+        let server =
+            tokio::spawn(crate::distributed::serve(listener, Worker::default(), Some(token.clone()), shutdown));
         let info = |channels: TokenChannels| {
             let url = url.clone();
             async move {

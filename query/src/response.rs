@@ -134,6 +134,16 @@ pub fn build(
             ),
         });
     }
+    if stats.tails_unavailable > 0 {
+        response.exceptions.push(PinotException {
+            error_code: 305,
+            message: format!(
+                "{} partition tail(s) unavailable: no live query node has caught up on them; this answer leaves \
+                 their rows not yet committed out",
+                stats.tails_unavailable
+            ),
+        });
+    }
     if stats.tails_excluded > 0 {
         // A partial answer, as Pinot gives one with an exception: the rows
         // are right for the data included, and the caller is told what is not.

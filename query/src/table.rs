@@ -77,6 +77,8 @@ pub struct ScanStats {
     pub servers_responded: u64,
     /// Committed segments no live query node serves: the answer is partial.
     pub segments_missing: u64,
+    /// Partition tails no live query node serves caught up: partial too.
+    pub tails_unavailable: u64,
 }
 
 impl ScanStats {
@@ -92,6 +94,7 @@ impl ScanStats {
         self.servers_queried = self.servers_queried.max(other.servers_queried);
         self.servers_responded = self.servers_responded.max(other.servers_responded);
         self.segments_missing += other.segments_missing;
+        self.tails_unavailable += other.tails_unavailable;
         self.min_consuming_freshness_ms = match (self.min_consuming_freshness_ms, other.min_consuming_freshness_ms) {
             (0, theirs) => theirs,
             (ours, 0) => ours,
@@ -124,17 +127,41 @@ pub struct UnservedSegment {
     pub start_offset: i64,
 }
 
+/// The tail of a partition this node does not serve (in a cluster): its
+/// rows above `after`, this node's committed end of the partition (none:
+/// nothing committed yet), are read on a node that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RemoteTail {
+    pub partition: i32,
+    pub after: Option<i64>,
+}
+
 /// The part of a table this node does not hold: segments served by other
-/// query nodes, and committed segments no live node serves.
+/// query nodes, committed segments no live node serves, and tails other
+/// nodes follow; and, for the tasks others send here, where each tail this
+/// node serves begins. Published with the segments in one swap, so a task
+/// never pairs a tail's chunks with another moment's beginning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Elsewhere {
     pub remote: Vec<RemoteSegment>,
     pub missing: Vec<String>,
+    pub remote_tails: Vec<RemoteTail>,
+    /// Partition → where the tail this node serves to others begins.
+    pub tails_from: BTreeMap<i32, TailStart>,
+}
+
+/// Where a tail begins: `from`, its first offset (`i64::MIN`: the start of
+/// the partition), after `committed_end` when it was cut at a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailStart {
+    pub from: i64,
+    pub committed_end: Option<i64>,
 }
 
 impl Elsewhere {
+    /// Whether this node holds the whole table.
     pub fn is_empty(&self) -> bool {
-        self.remote.is_empty() && self.missing.is_empty()
+        self.remote.is_empty() && self.missing.is_empty() && self.remote_tails.is_empty()
     }
 }
 

@@ -39,12 +39,12 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_config::PipelineConfig;
-use sluice_coordinator::{Checkpoint, Coordinator, Position};
+use sluice_coordinator::{Checkpoint, Coordinator, NodeInfo, Position};
 use sluice_decode::Decoder;
 use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, reseal, seal};
 use tokio::sync::watch;
 
-use crate::table::{Elsewhere, RemoteSegment, SegmentTable, UnservedSegment};
+use crate::table::{Elsewhere, RemoteSegment, RemoteTail, SegmentTable, TailStart, UnservedSegment};
 
 /// The suffix of a tail segment's name; scans count these as consuming.
 pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
@@ -139,9 +139,33 @@ struct PartitionTail {
     over_limit: bool,
     /// Where the consumer must read from again (after an over-limit reset).
     reseek: Option<i64>,
+    /// In a cluster: the partition's high watermark when this node started
+    /// following it; the tail is served to others (and used by this node's
+    /// own queries) once it has read that far.
+    catch_up_to: Option<i64>,
+    ready: bool,
 }
 
 impl PartitionTail {
+    /// Whether this tail holds everything up to the watermark it set out to
+    /// reach, and is within the memory limit.
+    fn serves(&self) -> bool {
+        self.ready && !self.over_limit
+    }
+
+    /// Marks the tail ready once the consumer's next offset reached the
+    /// watermark; returns whether it just became ready.
+    fn caught_up(&mut self, next: Option<i64>) -> bool {
+        let reached = match (self.catch_up_to, next.or(self.next_offset())) {
+            (None, _) => true,
+            (Some(target), Some(next)) => next >= target,
+            (Some(_), None) => false,
+        };
+        let became = reached && !self.ready;
+        self.ready |= reached;
+        became
+    }
+
     /// The offset the consumer should read next for this tail.
     fn next_offset(&self) -> Option<i64> {
         let read = self.builder.as_ref().map(ConsumingSegment::next_offset);
@@ -167,6 +191,15 @@ struct ViewState {
     ends: HashMap<i32, i64>,
     tails: BTreeMap<i32, PartitionTail>,
     decoding: Option<Arc<Decoding>>,
+    /// The topic's partition count, as the consumer last read it.
+    partitions: i32,
+}
+
+/// A view's place in a cluster: which tails it follows, and where it says
+/// which ones it serves.
+struct Membership {
+    cluster: Arc<crate::cluster::Cluster>,
+    registration: Arc<watch::Sender<NodeInfo>>,
 }
 
 /// A served table: its committed segments and, when followed, its tail.
@@ -182,6 +215,7 @@ pub struct TableView {
     /// Wakes a consumer waiting out its backoff when the config changes.
     config_notify: tokio::sync::Notify,
     consumer: Mutex<ConsumerStatus>,
+    membership: Mutex<Option<Arc<Membership>>>,
 }
 
 impl TableView {
@@ -196,7 +230,99 @@ impl TableView {
             config_changed: AtomicBool::new(false),
             config_notify: tokio::sync::Notify::new(),
             consumer: Mutex::default(),
+            membership: Mutex::default(),
         })
+    }
+
+    /// In a cluster: this view follows only the tails assigned to this node
+    /// and publishes, in `registration`, those it serves caught up.
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>, registration: Arc<watch::Sender<NodeInfo>>) {
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Membership { cluster, registration }));
+    }
+
+    fn membership(&self) -> Option<Arc<Membership>> {
+        self.membership.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The partitions with a tail, as far as this node knows: the topic's
+    /// count as its consumer read it, or the ones other nodes serve tails
+    /// of. (A topic no node can read has no tail to miss: answers hold its
+    /// committed rows, as a lone node's do, and `/health` tells.)
+    fn partition_count(&self, state: &ViewState, membership: &Membership) -> i32 {
+        state.partitions.max(membership.cluster.tail_partitions(self.table.name()))
+    }
+
+    /// Whether this node should follow the tail of `partition`: always
+    /// outside a cluster; in one, when it is among the partition's assignees.
+    fn assigned(&self, partition: i32, partitions: i32) -> bool {
+        let Some(membership) = self.membership() else { return true };
+        let cluster = &membership.cluster;
+        cluster
+            .tail_assignment(self.table.name(), partitions)
+            .get(&partition)
+            .is_some_and(|ids| ids.iter().any(|id| id == cluster.self_id()))
+    }
+
+    /// Whether this node may stop following `partition`: it is not
+    /// assigned to it, and every assignee serves it caught up.
+    fn handed_over(&self, partition: i32, partitions: i32) -> bool {
+        let Some(membership) = self.membership() else { return false };
+        let cluster = &membership.cluster;
+        let assignment = cluster.tail_assignment(self.table.name(), partitions);
+        let assignees = assignment.get(&partition).map(Vec::as_slice).unwrap_or_default();
+        !assignees.iter().any(|id| id == cluster.self_id())
+            && cluster.tail_served_by_assignees(self.table.name(), partition, assignees)
+    }
+
+    /// The consumer read the topic's partition count.
+    fn set_partitions(&self, partitions: i32) {
+        let mut state = self.lock();
+        if state.partitions != partitions {
+            state.partitions = partitions;
+            self.publish(&state);
+        }
+    }
+
+    /// The consumer starts following `partition`: the tail serves others
+    /// once it has read up to `high_watermark` (None: nothing to catch up).
+    fn following(&self, partition: i32, high_watermark: Option<i64>) {
+        let mut state = self.lock();
+        let tail = state.tails.entry(partition).or_default();
+        if !tail.ready {
+            tail.catch_up_to = high_watermark;
+            if tail.caught_up(None) {
+                self.publish(&state);
+            }
+        }
+    }
+
+    /// The consumer's position on `partition` (past control records and
+    /// compacted offsets) and the partition's `high` watermark now: a tail
+    /// may be caught up with no record to show.
+    fn position(&self, partition: i32, next: i64, high: i64) {
+        let mut state = self.lock();
+        if let Some(tail) = state.tails.get_mut(&partition).filter(|t| !t.ready) {
+            tail.catch_up_to = Some(tail.catch_up_to.unwrap_or(high).min(high));
+            if tail.caught_up(Some(next)) {
+                self.publish(&state);
+            }
+        }
+    }
+
+    /// Whether the tail of `partition` has yet to catch up.
+    fn catching_up(&self, partition: i32) -> bool {
+        self.lock().tails.get(&partition).is_some_and(|t| !t.ready)
+    }
+
+    /// This node no longer follows `partition`: its tail goes.
+    fn stop_following(&self, partition: i32) {
+        let mut state = self.lock();
+        if let Some(mut tail) = state.tails.remove(&partition) {
+            self.budget.used.fetch_sub(std::mem::take(&mut tail.charged), Ordering::SeqCst);
+            tracing::info!(table = %self.table.name(), partition, "tail served by its new holders; no longer followed here");
+            self.publish(&state);
+        }
     }
 
     pub fn table(&self) -> &Arc<SegmentTable> {
@@ -262,7 +388,7 @@ impl TableView {
         metrics::gauge!("sluice_query_segments_unavailable", "table" => self.table.name().to_string())
             .set(missing.len() as f64);
         state.committed = segments;
-        state.elsewhere = Elsewhere { remote, missing };
+        state.elsewhere = Elsewhere { remote, missing, ..Elsewhere::default() };
         let decoding = state.decoding.clone();
         for (&partition, &end) in &ends {
             if state.ends.get(&partition).is_some_and(|e| *e >= end) {
@@ -468,6 +594,7 @@ impl TableView {
         append(builder, &decoding.decoder, offset, payload);
         tail.newest_ms = tail.newest_ms.max(timestamp_ms);
         tail.dirty = true;
+        tail.caught_up(None);
         // An estimate until the next publish counts the builder exactly.
         let estimate = payload.len() as u64 + 24;
         tail.charged += estimate;
@@ -522,18 +649,49 @@ impl TableView {
 
     fn publish(&self, state: &ViewState) {
         let mut segments = state.committed.clone();
+        let mut elsewhere = state.elsewhere.clone();
         let mut excluded = 0;
         let mut rows = 0u64;
-        for tail in state.tails.values() {
-            if tail.over_limit {
+        let membership = self.membership();
+        for (partition, tail) in &state.tails {
+            rows += tail.chunks.iter().map(|c| u64::from(c.num_rows())).sum::<u64>();
+            if membership.is_some() {
+                // In a cluster, a tail not caught up or over the limit is
+                // read on a node that serves it (or reported unavailable).
+                if tail.serves() {
+                    segments.extend(tail.chunks.iter().cloned());
+                    let start = TailStart {
+                        from: tail.base.unwrap_or(i64::MIN),
+                        committed_end: state.ends.get(partition).copied(),
+                    };
+                    elsewhere.tails_from.insert(*partition, start);
+                }
+            } else if tail.over_limit {
                 excluded += 1;
             } else {
-                rows += tail.chunks.iter().map(|c| u64::from(c.num_rows())).sum::<u64>();
                 segments.extend(tail.chunks.iter().cloned());
             }
         }
+        if let Some(membership) = &membership {
+            let partitions = self.partition_count(state, membership);
+            elsewhere.remote_tails = (0..partitions)
+                .filter(|p| !elsewhere.tails_from.contains_key(p))
+                .map(|partition| RemoteTail { partition, after: state.ends.get(&partition).copied() })
+                .collect();
+            let serving: Vec<i32> = elsewhere.tails_from.keys().copied().collect();
+            let table = self.table.name();
+            membership.registration.send_if_modified(|info| {
+                let changed = info.tails.get(table).map_or(!serving.is_empty(), |listed| *listed != serving);
+                if serving.is_empty() {
+                    info.tails.remove(table);
+                } else {
+                    info.tails.insert(table.to_string(), serving.clone());
+                }
+                changed
+            });
+        }
         self.table.set_tails_excluded(excluded);
-        self.table.replace_with(segments, state.elsewhere.clone());
+        self.table.replace_with(segments, elsewhere);
         metrics::gauge!("sluice_query_tail_rows", "table" => self.table.name().to_string()).set(rows as f64);
     }
 
@@ -597,6 +755,16 @@ fn append(builder: &mut ConsumingSegment, decoder: &Decoder, offset: i64, payloa
     if !appended {
         let _ = builder.skip(offset);
     }
+}
+
+/// The offset after the last record of `partition` (None: unreadable now).
+async fn high_watermark(consumer: &Arc<sluice_decode::SourceConsumer>, topic: &str, partition: i32) -> Option<i64> {
+    let (consumer, topic) = (consumer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, high)| high)
 }
 
 fn now_ms() -> i64 {
@@ -754,14 +922,52 @@ async fn run(
                 }
                 (None, None) => {}
             }
-            let new: Vec<i32> = (0..count.unwrap_or(0)).filter(|p| !assigned.contains_key(p)).collect();
+            let count = count.unwrap_or(0);
+            if count > 0 {
+                view.set_partitions(count);
+            }
+            let new: Vec<i32> = (0..count).filter(|p| !assigned.contains_key(p) && view.assigned(*p, count)).collect();
             for partition in new {
                 let fallback = fallback_start(coordinator, config, partition).await;
                 let start = view.start_of(partition, fallback);
+                // In a cluster the tail serves once it has read what the
+                // partition held when following began.
+                let target = match start {
+                    Offset::End => None,
+                    _ => Some(high_watermark(&consumer, &topic, partition).await.unwrap_or(i64::MAX)),
+                };
+                view.following(partition, target);
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, partition, start)?;
                 consumer.incremental_assign(&tpl)?;
                 assigned.insert(partition, ());
+            }
+            if view.membership().is_some() {
+                let handed: Vec<i32> = assigned.keys().copied().filter(|p| view.handed_over(*p, count)).collect();
+                for partition in handed {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    consumer.incremental_unassign(&tpl)?;
+                    assigned.remove(&partition);
+                    view.stop_following(partition);
+                }
+                // Caught up with nothing to read (the last offsets were
+                // transaction markers, or nothing arrived): the consumer's
+                // position says so.
+                let positions: Vec<(i32, i64)> = consumer
+                    .position()?
+                    .elements_for_topic(&topic)
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(next) if view.catching_up(e.partition()) => Some((e.partition(), next)),
+                        _ => None,
+                    })
+                    .collect();
+                for (partition, next) in positions {
+                    if let Some(high) = high_watermark(&consumer, &topic, partition).await {
+                        view.position(partition, next, high);
+                    }
+                }
             }
         }
         for (partition, offset) in view.take_reseeks() {
@@ -966,6 +1172,37 @@ inverted = ["status"]
         assert!((1..=5).contains(&chunks), "{chunks} chunks for 20 publishes");
         let response = f.engine.query("SELECT COUNT(*) FROM events").await.unwrap();
         assert_eq!(response.num_consuming_segments_queried, 1, "one consuming segment per partition");
+    }
+
+    /// In a cluster a node serves the tails it follows to others, above
+    /// the planner's committed end; a tail cut past that end, or one it
+    /// does not follow, is refused rather than answered short.
+    #[tokio::test]
+    async fn a_tail_is_served_to_other_nodes_above_their_cut_only() {
+        use crate::distributed::tail_rows;
+        let f = fixture(1 << 30);
+        let cluster = crate::cluster::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
+        let (registration, published) = watch::channel(NodeInfo::default());
+        f.view.join_cluster(cluster, Arc::new(registration));
+        f.view.following(0, Some(100));
+        for id in 0..100 {
+            f.view.append(0, id, 1_000 + id, &record(id));
+        }
+        f.view.publish_dirty();
+        assert_eq!(published.borrow().tails.get("events"), Some(&vec![0]), "caught up: published");
+        f.view.set_committed(vec![committed(&f, 0, 0..60)]);
+        let (snapshot, elsewhere) = f.engine.table("events").unwrap().cluster_snapshot();
+        let rows = |after: Option<i64>, partition: i32| {
+            tail_rows("events", &snapshot, &elsewhere, RemoteTail { partition, after })
+                .map(|segments| segments.iter().map(|s| s.num_rows()).sum::<u32>())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(rows(Some(59), 0), Ok(40), "the planner's cut is this node's");
+        assert_eq!(rows(Some(79), 0), Ok(20), "a planner that saw a later commit: the chunk is cut");
+        let refused = [rows(Some(49), 0), rows(None, 0), rows(Some(59), 1)];
+        for refusal in refused {
+            assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::distributed::NOT_SERVED)), "{refusal:?}");
+        }
     }
 
     /// Over the tail memory the partition is answered from committed data
