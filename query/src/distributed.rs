@@ -631,7 +631,15 @@ pub(crate) async fn serve(
         Some(token) => token.check(request),
         None => Ok(request),
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small messages (a plan, a partial aggregate) must not wait out
+    // Nagle's algorithm against the peer's delayed acknowledgement (40 ms
+    // a round trip): tonic sets TCP_NODELAY only on listeners it binds.
+    let incoming = futures::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
