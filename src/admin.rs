@@ -232,6 +232,19 @@ pub async fn status(args: &CoordinatorArgs, query_nodes: &[String]) -> anyhow::R
             health["served"]["bytes"],
             corrupt.len()
         );
+        // A member of a cluster: where it takes distributed tasks, and the
+        // partition tails it serves to the others.
+        if let Some(info) = registered.iter().find(|n| &n.id == id)
+            && let Some(flight) = &info.flight_addr
+        {
+            let tails: Vec<String> = info
+                .tails
+                .iter()
+                .flat_map(|(table, partitions)| partitions.iter().map(move |p| format!("{table}/{p}")))
+                .collect();
+            let tails = if tails.is_empty() { "none".to_string() } else { tails.join(" ") };
+            println!("  {id}	cluster member	flight {flight}	tails served {tails}");
+        }
         for c in corrupt {
             println!(
                 "  {}/{}\t{}",

@@ -209,7 +209,7 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_segments_and_answer_like_one() {
-    let (_zk, dir, mut nodes, total) = cluster(1).await;
+    let (zk, dir, mut nodes, total) = cluster(1).await;
     let segments = (fixture::SEGMENT_ROWS.len() + 2) as f64;
     let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
     assert_eq!(loaded.iter().sum::<f64>(), segments, "each segment on exactly one node at replication 1: {loaded:?}");
@@ -246,6 +246,19 @@ async fn three_nodes_share_segments_and_answer_like_one() {
     for node in &nodes {
         assert_eq!(answers(&node.addr).await, reference, "node {} differs from one node holding everything", node.addr);
     }
+
+    // `sluice status` lists the members and where they take tasks (the
+    // reference node, gone, may still be listed until its session expires).
+    let root = std::fs::read_to_string(&nodes[0].config).unwrap();
+    let root = root.lines().find_map(|l| l.strip_prefix("root = ")).unwrap().trim_matches('"').to_string();
+    let zk_connect = zk.connect_string();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--zookeeper", &zk_connect, "--root", &root])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("query nodes: "), "{printed}");
+    assert_eq!(printed.matches("cluster member\tflight 127.0.0.1:").count(), 3, "{printed}");
 
     // EXPLAIN shows the stages; the partial aggregation runs below the
     // network boundary, on the holders, and only partial states cross it.
