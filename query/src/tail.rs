@@ -757,14 +757,28 @@ fn append(builder: &mut ConsumingSegment, decoder: &Decoder, offset: i64, payloa
     }
 }
 
-/// The offset after the last record of `partition` (None: unreadable now).
-async fn high_watermark(consumer: &Arc<sluice_decode::SourceConsumer>, topic: &str, partition: i32) -> Option<i64> {
+/// The first offset of `partition` and the one after its last record
+/// (None: unreadable now).
+async fn watermarks(consumer: &Arc<sluice_decode::SourceConsumer>, topic: &str, partition: i32) -> Option<(i64, i64)> {
     let (consumer, topic) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)).ok())
         .await
         .ok()
         .flatten()
-        .map(|(_, high)| high)
+}
+
+/// What a tail starting at `start` must read before it serves: up to the
+/// high watermark, unless there is nothing between (an empty partition, a
+/// start at its end). Unknown watermarks: not before the consumer's
+/// position says so.
+fn catch_up_target(start: Offset, watermarks: Option<(i64, i64)>) -> Option<i64> {
+    match (start, watermarks) {
+        (Offset::End, _) => None,
+        (_, None) => Some(i64::MAX),
+        (_, Some((low, high))) if high <= low => None,
+        (Offset::Offset(o), Some((_, high))) if o >= high => None,
+        (_, Some((_, high))) => Some(high),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -932,10 +946,7 @@ async fn run(
                 let start = view.start_of(partition, fallback);
                 // In a cluster the tail serves once it has read what the
                 // partition held when following began.
-                let target = match start {
-                    Offset::End => None,
-                    _ => Some(high_watermark(&consumer, &topic, partition).await.unwrap_or(i64::MAX)),
-                };
+                let target = catch_up_target(start, watermarks(&consumer, &topic, partition).await);
                 view.following(partition, target);
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, partition, start)?;
@@ -964,7 +975,7 @@ async fn run(
                     })
                     .collect();
                 for (partition, next) in positions {
-                    if let Some(high) = high_watermark(&consumer, &topic, partition).await {
+                    if let Some((_, high)) = watermarks(&consumer, &topic, partition).await {
                         view.position(partition, next, high);
                     }
                 }
@@ -1172,6 +1183,17 @@ inverted = ["status"]
         assert!((1..=5).contains(&chunks), "{chunks} chunks for 20 publishes");
         let response = f.engine.query("SELECT COUNT(*) FROM events").await.unwrap();
         assert_eq!(response.num_consuming_segments_queried, 1, "one consuming segment per partition");
+    }
+
+    #[test]
+    fn a_tail_has_nothing_to_catch_up_on_an_empty_partition_or_at_its_end() {
+        assert_eq!(catch_up_target(Offset::Beginning, Some((0, 0))), None, "empty");
+        assert_eq!(catch_up_target(Offset::Beginning, Some((40, 40))), None, "emptied by retention");
+        assert_eq!(catch_up_target(Offset::Offset(90), Some((0, 90))), None, "starting at the end");
+        assert_eq!(catch_up_target(Offset::End, Some((0, 90))), None);
+        assert_eq!(catch_up_target(Offset::Offset(10), Some((0, 90))), Some(90));
+        assert_eq!(catch_up_target(Offset::Beginning, Some((0, 90))), Some(90));
+        assert_eq!(catch_up_target(Offset::Beginning, None), Some(i64::MAX), "unknown: the position decides");
     }
 
     /// In a cluster a node serves the tails it follows to others, above
