@@ -578,8 +578,16 @@ impl TableView {
     /// One record of `partition` read from Kafka (or any other source of
     /// the topic's records, as tests are); served from the next publish.
     pub fn append(&self, partition: i32, offset: i64, timestamp_ms: i64, payload: &[u8]) {
+        let in_cluster = self.membership().is_some();
         let mut state = self.lock();
         let Some(decoding) = state.decoding.clone() else { return };
+        // In a cluster a tail exists from the moment the consumer is
+        // assigned its partition until it is handed over: a record still in
+        // flight for a partition handed over must not start a tail of its
+        // own (one that would claim the partition from its beginning).
+        if in_cluster && !state.tails.contains_key(&partition) {
+            return;
+        }
         let tail = state.tails.entry(partition).or_default();
         if tail.over_limit || tail.base.is_some_and(|b| offset < b) {
             return;
@@ -738,11 +746,15 @@ impl TableView {
     }
 }
 
-/// Empties a tail and has the consumer read it again from after `end`.
+/// Empties a tail and has the consumer read it again from after `end`; it
+/// serves others again once the consumer's position reaches the partition's
+/// high watermark.
 fn forget(tail: &mut PartitionTail, end: i64) {
     tail.chunks.clear();
     tail.builder = None;
     tail.reseek = Some(end + 1);
+    tail.ready = false;
+    tail.catch_up_to = Some(i64::MAX);
 }
 
 fn append(builder: &mut ConsumingSegment, decoder: &Decoder, offset: i64, payload: &[u8]) {
@@ -1225,6 +1237,17 @@ inverted = ["status"]
         for refusal in refused {
             assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::distributed::NOT_SERVED)), "{refusal:?}");
         }
+
+        // Handed over: the tail goes, and a record still in flight for the
+        // partition does not start a new one (it would claim the partition
+        // from its beginning, and overlap the committed rows).
+        f.view.stop_following(0);
+        f.view.append(0, 100, 1_100, &record(100));
+        f.view.publish_dirty();
+        assert_eq!(published.borrow().tails.get("events"), None, "no longer served");
+        let (snapshot, elsewhere) = f.engine.table("events").unwrap().cluster_snapshot();
+        assert_eq!(snapshot.len(), 1, "the committed segment only");
+        assert!(elsewhere.tails_from.is_empty());
     }
 
     /// Over the tail memory the partition is answered from committed data
