@@ -137,6 +137,11 @@ pub struct ClusterScanExec {
     /// Planner side only: the pinned segments, and the scan's counters.
     _pin: Option<Arc<Pin>>,
     stats: ScanStats,
+    /// Worker side: each task's segments, resolved once for all its
+    /// partitions. A tail changes between two resolutions (a chunk sealed,
+    /// merged, cut), and partitions that each took their share of a
+    /// different list would read a row twice or not at all.
+    resolved: Mutex<HashMap<usize, Arc<Vec<Arc<Segment>>>>>,
 }
 
 impl fmt::Debug for ClusterScanExec {
@@ -222,7 +227,7 @@ impl ClusterScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, stats }
+        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, stats, resolved: Mutex::default() }
     }
 
     /// The scan's counters, as the planner knows them.
@@ -361,10 +366,22 @@ impl ExecutionPlan for ClusterScanExec {
             .tasks
             .get(index)
             .ok_or_else(|| DataFusionError::Internal(format!("ClusterScanExec has no task {index}")))?;
-        // This partition's share of the task's segments.
-        let segments: Vec<Arc<Segment>> = self
-            .resolve(task, &context)?
-            .into_iter()
+        // This partition's share of the task's segments, as resolved for
+        // the task's first partition.
+        let resolved = {
+            let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&index) {
+                Some(resolved) => resolved.clone(),
+                None => {
+                    let resolved = Arc::new(self.resolve(task, &context)?);
+                    cache.insert(index, resolved.clone());
+                    resolved
+                }
+            }
+        };
+        let segments: Vec<Arc<Segment>> = resolved
+            .iter()
+            .cloned()
             .enumerate()
             .filter(|(i, _)| i % self.partitions == partition)
             .map(|(_, s)| s)

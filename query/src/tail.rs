@@ -59,6 +59,14 @@ const MERGE_RATIO: u32 = 4;
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How often, in a cluster, the consumer's position is compared with the
+/// high watermark of the tails still catching up.
+const POSITION_EVERY: Duration = Duration::from_millis(500);
+
+/// How old a catching-up tail's newest record may be for the tail to
+/// serve (see [`PartitionTail::caught_up`]).
+const CAUGHT_UP_LAG: Duration = Duration::from_secs(1);
+
 /// Kafka errors that last longer than this without a record in between
 /// mark the consumer `erroring` in `/health`.
 const ERRORS_SHOWN_AFTER: Duration = Duration::from_secs(10);
@@ -153,14 +161,30 @@ impl PartitionTail {
         self.ready && !self.over_limit
     }
 
-    /// Marks the tail ready once the consumer's next offset reached the
-    /// watermark; returns whether it just became ready.
-    fn caught_up(&mut self, next: Option<i64>) -> bool {
-        let reached = match (self.catch_up_to, next.or(self.next_offset())) {
-            (None, _) => true,
-            (Some(target), Some(next)) => next >= target,
-            (Some(_), None) => false,
+    /// Marks the tail ready once it has read past the watermark it set out
+    /// to reach *and* its newest record is at most [`CAUGHT_UP_LAG`] old —
+    /// a tail that reached an old watermark while the topic moved on is not
+    /// yet as fresh as the holder a planner used before it (Pinot's
+    /// freshness-based catch-up). Returns whether it just became ready.
+    fn caught_up(&mut self, now_ms: i64) -> bool {
+        let reached = match self.catch_up_to {
+            None => true,
+            Some(target) => {
+                self.next_offset().is_some_and(|next| next >= target)
+                    && now_ms - self.newest_ms <= CAUGHT_UP_LAG.as_millis() as i64
+            }
         };
+        self.became_ready(reached)
+    }
+
+    /// The consumer's position (past control records and compacted
+    /// offsets) reached the partition's current high watermark: caught up,
+    /// however old the newest record. Returns whether it just became ready.
+    fn at_position(&mut self, next: i64, high: i64) -> bool {
+        self.became_ready(next >= high)
+    }
+
+    fn became_ready(&mut self, reached: bool) -> bool {
         let became = reached && !self.ready;
         self.ready |= reached;
         became
@@ -291,7 +315,7 @@ impl TableView {
         let tail = state.tails.entry(partition).or_default();
         if !tail.ready {
             tail.catch_up_to = high_watermark;
-            if tail.caught_up(None) {
+            if tail.caught_up(now_ms()) {
                 self.publish(&state);
             }
         }
@@ -302,11 +326,10 @@ impl TableView {
     /// may be caught up with no record to show.
     fn position(&self, partition: i32, next: i64, high: i64) {
         let mut state = self.lock();
-        if let Some(tail) = state.tails.get_mut(&partition).filter(|t| !t.ready) {
-            tail.catch_up_to = Some(tail.catch_up_to.unwrap_or(high).min(high));
-            if tail.caught_up(Some(next)) {
-                self.publish(&state);
-            }
+        if let Some(tail) = state.tails.get_mut(&partition).filter(|t| !t.ready)
+            && tail.at_position(next, high)
+        {
+            self.publish(&state);
         }
     }
 
@@ -602,7 +625,7 @@ impl TableView {
         append(builder, &decoding.decoder, offset, payload);
         tail.newest_ms = tail.newest_ms.max(timestamp_ms);
         tail.dirty = true;
-        tail.caught_up(None);
+        tail.caught_up(now_ms());
         // An estimate until the next publish counts the builder exactly.
         let estimate = payload.len() as u64 + 24;
         tail.charged += estimate;
@@ -910,6 +933,7 @@ async fn run(
     tracing::info!(table = %config.table, "following the tail");
     let mut assigned: BTreeMap<i32, ()> = BTreeMap::new();
     let mut next_metadata = Instant::now();
+    let mut next_position = Instant::now();
     let mut next_publish = Instant::now() + PUBLISH_EVERY;
     let mut stream = consumer.stream();
     let mut failing_since: Option<Instant> = None;
@@ -974,22 +998,25 @@ async fn run(
                     assigned.remove(&partition);
                     view.stop_following(partition);
                 }
-                // Caught up with nothing to read (the last offsets were
-                // transaction markers, or nothing arrived): the consumer's
-                // position says so.
-                let positions: Vec<(i32, i64)> = consumer
-                    .position()?
-                    .elements_for_topic(&topic)
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(next) if view.catching_up(e.partition()) => Some((e.partition(), next)),
-                        _ => None,
-                    })
-                    .collect();
-                for (partition, next) in positions {
-                    if let Some((_, high)) = watermarks(&consumer, &topic, partition).await {
-                        view.position(partition, next, high);
-                    }
+            }
+        }
+        if view.membership().is_some() && next_position <= Instant::now() {
+            next_position = Instant::now() + POSITION_EVERY;
+            // Caught up with nothing to read (the last offsets were
+            // transaction markers, or nothing arrived since): the
+            // consumer's position says so.
+            let positions: Vec<(i32, i64)> = consumer
+                .position()?
+                .elements_for_topic(&topic)
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(next) if view.catching_up(e.partition()) => Some((e.partition(), next)),
+                    _ => None,
+                })
+                .collect();
+            for (partition, next) in positions {
+                if let Some((_, high)) = watermarks(&consumer, &topic, partition).await {
+                    view.position(partition, next, high);
                 }
             }
         }
@@ -1218,12 +1245,23 @@ inverted = ["status"]
         let cluster = crate::cluster::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
         let (registration, published) = watch::channel(NodeInfo::default());
         f.view.join_cluster(cluster, Arc::new(registration));
+        // Partition 0 reaches its watermark with records a minute old: not
+        // caught up until the consumer's position is at the current one.
         f.view.following(0, Some(100));
         for id in 0..100 {
-            f.view.append(0, id, 1_000 + id, &record(id));
+            f.view.append(0, id, now_ms() - 60_000, &record(id));
         }
         f.view.publish_dirty();
-        assert_eq!(published.borrow().tails.get("events"), Some(&vec![0]), "caught up: published");
+        assert_eq!(published.borrow().tails.get("events"), None, "at the watermark, but a minute behind");
+        f.view.position(0, 100, 100);
+        assert_eq!(published.borrow().tails.get("events"), Some(&vec![0]), "at the current watermark: published");
+        // Partition 1 reaches its watermark with fresh records: caught up.
+        f.view.following(1, Some(10));
+        for offset in 0..10 {
+            f.view.append(1, offset, now_ms(), &record(1_000 + offset));
+        }
+        f.view.publish_dirty();
+        assert_eq!(published.borrow().tails.get("events"), Some(&vec![0, 1]), "fresh at the watermark");
         f.view.set_committed(vec![committed(&f, 0, 0..60)]);
         let (snapshot, elsewhere) = f.engine.table("events").unwrap().cluster_snapshot();
         let rows = |after: Option<i64>, partition: i32| {
@@ -1233,7 +1271,7 @@ inverted = ["status"]
         };
         assert_eq!(rows(Some(59), 0), Ok(40), "the planner's cut is this node's");
         assert_eq!(rows(Some(79), 0), Ok(20), "a planner that saw a later commit: the chunk is cut");
-        let refused = [rows(Some(49), 0), rows(None, 0), rows(Some(59), 1)];
+        let refused = [rows(Some(49), 0), rows(None, 0), rows(Some(59), 2)];
         for refusal in refused {
             assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::distributed::NOT_SERVED)), "{refusal:?}");
         }
@@ -1244,10 +1282,10 @@ inverted = ["status"]
         f.view.stop_following(0);
         f.view.append(0, 100, 1_100, &record(100));
         f.view.publish_dirty();
-        assert_eq!(published.borrow().tails.get("events"), None, "no longer served");
+        assert_eq!(published.borrow().tails.get("events"), Some(&vec![1]), "partition 0 no longer served");
         let (snapshot, elsewhere) = f.engine.table("events").unwrap().cluster_snapshot();
-        assert_eq!(snapshot.len(), 1, "the committed segment only");
-        assert!(elsewhere.tails_from.is_empty());
+        assert!(snapshot.iter().all(|s| s.meta().partition != 0 || !s.meta().name.ends_with(CONSUMING_SUFFIX)));
+        assert_eq!(elsewhere.tails_from.keys().collect::<Vec<_>>(), [&1]);
     }
 
     /// Over the tail memory the partition is answered from committed data
