@@ -18,6 +18,10 @@
 //! - The planner's own segments, tail included, are pinned for the query in
 //!   its process ([`Pin`]) and read by its own task: the cut between
 //!   committed segments and tail rows is the one it planned with.
+//! - A tail the planner does not serve is read on a holder strictly above
+//!   the planner's committed end of the partition ([`tail_rows`]); a holder
+//!   whose tail begins later refuses. A task's segments are resolved once
+//!   for all its partitions: a tail changes between two reads.
 //! - Scan work runs on the query runtime of the node that holds the data
 //!   (deep stacks, the node's memory pool and limits).
 
