@@ -96,9 +96,9 @@ impl Node {
         let _ = child.wait_timeout(Duration::from_secs(10));
     }
 
-    /// Segments loaded, over every table.
+    /// Segments of `clicks` loaded (`users` is on every node).
     fn loaded(&self) -> f64 {
-        metric_sum(&http_get(&self.addr, "/metrics").1, "sluice_query_segments_loaded")
+        loaded_of(&self.addr, "clicks")
     }
 
     fn log(&self) -> String {
@@ -176,11 +176,12 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
     let nodes: Vec<Node> =
         ["q1", "q2", "q3"].iter().map(|id| Node::new(dir.path(), id, &zk, &root, replication)).collect();
     // Each node holds its share of each table, ± one segment.
-    let share = |table: &str| {
+    // `users` sets its own replication: 3, every node.
+    let share = |table: &str, replication: u32| {
         records.iter().filter(|r| r.name.starts_with(&format!("{table}__"))).count() as f64 * f64::from(replication)
             / 3.0
     };
-    let (clicks_share, users_share) = (share("clicks"), share("users"));
+    let (clicks_share, users_share) = (share("clicks", replication), share("users", 3));
     let settled = wait_until("every node to hold its share and answer in full", Duration::from_secs(60), || async {
         let mut ok = true;
         for node in &nodes {
@@ -191,9 +192,7 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
             })
             .await
             .unwrap();
-            ok &= (clicks - clicks_share).abs() <= 1.0
-                && (users - users_share).abs() <= 1.0
-                && count(&addr).await.0 == Some(total);
+            ok &= (clicks - clicks_share).abs() <= 1.0 && users == users_share && count(&addr).await.0 == Some(total);
         }
         ok
     })
@@ -210,9 +209,12 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_segments_and_answer_like_one() {
     let (zk, dir, mut nodes, total) = cluster(1).await;
-    let segments = (fixture::SEGMENT_ROWS.len() + 2) as f64;
+    let segments = fixture::SEGMENT_ROWS.len() as f64;
     let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
     assert_eq!(loaded.iter().sum::<f64>(), segments, "each segment on exactly one node at replication 1: {loaded:?}");
+    for node in &nodes {
+        assert_eq!(loaded_of(&node.addr, "users"), 2.0, "users (replication = 3 in its pipeline) on every node");
+    }
 
     // One node holding everything: the reference.
     let mut single_dir = dir.path().join("single");
@@ -316,7 +318,7 @@ async fn three_nodes_share_segments_and_answer_like_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_two_survives_a_killed_node() {
     let (_zk, _dir, mut nodes, total) = cluster(2).await;
-    let segments = (fixture::SEGMENT_ROWS.len() + 2) as f64;
+    let segments = fixture::SEGMENT_ROWS.len() as f64;
     let loaded: Vec<f64> = nodes.iter().map(Node::loaded).collect();
     assert_eq!(loaded.iter().sum::<f64>(), 2.0 * segments, "two copies of each segment: {loaded:?}");
 

@@ -33,6 +33,11 @@ pub struct PipelineConfig {
     /// cluster leader. Absent: kept forever.
     #[serde(default, with = "units::option_duration", skip_serializing_if = "Option::is_none")]
     pub retention: Option<Duration>,
+    /// In a cluster of query nodes: how many serve each of this table's
+    /// committed segments and partition tails (a small, hot dimension table
+    /// on every node, say). Absent: the query nodes' own `replication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,6 +372,9 @@ impl PipelineConfig {
         self.validate_bad_records(&mut p);
         if self.retention == Some(Duration::ZERO) {
             p.push("retention", "`0s`", "a retention greater than zero (or no `retention` to keep segments forever)");
+        }
+        if let Some(r) = self.replication.filter(|r| !(1..=16).contains(r)) {
+            p.push("replication", r.to_string(), "from 1 to 16 query nodes per segment");
         }
         p
     }

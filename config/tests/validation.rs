@@ -491,3 +491,17 @@ fn the_cluster_token_is_checked() {
     let error = check("flight_listen = \"0.0.0.0:8098\"\n").unwrap_err();
     assert!(error.to_string().contains("any query plan"), "{error}");
 }
+
+/// A table's own replication is checked like the query nodes'.
+#[test]
+fn a_tables_replication_is_checked() {
+    parse(&format!("replication = 3\n{PIPELINE}")).expect("a table on three query nodes");
+    for wrong in ["0", "17"] {
+        assert_problem(
+            &format!("replication = {wrong}\n{PIPELINE}"),
+            "replication",
+            wrong,
+            "from 1 to 16 query nodes per segment",
+        );
+    }
+}

@@ -282,9 +282,10 @@ impl CatalogFollower {
         // In a cluster, the segments this node should serve; a segment it
         // no longer should is dropped only once its assignees serve it.
         let cluster = self.cluster.as_ref().map(|(c, _)| c.clone());
+        let replication = parsed.as_ref().and_then(|c| c.replication);
         let assignment = cluster.as_ref().map(|c| {
             let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
-            c.assignment(name, &names)
+            c.assignment(name, &names, replication)
         });
         let mine = |segment: &str| match (&assignment, &cluster) {
             (Some(a), Some(c)) => a.get(segment).is_some_and(|holders| holders.iter().any(|h| h == c.self_id())),

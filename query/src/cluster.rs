@@ -96,8 +96,15 @@ impl Cluster {
     /// Copies of each segment: configured, else 1 for a lone node and 2
     /// once there are more; never more than the live nodes.
     pub fn replication(&self) -> usize {
+        self.replication_of(None)
+    }
+
+    /// Copies of a table's segments and tails: the table's own
+    /// `replication` when set, else the nodes'; never more than the live
+    /// nodes.
+    pub fn replication_of(&self, table: Option<u32>) -> usize {
         let nodes = self.node_ids().len();
-        let wanted = self.replication.map_or(if nodes > 1 { 2 } else { 1 }, |r| r as usize);
+        let wanted = table.or(self.replication).map_or(if nodes > 1 { 2 } else { 1 }, |r| r as usize);
         wanted.clamp(1, nodes)
     }
 
@@ -113,17 +120,29 @@ impl Cluster {
                 .all(|id| serving.is_some_and(|holders| holders.contains(id)))
     }
 
-    /// The assignees of each of `segments` of `table`.
-    pub fn assignment(&self, table: &str, segments: &[String]) -> BTreeMap<String, Vec<String>> {
-        sluice_coordinator::replica_assignment(table, segments, &self.node_ids(), self.replication())
+    /// The assignees of each of `segments` of `table` (`replication`: the
+    /// table's own, if set).
+    pub fn assignment(
+        &self,
+        table: &str,
+        segments: &[String],
+        replication: Option<u32>,
+    ) -> BTreeMap<String, Vec<String>> {
+        sluice_coordinator::replica_assignment(table, segments, &self.node_ids(), self.replication_of(replication))
     }
 
     /// The assignees of the tail of each partition `0..partitions` of
     /// `table`: rendezvous hashing on the partition, as segments are
     /// assigned, with the same replication.
-    pub fn tail_assignment(&self, table: &str, partitions: i32) -> BTreeMap<i32, Vec<String>> {
+    pub fn tail_assignment(
+        &self,
+        table: &str,
+        partitions: i32,
+        replication: Option<u32>,
+    ) -> BTreeMap<i32, Vec<String>> {
         let keys: Vec<String> = (0..partitions).map(|p| p.to_string()).collect();
-        sluice_coordinator::replica_assignment(&format!("{table}/tail"), &keys, &self.node_ids(), self.replication())
+        let replication = self.replication_of(replication);
+        sluice_coordinator::replica_assignment(&format!("{table}/tail"), &keys, &self.node_ids(), replication)
             .into_iter()
             .filter_map(|(key, nodes)| Some((key.parse().ok()?, nodes)))
             .collect()

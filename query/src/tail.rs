@@ -283,7 +283,7 @@ impl TableView {
         let Some(membership) = self.membership() else { return true };
         let cluster = &membership.cluster;
         cluster
-            .tail_assignment(self.table.name(), partitions)
+            .tail_assignment(self.table.name(), partitions, self.replication())
             .get(&partition)
             .is_some_and(|ids| ids.iter().any(|id| id == cluster.self_id()))
     }
@@ -293,10 +293,15 @@ impl TableView {
     fn handed_over(&self, partition: i32, partitions: i32) -> bool {
         let Some(membership) = self.membership() else { return false };
         let cluster = &membership.cluster;
-        let assignment = cluster.tail_assignment(self.table.name(), partitions);
+        let assignment = cluster.tail_assignment(self.table.name(), partitions, self.replication());
         let assignees = assignment.get(&partition).map(Vec::as_slice).unwrap_or_default();
         !assignees.iter().any(|id| id == cluster.self_id())
             && cluster.tail_served_by_assignees(self.table.name(), partition, assignees)
+    }
+
+    /// The table's own `replication`, from the config it is followed with.
+    fn replication(&self) -> Option<u32> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|c| c.replication)
     }
 
     /// The consumer read the topic's partition count.

@@ -409,9 +409,11 @@ pub fn click_segment_at(name: &str, partition: i32, start: i64, rows: &[Click]) 
 }
 
 /// The pipeline config of the users table: the same schema and indexes as
-/// [`users_schema`].
+/// [`users_schema`]; a small dimension table, served by three query nodes
+/// in a cluster.
 pub const USERS_PIPELINE: &str = r#"
 table = "users"
+replication = 3
 [source]
 bootstrap_servers = "localhost:9092"
 topic = "users"
