@@ -111,13 +111,27 @@ impl Cluster {
     /// Whether every live node assigned `segment` (but this one) serves it:
     /// then this node may drop it (load before drop).
     pub fn served_by_assignees(&self, table: &str, segment: &str, assignees: &[String]) -> bool {
-        let view = self.view();
-        let serving = view.serving.get(table).and_then(|t| t.get(segment));
+        self.assignees_serve(self.view().serving.get(table).and_then(|t| t.get(segment)), assignees)
+    }
+
+    /// Whether `assignees` is not empty and each of them but this node is
+    /// among `serving`.
+    fn assignees_serve(&self, serving: Option<&Vec<String>>, assignees: &[String]) -> bool {
         !assignees.is_empty()
             && assignees
                 .iter()
                 .filter(|id| **id != self.self_id)
                 .all(|id| serving.is_some_and(|holders| holders.contains(id)))
+    }
+
+    /// The live, unsuspected nodes among `ids`, this one left out.
+    fn others(&self, view: &View, ids: Option<&Vec<String>>) -> Vec<Member> {
+        let Some(ids) = ids else { return Vec::new() };
+        let suspects = self.live_suspects();
+        ids.iter()
+            .filter(|id| **id != self.self_id && !suspects.contains(*id))
+            .filter_map(|id| view.urls.get(id).map(|url| Member { id: id.clone(), url: url.clone() }))
+            .collect()
     }
 
     /// The assignees of each of `segments` of `table` (`replication`: the
@@ -151,13 +165,7 @@ impl Cluster {
     /// Whether every live node assigned the tail of `partition` (but this
     /// one) serves it caught up: then this node may stop following it.
     pub fn tail_served_by_assignees(&self, table: &str, partition: i32, assignees: &[String]) -> bool {
-        let view = self.view();
-        let serving = view.tails.get(table).and_then(|t| t.get(&partition));
-        !assignees.is_empty()
-            && assignees
-                .iter()
-                .filter(|id| **id != self.self_id)
-                .all(|id| serving.is_some_and(|holders| holders.contains(id)))
+        self.assignees_serve(self.view().tails.get(table).and_then(|t| t.get(&partition)), assignees)
     }
 
     /// The other live, unsuspected nodes serving the tail of `partition` of
@@ -166,13 +174,7 @@ impl Cluster {
     /// answers do not step back to a replica that read less.
     pub fn tail_holders(&self, table: &str, partition: i32) -> Vec<Member> {
         let view = self.view();
-        let Some(ids) = view.tails.get(table).and_then(|t| t.get(&partition)) else { return Vec::new() };
-        let suspects = self.live_suspects();
-        let mut holders: Vec<Member> = ids
-            .iter()
-            .filter(|id| **id != self.self_id && !suspects.contains(*id))
-            .filter_map(|id| view.urls.get(id).map(|url| Member { id: id.clone(), url: url.clone() }))
-            .collect();
+        let mut holders = self.others(&view, view.tails.get(table).and_then(|t| t.get(&partition)));
         holders.sort_by(|a, b| a.id.cmp(&b.id));
         holders
     }
@@ -186,12 +188,7 @@ impl Cluster {
     /// The other live, unsuspected nodes that serve `segment` of `table`.
     pub fn holders(&self, table: &str, segment: &str) -> Vec<Member> {
         let view = self.view();
-        let Some(ids) = view.serving.get(table).and_then(|t| t.get(segment)) else { return Vec::new() };
-        let suspects = self.live_suspects();
-        ids.iter()
-            .filter(|id| **id != self.self_id && !suspects.contains(*id))
-            .filter_map(|id| view.urls.get(id).map(|url| Member { id: id.clone(), url: url.clone() }))
-            .collect()
+        self.others(&view, view.serving.get(table).and_then(|t| t.get(segment)))
     }
 
     /// The node behind a Flight URL.

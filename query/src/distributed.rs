@@ -98,6 +98,18 @@ struct Task {
     tails: Vec<RemoteTail>,
 }
 
+impl Task {
+    /// The task of the node at `url` among `tasks`, added empty if missing.
+    fn on<'a>(tasks: &'a mut BTreeMap<String, Task>, url: &Url) -> &'a mut Task {
+        tasks.entry(url.to_string()).or_insert_with(|| Task {
+            url: url.to_string(),
+            named: Vec::new(),
+            pinned: None,
+            tails: Vec::new(),
+        })
+    }
+}
+
 /// The serialized part of a scan (besides schemas and the residual filter).
 #[derive(Serialize, Deserialize)]
 struct Spec {
@@ -169,7 +181,8 @@ impl ClusterScanExec {
         stats.segments_queried = (local.len() + elsewhere.remote.len() + elsewhere.missing.len()) as u64;
         stats.total_docs = local.iter().map(|s| u64::from(s.num_rows())).sum::<u64>()
             + elsewhere.remote.iter().map(|r| r.rows).sum::<u64>();
-        let mut by_url: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // Each other node's task, by its URL.
+        let mut by_url: BTreeMap<String, Task> = BTreeMap::new();
         let mut load: HashMap<String, u64> = HashMap::new();
         let mut missing = elsewhere.missing.len() as u64;
         for segment in &elsewhere.remote {
@@ -180,15 +193,14 @@ impl ClusterScanExec {
                 continue;
             };
             *load.entry(holder.url.to_string()).or_default() += segment.rows;
-            by_url.entry(holder.url.to_string()).or_default().push(segment.name.clone());
+            Task::on(&mut by_url, &holder.url).named.push(segment.name.clone());
         }
         // Each tail this node does not serve goes to the first node serving
         // it caught up, with this node's cut of the partition.
-        let mut tails_by_url: BTreeMap<String, Vec<RemoteTail>> = BTreeMap::new();
         let mut tails_unavailable = 0;
         for tail in &elsewhere.remote_tails {
             match cluster.tail_holders(&spec.table, tail.partition).first() {
-                Some(holder) => tails_by_url.entry(holder.url.to_string()).or_default().push(*tail),
+                Some(holder) => Task::on(&mut by_url, &holder.url).tails.push(*tail),
                 None => tails_unavailable += 1,
             }
         }
@@ -204,13 +216,7 @@ impl ClusterScanExec {
             pinned: pin.as_ref().map(|p| p.0),
             tails: Vec::new(),
         });
-        for url in tails_by_url.keys() {
-            by_url.entry(url.clone()).or_default();
-        }
-        tasks.extend(by_url.into_iter().map(|(url, named)| {
-            let tails = tails_by_url.remove(&url).unwrap_or_default();
-            Task { url, named, pinned: None, tails }
-        }));
+        tasks.extend(by_url.into_values());
         let servers =
             tasks.iter().filter(|t| t.pinned.is_some() || !t.named.is_empty() || !t.tails.is_empty()).count() as u64;
         stats.servers_responded = servers.max(1);
