@@ -30,7 +30,7 @@
 //! their sealed columns ([`sluice_segments::reseal`]); a trim reseals only the
 //! chunk the committed end cuts through.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -277,26 +277,26 @@ impl TableView {
         state.partitions.max(membership.cluster.tail_partitions(self.table.name()))
     }
 
-    /// Whether this node should follow the tail of `partition`: always
-    /// outside a cluster; in one, when it is among the partition's assignees.
-    fn assigned(&self, partition: i32, partitions: i32) -> bool {
-        let Some(membership) = self.membership() else { return true };
+    /// Which of the topic's `partitions` this node should follow: all of
+    /// them outside a cluster; in one, those it is an assignee of.
+    fn assigned(&self, partitions: i32) -> BTreeSet<i32> {
+        let Some(membership) = self.membership() else { return (0..partitions).collect() };
         let cluster = &membership.cluster;
         cluster
             .tail_assignment(self.table.name(), partitions, self.replication())
-            .get(&partition)
-            .is_some_and(|ids| ids.iter().any(|id| id == cluster.self_id()))
+            .into_iter()
+            .filter(|(_, ids)| ids.iter().any(|id| id == cluster.self_id()))
+            .map(|(partition, _)| partition)
+            .collect()
     }
 
-    /// Whether this node may stop following `partition`: it is not
-    /// assigned to it, and every assignee serves it caught up.
+    /// Whether this node, no longer among the assignees of `partition`,
+    /// may stop following it: every assignee serves it caught up.
     fn handed_over(&self, partition: i32, partitions: i32) -> bool {
         let Some(membership) = self.membership() else { return false };
-        let cluster = &membership.cluster;
-        let assignment = cluster.tail_assignment(self.table.name(), partitions, self.replication());
+        let assignment = membership.cluster.tail_assignment(self.table.name(), partitions, self.replication());
         let assignees = assignment.get(&partition).map(Vec::as_slice).unwrap_or_default();
-        !assignees.iter().any(|id| id == cluster.self_id())
-            && cluster.tail_served_by_assignees(self.table.name(), partition, assignees)
+        membership.cluster.tail_served_by_assignees(self.table.name(), partition, assignees)
     }
 
     /// The table's own `replication`, from the config it is followed with.
@@ -630,7 +630,9 @@ impl TableView {
         append(builder, &decoding.decoder, offset, payload);
         tail.newest_ms = tail.newest_ms.max(timestamp_ms);
         tail.dirty = true;
-        tail.caught_up(now_ms());
+        if !tail.ready {
+            tail.caught_up(now_ms());
+        }
         // An estimate until the next publish counts the builder exactly.
         let estimate = payload.len() as u64 + 24;
         tail.charged += estimate;
@@ -981,21 +983,27 @@ async fn run(
             if count > 0 {
                 view.set_partitions(count);
             }
-            let new: Vec<i32> = (0..count).filter(|p| !assigned.contains_key(p) && view.assigned(*p, count)).collect();
+            let mine = view.assigned(count);
+            let in_cluster = view.membership().is_some();
+            let new: Vec<i32> = mine.iter().copied().filter(|p| !assigned.contains_key(p)).collect();
             for partition in new {
                 let fallback = fallback_start(coordinator, config, partition).await;
                 let start = view.start_of(partition, fallback);
                 // In a cluster the tail serves once it has read what the
-                // partition held when following began.
-                let target = catch_up_target(start, watermarks(&consumer, &topic, partition).await);
-                view.following(partition, target);
+                // partition held when following began (alone, it serves
+                // whatever it has: nothing to fetch).
+                if in_cluster {
+                    let target = catch_up_target(start, watermarks(&consumer, &topic, partition).await);
+                    view.following(partition, target);
+                }
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, partition, start)?;
                 consumer.incremental_assign(&tpl)?;
                 assigned.insert(partition, ());
             }
-            if view.membership().is_some() {
-                let handed: Vec<i32> = assigned.keys().copied().filter(|p| view.handed_over(*p, count)).collect();
+            if in_cluster {
+                let handed: Vec<i32> =
+                    assigned.keys().copied().filter(|p| !mine.contains(p) && view.handed_over(*p, count)).collect();
                 for partition in handed {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
