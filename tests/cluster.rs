@@ -159,15 +159,9 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
     let dir = tempfile::tempdir().unwrap();
     let root = format!("/{}", unique_name("cluster"));
     let coordinator = Arc::new(
-        ZooKeeperCoordinator::connect(ZooKeeperOptions {
-            connect: zk.connect_string(),
-            root: root.clone(),
-            session_timeout: Duration::from_secs(4),
-            tls: None,
-            auth: None,
-        })
-        .await
-        .unwrap(),
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(4)))
+            .await
+            .unwrap(),
     );
     coordinator.apply_pipeline("clicks", fixture::CLICKS_PIPELINE).await.unwrap();
     coordinator.apply_pipeline("users", fixture::USERS_PIPELINE).await.unwrap();

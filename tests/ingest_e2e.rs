@@ -121,13 +121,11 @@ async fn setup(partitions: i32, name: &str) -> Setup {
         root: format!("/{}", unique_name(name)),
     };
     write_pipeline(cluster.dir.path(), &topic, broker.bootstrap_servers());
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: cluster.root.clone(),
-        session_timeout: Duration::from_secs(30),
-        tls: None,
-        auth: None,
-    })
+    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(
+        zk.connect_string(),
+        &cluster.root,
+        Duration::from_secs(30),
+    ))
     .await
     .unwrap();
     Setup { zk, broker, topic, cluster, observer }

@@ -109,15 +109,9 @@ fn start_worker(
 }
 
 async fn observer(zk: &ZooKeeper, root: &str) -> ZooKeeperCoordinator {
-    ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.to_string(),
-        session_timeout: Duration::from_secs(10),
-        tls: None,
-        auth: None,
-    })
-    .await
-    .unwrap()
+    ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), root, Duration::from_secs(10)))
+        .await
+        .unwrap()
 }
 
 async fn wait_for_rows(observer: &ZooKeeperCoordinator, table: &str, rows: u64, worker: &Worker) {

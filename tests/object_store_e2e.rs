@@ -43,15 +43,10 @@ async fn segments_go_through_s3_and_survive_its_failures() {
     let topic = unique_name("s3");
     broker.create_topic(&topic, 2).await.unwrap();
     let root = format!("/{}", unique_name("s3e2e"));
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(30),
-        tls: None,
-        auth: None,
-    })
-    .await
-    .unwrap();
+    let observer =
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(30)))
+            .await
+            .unwrap();
     let pipeline = format!(
         "table = \"events\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
          [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\

@@ -80,15 +80,9 @@ async fn query_node_follows_the_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let root = format!("/{}", unique_name("query"));
     let coordinator = Arc::new(
-        ZooKeeperCoordinator::connect(ZooKeeperOptions {
-            connect: zk.connect_string(),
-            root: root.clone(),
-            session_timeout: Duration::from_secs(4),
-            tls: None,
-            auth: None,
-        })
-        .await
-        .unwrap(),
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(4)))
+            .await
+            .unwrap(),
     );
     coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
     let lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");

@@ -43,15 +43,10 @@ impl Cluster {
         let topic = unique_name("rt");
         broker.create_topic(&topic, 2).await.unwrap();
         let root = format!("/{}", unique_name("realtime"));
-        let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-            connect: zk.connect_string(),
-            root: root.clone(),
-            session_timeout: Duration::from_secs(30),
-            tls: None,
-            auth: None,
-        })
-        .await
-        .unwrap();
+        let observer =
+            ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(30)))
+                .await
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let deep = dir.path().join("deep");
         let pipeline = pipeline(broker.bootstrap_servers(), &topic, &deep, flush_rows, "");
@@ -84,6 +79,13 @@ impl Cluster {
         );
         std::fs::write(&path, text).unwrap();
         self.spawn(id, &["ingest", "--config", path.to_str().unwrap()])
+    }
+
+    /// SIGKILLs `worker` and starts worker `id` again.
+    fn kill_and_restart(&self, mut worker: GuardedChild, id: &str) -> GuardedChild {
+        worker.signal(libc::SIGKILL).unwrap();
+        worker.wait_timeout(Duration::from_secs(5)).unwrap();
+        self.worker(id)
     }
 
     fn query_node(&self) -> GuardedChild {
@@ -230,9 +232,7 @@ async fn answers_are_exact_at_every_instant_through_commits_and_kills() {
         sent.store(ids.end, Ordering::SeqCst);
         producer.send_all(&c.topic, events(ids)).await.unwrap();
         if chunk == 6 || chunk == 13 {
-            worker.signal(libc::SIGKILL).unwrap();
-            worker.wait_timeout(Duration::from_secs(5)).unwrap();
-            worker = c.worker("w1");
+            worker = c.kill_and_restart(worker, "w1");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -327,9 +327,7 @@ async fn answers_are_exact_on_every_node_of_a_cluster() {
         sent.store(ids.end, Ordering::SeqCst);
         producer.send_all(&c.topic, events(ids)).await.unwrap();
         if chunk == 3 {
-            worker.signal(libc::SIGKILL).unwrap();
-            worker.wait_timeout(Duration::from_secs(5)).unwrap();
-            worker = c.worker("w1");
+            worker = c.kill_and_restart(worker, "w1");
         }
         if chunk == 5 {
             nodes[2].0.signal(libc::SIGKILL).unwrap();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::*;
-use queries::{Kind, QUERIES};
+use queries::{Kind, QUERIES, median};
 use serde_json::{Value, json};
 use sluice_coordinator::{CommitOutcome, Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_segments::SegmentSchema;
@@ -109,14 +109,9 @@ fn main() -> anyhow::Result<()> {
 /// Seals the rows into `store` as workers would and commits them to the
 /// catalog under `root`, partition after partition; returns the bytes.
 async fn commit(zk: &ZooKeeper, root: &str, store: &Path, rows: usize, segments: usize) -> anyhow::Result<u64> {
-    let coordinator = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.to_string(),
-        session_timeout: Duration::from_secs(30),
-        tls: None,
-        auth: None,
-    })
-    .await?;
+    let coordinator =
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), root, Duration::from_secs(30)))
+            .await?;
     // The query benchmark's table: the fixture's indexes plus the URL's.
     let pipeline = CLICKS_PIPELINE.replace(
         "inverted = [\"country\", \"device\", \"status\"]",
@@ -257,8 +252,7 @@ impl Setup {
             let loopback = (loopback_bytes()? - loopback_before) as f64 / repeats as f64;
             let cpu =
                 self.nodes.iter().zip(&cpu_before).map(|((_, _, c), b)| (cpu_ms(c) - b) / repeats as f64).collect();
-            times.sort_by(f64::total_cmp);
-            out.push(Measured { rows, median_ms: times[times.len() / 2], loopback_bytes: loopback, cpu_ms: cpu });
+            out.push(Measured { rows, median_ms: median(times), loopback_bytes: loopback, cpu_ms: cpu });
         }
         Ok(out)
     }

@@ -89,14 +89,9 @@ async fn main() -> anyhow::Result<()> {
     broker.create_topic(&topic, partitions).await?;
     let dir = tempfile::tempdir()?;
     let root = format!("/{}", unique_name("fresh"));
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(30),
-        tls: None,
-        auth: None,
-    })
-    .await?;
+    let observer =
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(30)))
+            .await?;
     let pipeline = format!(
         "table = \"fresh\"\n[source]\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n[schema]\ntime_column = \"ts\"\n\
          [[schema.columns]]\nname = \"ts\"\ntype = \"timestamp\"\nnullable = false\n\

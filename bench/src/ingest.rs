@@ -119,14 +119,9 @@ async fn main() -> anyhow::Result<()> {
         zk.connect_string()
     );
     std::fs::write(dir.path().join("worker.toml"), worker)?;
-    let observer = ZooKeeperCoordinator::connect(ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(30),
-        tls: None,
-        auth: None,
-    })
-    .await?;
+    let observer =
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(30)))
+            .await?;
     // SLUICE_BENCH_LOG=<file> keeps the worker's log (at RUST_LOG, default warn).
     let log_path = std::env::var("SLUICE_BENCH_LOG").map_or_else(|_| dir.path().join("worker.log"), Into::into);
     let log = std::fs::File::create(&log_path)?;

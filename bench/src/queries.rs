@@ -1,5 +1,5 @@
-//! The benchmark queries over the clickstream table, shared by the query
-//! and cluster benchmarks.
+//! The benchmark queries over the clickstream table, and how their timings
+//! are summed up, shared by the query and cluster benchmarks.
 
 pub const QUERIES: [(&str, &str, Kind); 7] = [
     ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
@@ -29,4 +29,10 @@ pub enum Kind {
     Filter,
     /// Reads whole columns.
     Scan,
+}
+
+/// The median of `samples` (the upper one of an even count).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::*;
-use queries::{Kind, QUERIES};
+use queries::{Kind, QUERIES, median};
 use sluice_config::{ByteSize, QueryLimits};
 use sluice_query::{QueryEngine, SegmentTable};
 use sluice_segments::Segment;
@@ -227,11 +227,6 @@ async fn time_query(
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok((median(times), rows))
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 async fn concurrent(engine: &Arc<QueryEngine>, clients: usize, rounds: usize) -> BTreeMap<&'static str, Vec<f64>> {

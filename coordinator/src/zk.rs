@@ -67,6 +67,12 @@ impl std::fmt::Debug for ZooKeeperAuth {
 }
 
 impl ZooKeeperOptions {
+    /// A session on `connect` under `root`, without TLS or authentication
+    /// (a trusted network; tests and benchmarks).
+    pub fn plain(connect: impl Into<String>, root: impl Into<String>, session_timeout: Duration) -> Self {
+        ZooKeeperOptions { connect: connect.into(), root: root.into(), session_timeout, auth: None, tls: None }
+    }
+
     /// The options a node file's `[coordinator]` section describes.
     pub fn from_config(config: &sluice_config::CoordinatorConfig) -> Self {
         ZooKeeperOptions {

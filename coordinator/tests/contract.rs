@@ -68,13 +68,7 @@ impl Cluster for Zk {
         async move {
             let upstream = format!("127.0.0.1:{}", self.server.port()).parse().unwrap();
             let proxy = Arc::new(TcpProxy::start(upstream).await.unwrap());
-            let options = ZooKeeperOptions {
-                connect: proxy.addr().to_string(),
-                root: self.root.clone(),
-                session_timeout: SESSION_TIMEOUT,
-                tls: None,
-                auth: None,
-            };
+            let options = ZooKeeperOptions::plain(proxy.addr().to_string(), &self.root, SESSION_TIMEOUT);
             let coordinator: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
             let watched = coordinator.clone();
             Node {

@@ -17,8 +17,7 @@ fn now_ms() -> i64 {
 }
 
 async fn connect(connect: String, root: &str) -> Arc<ZooKeeperCoordinator> {
-    let options =
-        ZooKeeperOptions { connect, root: root.into(), session_timeout: Duration::from_secs(2), auth: None, tls: None };
+    let options = ZooKeeperOptions::plain(connect, root, Duration::from_secs(2));
     Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
 }
 

@@ -13,7 +13,7 @@ use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 use zookeeper_client::Client;
 
 fn options(connect: String, root: &str) -> ZooKeeperOptions {
-    ZooKeeperOptions { connect, root: root.to_string(), session_timeout: Duration::from_secs(4), auth: None, tls: None }
+    ZooKeeperOptions::plain(connect, root, Duration::from_secs(4))
 }
 
 async fn node(zk: &ZooKeeper, root: &str) -> Arc<ZooKeeperCoordinator> {
@@ -230,13 +230,7 @@ async fn after_session_expiry_a_worker_reconnects_and_registers_again() {
     let zk = ZooKeeper::start().unwrap();
     let root = format!("/{}", unique_name("expiry"));
     let proxy = TcpProxy::start(format!("127.0.0.1:{}", zk.port()).parse().unwrap()).await.unwrap();
-    let options = ZooKeeperOptions {
-        connect: proxy.addr().to_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(2),
-        tls: None,
-        auth: None,
-    };
+    let options = ZooKeeperOptions::plain(proxy.addr().to_string(), &root, Duration::from_secs(2));
     let worker = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let info = WorkerInfo {
         id: "w1".into(),

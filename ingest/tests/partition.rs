@@ -51,13 +51,7 @@ time = "1s"
 }
 
 async fn coordinator(zk: &ZooKeeper, root: &str) -> Arc<dyn Coordinator> {
-    let options = ZooKeeperOptions {
-        connect: zk.connect_string(),
-        root: root.into(),
-        session_timeout: Duration::from_secs(2),
-        tls: None,
-        auth: None,
-    };
+    let options = ZooKeeperOptions::plain(zk.connect_string(), root, Duration::from_secs(2));
     Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap())
 }
 
@@ -280,13 +274,7 @@ async fn a_zombie_worker_is_fenced_and_the_data_stays_exactly_once() {
     let slow = Arc::new(slow);
 
     let proxy = sluice_testkit::TcpProxy::start(format!("127.0.0.1:{}", zk.port()).parse().unwrap()).await.unwrap();
-    let options = ZooKeeperOptions {
-        connect: proxy.addr().to_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(2),
-        tls: None,
-        auth: None,
-    };
+    let options = ZooKeeperOptions::plain(proxy.addr().to_string(), &root, Duration::from_secs(2));
     let a: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let ctx_a = Arc::new(
         PipelineContext::new(
@@ -434,13 +422,7 @@ async fn consumption_goes_on_while_a_commit_is_held_back() {
     let topic = unique_name("events");
     broker.create_topic(&topic, 1).await.unwrap();
     let root = format!("/{}", unique_name("pauseless"));
-    let options = ZooKeeperOptions {
-        connect: proxy.addr().to_string(),
-        root: root.clone(),
-        session_timeout: Duration::from_secs(20),
-        tls: None,
-        auth: None,
-    };
+    let options = ZooKeeperOptions::plain(proxy.addr().to_string(), &root, Duration::from_secs(20));
     let c: Arc<dyn Coordinator> = Arc::new(ZooKeeperCoordinator::connect(options).await.unwrap());
     let observer = coordinator(&zk, &root).await;
     let dir = tempfile::tempdir().unwrap();
