@@ -26,6 +26,10 @@ use sluice_coordinator::{Coordinator, NodeInfo};
 use tokio::sync::{Notify, watch};
 use url::Url;
 
+/// Partition numbers a published tail may carry (Kafka caps a whole
+/// cluster at a few hundred thousand partitions).
+const MAX_PARTITIONS: i32 = 1_000_000;
+
 /// How long a node that failed a task is left out of routing.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
@@ -242,8 +246,13 @@ impl Cluster {
             }
             for (table, partitions) in &node.tails {
                 let by_partition = view.tails.entry(table.clone()).or_default();
-                for partition in partitions {
+                // A record is another process's word: a partition number no
+                // topic has must not size what this node plans per partition.
+                for partition in partitions.iter().filter(|p| (0..MAX_PARTITIONS).contains(*p)) {
                     by_partition.entry(*partition).or_default().push(node.id.clone());
+                }
+                if partitions.iter().any(|p| !(0..MAX_PARTITIONS).contains(p)) {
+                    tracing::warn!(node = %node.id, %table, "a query node record lists impossible partitions; ignored");
                 }
             }
             for (table, segments) in &node.serving {
@@ -335,5 +344,26 @@ pub async fn publish(
             _ = tokio::time::sleep(backoff) => {}
             changed = shutdown.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A corrupt or hostile record cannot make this node plan a tail task
+    /// per impossible partition (two billion of them, say).
+    #[test]
+    fn impossible_tail_partitions_in_a_record_are_ignored() {
+        let cluster = Cluster::new("q1".into(), Url::parse("http://127.0.0.1:1").unwrap(), None);
+        let node = |id: &str, tails: Vec<i32>| NodeInfo {
+            id: id.into(),
+            flight_addr: Some("127.0.0.1:2".into()),
+            tails: [("events".to_string(), tails)].into(),
+            ..NodeInfo::default()
+        };
+        cluster.set_nodes(vec![node("q2", vec![0, 1, -1, i32::MAX]), node("q3", vec![1])]);
+        assert_eq!(cluster.tail_partitions("events"), 2);
+        assert_eq!(cluster.tail_holders("events", 1).len(), 2);
     }
 }

@@ -301,7 +301,7 @@ pub(crate) fn tail_rows(
         |why: String| DataFusionError::Execution(format!("{NOT_SERVED}: tail {table}/{}: {why}", tail.partition));
     let start = *elsewhere.tails_from.get(&tail.partition).ok_or_else(|| not_served("not followed here".into()))?;
     match (tail.after, start.committed_end) {
-        (Some(after), _) if start.from > after + 1 => {
+        (Some(after), _) if start.from > after.saturating_add(1) => {
             return Err(not_served(format!(
                 "begins at offset {}, past the planner's committed end {after}",
                 start.from
@@ -319,9 +319,10 @@ pub(crate) fn tail_rows(
         match tail.after {
             Some(after) if meta.end_offset <= after => {}
             Some(after) if meta.start_offset <= after => {
-                let cut = sluice_segments::reseal(&[chunk.as_ref()], after + 1, &name, meta.created_at_ms)
-                    .and_then(|image| image.map(|i| i.open()).transpose())
-                    .map_err(|e| DataFusionError::Execution(format!("cutting tail {name}: {e}")))?;
+                let cut =
+                    sluice_segments::reseal(&[chunk.as_ref()], after.saturating_add(1), &name, meta.created_at_ms)
+                        .and_then(|image| image.map(|i| i.open()).transpose())
+                        .map_err(|e| DataFusionError::Execution(format!("cutting tail {name}: {e}")))?;
                 out.extend(cut.map(Arc::new));
             }
             _ => out.push(Arc::clone(chunk)),

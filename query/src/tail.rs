@@ -1284,6 +1284,7 @@ inverted = ["status"]
         };
         assert_eq!(rows(Some(59), 0), Ok(40), "the planner's cut is this node's");
         assert_eq!(rows(Some(79), 0), Ok(20), "a planner that saw a later commit: the chunk is cut");
+        assert_eq!(rows(Some(i64::MAX), 0), Ok(0), "a cut past every offset (from the network): nothing, no overflow");
         let refused = [rows(Some(49), 0), rows(None, 0), rows(Some(59), 2)];
         for refusal in refused {
             assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::distributed::NOT_SERVED)), "{refusal:?}");
