@@ -9,8 +9,12 @@
 //!
 //! ```text
 //! cargo build --release -p sluice -p sluice-bench
-//! ./target/release/cluster-bench [rows=10000000] [segments=30] [repeats=10]
+//! ./target/release/cluster-bench [rows=10000000] [segments=30] [repeats=10] [query,query...]
 //! ```
+//!
+//! Naming queries runs only those (to profile one). The cluster's nodes
+//! send batches uncompressed unless `CLUSTER_BENCH_COMPRESSION` names
+//! another `flight_compression`.
 
 #[path = "../../tests/common/catalog.rs"]
 mod catalog;
@@ -36,7 +40,13 @@ const PARTITIONS: usize = 3;
 const TOKEN: &str = "cluster-bench-secret-0123456789";
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let only: Vec<String> = if args.len() > 3 { args.split_off(3)[0].split(',').map(String::from).collect() } else { vec![] };
+    let queries: Vec<_> = QUERIES.iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| o == name)).collect();
+    if queries.is_empty() {
+        bail!("no benchmark query is named {only:?}");
+    }
+    let args: Vec<usize> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let rows = args.first().copied().unwrap_or(10_000_000);
     let segments = args.get(1).copied().unwrap_or(30).max(PARTITIONS);
     let repeats = args.get(2).copied().unwrap_or(10).max(1);
@@ -56,12 +66,12 @@ fn main() -> anyhow::Result<()> {
     let single = Setup::start(&sluice, dir.path(), &zk, &root, &["single"], false)?;
     single.settle(rows, segments)?;
     let single_shares = single.shares();
-    let one = single.measure(repeats)?;
+    let one = single.measure(&queries, repeats)?;
     drop(single);
     let cluster = Setup::start(&sluice, dir.path(), &zk, &root, &["q1", "q2", "q3"], true)?;
     cluster.settle(rows, segments)?;
     let cluster_shares = cluster.shares();
-    let three = cluster.measure(repeats)?;
+    let three = cluster.measure(&queries, repeats)?;
     drop(cluster);
 
     println!(
@@ -81,7 +91,7 @@ fn main() -> anyhow::Result<()> {
          CPU ms/query, 1 node | 3 nodes (q1 + q2 + q3) |"
     );
     println!("|---|---:|---:|---:|---:|---|---:|---:|---:|---|");
-    for ((name, _, kind), (a, b)) in QUERIES.iter().zip(one.iter().zip(&three)) {
+    for ((name, _, kind), (a, b)) in queries.iter().zip(one.iter().zip(&three)) {
         if a.rows != b.rows {
             bail!("{name}: one node returned {} rows, three {}", a.rows, b.rows);
         }
@@ -173,7 +183,11 @@ impl Setup {
             std::fs::create_dir_all(&home)?;
             let addr = format!("127.0.0.1:{}", free_port()?);
             let member = if cluster {
-                format!("flight_listen = \"127.0.0.1:0\"\nreplication = 1\nflight_token = \"{TOKEN}\"\n")
+                let compression = std::env::var("CLUSTER_BENCH_COMPRESSION").unwrap_or_else(|_| "none".into());
+                format!(
+                    "flight_listen = \"127.0.0.1:0\"\nreplication = 1\nflight_token = \"{TOKEN}\"\n\
+                     flight_compression = \"{compression}\"\n"
+                )
             } else {
                 String::new()
             };
@@ -229,9 +243,9 @@ impl Setup {
             .collect()
     }
 
-    fn measure(&self, repeats: usize) -> anyhow::Result<Vec<Measured>> {
+    fn measure(&self, queries: &[&(&str, &str, Kind)], repeats: usize) -> anyhow::Result<Vec<Measured>> {
         let mut out = Vec::new();
-        for (name, sql, _) in QUERIES {
+        for (name, sql, _) in queries {
             // Warm: each node plans and reads the query once.
             let mut rows = 0;
             for (_, addr, _) in &self.nodes {

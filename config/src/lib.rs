@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
-    CoordinatorConfig, CoordinatorEndpoint, FlightToken, HttpAuth, HttpConfig, HttpUser, ObjectStoreConfig,
+    CoordinatorConfig, CoordinatorEndpoint, FlightCompression, FlightToken, HttpAuth, HttpConfig, HttpUser, ObjectStoreConfig,
     PipelineSources, QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig, ZooKeeperTlsConfig,
 };
 pub use pipeline::{

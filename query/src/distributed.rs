@@ -51,7 +51,6 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
-use datafusion::prelude::SessionContext;
 use datafusion_distributed::{
     DistributedExt, DistributedTaskContext, NetworkBoundaryExt, NetworkCoalesceExec, RouteTasksEvent,
     RouteTasksEventResponse, Worker, WorkerQueryContext, WorkerSessionBuilder,
@@ -641,9 +640,9 @@ impl WorkerSessionBuilder for WorkerSessions {
             .with_distributed_user_codec(ClusterCodec)
             .with_distributed_channel_resolver(self.channels.clone());
         builder.config().get_or_insert_default().set_extension(Arc::new(NodeTables(self.tables.clone())));
-        let session = SessionContext::new_with_state(builder.build());
-        crate::functions::register(&session, self.max_function_output);
-        Ok(session.state())
+        let mut state = builder.build();
+        crate::functions::register(&mut state, self.max_function_output);
+        Ok(state)
     }
 }
 

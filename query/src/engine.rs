@@ -243,8 +243,8 @@ impl QueryEngine {
             .with_memory_limit(limits.memory.as_u64() as usize, 1.0)
             .build_arc()
             .map_err(|e| QueryError::Internal { message: e.to_string() })?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        crate::functions::register(&ctx, limits.max_function_output.as_u64());
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -276,6 +276,7 @@ impl QueryEngine {
         &mut self,
         cluster: Arc<crate::cluster::Cluster>,
         token: Option<crate::flight_auth::ClusterToken>,
+        compression: sluice_config::FlightCompression,
     ) -> datafusion_distributed::Worker {
         use datafusion::execution::SessionStateBuilder;
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
@@ -296,6 +297,16 @@ impl QueryEngine {
             .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
             .with_distributed_planner()
             .build();
+        // Workers would otherwise hold each task open after its last batch
+        // to send its metrics back: a round trip more per query, for
+        // figures nothing here reads (answers count their own scans).
+        // Both settings travel to the workers with each task (as headers).
+        let tuned = distributed
+            .set_distributed_metrics_collection(false)
+            .and_then(|()| distributed.config_mut().options_mut().set("distributed.compression", compression.as_str()));
+        if let Err(e) = tuned {
+            tracing::warn!(error = %e, "could not tune the distributed session");
+        }
         distributed.config_mut().set_extension(cluster.clone());
         self.executor.ctx = SessionContext::new_with_state(distributed);
         self.executor.cluster = Some(cluster);

@@ -9,6 +9,8 @@
 //! over `limits.max_function_output` with a resources error, which the
 //! engine answers 413. Constant folding at planning calls the same wrapper.
 
+use std::sync::Arc;
+
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::ScalarValue;
@@ -18,7 +20,6 @@ use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
-use datafusion::prelude::SessionContext;
 
 /// The prefix of the error a refused call raises; the engine recognises it.
 pub(crate) const REFUSED: &str = "function output limit";
@@ -38,11 +39,12 @@ const BOUNDED: [(&str, Growth); 4] =
     [("lpad", Growth::Pad), ("rpad", Growth::Pad), ("repeat", Growth::Repeat), ("replace", Growth::Replace)];
 
 /// Replaces the growing functions of `ctx` by bounded wrappers.
-pub(crate) fn register(ctx: &SessionContext, max_output: u64) {
+pub(crate) fn register(registry: &mut impl FunctionRegistry, max_output: u64) {
     for (name, growth) in BOUNDED {
-        if let Ok(inner) = ctx.udf(name) {
+        if let Ok(inner) = registry.udf(name) {
             let bounded = Bounded { inner: inner.as_ref().clone(), growth, max_output };
-            ctx.register_udf(ScalarUDF::new_from_impl(bounded));
+            // Only fails for registries that take no functions; ours do.
+            let _ = registry.register_udf(Arc::new(ScalarUDF::new_from_impl(bounded)));
         }
     }
 }
@@ -210,6 +212,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use datafusion::prelude::SessionContext;
     use sluice_config::QueryLimits;
 
     async fn run(ctx: &SessionContext, sql: &str) -> Result<()> {
@@ -218,8 +221,8 @@ mod tests {
 
     #[tokio::test]
     async fn growing_calls_over_the_limit_are_refused_before_they_allocate() {
-        let ctx = SessionContext::new();
-        register(&ctx, QueryLimits::default().max_function_output.as_u64());
+        let mut ctx = SessionContext::new();
+        register(&mut ctx, QueryLimits::default().max_function_output.as_u64());
         for sql in [
             "SELECT length(lpad('x', 2147483647))",
             "SELECT length(rpad('x', 100000000, 'é'))",
