@@ -492,6 +492,20 @@ fn the_cluster_token_is_checked() {
     assert!(error.to_string().contains("any query plan"), "{error}");
 }
 
+/// Batches between nodes go uncompressed unless a node asks for lz4 or
+/// zstd; anything else is refused with the choices.
+#[test]
+fn the_flight_compression_is_one_of_three() {
+    let base = "flight_listen = \"127.0.0.1:0\"\ncache_dir = \"/c\"\n";
+    let parse_with = |extra: &str| {
+        parse_query_node(&format!("{extra}{base}[coordinator]\nconnect = \"zk1:2181\"\n"), Path::new("query.toml"), &env)
+    };
+    assert_eq!(parse_with("").unwrap().flight_compression, sluice_config::FlightCompression::None);
+    assert_eq!(parse_with("flight_compression = \"zstd\"\n").unwrap().flight_compression.as_str(), "zstd");
+    let error = parse_with("flight_compression = \"brotli\"\n").unwrap_err().to_string();
+    assert!(error.contains("flight_compression") && error.contains("lz4"), "{error}");
+}
+
 /// A table's own replication is checked like the query nodes'.
 #[test]
 fn a_tables_replication_is_checked() {
