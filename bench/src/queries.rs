@@ -1,7 +1,7 @@
 //! The benchmark queries over the clickstream table, and how their timings
 //! are summed up, shared by the query and cluster benchmarks.
 
-pub const QUERIES: [(&str, &str, Kind); 7] = [
+pub const QUERIES: [(&str, &str, Kind); 10] = [
     ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
     (
         "in_list",
@@ -21,7 +21,36 @@ pub const QUERIES: [(&str, &str, Kind); 7] = [
         Kind::Scan,
     ),
     ("count_distinct", "SELECT COUNT(DISTINCT user_id) FROM clicks", Kind::Scan),
+    // What a real-time dashboard sends all day: a per-minute series of one
+    // country over the last two hours, ...
+    (
+        "minute_series",
+        "SELECT date_trunc('minute', ts) AS m, COUNT(*) AS hits, AVG(latency_ms) AS latency FROM clicks \
+         WHERE country = 'US' AND ts >= '2025-11-24T16:00:00Z' AND ts < '2025-11-24T18:00:00Z' GROUP BY 1 ORDER BY 1",
+        Kind::Filter,
+    ),
+    // ... the top pages of an error on one device, ...
+    (
+        "filtered_top_n",
+        "SELECT url, COUNT(*) AS hits FROM clicks WHERE status = 500 AND device = 'mobile' \
+         GROUP BY url ORDER BY hits DESC, url LIMIT 10",
+        Kind::Filter,
+    ),
+    // ... and a latency percentile per country over everything.
+    (
+        "p95_by_country",
+        "SELECT country, approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95 FROM clicks \
+         GROUP BY country",
+        Kind::Scan,
+    ),
 ];
+
+/// DuckDB's spelling of the queries it writes differently (the result is
+/// the same question; only row counts are compared).
+pub const DUCKDB_DIALECT: [(&str, &str); 1] = [(
+    "p95_by_country",
+    "SELECT country, approx_quantile(latency_ms, 0.95) AS p95 FROM clicks GROUP BY country",
+)];
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Kind {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::*;
-use queries::{Kind, QUERIES, median};
+use queries::{DUCKDB_DIALECT, Kind, QUERIES, median};
 use sluice_config::{ByteSize, QueryLimits};
 use sluice_query::{QueryEngine, SegmentTable};
 use sluice_segments::Segment;
@@ -45,9 +45,10 @@ fn main() -> anyhow::Result<()> {
     let bytes: usize = served.iter().map(|s| s.size_bytes()).sum();
 
     eprintln!("DuckDB baseline...");
-    let queries: BTreeMap<&str, &str> = QUERIES.iter().map(|(n, q, _)| (*n, *q)).collect();
+    let mut duck_sql: BTreeMap<&str, &str> = QUERIES.iter().map(|(n, q, _)| (*n, *q)).collect();
+    duck_sql.extend(DUCKDB_DIALECT);
     let queries_path = dir.path().join("queries.json");
-    std::fs::write(&queries_path, serde_json::to_vec(&queries)?)?;
+    std::fs::write(&queries_path, serde_json::to_vec(&duck_sql)?)?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/duckdb_bench.py");
     let output = std::process::Command::new("python3")
         .arg(script)

@@ -6,7 +6,10 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray, StringViewArray, UInt32Array,
+};
+use arrow::error::ArrowError;
 use arrow::buffer::Buffer;
 use arrow::compute::{SortColumn, SortOptions, cast, lexsort_to_indices, sort_to_indices, take};
 use arrow::datatypes::{
@@ -451,6 +454,11 @@ pub struct Segment {
     index_range: std::ops::Range<usize>,
     indexes: Vec<IndexEntry>,
     logical_schema: SchemaRef,
+    /// Per column: a dictionary's values as `Utf8View`, built on first use.
+    /// A batch of the column served as views is then a gather of these
+    /// 16-byte views by key, where a cast would build every row's view
+    /// again from its string bytes.
+    value_views: Box<[std::sync::OnceLock<Option<StringViewArray>>]>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -530,7 +538,17 @@ impl Segment {
             return Err(SegmentError::corrupt(file, Section::Data, "row or column count disagrees with the metadata"));
         }
         let logical_schema = meta.schema.arrow_schema();
-        Ok(Segment { file: file.to_string(), bytes, meta, batch, index_range: layout.index, indexes, logical_schema })
+        let value_views = (0..batch.num_columns()).map(|_| std::sync::OnceLock::new()).collect();
+        Ok(Segment {
+            file: file.to_string(),
+            bytes,
+            meta,
+            batch,
+            index_range: layout.index,
+            indexes,
+            logical_schema,
+            value_views,
+        })
     }
 
     pub fn meta(&self) -> &SegmentMeta {
@@ -581,7 +599,33 @@ impl Segment {
         projection: &[&str],
         types: &[DataType],
     ) -> Result<Vec<ArrayRef>, SegmentError> {
-        Ok(take_columns(&self.logical_schema, self.batch.columns(), rows, projection, Some(types))?.1)
+        let convert = |column: usize, array: &ArrayRef, target: &DataType| -> Result<ArrayRef, ArrowError> {
+            let keys = array.as_dictionary_opt::<Int32Type>().map(|d| d.keys());
+            let views = match (keys, target) {
+                (Some(_), DataType::Utf8View) => self.value_views(column),
+                _ => None,
+            };
+            match (keys, views) {
+                (Some(keys), Some(views)) => Ok(gather_views(keys, views)),
+                _ => cast(array, target),
+            }
+        };
+        Ok(take_columns(&self.logical_schema, self.batch.columns(), rows, projection, Some((types, &convert)))?.1)
+    }
+
+    /// The values of dictionary column `column` as views, when they are
+    /// strings without nulls (the dictionaries sealing writes).
+    fn value_views(&self, column: usize) -> Option<&StringViewArray> {
+        let cell = self.value_views.get(column)?;
+        cell.get_or_init(|| {
+            let dictionary = self.batch.column(column).as_dictionary_opt::<Int32Type>()?;
+            let values = dictionary.values();
+            if values.null_count() > 0 || !matches!(values.data_type(), DataType::Utf8) {
+                return None;
+            }
+            cast(values, &DataType::Utf8View).ok().map(|v| v.as_string_view().clone())
+        })
+        .as_ref()
     }
 
     /// Every row, in logical types.
@@ -665,12 +709,28 @@ pub(crate) fn take_rows(
 
 /// Selected rows of projected columns, each cast to its type in `types`
 /// (the logical type when `types` is None).
+/// How a column's selected rows become the type asked for: (column index,
+/// the rows in their stored type, the type asked for).
+pub(crate) type Convert<'a> = dyn Fn(usize, &ArrayRef, &DataType) -> Result<ArrayRef, ArrowError> + 'a;
+
+/// The views of `values` at `keys`. A null key (or one out of range, which
+/// a dictionary may hold under a null) gets the empty view.
+fn gather_views(keys: &Int32Array, values: &StringViewArray) -> ArrayRef {
+    let all = values.views();
+    let views: arrow::buffer::ScalarBuffer<u128> =
+        keys.values().iter().map(|&k| all.get(k as usize).copied().unwrap_or(0)).collect();
+    // SAFETY: every view is one of `values`' own views (valid over its data
+    // buffers, which go along) or 0, the inline empty string; the null
+    // buffer has the keys' length.
+    Arc::new(unsafe { StringViewArray::new_unchecked(views, values.data_buffers().to_vec(), keys.nulls().cloned()) })
+}
+
 pub(crate) fn take_columns(
     logical: &SchemaRef,
     arrays: &[ArrayRef],
     rows: &RoaringBitmap,
     projection: &[&str],
-    types: Option<&[DataType]>,
+    types: Option<(&[DataType], &Convert<'_>)>,
 ) -> Result<(Vec<arrow::datatypes::FieldRef>, Vec<ArrayRef>), SegmentError> {
     // A contiguous run of rows (a whole segment, a sorted-column range) is a
     // zero-copy slice; anything else is gathered.
@@ -690,9 +750,12 @@ pub(crate) fn take_columns(
             (None, Some((offset, len))) => arrays[i].slice(offset, len),
             (None, None) => arrays[i].slice(0, 0),
         };
-        let target = types.and_then(|t| t.get(n)).unwrap_or(field.data_type());
+        let target = types.and_then(|(t, _)| t.get(n)).unwrap_or(field.data_type());
         if column.data_type() != target {
-            column = cast(&column, target)?;
+            column = match types {
+                Some((_, convert)) => convert(i, &column, target)?,
+                None => cast(&column, target)?,
+            };
         }
         fields.push(Arc::new(field.as_ref().clone().with_data_type(target.clone())));
         columns.push(column);

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{DataType, Int64Type};
 use proptest::prelude::*;
 use sluice_config::{ColumnType, TimeUnit};
 use sluice_segments::types::{f32_order_bits, f64_order_bits};
@@ -308,6 +308,20 @@ proptest! {
             let rows = sealed.evaluate(predicate).unwrap();
             let sealed_offsets = offsets_of(&sealed.materialize(&rows, &[OFFSET_COLUMN]).unwrap());
             prop_assert_eq!(&sealed_offsets, &expected, "sealed segment, {:?}", predicate);
+            // Strings as the query engine reads them (views, gathered from a
+            // dictionary's when the column has one): the same values.
+            let all_schema = all.schema();
+            let names: Vec<&str> = all_schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let plain = sealed.materialize(&rows, &names).unwrap();
+            let types: Vec<DataType> = plain.schema().fields().iter().map(|f| match f.data_type() {
+                DataType::Utf8 => DataType::Utf8View,
+                other => other.clone(),
+            }).collect();
+            let viewed = sealed.materialize_as(&rows, &names, &types).unwrap();
+            for (c, column) in viewed.iter().enumerate() {
+                let expected = arrow::compute::cast(plain.column(c), &types[c]).unwrap();
+                prop_assert_eq!(column.as_ref(), expected.as_ref(), "column {} as {}", names[c], types[c]);
+            }
             if !expected.is_empty() {
                 prop_assert!(consuming.can_match(predicate), "consuming pruned a match: {:?}", predicate);
                 prop_assert!(sealed.can_match(predicate), "sealed pruned a match: {:?}", predicate);
