@@ -41,8 +41,10 @@ const TOKEN: &str = "cluster-bench-secret-0123456789";
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let only: Vec<String> = if args.len() > 3 { args.split_off(3)[0].split(',').map(String::from).collect() } else { vec![] };
-    let queries: Vec<_> = QUERIES.iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| o == name)).collect();
+    let only: Vec<String> =
+        if args.len() > 3 { args.split_off(3)[0].split(',').map(String::from).collect() } else { vec![] };
+    let queries: Vec<_> =
+        QUERIES.iter().filter(|(name, ..)| only.is_empty() || only.iter().any(|o| o == name)).collect();
     if queries.is_empty() {
         bail!("no benchmark query is named {only:?}");
     }

@@ -45,13 +45,6 @@ pub const QUERIES: [(&str, &str, Kind); 10] = [
     ),
 ];
 
-/// DuckDB's spelling of the queries it writes differently (the result is
-/// the same question; only row counts are compared).
-pub const DUCKDB_DIALECT: [(&str, &str); 1] = [(
-    "p95_by_country",
-    "SELECT country, approx_quantile(latency_ms, 0.95) AS p95 FROM clicks GROUP BY country",
-)];
-
 #[derive(Clone, Copy, PartialEq)]
 pub enum Kind {
     /// Selective: answered from indexes.

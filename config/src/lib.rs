@@ -28,8 +28,9 @@ use serde::de::DeserializeOwned;
 pub use error::{ConfigError, Problem, Problems};
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
-    CoordinatorConfig, CoordinatorEndpoint, FlightCompression, FlightToken, HttpAuth, HttpConfig, HttpUser, ObjectStoreConfig,
-    PipelineSources, QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig, ZooKeeperTlsConfig,
+    CoordinatorConfig, CoordinatorEndpoint, FlightCompression, FlightToken, HttpAuth, HttpConfig, HttpUser,
+    ObjectStoreConfig, PipelineSources, QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig,
+    ZooKeeperTlsConfig,
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,

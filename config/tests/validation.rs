@@ -498,7 +498,11 @@ fn the_cluster_token_is_checked() {
 fn the_flight_compression_is_one_of_three() {
     let base = "flight_listen = \"127.0.0.1:0\"\ncache_dir = \"/c\"\n";
     let parse_with = |extra: &str| {
-        parse_query_node(&format!("{extra}{base}[coordinator]\nconnect = \"zk1:2181\"\n"), Path::new("query.toml"), &env)
+        parse_query_node(
+            &format!("{extra}{base}[coordinator]\nconnect = \"zk1:2181\"\n"),
+            Path::new("query.toml"),
+            &env,
+        )
     };
     assert_eq!(parse_with("").unwrap().flight_compression, sluice_config::FlightCompression::None);
     assert_eq!(parse_with("flight_compression = \"zstd\"\n").unwrap().flight_compression.as_str(), "zstd");

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray, StringViewArray, UInt32Array,
 };
-use arrow::error::ArrowError;
 use arrow::buffer::Buffer;
 use arrow::compute::{SortColumn, SortOptions, cast, lexsort_to_indices, sort_to_indices, take};
 use arrow::datatypes::{
     DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit as ArrowTimeUnit,
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
+use arrow::error::ArrowError;
 use arrow::ipc::reader::FileDecoder;
 use arrow::ipc::writer::FileWriter;
 use arrow::ipc::{convert::fb_to_schema, reader::read_footer_length, root_as_footer};
