@@ -243,7 +243,13 @@ impl QueryEngine {
             .with_memory_limit(limits.memory.as_u64() as usize, 1.0)
             .build_arc()
             .map_err(|e| QueryError::Internal { message: e.to_string() })?;
-        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_physical_optimizer_rule(Arc::new(crate::dictionary_group::GroupByDictionary))
+            .build();
+        let mut ctx = SessionContext::new_with_state(state);
         crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -559,9 +559,9 @@ pub(crate) fn truncate(parts: &mut Vec<Part>, limit: u64) {
 /// segments of about equal row count.
 pub struct SegmentScanExec {
     table: String,
-    schema: SchemaRef,
-    reader: Reader,
-    partitions: Vec<Vec<Part>>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) reader: Reader,
+    pub(crate) partitions: Vec<Vec<Part>>,
     predicate: Option<Predicate>,
     exact: bool,
     properties: Arc<PlanProperties>,
@@ -743,7 +743,7 @@ pub(crate) fn read_parts(
 }
 
 /// `rows` split into bitmaps of at most `size` rows, in order.
-fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
+pub(crate) fn chunks(rows: &RoaringBitmap, size: u32) -> Vec<RoaringBitmap> {
     let total = rows.len();
     if total <= u64::from(size) {
         return vec![rows.clone()];

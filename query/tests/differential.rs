@@ -341,3 +341,37 @@ async fn fast_path_limits_and_counters() {
     assert_eq!(err.status(), 413, "{err}");
     assert!(small.query("SELECT * FROM clicks WHERE country = 'FR' LIMIT 10").await.is_ok());
 }
+
+/// A partial aggregation grouped by one string column of the segments runs
+/// on dictionary ids, and its answers are the reference's: low and high
+/// cardinality, NULL groups, exact filters, every aggregate kind it takes,
+/// and over the tail too (`corpus_over_the_tail_matches_plain_datafusion`).
+/// What it does not take stays DataFusion's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
+    let f = fixture();
+    for sql in [
+        "SELECT country, COUNT(*), SUM(bytes), AVG(latency_ms), MIN(ts), MAX(status) FROM clicks GROUP BY country",
+        "SELECT device, COUNT(latency_ms) FROM clicks WHERE status = 404 GROUP BY device",
+        "SELECT url, COUNT(*) AS c FROM clicks GROUP BY url ORDER BY c DESC, url LIMIT 5",
+        "SELECT country, MIN(url), MAX(device) FROM clicks WHERE country IS NULL OR country = 'FR' GROUP BY country",
+    ] {
+        let plan = plan(&f, sql).await;
+        assert!(plan.contains("DictionaryGroupBy"), "{sql}\n{plan}");
+        let keep_order = sql.contains("ORDER BY");
+        assert_eq!(
+            normalize(&f.engine.context().sql(sql).await.unwrap().collect().await.unwrap(), keep_order),
+            normalize(&f.reference.sql(sql).await.unwrap().collect().await.unwrap(), keep_order),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "SELECT country, COUNT(DISTINCT device) FROM clicks GROUP BY country",
+        "SELECT country, device, COUNT(*) FROM clicks GROUP BY country, device",
+        "SELECT status, COUNT(*) FROM clicks GROUP BY status",
+        "SELECT country, COUNT(*) FROM clicks WHERE length(url) > 15 GROUP BY country",
+    ] {
+        let plan = plan(&f, sql).await;
+        assert!(!plan.contains("DictionaryGroupBy"), "{sql}\n{plan}");
+    }
+}

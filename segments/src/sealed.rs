@@ -613,6 +613,29 @@ impl Segment {
         Ok(take_columns(&self.logical_schema, self.batch.columns(), rows, projection, Some((types, &convert)))?.1)
     }
 
+    /// The selected rows of a dictionary-encoded string column as keys into
+    /// its values (`None` for a column stored otherwise): what grouping by
+    /// dictionary ids reads instead of the strings.
+    pub fn dictionary_keys(&self, column: &str, rows: &RoaringBitmap) -> Option<(Int32Array, &StringArray)> {
+        let (i, _) = self.logical_schema.column_with_name(column)?;
+        let dictionary = self.batch.column(i).as_dictionary_opt::<Int32Type>()?;
+        let values = dictionary.values().as_string_opt::<i32>()?;
+        let keys = dictionary.keys();
+        let run = match (rows.min(), rows.max()) {
+            (Some(lo), Some(hi)) if u64::from(hi - lo) + 1 == rows.len() => Some((lo as usize, rows.len() as usize)),
+            _ => None,
+        };
+        let selected = match run {
+            Some((offset, len)) => keys.slice(offset, len),
+            None if rows.is_empty() => keys.slice(0, 0),
+            None => {
+                let indices = UInt32Array::from_iter_values(rows.iter());
+                take(keys, &indices, None).ok()?.as_primitive::<Int32Type>().clone()
+            }
+        };
+        Some((selected, values))
+    }
+
     /// The values of dictionary column `column` as views, when they are
     /// strings without nulls (the dictionaries sealing writes).
     fn value_views(&self, column: usize) -> Option<&StringViewArray> {
