@@ -695,12 +695,14 @@ impl ExecutionPlan for SegmentScanExec {
 }
 
 /// Exact statistics of column `field` over whole segments: NULL counts for
-/// every column, min and max for integer and timestamp columns (whose order
-/// is DataFusion's; floats and strings are left to a scan).
+/// every column; min and max for integer, timestamp and string columns
+/// (strings in byte order, which is both the segments' and DataFusion's, and
+/// stored whole). Floats are left to a scan: NaN and -0.0 order differently.
 fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
     let mut out = ColumnStatistics::new_unknown();
     let mut nulls = 0u64;
     let (mut min, mut max): (Option<i64>, Option<i64>) = (None, None);
+    let (mut min_str, mut max_str): (Option<&str>, Option<&str>) = (None, None);
     for part in parts {
         let Some(stats) = part.segment.meta().column_stats(field.name()) else { return out };
         nulls += stats.null_count;
@@ -713,6 +715,10 @@ fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
             min = Some(min.map_or(lo, |m| m.min(lo)));
             max = Some(max.map_or(hi, |m| m.max(hi)));
         }
+        if let (Some(Scalar::Utf8(lo)), Some(Scalar::Utf8(hi))) = (&stats.min, &stats.max) {
+            min_str = Some(min_str.map_or(lo.as_str(), |m| m.min(lo.as_str())));
+            max_str = Some(max_str.map_or(hi.as_str(), |m| m.max(hi.as_str())));
+        }
     }
     out.null_count = Precision::Exact(nulls as usize);
     let typed = |v: i64| match field.data_type() {
@@ -721,7 +727,14 @@ fn column_statistics(field: &Field, parts: &[&Part]) -> ColumnStatistics {
         t @ DataType::Timestamp(..) => ScalarValue::Int64(Some(v)).cast_to(t).ok(),
         _ => None,
     };
-    if let (Some(lo), Some(hi)) = (min.and_then(typed), max.and_then(typed)) {
+    let (lo, hi) = match field.data_type() {
+        DataType::Utf8View => (
+            min_str.map(|v| ScalarValue::Utf8View(Some(v.to_string()))),
+            max_str.map(|v| ScalarValue::Utf8View(Some(v.to_string()))),
+        ),
+        _ => (min.and_then(typed), max.and_then(typed)),
+    };
+    if let (Some(lo), Some(hi)) = (lo, hi) {
         out.min_value = Precision::Exact(lo);
         out.max_value = Precision::Exact(hi);
     }

@@ -210,6 +210,11 @@ async fn count_star_is_answered_from_statistics() {
     for sql in ["SELECT COUNT(*) FROM clicks", "SELECT COUNT(*) FROM clicks WHERE country = 'FR' AND status = 200"] {
         let plan = plan(&f, sql).await;
         assert!(!plan.contains("SegmentScanExec") && !plan.contains("AggregateExec"), "{sql}\n{plan}");
+        assert_eq!(
+            normalize(&f.engine.context().sql(sql).await.unwrap().collect().await.unwrap(), true),
+            normalize(&f.reference.sql(sql).await.unwrap().collect().await.unwrap(), true),
+            "{sql}"
+        );
     }
     let response = f.engine.query("SELECT COUNT(*) FROM clicks").await.unwrap();
     let total: usize = SEGMENT_ROWS.iter().sum();
@@ -225,15 +230,17 @@ async fn min_max_and_column_counts_are_answered_from_statistics() {
     for sql in [
         "SELECT MIN(ts), MAX(ts) FROM clicks",
         "SELECT MAX(status), MIN(latency_ms), MAX(bytes), COUNT(latency_ms) FROM clicks",
+        "SELECT MIN(user_id), MAX(url), MIN(country), MAX(device) FROM clicks",
     ] {
         let plan = plan(&f, sql).await;
         assert!(!plan.contains("SegmentScanExec") && !plan.contains("AggregateExec"), "{sql}\n{plan}");
+        assert_eq!(
+            normalize(&f.engine.context().sql(sql).await.unwrap().collect().await.unwrap(), true),
+            normalize(&f.reference.sql(sql).await.unwrap().collect().await.unwrap(), true),
+            "{sql}"
+        );
     }
-    for sql in [
-        "SELECT MAX(score) FROM clicks",
-        "SELECT MAX(user_id) FROM clicks",
-        "SELECT MAX(ts) FROM clicks WHERE latency_ms > 5",
-    ] {
+    for sql in ["SELECT MAX(score) FROM clicks", "SELECT MAX(ts) FROM clicks WHERE latency_ms > 5"] {
         let plan = plan(&f, sql).await;
         assert!(plan.contains("SegmentScanExec"), "{sql}\n{plan}");
     }
