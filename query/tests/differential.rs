@@ -362,6 +362,8 @@ async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
         "SELECT device, COUNT(latency_ms) FROM clicks WHERE status = 404 GROUP BY device",
         "SELECT url, COUNT(*) AS c FROM clicks GROUP BY url ORDER BY c DESC, url LIMIT 5",
         "SELECT country, MIN(url), MAX(device) FROM clicks WHERE country IS NULL OR country = 'FR' GROUP BY country",
+        // COUNT(DISTINCT) groups by the column first.
+        "SELECT COUNT(DISTINCT url) FROM clicks WHERE status = 500",
     ] {
         let plan = plan(&f, sql).await;
         assert!(plan.contains("DictionaryGroupBy"), "{sql}\n{plan}");
