@@ -620,19 +620,8 @@ impl Segment {
         let (i, _) = self.logical_schema.column_with_name(column)?;
         let dictionary = self.batch.column(i).as_dictionary_opt::<Int32Type>()?;
         let values = dictionary.values().as_string_opt::<i32>()?;
-        let keys = dictionary.keys();
-        let run = match (rows.min(), rows.max()) {
-            (Some(lo), Some(hi)) if u64::from(hi - lo) + 1 == rows.len() => Some((lo as usize, rows.len() as usize)),
-            _ => None,
-        };
-        let selected = match run {
-            Some((offset, len)) => keys.slice(offset, len),
-            None if rows.is_empty() => keys.slice(0, 0),
-            None => {
-                let indices = UInt32Array::from_iter_values(rows.iter());
-                take(keys, &indices, None).ok()?.as_primitive::<Int32Type>().clone()
-            }
-        };
+        let selected = Selection::of(rows).apply(dictionary.keys()).ok()?;
+        let selected = selected.as_primitive_opt::<Int32Type>()?.clone();
         Some((selected, values))
     }
 
@@ -730,8 +719,6 @@ pub(crate) fn take_rows(
     Ok(RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?)
 }
 
-/// Selected rows of projected columns, each cast to its type in `types`
-/// (the logical type when `types` is None).
 /// How a column's selected rows become the type asked for: (column index,
 /// the rows in their stored type, the type asked for).
 pub(crate) type Convert<'a> = dyn Fn(usize, &ArrayRef, &DataType) -> Result<ArrayRef, ArrowError> + 'a;
@@ -748,6 +735,34 @@ fn gather_views(keys: &Int32Array, values: &StringViewArray) -> ArrayRef {
     Arc::new(unsafe { StringViewArray::new_unchecked(views, values.data_buffers().to_vec(), keys.nulls().cloned()) })
 }
 
+/// Which rows of a column to read. A contiguous run of rows (a whole
+/// segment, a sorted-column range) is a zero-copy slice; anything else is
+/// gathered.
+enum Selection {
+    Run { offset: usize, len: usize },
+    Gather(UInt32Array),
+}
+
+impl Selection {
+    fn of(rows: &RoaringBitmap) -> Self {
+        match (rows.min(), rows.max()) {
+            (Some(lo), Some(hi)) if u64::from(hi - lo) + 1 == rows.len() => {
+                Selection::Run { offset: lo as usize, len: rows.len() as usize }
+            }
+            _ => Selection::Gather(UInt32Array::from_iter_values(rows.iter())),
+        }
+    }
+
+    fn apply(&self, array: &dyn Array) -> Result<ArrayRef, ArrowError> {
+        match self {
+            Selection::Run { offset, len } => Ok(array.slice(*offset, *len)),
+            Selection::Gather(indices) => take(array, indices, None),
+        }
+    }
+}
+
+/// Selected rows of projected columns, each cast to its type in `types`
+/// (the logical type when `types` is None).
 pub(crate) fn take_columns(
     logical: &SchemaRef,
     arrays: &[ArrayRef],
@@ -755,24 +770,14 @@ pub(crate) fn take_columns(
     projection: &[&str],
     types: Option<(&[DataType], &Convert<'_>)>,
 ) -> Result<(Vec<arrow::datatypes::FieldRef>, Vec<ArrayRef>), SegmentError> {
-    // A contiguous run of rows (a whole segment, a sorted-column range) is a
-    // zero-copy slice; anything else is gathered.
-    let run = match (rows.min(), rows.max()) {
-        (Some(lo), Some(hi)) if u64::from(hi - lo) + 1 == rows.len() => Some((lo as usize, rows.len() as usize)),
-        _ => None,
-    };
-    let indices = if run.is_none() { Some(UInt32Array::from_iter_values(rows.iter())) } else { None };
+    let selection = Selection::of(rows);
     let mut fields = Vec::with_capacity(projection.len());
     let mut columns = Vec::with_capacity(projection.len());
     for (n, name) in projection.iter().enumerate() {
         let (i, field) = logical
             .column_with_name(name)
             .ok_or_else(|| SegmentError::Predicate(format!("unknown column `{name}`")))?;
-        let mut column = match (&indices, run) {
-            (Some(indices), _) => take(arrays[i].as_ref(), indices, None)?,
-            (None, Some((offset, len))) => arrays[i].slice(offset, len),
-            (None, None) => arrays[i].slice(0, 0),
-        };
+        let mut column = selection.apply(arrays[i].as_ref())?;
         let target = types.and_then(|(t, _)| t.get(n)).unwrap_or(field.data_type());
         if column.data_type() != target {
             column = match types {
