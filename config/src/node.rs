@@ -532,17 +532,6 @@ pub enum FlightCompression {
     Zstd,
 }
 
-impl FlightCompression {
-    /// The name DataFusion Distributed's `compression` setting takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlightCompression::None => "none",
-            FlightCompression::Lz4 => "lz4",
-            FlightCompression::Zstd => "zstd",
-        }
-    }
-}
-
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -505,7 +505,10 @@ fn the_flight_compression_is_one_of_three() {
         )
     };
     assert_eq!(parse_with("").unwrap().flight_compression, sluice_config::FlightCompression::None);
-    assert_eq!(parse_with("flight_compression = \"zstd\"\n").unwrap().flight_compression.as_str(), "zstd");
+    assert_eq!(
+        parse_with("flight_compression = \"zstd\"\n").unwrap().flight_compression,
+        sluice_config::FlightCompression::Zstd
+    );
     let error = parse_with("flight_compression = \"brotli\"\n").unwrap_err().to_string();
     assert!(error.contains("flight_compression") && error.contains("lz4"), "{error}");
 }

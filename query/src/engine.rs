@@ -307,9 +307,14 @@ impl QueryEngine {
         // to send its metrics back: a round trip more per query, for
         // figures nothing here reads (answers count their own scans).
         // Both settings travel to the workers with each task (as headers).
+        let compression = match compression {
+            sluice_config::FlightCompression::None => None,
+            sluice_config::FlightCompression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+            sluice_config::FlightCompression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+        };
         let tuned = distributed
             .set_distributed_metrics_collection(false)
-            .and_then(|()| distributed.config_mut().options_mut().set("distributed.compression", compression.as_str()));
+            .and_then(|()| distributed.set_distributed_compression(compression));
         if let Err(e) = tuned {
             tracing::warn!(error = %e, "could not tune the distributed session");
         }
