@@ -19,6 +19,7 @@ mod error;
 pub mod interpolate;
 pub mod node;
 pub mod pipeline;
+pub mod star_tree;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,
     PipelineConfig, Schema, StartPosition, TimeUnit, TimestampFormat,
 };
+pub use star_tree::{MetricFunction, MetricSpec, StarTreeConfig};
 pub use units::{ByteSize, HostPort};
 
 /// The three kinds of config file.

@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::Problems;
+use crate::star_tree::StarTreeConfig;
 use crate::units::{self, ByteSize, parse_host_ports};
 
 /// A pipeline: where records come from, how they are decoded and indexed, when
@@ -261,6 +262,9 @@ pub struct Indexes {
     /// Per-segment bloom filter, for pruning equality predicates.
     #[serde(default)]
     pub bloom: Vec<String>,
+    /// Pre-aggregations built at seal (see [`crate::star_tree`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub star_tree: Vec<StarTreeConfig>,
 }
 
 impl Indexes {
@@ -497,6 +501,9 @@ impl PipelineConfig {
                 format!("{} columns {:?}", self.indexes.sorted.len(), self.indexes.sorted),
                 "at most one sorted column: rows can be sorted by one column only",
             );
+        }
+        for (i, tree) in self.indexes.star_tree.iter().enumerate() {
+            tree.validate(&format!("indexes.star_tree[{i}]"), &self.schema, p);
         }
     }
 

@@ -62,6 +62,7 @@ fn filter_segment() -> Segment {
         inverted: vec![1, 4],
         range: vec![],
         bloom: vec![],
+        star_trees: vec![],
     });
     let mut segment = ConsumingSegment::new(schema, 0, 0);
     let mut rng = common::Rng(42);

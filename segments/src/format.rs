@@ -22,7 +22,10 @@ use crate::error::{Section, SegmentError};
 use crate::index::Reader;
 
 pub const MAGIC: &[u8; 8] = b"SLUICESG";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added star-tree index entries; version 1 files read as ever.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 64;
 pub(crate) const FOOTER_LEN: usize = 4 * 20 + 4 + 4 + 8;
 
@@ -85,7 +88,7 @@ pub(crate) fn verify(file: &str, bytes: &[u8], check_bulk: bool) -> Result<Layou
         return Err(corrupt(Section::Footer, "checksum mismatch".into()));
     }
     let version = footer.u32(FOOTER_LEN - 16).map_err(|e| corrupt(Section::Footer, e))?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(SegmentError::UnsupportedVersion {
             file: file.to_string(),
             found: version,
@@ -117,7 +120,7 @@ pub(crate) fn verify(file: &str, bytes: &[u8], check_bulk: bool) -> Result<Layou
         return Err(corrupt(Section::Header, "wrong magic: not a sluice segment file".into()));
     }
     let header_version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if header_version != FORMAT_VERSION {
+    if header_version != version {
         return Err(SegmentError::UnsupportedVersion {
             file: file.to_string(),
             found: header_version,

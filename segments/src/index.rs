@@ -28,6 +28,9 @@ pub enum IndexKind {
     Bloom,
     /// Rows are sorted by the column (NULLs first); no payload.
     Sorted,
+    /// A star-tree (see `star_tree.rs`); its entry's column is the tree's
+    /// position among the schema's trees. Format version 2 on.
+    StarTree,
 }
 
 impl IndexKind {
@@ -37,6 +40,7 @@ impl IndexKind {
             IndexKind::Range => 2,
             IndexKind::Bloom => 3,
             IndexKind::Sorted => 4,
+            IndexKind::StarTree => 5,
         }
     }
 
@@ -46,6 +50,7 @@ impl IndexKind {
             2 => IndexKind::Range,
             3 => IndexKind::Bloom,
             4 => IndexKind::Sorted,
+            5 => IndexKind::StarTree,
             _ => return None,
         })
     }
@@ -92,11 +97,11 @@ pub(crate) struct IndexEntry {
     pub payload: Range<usize>,
 }
 
-pub(crate) fn parse_directory(section: &[u8], columns: usize) -> Result<Vec<IndexEntry>, Corrupt> {
+pub(crate) fn parse_directory(section: &[u8], columns: usize, trees: usize) -> Result<Vec<IndexEntry>, Corrupt> {
     let r = Reader::new(section);
     let count = r.u32(0)? as usize;
-    if count > 4 * columns {
-        return Err(format!("{count} index entries for {columns} columns"));
+    if count > 4 * columns + trees {
+        return Err(format!("{count} index entries for {columns} columns and {trees} star-trees"));
     }
     (0..count)
         .map(|i| {
@@ -104,7 +109,10 @@ pub(crate) fn parse_directory(section: &[u8], columns: usize) -> Result<Vec<Inde
             let kind = IndexKind::from_code(r.u8(at)?)
                 .ok_or_else(|| format!("unknown index kind {}", r.u8(at).unwrap_or(0)))?;
             let column = r.u32(at + 4)? as usize;
-            if column >= columns {
+            if kind == IndexKind::StarTree && column >= trees {
+                return Err(format!("star-tree {column} of {trees}"));
+            }
+            if kind != IndexKind::StarTree && column >= columns {
                 return Err(format!("index on column {column} of {columns}"));
             }
             let offset = r.usize64(at + 8)?;

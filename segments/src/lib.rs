@@ -29,6 +29,8 @@ mod predicate;
 mod reseal;
 mod schema;
 mod sealed;
+mod star_tree;
+mod star_tree_build;
 mod stats;
 pub mod types;
 
@@ -40,5 +42,6 @@ pub use predicate::{CmpOp, Predicate};
 pub use reseal::reseal;
 pub use schema::{ColumnSpec, SegmentSchema};
 pub use sealed::{ColumnMeta, Encoding, IndexMeta, Segment, SegmentImage, SegmentMeta, seal};
+pub use star_tree::{StarMetric, StarTree, StarTreeSpec};
 pub use stats::ColumnStats;
 pub use types::{Datum, Key, OFFSET_COLUMN, Scalar};

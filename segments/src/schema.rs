@@ -4,6 +4,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use sluice_config::{ColumnType, PipelineConfig, TimeUnit};
 
+use crate::star_tree::{StarMetric, StarTreeSpec};
+
 use crate::types::{OFFSET_COLUMN, logical_arrow_type};
 
 /// One column as a segment sees it.
@@ -33,6 +35,9 @@ pub struct SegmentSchema {
     pub inverted: Vec<usize>,
     pub range: Vec<usize>,
     pub bloom: Vec<usize>,
+    /// Pre-aggregations built at seal; absent in files written before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub star_trees: Vec<StarTreeSpec>,
 }
 
 impl SegmentSchema {
@@ -59,6 +64,20 @@ impl SegmentSchema {
             inverted: positions(&config.indexes.inverted),
             range: positions(&config.indexes.range),
             bloom: positions(&config.indexes.bloom),
+            star_trees: config
+                .indexes
+                .star_tree
+                .iter()
+                .map(|tree| StarTreeSpec {
+                    dimensions: positions(&tree.dimensions),
+                    metrics: tree
+                        .parsed_metrics()
+                        .into_iter()
+                        .map(|m| StarMetric { function: m.function, column: m.column.as_ref().and_then(position) })
+                        .collect(),
+                    max_leaf_records: tree.max_leaf_records,
+                })
+                .collect(),
             columns,
         }
     }

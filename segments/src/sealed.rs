@@ -29,6 +29,7 @@ use crate::format::{self, FORMAT_VERSION};
 use crate::index::{self, IndexEntry, IndexKind, Inverted, SectionWriter};
 use crate::predicate::{self, Columns, Predicate, StatsSource};
 use crate::schema::SegmentSchema;
+use crate::star_tree::StarTree;
 use crate::stats::ColumnStats;
 use crate::types::{Key, OFFSET_COLUMN, f32_order_bits, f64_order_bits};
 
@@ -222,6 +223,9 @@ pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Re
         if schema.bloom.contains(&i) {
             add(IndexKind::Bloom, Some(index::encode_bloom(keys.iter())));
         }
+    }
+    for (i, tree) in schema.star_trees.iter().enumerate() {
+        section.add(IndexKind::StarTree, i, crate::star_tree_build::build(tree, &schema, &arrays)?);
     }
     fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
     physical.push(arrays[arrays.len() - 1].clone());
@@ -459,6 +463,7 @@ pub struct Segment {
     /// 16-byte views by key, where a cast would build every row's view
     /// again from its string bytes.
     value_views: Box<[std::sync::OnceLock<Option<StringViewArray>>]>,
+    star_trees: Vec<StarTree>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -510,7 +515,7 @@ impl Segment {
         let layout = format::verify(file, bytes.as_slice(), check_bulk)?;
         let meta: SegmentMeta = serde_json::from_slice(&bytes.as_slice()[layout.metadata.clone()])
             .map_err(|e| SegmentError::corrupt(file, Section::Metadata, format!("malformed: {e}")))?;
-        if meta.format_version != FORMAT_VERSION {
+        if !(format::OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&meta.format_version) {
             return Err(SegmentError::UnsupportedVersion {
                 file: file.to_string(),
                 found: meta.format_version,
@@ -518,7 +523,10 @@ impl Segment {
             });
         }
         let columns = meta.schema.columns.len();
-        let indexes = index::parse_directory(&bytes.as_slice()[layout.index.clone()], columns)
+        let trees = meta.schema.star_trees.len();
+        let indexes = index::parse_directory(&bytes.as_slice()[layout.index.clone()], columns, trees)
+            .map_err(|e| SegmentError::corrupt(file, Section::Index, e))?;
+        let star_trees = Segment::read_star_trees(&bytes, &layout.index, &indexes, &meta.schema)
             .map_err(|e| SegmentError::corrupt(file, Section::Index, e))?;
         let data = bytes.slice_with_length(layout.data.start, layout.data.len());
         // Arrow's IPC decoder asserts on some malformed buffers (a panic,
@@ -548,7 +556,38 @@ impl Segment {
             indexes,
             logical_schema,
             value_views,
+            star_trees,
         })
+    }
+
+    /// The star-trees the schema names, each from its index entry.
+    fn read_star_trees(
+        bytes: &Buffer,
+        section: &std::ops::Range<usize>,
+        indexes: &[IndexEntry],
+        schema: &SegmentSchema,
+    ) -> Result<Vec<StarTree>, String> {
+        let columns = schema.columns.len();
+        (0..schema.star_trees.len())
+            .map(|i| {
+                let spec = &schema.star_trees[i];
+                let in_schema = spec.dimensions.iter().chain(spec.metrics.iter().filter_map(|m| m.column.as_ref()));
+                if spec.dimensions.is_empty() || in_schema.clone().any(|&c| c >= columns) {
+                    return Err(format!("star-tree {i} names columns the schema does not have"));
+                }
+                let entry = indexes
+                    .iter()
+                    .find(|e| e.kind == IndexKind::StarTree && e.column == i)
+                    .ok_or_else(|| format!("star-tree {i} is missing"))?;
+                let payload = bytes.slice_with_length(section.start + entry.payload.start, entry.payload.len());
+                StarTree::parse(payload, spec, schema)
+            })
+            .collect()
+    }
+
+    /// The segment's star-trees, in the order of its schema's.
+    pub fn star_trees(&self) -> &[StarTree] {
+        &self.star_trees
     }
 
     pub fn meta(&self) -> &SegmentMeta {
@@ -672,7 +711,7 @@ impl Segment {
 /// writer was ours: a file crafted with valid CRCs and broken offsets would
 /// make later reads go out of bounds. [`Segment::open`] validates, once per
 /// file on arrival; [`Segment::open_trusted`] skips it for files that passed.
-fn read_ipc(data: &Buffer, validate: bool) -> Result<RecordBatch, String> {
+pub(crate) fn read_ipc(data: &Buffer, validate: bool) -> Result<RecordBatch, String> {
     let bytes = data.as_slice();
     if bytes.len() < 10 {
         return Err("Arrow IPC data too short".into());

@@ -136,6 +136,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 inverted,
                 range,
                 bloom,
+                star_trees: vec![],
             };
             let row = columns.iter().map(cell_strategy).collect::<Vec<_>>();
             (Just(schema), prop::collection::vec(row, 0..120), prop::collection::vec(predicate_strategy(columns), 1..6))

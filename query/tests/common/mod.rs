@@ -74,6 +74,7 @@ pub fn clicks_schema() -> Arc<SegmentSchema> {
         inverted: vec![at("country"), at("device"), at("status")],
         range: vec![at("latency_ms")],
         bloom: vec![at("user_id")],
+        star_trees: vec![],
         columns,
     })
 }
@@ -206,6 +207,7 @@ pub fn users_schema() -> Arc<SegmentSchema> {
         inverted: vec![2],
         range: vec![],
         bloom: vec![1],
+        star_trees: vec![],
         columns: vec![
             col("signup", ColumnType::Timestamp, false),
             col("user_id", ColumnType::String, false),

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use sluice_config::{ColumnType, TimeUnit};
-use sluice_segments::{ColumnSpec, ConsumingSegment, Datum, SegmentSchema};
+use sluice_config::{ColumnType, MetricFunction, TimeUnit};
+use sluice_segments::{ColumnSpec, ConsumingSegment, Datum, SegmentSchema, StarMetric, StarTreeSpec};
 
 pub const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "IN", "JP", "NG", "AU"];
 pub const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
@@ -36,8 +36,33 @@ pub fn clickstream_schema(sorted: Option<&str>) -> Arc<SegmentSchema> {
         inverted: vec![position("country"), position("device"), position("status")],
         range: vec![position("latency_ms")],
         bloom: vec![position("user_id")],
+        star_trees: vec![],
         columns,
     })
+}
+
+/// The dimensions of [`star_tree_schema`]'s tree.
+pub const STAR_DIMENSIONS: [&str; 3] = ["country", "device", "status"];
+
+/// The clickstream schema, sorted by time, with one star-tree over
+/// [`STAR_DIMENSIONS`] holding every kind of metric.
+pub fn star_tree_schema(max_leaf_records: u32) -> Arc<SegmentSchema> {
+    let mut schema = (*clickstream_schema(Some("ts"))).clone();
+    let at = |name: &str| schema.column_index(name).unwrap();
+    let metric = |function, column: Option<&str>| StarMetric { function, column: column.map(at) };
+    schema.star_trees = vec![StarTreeSpec {
+        dimensions: STAR_DIMENSIONS.iter().map(|d| at(d)).collect(),
+        metrics: vec![
+            metric(MetricFunction::Count, None),
+            metric(MetricFunction::Sum, Some("bytes")),
+            metric(MetricFunction::Min, Some("latency_ms")),
+            metric(MetricFunction::Max, Some("latency_ms")),
+            metric(MetricFunction::Count, Some("country")),
+            metric(MetricFunction::Avg, Some("latency_ms")),
+        ],
+        max_leaf_records,
+    }];
+    Arc::new(schema)
 }
 
 /// Deterministic pseudo-random numbers (xorshift), so runs are comparable.
