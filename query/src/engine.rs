@@ -247,6 +247,9 @@ impl QueryEngine {
             .with_default_features()
             .with_config(config)
             .with_runtime_env(runtime)
+            // Star-trees first: an aggregation a tree answers reads no rows,
+            // and the segments it leaves may still group on dictionary ids.
+            .with_physical_optimizer_rule(Arc::new(crate::star_tree::StarTreeAggregate))
             .with_physical_optimizer_rule(Arc::new(crate::dictionary_group::GroupByDictionary))
             .build();
         let mut ctx = SessionContext::new_with_state(state);

@@ -602,6 +602,13 @@ impl SegmentScanExec {
         SegmentScanExec { table, schema, reader, partitions, predicate, exact, properties }
     }
 
+    /// The same scan over other parts of its segments, spread over as many
+    /// partitions at most.
+    pub(crate) fn with_parts(&self, parts: Vec<Part>) -> SegmentScanExec {
+        let (schema, reader, predicate) = (self.schema.clone(), self.reader.clone(), self.predicate.clone());
+        SegmentScanExec::new(self.table.clone(), schema, reader, parts, predicate, self.exact, self.partitions.len())
+    }
+
     /// Rows the scan produces, in total or for one partition.
     pub fn rows(&self, partition: Option<usize>) -> u64 {
         let parts: Box<dyn Iterator<Item = &Part>> = match partition {

@@ -24,8 +24,11 @@ pub(crate) fn build(spec: &StarTreeSpec, schema: &SegmentSchema, arrays: &[Array
     let rows = arrays.first().map_or(0, |a| a.len());
     let ranked: Vec<(Vec<u32>, ArrayRef)> =
         spec.dimensions.iter().map(|&d| rank(arrays[d].as_ref())).collect::<Result<_, _>>()?;
-    let metrics: Vec<MetricInput> =
-        spec.metrics.iter().map(|m| MetricInput::new(m.function, m.column.map(|c| &arrays[c]))).collect::<Result<_, _>>()?;
+    let metrics: Vec<MetricInput> = spec
+        .metrics
+        .iter()
+        .map(|m| MetricInput::new(m.function, m.column.map(|c| &arrays[c])))
+        .collect::<Result<_, _>>()?;
 
     // Base records: the rows aggregated by every dimension.
     let k = spec.dimensions.len();
@@ -49,7 +52,8 @@ pub(crate) fn build(spec: &StarTreeSpec, schema: &SegmentSchema, arrays: &[Array
     }
 
     // The tree, breadth first so that a node's children are adjacent.
-    let mut nodes = vec![Node { level: 0, start: 0, end: records.len(), first_child: 0, child_count: 0, star: NO_STAR }];
+    let mut nodes =
+        vec![Node { level: 0, start: 0, end: records.len(), first_child: 0, child_count: 0, star: NO_STAR }];
     let mut queue = VecDeque::from([0usize]);
     while let Some(i) = queue.pop_front() {
         let Node { level, start, end, .. } = nodes[i];

@@ -309,6 +309,68 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
     reference
 }
 
+/// The clicks schema with two star-trees, the first split down to
+/// `max_leaf_records` (1 makes star nodes at every level).
+pub fn star_tree_clicks_schema(max_leaf_records: u32) -> Arc<SegmentSchema> {
+    use sluice_config::MetricFunction::*;
+    use sluice_segments::{StarMetric, StarTreeSpec};
+    let mut schema = (*clicks_schema()).clone();
+    let at = |name: &str| schema.column_index(name).unwrap();
+    let metric = |function, column: Option<&str>| StarMetric { function, column: column.map(at) };
+    schema.star_trees = vec![
+        StarTreeSpec {
+            dimensions: vec![at("country"), at("device"), at("status")],
+            metrics: vec![
+                metric(Count, None),
+                metric(Sum, Some("bytes")),
+                metric(Avg, Some("latency_ms")),
+                metric(Min, Some("latency_ms")),
+                metric(Max, Some("latency_ms")),
+                metric(Count, Some("latency_ms")),
+                metric(Min, Some("ts")),
+                metric(Max, Some("ts")),
+            ],
+            max_leaf_records,
+        },
+        StarTreeSpec {
+            dimensions: vec![at("is_bot"), at("device")],
+            metrics: vec![metric(Count, None), metric(Sum, Some("bytes"))],
+            max_leaf_records,
+        },
+    ];
+    Arc::new(schema)
+}
+
+/// The fixture's clicks with star-trees — split to single records in the
+/// first segment, into few leaves in the second, none in the third (a file
+/// sealed before the trees were configured) — served from `engine`, and the
+/// same rows registered with `reference` (with the users).
+pub fn register_star_tree_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelude::SessionContext {
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use sluice_query::SegmentTable;
+
+    let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    let mut segments = Vec::new();
+    let mut batches = Vec::new();
+    for (i, rows) in fixture_clicks().iter().enumerate() {
+        let schema = match i % 3 {
+            0 => star_tree_clicks_schema(1),
+            1 => star_tree_clicks_schema(50),
+            _ => clicks_schema(),
+        };
+        segments.push(Arc::new(sealed(&schema, &format!("clicks__0__{i}"), rows, click_datums)));
+        batches.push(served(&clicks_batch(rows)));
+    }
+    let table = SegmentTable::new("clicks", &clicks_arrow_schema());
+    table.replace(segments);
+    engine.register(Arc::new(table));
+    let schema = batches[0].schema();
+    reference.register_table("clicks", Arc::new(MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
+    register_users(engine, &reference);
+    reference
+}
+
 /// Serves `users` (two segments) from `engine`, and registers the same rows
 /// with `reference`.
 pub fn register_users(engine: &sluice_query::QueryEngine, reference: &datafusion::prelude::SessionContext) {
