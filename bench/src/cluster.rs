@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         }
         let target = match kind {
             Kind::Filter => "≤ 1.5×",
-            Kind::Scan => "≤ 1.3×",
+            Kind::Scan | Kind::StarTree => "≤ 1.3×",
         };
         let cpu: Vec<String> = b.cpu_ms.iter().map(|c| format!("{c:.1}")).collect();
         println!(

@@ -1,7 +1,7 @@
 //! The benchmark queries over the clickstream table, and how their timings
 //! are summed up, shared by the query and cluster benchmarks.
 
-pub const QUERIES: [(&str, &str, Kind); 10] = [
+pub const QUERIES: [(&str, &str, Kind); 12] = [
     ("eq_0.1pct", "SELECT user_id, latency_ms FROM clicks WHERE url = '/product/42/view'", Kind::Filter),
     (
         "in_list",
@@ -43,6 +43,20 @@ pub const QUERIES: [(&str, &str, Kind); 10] = [
          GROUP BY country",
         Kind::Scan,
     ),
+    // ... and the per-country breakdowns of a dashboard's tiles, which the
+    // star-tree over (country, device, status) answers in `query-bench`
+    // (`cluster-bench` has no star-tree: there they are full scans).
+    (
+        "star_by_country_device",
+        "SELECT country, device, COUNT(*) AS hits, SUM(bytes) AS bytes FROM clicks GROUP BY country, device",
+        Kind::StarTree,
+    ),
+    (
+        "star_errors_by_country",
+        "SELECT country, COUNT(*) AS errors, MAX(latency_ms) AS worst FROM clicks \
+         WHERE status >= 500 AND device = 'mobile' GROUP BY country",
+        Kind::StarTree,
+    ),
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -51,6 +65,8 @@ pub enum Kind {
     Filter,
     /// Reads whole columns.
     Scan,
+    /// Grouped on a star-tree's dimensions, with aggregates it holds.
+    StarTree,
 }
 
 /// The median of `samples` (the upper one of an even count).

@@ -526,3 +526,28 @@ fn a_tables_replication_is_checked() {
         );
     }
 }
+
+#[test]
+fn star_trees_are_read_and_every_mistake_in_one_is_named() {
+    let tree = "bloom = [\"user_id\"]\n\n[[indexes.star_tree]]\ndimensions = [\"country\"]\nmetrics = [\"COUNT(*)\", \"max(latency_ms)\"]\n";
+    let config = parse(&variant("bloom = [\"user_id\"]\n", tree)).unwrap();
+    let parsed = &config.indexes.star_tree[0];
+    assert_eq!(parsed.max_leaf_records, 10_000, "the default");
+    let metrics: Vec<String> = parsed.parsed_metrics().iter().map(ToString::to_string).collect();
+    assert_eq!(metrics, ["COUNT(*)", "MAX(latency_ms)"]);
+
+    let bad = "bloom = [\"user_id\"]\n\n[[indexes.star_tree]]\ndimensions = [\"country\", \"city\", \"country\"]\n\
+               metrics = [\"SUM(user_id)\", \"MEDIAN(latency_ms)\", \"SUM(nothing)\"]\nmax_leaf_records = 0\n";
+    let text = variant("bloom = [\"user_id\"]\n", bad);
+    assert_problem(&text, "indexes.star_tree[0].dimensions[1]", "\"city\"", "a column name");
+    assert_problem(&text, "indexes.star_tree[0].dimensions[2]", "listed twice", "once");
+    assert_problem(&text, "indexes.star_tree[0].metrics[0]", "SUM of \"user_id\", a column of type string", "int64");
+    assert_problem(&text, "indexes.star_tree[0].metrics[1]", "MEDIAN", "COUNT, SUM, AVG, MIN, MAX");
+    assert_problem(&text, "indexes.star_tree[0].metrics[2]", "\"nothing\"", "a column name");
+    assert_problem(&text, "indexes.star_tree[0].max_leaf_records", "0", "greater than zero");
+    let typo = variant(
+        "bloom = [\"user_id\"]\n",
+        "bloom = [\"user_id\"]\n\n[[indexes.star_tree]]\ndimension = [\"country\"]\nmetrics = [\"COUNT(*)\"]\n",
+    );
+    assert!(parse(&typo).unwrap_err().to_string().contains("dimension"), "an unknown field is named");
+}

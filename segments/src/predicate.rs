@@ -141,8 +141,9 @@ struct Truth {
 
 /// Rows for which `predicate` is TRUE.
 pub(crate) fn evaluate(segment: &dyn Columns, predicate: &Predicate) -> Result<RoaringBitmap, SegmentError> {
-    let mut eval = Evaluator { segment, all: std::cell::OnceCell::new(), arrays: Default::default() };
-    Ok(eval.eval(predicate)?.yes)
+    let mut eval =
+        Evaluator { segment, all: std::cell::OnceCell::new(), arrays: Default::default(), nulls: Default::default() };
+    Ok(eval.eval(predicate, false)?.yes)
 }
 
 fn full(rows: u32) -> RoaringBitmap {
@@ -157,6 +158,8 @@ struct Evaluator<'a> {
     all: std::cell::OnceCell<RoaringBitmap>,
     /// Arrays fetched once per evaluation (a consuming segment builds them).
     arrays: std::collections::HashMap<usize, ArrayRef>,
+    /// NULL rows per column, fetched when first needed.
+    nulls: std::collections::HashMap<usize, RoaringBitmap>,
 }
 
 impl Evaluator<'_> {
@@ -181,28 +184,47 @@ impl Evaluator<'_> {
         Ok(array)
     }
 
-    fn eval(&mut self, predicate: &Predicate) -> Result<Truth, SegmentError> {
+    /// The rows where the column is NULL, fetched once per evaluation.
+    fn nulls(&mut self, column: usize) -> Result<RoaringBitmap, SegmentError> {
+        if let Some(nulls) = self.nulls.get(&column) {
+            return Ok(nulls.clone());
+        }
+        let nulls = self.segment.nulls(column)?;
+        self.nulls.insert(column, nulls.clone());
+        Ok(nulls)
+    }
+
+    /// TRUE rows, and UNKNOWN rows when `want_unknown`: only a `NOT` turns
+    /// UNKNOWN into anything, so outside one the UNKNOWN sets (and the NULL
+    /// bitmaps they are built from, the bulk of a simple filter's work) are
+    /// not computed.
+    fn eval(&mut self, predicate: &Predicate, want_unknown: bool) -> Result<Truth, SegmentError> {
+        let none = RoaringBitmap::new;
         Ok(match predicate {
             Predicate::Compare { column, op, value } => {
                 let (col, ty) = self.column(column)?;
-                let nulls = self.segment.nulls(col)?;
                 match self.key(ty, value)? {
-                    None => self.all_unknown(),
-                    Some(key) => Truth { yes: self.compare(col, *op, &key, &nulls)?, unknown: nulls },
+                    None if want_unknown => self.all_unknown(),
+                    None => Truth { yes: none(), unknown: none() },
+                    Some(key) => {
+                        let yes = self.compare(col, *op, &key)?;
+                        let unknown = if want_unknown { self.nulls(col)? } else { none() };
+                        Truth { yes, unknown }
+                    }
                 }
             }
             Predicate::Between { column, low, high, negated } => {
                 let (col, ty) = self.column(column)?;
                 match (self.key(ty, low)?, self.key(ty, high)?) {
                     (Some(lo), Some(hi)) => {
-                        let nulls = self.segment.nulls(col)?;
                         let inside = if lo <= hi {
-                            self.range(col, Bound::Included(&lo), Bound::Included(&hi), &nulls)?
+                            self.range(col, Bound::Included(&lo), Bound::Included(&hi))?
                         } else {
                             RoaringBitmap::new()
                         };
-                        let yes = if *negated { &(self.all() - &inside) - &nulls } else { inside };
-                        Truth { yes, unknown: nulls }
+                        let yes = if *negated { &(self.all() - &inside) - &self.nulls(col)? } else { inside };
+                        let unknown = if want_unknown { self.nulls(col)? } else { none() };
+                        Truth { yes, unknown }
                     }
                     _ => {
                         // A NULL bound: evaluate as the conjunction it abbreviates.
@@ -211,48 +233,61 @@ impl Evaluator<'_> {
                             Predicate::compare(column, CmpOp::LtEq, high.clone()),
                         ]);
                         let expanded = if *negated { Predicate::Not(Box::new(expanded)) } else { expanded };
-                        self.eval(&expanded)?
+                        self.eval(&expanded, want_unknown)?
                     }
                 }
             }
             Predicate::In { column, values, negated } => {
                 let (col, ty) = self.column(column)?;
-                let nulls = self.segment.nulls(col)?;
                 let mut matched = RoaringBitmap::new();
                 let mut null_in_list = false;
                 for value in values {
                     match self.key(ty, value)? {
-                        Some(key) => matched |= self.compare(col, CmpOp::Eq, &key, &nulls)?,
+                        Some(key) => matched |= self.compare(col, CmpOp::Eq, &key)?,
                         None => null_in_list = true,
                     }
                 }
                 // With a NULL in the list, a row that matches no other item is
                 // UNKNOWN rather than FALSE (for IN and NOT IN alike).
                 // An empty list is an empty OR: FALSE for every row, NULLs too.
-                let unknown = if null_in_list {
+                let unknown = if !want_unknown && !*negated {
+                    none()
+                } else if null_in_list {
                     self.all() - &matched
                 } else if values.is_empty() {
                     RoaringBitmap::new()
                 } else {
-                    nulls
+                    self.nulls(col)?
                 };
                 let yes = if *negated { &(self.all() - &matched) - &unknown } else { matched };
                 Truth { yes, unknown }
             }
             Predicate::IsNull { column, negated } => {
                 let (col, _) = self.column(column)?;
-                let nulls = self.segment.nulls(col)?;
+                let nulls = self.nulls(col)?;
                 let yes = if *negated { self.all() - &nulls } else { nulls };
                 Truth { yes, unknown: RoaringBitmap::new() }
             }
             Predicate::Not(inner) => {
-                let t = self.eval(inner)?;
-                Truth { yes: &(self.all() - &t.yes) - &t.unknown, unknown: t.unknown }
+                let t = self.eval(inner, true)?;
+                let yes = &(self.all() - &t.yes) - &t.unknown;
+                Truth { yes, unknown: if want_unknown { t.unknown } else { none() } }
+            }
+            Predicate::And(children) if !want_unknown => {
+                let mut yes: Option<RoaringBitmap> = None;
+                for child in children {
+                    let t = self.eval(child, false)?;
+                    yes = Some(match yes {
+                        Some(acc) => acc & t.yes,
+                        None => t.yes,
+                    });
+                }
+                Truth { yes: yes.unwrap_or_else(|| self.all().clone()), unknown: none() }
             }
             Predicate::And(children) => {
                 let mut acc = Truth { yes: self.all().clone(), unknown: RoaringBitmap::new() };
                 for child in children {
-                    let t = self.eval(child)?;
+                    let t = self.eval(child, true)?;
                     // TRUE in both; UNKNOWN where neither is FALSE and one is UNKNOWN.
                     let not_false_acc = &acc.yes | &acc.unknown;
                     let not_false_t = &t.yes | &t.unknown;
@@ -264,9 +299,9 @@ impl Evaluator<'_> {
             Predicate::Or(children) => {
                 let mut acc = Truth { yes: RoaringBitmap::new(), unknown: RoaringBitmap::new() };
                 for child in children {
-                    let t = self.eval(child)?;
+                    let t = self.eval(child, want_unknown)?;
                     let yes = &acc.yes | &t.yes;
-                    let unknown = &(&acc.unknown | &t.unknown) - &yes;
+                    let unknown = if want_unknown { &(&acc.unknown | &t.unknown) - &yes } else { none() };
                     acc = Truth { yes, unknown };
                 }
                 acc
@@ -279,13 +314,7 @@ impl Evaluator<'_> {
     }
 
     /// Non-null rows where `column op key` holds.
-    fn compare(
-        &mut self,
-        col: usize,
-        op: CmpOp,
-        key: &Key,
-        nulls: &RoaringBitmap,
-    ) -> Result<RoaringBitmap, SegmentError> {
+    fn compare(&mut self, col: usize, op: CmpOp, key: &Key) -> Result<RoaringBitmap, SegmentError> {
         use Bound::*;
         let range = match op {
             CmpOp::Eq => {
@@ -296,7 +325,7 @@ impl Evaluator<'_> {
             }
             CmpOp::NotEq => {
                 if let Some(rows) = self.segment.lookup_eq(col, key)? {
-                    return Ok(&(self.all() - &rows) - nulls);
+                    return Ok(&(self.all() - &rows) - &self.nulls(col)?);
                 }
                 return self.scan(col, op, key);
             }
@@ -305,21 +334,15 @@ impl Evaluator<'_> {
             CmpOp::Gt => (Excluded(key), Unbounded),
             CmpOp::GtEq => (Included(key), Unbounded),
         };
-        self.range(col, range.0, range.1, nulls)
+        self.range(col, range.0, range.1)
     }
 
-    fn range(
-        &mut self,
-        col: usize,
-        low: Bound<&Key>,
-        high: Bound<&Key>,
-        nulls: &RoaringBitmap,
-    ) -> Result<RoaringBitmap, SegmentError> {
+    fn range(&mut self, col: usize, low: Bound<&Key>, high: Bound<&Key>) -> Result<RoaringBitmap, SegmentError> {
         if let Some(rows) = self.segment.lookup_range(col, low, high)? {
             return Ok(rows);
         }
         let mut rows = self.all().clone();
-        rows -= nulls;
+        rows -= &self.nulls(col)?;
         match low {
             Bound::Included(k) => rows &= self.scan(col, CmpOp::GtEq, k)?,
             Bound::Excluded(k) => rows &= self.scan(col, CmpOp::Gt, k)?,
