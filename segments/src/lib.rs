@@ -16,6 +16,11 @@
 //!   and its Arrow data validated before any of it is interpreted; a corrupt
 //!   or crafted file is an error naming the file and the section, never a
 //!   panic, an out-of-bounds read or wrong rows.
+//! - A star-tree's walk yields records that cover every row of the segment
+//!   exactly once, real in every dimension the query uses; a stored tree is
+//!   structure-checked when opened, so a forged one is refused or bounded.
+//! - Files of every format version from `OLDEST_FORMAT_VERSION` on are
+//!   read; newer ones are refused by number.
 //! - A sealed segment is immutable: its file is written under a temporary
 //!   name and renamed into place, then only ever memory-mapped for reading.
 
