@@ -41,7 +41,7 @@ pub mod types;
 
 pub use consuming::{ConsumingSegment, SegmentSize};
 pub use error::{RowError, Section, SegmentError};
-pub use format::{FORMAT_VERSION, MAGIC};
+pub use format::{FORMAT_VERSION, MAGIC, OLDEST_FORMAT_VERSION};
 pub use index::IndexKind;
 pub use predicate::{CmpOp, Predicate};
 pub use reseal::reseal;
