@@ -289,6 +289,15 @@ pub fn fixture_users() -> (Vec<User>, Vec<User>) {
 /// `engine`, and returns a plain DataFusion context holding the same rows
 /// in `MemTable`s.
 pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelude::SessionContext {
+    register_fixture_with(engine, |_| clicks_schema())
+}
+
+/// The fixture's clicks, segment `i` sealed with `schema_of(i)`, served from
+/// `engine`, and the same rows registered with `reference` (with the users).
+pub fn register_fixture_with(
+    engine: &sluice_query::QueryEngine,
+    schema_of: impl Fn(usize) -> Arc<SegmentSchema>,
+) -> datafusion::prelude::SessionContext {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
     use sluice_query::SegmentTable;
@@ -297,7 +306,7 @@ pub fn register_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelu
     let mut segments = Vec::new();
     let mut batches = Vec::new();
     for (i, rows) in fixture_clicks().iter().enumerate() {
-        segments.push(Arc::new(click_segment(&format!("clicks__0__{i}"), rows)));
+        segments.push(Arc::new(sealed(&schema_of(i), &format!("clicks__0__{i}"), rows, click_datums)));
         batches.push(served(&clicks_batch(rows)));
     }
     let table = SegmentTable::new("clicks", &clicks_arrow_schema());
@@ -346,29 +355,11 @@ pub fn star_tree_clicks_schema(max_leaf_records: u32) -> Arc<SegmentSchema> {
 /// sealed before the trees were configured) — served from `engine`, and the
 /// same rows registered with `reference` (with the users).
 pub fn register_star_tree_fixture(engine: &sluice_query::QueryEngine) -> datafusion::prelude::SessionContext {
-    use datafusion::datasource::MemTable;
-    use datafusion::prelude::{SessionConfig, SessionContext};
-    use sluice_query::SegmentTable;
-
-    let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
-    let mut segments = Vec::new();
-    let mut batches = Vec::new();
-    for (i, rows) in fixture_clicks().iter().enumerate() {
-        let schema = match i % 3 {
-            0 => star_tree_clicks_schema(1),
-            1 => star_tree_clicks_schema(50),
-            _ => clicks_schema(),
-        };
-        segments.push(Arc::new(sealed(&schema, &format!("clicks__0__{i}"), rows, click_datums)));
-        batches.push(served(&clicks_batch(rows)));
-    }
-    let table = SegmentTable::new("clicks", &clicks_arrow_schema());
-    table.replace(segments);
-    engine.register(Arc::new(table));
-    let schema = batches[0].schema();
-    reference.register_table("clicks", Arc::new(MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
-    register_users(engine, &reference);
-    reference
+    register_fixture_with(engine, |i| match i % 3 {
+        0 => star_tree_clicks_schema(1),
+        1 => star_tree_clicks_schema(50),
+        _ => clicks_schema(),
+    })
 }
 
 /// Serves `users` (two segments) from `engine`, and registers the same rows
