@@ -133,6 +133,16 @@ pub(crate) trait Columns {
     fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError>;
 }
 
+/// The rows where `array` is NULL, from its validity buffer.
+pub(crate) fn null_rows(array: &dyn Array) -> RoaringBitmap {
+    let Some(nulls) = array.logical_nulls() else { return RoaringBitmap::new() };
+    if nulls.null_count() == 0 {
+        return RoaringBitmap::new();
+    }
+    let invalid = !nulls.inner();
+    RoaringBitmap::from_sorted_iter(invalid.set_indices().map(|i| i as u32)).expect("ascending")
+}
+
 /// TRUE and UNKNOWN rows of a predicate.
 struct Truth {
     yes: RoaringBitmap,

@@ -883,13 +883,7 @@ impl Columns for Segment {
     }
 
     fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError> {
-        let array = self.batch.column(column);
-        let Some(nulls) = array.logical_nulls() else { return Ok(RoaringBitmap::new()) };
-        if nulls.null_count() == 0 {
-            return Ok(RoaringBitmap::new());
-        }
-        let invalid = !nulls.inner();
-        Ok(RoaringBitmap::from_sorted_iter(invalid.set_indices().map(|i| i as u32)).expect("ascending"))
+        Ok(predicate::null_rows(self.batch.column(column).as_ref()))
     }
 }
 

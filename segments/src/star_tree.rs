@@ -26,7 +26,7 @@
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::buffer::Buffer;
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -279,7 +279,6 @@ impl Columns for RecordColumns<'_> {
     }
 
     fn nulls(&self, column: usize) -> Result<RoaringBitmap, SegmentError> {
-        let array = self.records.column(column);
-        Ok((0..array.len() as u32).filter(|&i| array.is_null(i as usize)).collect())
+        Ok(predicate::null_rows(self.records.column(column).as_ref()))
     }
 }
