@@ -158,16 +158,7 @@ impl ExecutionPlan for DictionaryGroupBy {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut recursion = TreeNodeRecursion::Continue;
-        for aggregate in self.aggregate.aggr_expr() {
-            for expr in aggregate.expressions() {
-                recursion = f(&expr)?;
-                if recursion == TreeNodeRecursion::Stop {
-                    return Ok(recursion);
-                }
-            }
-        }
-        Ok(recursion)
+        apply_aggregate_arguments(&self.aggregate, f)
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -207,6 +198,24 @@ impl ExecutionPlan for DictionaryGroupBy {
         let stream = futures::stream::once(job.run(partition, context));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// Visits the arguments of `aggregate`'s aggregates: the expressions of a
+/// node that stands in for that aggregation (here and in `star_tree.rs`).
+pub(crate) fn apply_aggregate_arguments(
+    aggregate: &AggregateExec,
+    f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+) -> Result<TreeNodeRecursion> {
+    let mut recursion = TreeNodeRecursion::Continue;
+    for aggregate in aggregate.aggr_expr() {
+        for expr in aggregate.expressions() {
+            recursion = f(&expr)?;
+            if recursion == TreeNodeRecursion::Stop {
+                return Ok(recursion);
+            }
+        }
+    }
+    Ok(recursion)
 }
 
 /// The most distinct values a segment's column may have for its scan to

@@ -103,7 +103,7 @@ enum StateKind {
 impl Needs {
     /// The tree of `segment` that answers these needs, and the states'
     /// sources in it.
-    fn fit(&self, segment: &Segment) -> Option<(usize, Vec<usize>, Vec<State>)> {
+    fn fit(&self, segment: &Segment) -> Option<Fit> {
         let schema = &segment.meta().schema;
         let used: Vec<usize> = self.used.iter().map(|c| schema.column_index(c)).collect::<Option<_>>()?;
         let metrics: Vec<StarMetric> = self
@@ -129,8 +129,17 @@ impl Needs {
                 StateKind::Value => State::Value(metrics[aggregate]),
             })
             .collect();
-        Some((tree, used, states))
+        Some(Fit { tree, used, states })
     }
+}
+
+/// How one segment's tree answers: which tree, the schema positions of the
+/// used columns (groups first), and each state's source.
+#[derive(Debug, Clone)]
+struct Fit {
+    tree: usize,
+    used: Vec<usize>,
+    states: Vec<State>,
 }
 
 /// A partial aggregation answered from star-trees where segments have a
@@ -141,8 +150,8 @@ pub struct StarTreeExec {
     aggregate: AggregateExec,
     needs: Needs,
     predicate: Option<Predicate>,
-    /// Per output partition: the segments answered from their trees.
-    trees: Vec<Vec<Arc<Segment>>>,
+    /// Per output partition: the segments answered from their trees, and how.
+    trees: Vec<Vec<(Arc<Segment>, Fit)>>,
     /// The partial aggregation of the other segments, if any.
     rest: Option<Arc<dyn ExecutionPlan>>,
     properties: Arc<PlanProperties>,
@@ -153,12 +162,12 @@ impl StarTreeExec {
         let Some(needs) = needs(aggregate) else { return Ok(None) };
         let scan = aggregate.input().downcast_ref::<SegmentScanExec>().expect("checked by needs");
         let predicate = scan.predicate().cloned();
-        let mut trees: Vec<Vec<Arc<Segment>>> = vec![Vec::new(); scan.partitions.len()];
+        let mut trees: Vec<Vec<(Arc<Segment>, Fit)>> = vec![Vec::new(); scan.partitions.len()];
         let mut rest: Vec<Part> = Vec::new();
         for (partition, parts) in scan.partitions.iter().enumerate() {
             for part in parts {
                 match needs.fit(&part.segment) {
-                    Some(_) => trees[partition].push(part.segment.clone()),
+                    Some(fit) => trees[partition].push((part.segment.clone(), fit)),
                     None => rest.push(part.clone()),
                 }
             }
@@ -317,16 +326,7 @@ impl ExecutionPlan for StarTreeExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut recursion = TreeNodeRecursion::Continue;
-        for aggregate in self.aggregate.aggr_expr() {
-            for expr in aggregate.expressions() {
-                recursion = f(&expr)?;
-                if recursion == TreeNodeRecursion::Stop {
-                    return Ok(recursion);
-                }
-            }
-        }
-        Ok(recursion)
+        crate::dictionary_group::apply_aggregate_arguments(&self.aggregate, f)
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -349,9 +349,9 @@ impl ExecutionPlan for StarTreeExec {
         let schema = self.aggregate.schema();
         let segments = self.trees.get(partition).cloned().unwrap_or_default();
         let reservation = MemoryConsumer::new(format!("StarTreeExec[{partition}]")).register(context.memory_pool());
-        let (needs, predicate, out) = (self.needs.clone(), self.predicate.clone(), schema.clone());
-        let from_trees = futures::stream::iter(segments).map(move |segment| {
-            let batch = answer(&segment, &needs, predicate.as_ref(), &out)?;
+        let (groups, predicate, out) = (self.needs.groups.len(), self.predicate.clone(), schema.clone());
+        let from_trees = futures::stream::iter(segments).map(move |(segment, fit)| {
+            let batch = answer(&segment, &fit, groups, predicate.as_ref(), &out)?;
             // The records are few where the tree pays; where it does not,
             // they count against the query's memory like any batch.
             reservation.try_resize(batch.get_array_memory_size())?;
@@ -370,19 +370,24 @@ impl ExecutionPlan for StarTreeExec {
 }
 
 /// One segment's partial states, from its tree.
-fn answer(segment: &Segment, needs: &Needs, predicate: Option<&Predicate>, schema: &SchemaRef) -> Result<RecordBatch> {
-    let (tree, used, states) =
-        needs.fit(segment).ok_or_else(|| DataFusionError::Internal("the segment's star-tree went away".into()))?;
-    let tree = &segment.star_trees()[tree];
-    let records = tree.select(&used, predicate).map_err(|e| DataFusionError::External(Box::new(e)))?;
+fn answer(
+    segment: &Segment,
+    fit: &Fit,
+    groups: usize,
+    predicate: Option<&Predicate>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let Fit { tree, used, states } = fit;
+    let tree = &segment.star_trees()[*tree];
+    let records = tree.select(used, predicate).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let missing = || DataFusionError::Internal("a star-tree without a column it was chosen for".into());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     // `used` starts with the groups, in their order.
-    for &column in &used[..needs.groups.len()] {
+    for &column in &used[..groups] {
         columns.push(records.column(tree.dimension_column(column).ok_or_else(missing)?).clone());
     }
     for state in states {
-        let (metric, pick_count) = match state {
+        let (metric, pick_count) = match *state {
             State::Count(m) => (m, true),
             State::Value(m) => (m, false),
         };
