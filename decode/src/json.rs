@@ -1,94 +1,31 @@
 //! JSON records (one object per Kafka message) decoded against a pipeline
 //! schema.
 //!
-//! The decoder walks the JSON once with serde, following a trie of the
-//! configured field paths: fields no column reads are skipped without being
-//! materialised, and strings without escapes are borrowed from the message
-//! bytes, so a row costs no allocation beyond its cell vector. Hostile
-//! nesting cannot overflow the stack: the decoder recurses only along the
-//! configured paths, and serde_json skips every other value iteratively
-//! (tested at 500,000 levels); its recursion limit (`too_deep`) backs that up.
+//! The message is read once, front to back, by [`Reader`], following a trie
+//! of the configured field paths: a key no column reads has its value
+//! skipped (its grammar checked, nothing decoded), a value a column reads is
+//! converted to the column's type as it is found, and strings without
+//! escapes are borrowed from the message bytes. Hostile nesting cannot
+//! overflow the stack: the decoder recurses only along the configured paths
+//! and the reader skips every other value iteratively (tested at 500,000
+//! levels).
+//!
+//! A record's problems are reported as one [`BadRecord`], the first of:
+//! text that is not JSON (or a key the schema reads named twice in one
+//! object, found as it is read), then,
+//! in schema order, a column's wrong type, range or missing value. So a
+//! record that is not JSON is never reported as a type error, whatever the
+//! order of its fields.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::HashSet;
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sluice_config::{ColumnType, Literal, PipelineConfig, TimeUnit, TimestampFormat};
 use sluice_segments::Datum;
 
+use crate::bad_record::{BadRecord, BadRecordKind};
+use crate::path::{Key, Named, PathNode};
+use crate::reader::{Raw, Reader, SyntaxError};
 use crate::timestamp::parse_rfc3339;
-
-/// Why a record is bad. The names are the metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BadRecordKind {
-    Empty,
-    Oversized,
-    InvalidUtf8,
-    InvalidJson,
-    TooDeep,
-    NotAnObject,
-    DuplicateKey,
-    MissingRequired,
-    NullInRequired,
-    WrongType,
-    OutOfRange,
-    InvalidTimestamp,
-}
-
-impl BadRecordKind {
-    pub const ALL: [BadRecordKind; 12] = [
-        BadRecordKind::Empty,
-        BadRecordKind::Oversized,
-        BadRecordKind::InvalidUtf8,
-        BadRecordKind::InvalidJson,
-        BadRecordKind::TooDeep,
-        BadRecordKind::NotAnObject,
-        BadRecordKind::DuplicateKey,
-        BadRecordKind::MissingRequired,
-        BadRecordKind::NullInRequired,
-        BadRecordKind::WrongType,
-        BadRecordKind::OutOfRange,
-        BadRecordKind::InvalidTimestamp,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BadRecordKind::Empty => "empty",
-            BadRecordKind::Oversized => "oversized",
-            BadRecordKind::InvalidUtf8 => "invalid_utf8",
-            BadRecordKind::InvalidJson => "invalid_json",
-            BadRecordKind::TooDeep => "too_deep",
-            BadRecordKind::NotAnObject => "not_an_object",
-            BadRecordKind::DuplicateKey => "duplicate_key",
-            BadRecordKind::MissingRequired => "missing_required",
-            BadRecordKind::NullInRequired => "null_in_required",
-            BadRecordKind::WrongType => "wrong_type",
-            BadRecordKind::OutOfRange => "out_of_range",
-            BadRecordKind::InvalidTimestamp => "invalid_timestamp",
-        }
-    }
-}
-
-/// A record that cannot become a row: why, and the column concerned.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}: {detail}", kind.as_str(), column.as_ref().map(|c| format!(" (column `{c}`)")).unwrap_or_default())]
-pub struct BadRecord {
-    pub kind: BadRecordKind,
-    pub column: Option<String>,
-    pub detail: String,
-}
-
-impl BadRecord {
-    fn new(kind: BadRecordKind, detail: impl Into<String>) -> Self {
-        Self { kind, column: None, detail: detail.into() }
-    }
-
-    fn column(kind: BadRecordKind, column: &str, detail: impl Into<String>) -> Self {
-        Self { kind, column: Some(column.to_string()), detail: detail.into() }
-    }
-}
 
 /// A decoded row, its strings borrowed from the message where possible.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +35,8 @@ pub struct Row<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Cell<'a> {
+    /// Not (yet) found in the message: only while a message is read.
+    Missing,
     Null,
     Bool(bool),
     Int32(i32),
@@ -114,7 +53,7 @@ impl Row<'_> {
         self.cells
             .iter()
             .map(|cell| match cell {
-                Cell::Null => Datum::Null,
+                Cell::Missing | Cell::Null => Datum::Null,
                 Cell::Bool(v) => Datum::Bool(*v),
                 Cell::Int32(v) => Datum::Int32(*v),
                 Cell::Int64(v) => Datum::Int64(*v),
@@ -137,96 +76,6 @@ struct ColumnDecoder {
     default: Option<Cell<'static>>,
 }
 
-/// A node of the field-path trie.
-#[derive(Debug, Default)]
-struct PathNode {
-    /// Columns whose path ends here.
-    columns: Vec<usize>,
-    /// Sorted by name. Looked up for every key of every record, so each
-    /// child carries its name's first eight bytes as an integer: a lookup
-    /// among a few children is a scan of integer compares, and the bytes
-    /// are compared only for the one child whose prefix and length match.
-    children: Vec<PathChild>,
-}
-
-#[derive(Debug)]
-struct PathChild {
-    prefix: u64,
-    name: String,
-    node: PathNode,
-}
-
-/// The first eight bytes of a key, zero-padded, as one integer.
-fn prefix_of(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
-    bytes[..n].copy_from_slice(&key[..n]);
-    u64::from_le_bytes(bytes)
-}
-
-impl PathNode {
-    /// Up to this many children are scanned; more are binary-searched.
-    const SCAN: usize = 16;
-
-    fn child(&self, key: &str) -> Option<&PathNode> {
-        if self.children.len() > Self::SCAN {
-            let i = self.children.binary_search_by(|c| c.name.as_str().cmp(key)).ok()?;
-            return Some(&self.children[i].node);
-        }
-        let prefix = prefix_of(key.as_bytes());
-        self.children
-            .iter()
-            .find(|c| c.prefix == prefix && c.name.len() == key.len() && (key.len() <= 8 || c.name == key))
-            .map(|c| &c.node)
-    }
-
-    fn child_mut(&mut self, key: &str) -> &mut PathNode {
-        let i = match self.children.binary_search_by(|c| c.name.as_str().cmp(key)) {
-            Ok(i) => i,
-            Err(i) => {
-                let child =
-                    PathChild { prefix: prefix_of(key.as_bytes()), name: key.to_string(), node: PathNode::default() };
-                self.children.insert(i, child);
-                i
-            }
-        };
-        &mut self.children[i].node
-    }
-}
-
-/// The keys of one object seen so far, for duplicate detection: a vector
-/// while the object is small (the common case, no hashing), a hash set past
-/// [`Seen::FEW`] keys so that huge objects stay linear.
-enum Seen<'de> {
-    Few(Vec<Cow<'de, str>>),
-    Many(HashSet<Cow<'de, str>>),
-}
-
-impl<'de> Seen<'de> {
-    const FEW: usize = 16;
-
-    fn contains(&self, key: &str) -> bool {
-        match self {
-            Seen::Few(keys) => keys.iter().any(|k| k == key),
-            Seen::Many(keys) => keys.contains(key),
-        }
-    }
-
-    fn insert(&mut self, key: Cow<'de, str>) {
-        match self {
-            Seen::Few(keys) if keys.len() >= Self::FEW => {
-                let mut set: HashSet<Cow<'de, str>> = keys.drain(..).collect();
-                set.insert(key);
-                *self = Seen::Many(set);
-            }
-            Seen::Few(keys) => keys.push(key),
-            Seen::Many(keys) => {
-                keys.insert(key);
-            }
-        }
-    }
-}
-
 pub struct Decoder {
     columns: Vec<ColumnDecoder>,
     root: PathNode,
@@ -239,11 +88,7 @@ impl Decoder {
         let mut root = PathNode::default();
         let mut columns = Vec::new();
         for (i, column) in pipeline.schema.columns.iter().enumerate() {
-            let mut node = &mut root;
-            for segment in column.json_path() {
-                node = node.child_mut(segment);
-            }
-            node.columns.push(i);
+            root.insert(column.json_path()).columns.push(i);
             let mut decoder = ColumnDecoder {
                 name: column.name.clone(),
                 ty: column.data_type,
@@ -253,7 +98,7 @@ impl Decoder {
                 default: None,
             };
             // Validation guarantees a default fits its column; convert it once.
-            decoder.default = column.default.as_ref().and_then(|d| decoder.convert(Raw::from_literal(d)).ok());
+            decoder.default = column.default.as_ref().and_then(|d| decoder.convert(from_literal(d)).ok());
             columns.push(decoder);
         }
         Self { columns, root, max_message_bytes: pipeline.bad_records.max_message_bytes.as_u64() as usize }
@@ -271,52 +116,149 @@ impl Decoder {
             return Err(BadRecord::new(BadRecordKind::Empty, "the message is empty"));
         }
         let text = std::str::from_utf8(bytes).map_err(|e| BadRecord::new(BadRecordKind::InvalidUtf8, e.to_string()))?;
-        let mut raw: Vec<Option<Raw<'a>>> = vec![None; self.columns.len()];
-        let problem = RefCell::new(None);
-        let mut de = serde_json::Deserializer::from_str(text);
-        let parsed =
-            (ObjectSeed { node: &self.root, out: &mut raw, problem: &problem, top: true }).deserialize(&mut de);
-        if let Some(bad) = problem.into_inner() {
-            return Err(bad);
-        }
-        parsed.and_then(|_| de.end()).map_err(|e| {
-            if e.to_string().contains("recursion limit exceeded") {
-                BadRecord::new(BadRecordKind::TooDeep, "nested deeper than 128 levels")
-            } else {
-                BadRecord::new(BadRecordKind::InvalidJson, e.to_string())
+        let mut reader = Reader::new(text);
+        let mut read = Read { decoder: self, cells: vec![Cell::Missing; self.columns.len()], problem: None };
+        let found = match reader.peek() {
+            Some(b'{') => {
+                read.object(&mut reader, &self.root)?;
+                None
             }
-        })?;
-        // Sized up front: collecting `Result`s gives `Vec` no size hint, so it
-        // would grow (and reallocate) while filling.
-        let mut cells = Vec::with_capacity(self.columns.len());
-        for (column, raw) in self.columns.iter().zip(raw) {
-            cells.push(column.cell(raw)?);
+            // The value is read first: text that is not JSON at all is that.
+            _ => Some(reader.value().map_err(invalid)?.kind()),
+        };
+        reader.end().map_err(invalid)?;
+        if let Some(found) = found {
+            return Err(BadRecord::new(
+                BadRecordKind::NotAnObject,
+                format!("the message is {found}, not a JSON object"),
+            ));
+        }
+        let Read { mut cells, problem, .. } = read;
+        for (i, (column, cell)) in self.columns.iter().zip(&mut cells).enumerate() {
+            if let Some((at, bad)) = &problem
+                && *at == i
+            {
+                return Err(bad.clone());
+            }
+            if matches!(cell, Cell::Missing | Cell::Null) {
+                *cell = column.absent(matches!(cell, Cell::Missing))?;
+            }
         }
         Ok(Row { cells })
     }
 }
 
-impl ColumnDecoder {
-    fn cell<'a>(&self, raw: Option<Raw<'a>>) -> Result<Cell<'a>, BadRecord> {
-        match raw {
-            None | Some(Raw::Null) => {
-                if let Some(default) = &self.default {
-                    return Ok(default.clone());
-                }
-                if self.nullable {
-                    return Ok(Cell::Null);
-                }
-                Err(match raw {
-                    None => {
-                        BadRecord::column(BadRecordKind::MissingRequired, &self.name, "the required field is missing")
+fn invalid(e: SyntaxError) -> BadRecord {
+    BadRecord::new(BadRecordKind::InvalidJson, e.to_string())
+}
+
+/// One message being read.
+struct Read<'d, 'a> {
+    decoder: &'d Decoder,
+    cells: Vec<Cell<'a>>,
+    /// The first column (in schema order) whose value cannot be converted.
+    problem: Option<(usize, BadRecord)>,
+}
+
+impl<'a> Read<'_, 'a> {
+    /// An object along the configured paths, at its `{`: known keys are
+    /// read (values for columns, recursion for inner nodes), the others
+    /// skipped.
+    fn object(&mut self, reader: &mut Reader<'a>, node: &PathNode) -> Result<(), BadRecord> {
+        reader.expect(b'{', "an object").map_err(invalid)?;
+        if reader.empty_object() {
+            return Ok(());
+        }
+        let mut named = Named::new(node);
+        loop {
+            let key = Key::new(reader.key().map_err(invalid)?);
+            match node.child(&key) {
+                None => reader.skip().map_err(invalid)?,
+                Some((i, child)) => {
+                    if !named.insert(i) {
+                        return Err(BadRecord::new(
+                            BadRecordKind::DuplicateKey,
+                            format!("the key {:?}, which the schema reads, appears twice in one object", key.text),
+                        ));
                     }
-                    _ => BadRecord::column(BadRecordKind::NullInRequired, &self.name, "the required field is null"),
-                })
+                    self.field(reader, child)?;
+                }
             }
-            Some(raw) => self.convert(raw),
+            if !reader.next_member().map_err(invalid)? {
+                return Ok(());
+            }
         }
     }
 
+    /// The value of a key on a configured path.
+    fn field(&mut self, reader: &mut Reader<'a>, node: &PathNode) -> Result<(), BadRecord> {
+        if !node.is_leaf() && reader.peek() == Some(b'{') {
+            // A path that is both a column and the parent of others (`a`
+            // and `a.b`) gives the column an object: a type error for it.
+            self.store(node, Raw::Object);
+            return self.object(reader, node);
+        }
+        if node.columns.is_empty() {
+            // An inner node whose value is not an object: the paths below
+            // it are missing.
+            return reader.skip().map_err(invalid);
+        }
+        let raw = reader.value().map_err(invalid)?;
+        self.store(node, raw);
+        Ok(())
+    }
+
+    fn store(&mut self, node: &PathNode, raw: Raw<'a>) {
+        let Some((&last, others)) = node.columns.split_last() else { return };
+        for &i in others {
+            self.put(i, raw.clone());
+        }
+        self.put(last, raw);
+    }
+
+    fn put(&mut self, i: usize, raw: Raw<'a>) {
+        self.cells[i] = match self.decoder.columns[i].convert(raw) {
+            Ok(cell) => cell,
+            Err(bad) => {
+                if self.problem.as_ref().is_none_or(|(at, _)| i < *at) {
+                    self.problem = Some((i, bad));
+                }
+                Cell::Null
+            }
+        };
+    }
+}
+
+fn from_literal(literal: &Literal) -> Raw<'static> {
+    match literal {
+        Literal::Bool(v) => Raw::Bool(*v),
+        Literal::Int(v) => Raw::I64(*v),
+        Literal::Float(v) => Raw::F64(*v),
+        Literal::String(v) => Raw::Str(Cow::Owned(v.clone())),
+    }
+}
+
+impl ColumnDecoder {
+    /// The cell of a column whose field is missing or null: its default,
+    /// else NULL if it may be, else the record is bad.
+    fn absent(&self, missing: bool) -> Result<Cell<'static>, BadRecord> {
+        if let Some(default) = &self.default {
+            return Ok(default.clone());
+        }
+        if self.nullable {
+            return Ok(Cell::Null);
+        }
+        Err(if missing {
+            BadRecord::column(BadRecordKind::MissingRequired, &self.name, "the required field is missing")
+        } else {
+            BadRecord::column(BadRecordKind::NullInRequired, &self.name, "the required field is null")
+        })
+    }
+
+    /// Inlined where a field is stored: its result is built in registers,
+    /// not returned through memory (stored in parts, loaded whole: a
+    /// store-forwarding stall per field).
+    #[inline(always)]
     fn convert<'a>(&self, raw: Raw<'a>) -> Result<Cell<'a>, BadRecord> {
         let wrong = |found: &str| {
             BadRecord::column(
@@ -342,11 +284,17 @@ impl ColumnDecoder {
             (ColumnType::Int64, Raw::U64(v)) => Cell::Int64(i64::try_from(v).map_err(|_| range(v.to_string()))?),
             (ColumnType::Float64, Raw::I64(v)) => Cell::Float64(v as f64),
             (ColumnType::Float64, Raw::U64(v)) => Cell::Float64(v as f64),
-            (ColumnType::Float64, Raw::F64(v)) => Cell::Float64(v),
+            (ColumnType::Float64, Raw::F64(v)) => {
+                // Beyond f64's range the reader gives an infinity.
+                if !v.is_finite() {
+                    return Err(range(v.to_string()));
+                }
+                Cell::Float64(v)
+            }
             (ColumnType::Float32, Raw::I64(v)) => Cell::Float32(v as f32),
             (ColumnType::Float32, Raw::U64(v)) => Cell::Float32(v as f32),
             (ColumnType::Float32, Raw::F64(v)) => {
-                if v.is_finite() && v.abs() > f64::from(f32::MAX) {
+                if !v.is_finite() || v.abs() > f64::from(f32::MAX) {
                     return Err(range(v.to_string()));
                 }
                 Cell::Float32(v as f32)
@@ -379,245 +327,6 @@ impl ColumnDecoder {
             (ColumnType::Float32 | ColumnType::Float64, _) => "a number",
             (ColumnType::Timestamp, TimestampFormat::Epoch) => "an integer epoch timestamp",
             (ColumnType::Timestamp, TimestampFormat::Rfc3339) => "an RFC 3339 timestamp string",
-        }
-    }
-}
-
-/// A JSON value as found, before conversion to the column type.
-#[derive(Debug, Clone, PartialEq)]
-enum Raw<'a> {
-    Null,
-    Bool(bool),
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Str(Cow<'a, str>),
-    Object,
-    Array,
-}
-
-impl Raw<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Raw::Null => "null",
-            Raw::Bool(_) => "a boolean",
-            Raw::I64(_) | Raw::U64(_) => "an integer",
-            Raw::F64(_) => "a non-integer number",
-            Raw::Str(_) => "a string",
-            Raw::Object => "an object",
-            Raw::Array => "an array",
-        }
-    }
-
-    fn from_literal(literal: &Literal) -> Raw<'static> {
-        match literal {
-            Literal::Bool(v) => Raw::Bool(*v),
-            Literal::Int(v) => Raw::I64(*v),
-            Literal::Float(v) => Raw::F64(*v),
-            Literal::String(v) => Raw::Str(Cow::Owned(v.clone())),
-        }
-    }
-}
-
-/// A scalar value (objects and arrays are consumed and reported as such).
-struct ScalarSeed;
-
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Raw<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Raw<'de>, D::Error> {
-        d.deserialize_any(ScalarVisitor)
-    }
-}
-
-struct ScalarVisitor;
-
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Raw<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Raw<'de>, E> {
-        Ok(Raw::Null)
-    }
-    fn visit_none<E>(self) -> Result<Raw<'de>, E> {
-        Ok(Raw::Null)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Raw<'de>, E> {
-        Ok(Raw::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Raw<'de>, E> {
-        Ok(Raw::I64(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Raw<'de>, E> {
-        Ok(Raw::U64(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Raw<'de>, E> {
-        Ok(Raw::F64(v))
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Owned(v)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Raw::Object)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Raw::Array)
-    }
-}
-
-/// A key, borrowed when it has no escapes.
-struct KeySeed;
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-                Ok(Cow::Owned(v.to_string()))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-/// An object along the configured paths: known keys are decoded (scalars
-/// for leaves, recursion for inner nodes), unknown ones skipped.
-struct ObjectSeed<'t, 'o, 'a> {
-    node: &'t PathNode,
-    out: &'o mut Vec<Option<Raw<'a>>>,
-    problem: &'t RefCell<Option<BadRecord>>,
-    /// The message's top level, which must be an object.
-    top: bool,
-}
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'a> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for ObjectSeed<'_, '_, 'a> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = Seen::Few(Vec::new());
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            if seen.contains(&key) {
-                *self.problem.borrow_mut() = Some(BadRecord::new(
-                    BadRecordKind::DuplicateKey,
-                    format!("the key {key:?} appears twice in one object"),
-                ));
-                return Err(de::Error::custom("duplicate key"));
-            }
-            match self.node.child(&key) {
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-                Some(child) if child.children.is_empty() => {
-                    let raw = map.next_value_seed(ScalarSeed)?;
-                    for &column in &child.columns {
-                        self.out[column] = Some(raw.clone());
-                    }
-                }
-                Some(child) if child.columns.is_empty() => {
-                    map.next_value_seed(ObjectSeed { node: child, out: self.out, problem: self.problem, top: false })?;
-                }
-                Some(child) => {
-                    // A path that is both a column and the parent of others
-                    // (`a` and `a.b`): rare, so decode generically.
-                    let value: serde_json::Value = map.next_value()?;
-                    let raw = raw_of(&value);
-                    for &column in &child.columns {
-                        self.out[column] = Some(raw.clone());
-                    }
-                    extract(child, &value, self.out);
-                }
-            }
-            seen.insert(key);
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.top {
-            return self.not_an_object("an array");
-        }
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        if self.top { self.not_an_object("null") } else { Ok(()) }
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        if self.top { self.not_an_object("a boolean") } else { Ok(()) }
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        if self.top { self.not_an_object("a number") } else { Ok(()) }
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        if self.top { self.not_an_object("a number") } else { Ok(()) }
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        if self.top { self.not_an_object("a number") } else { Ok(()) }
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        if self.top { self.not_an_object("a string") } else { Ok(()) }
-    }
-}
-
-impl ObjectSeed<'_, '_, '_> {
-    fn not_an_object<E: de::Error>(&self, found: &str) -> Result<(), E> {
-        *self.problem.borrow_mut() =
-            Some(BadRecord::new(BadRecordKind::NotAnObject, format!("the message is {found}, not a JSON object")));
-        Err(E::custom("not an object"))
-    }
-}
-
-fn raw_of(value: &serde_json::Value) -> Raw<'static> {
-    match value {
-        serde_json::Value::Null => Raw::Null,
-        serde_json::Value::Bool(b) => Raw::Bool(*b),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Raw::I64)
-            .or_else(|| n.as_u64().map(Raw::U64))
-            .unwrap_or_else(|| Raw::F64(n.as_f64().unwrap_or(f64::NAN))),
-        serde_json::Value::String(s) => Raw::Str(Cow::Owned(s.clone())),
-        serde_json::Value::Array(_) => Raw::Array,
-        serde_json::Value::Object(_) => Raw::Object,
-    }
-}
-
-fn extract(node: &PathNode, value: &serde_json::Value, out: &mut [Option<Raw<'_>>]) {
-    let serde_json::Value::Object(map) = value else { return };
-    for PathChild { name: key, node: child, .. } in &node.children {
-        if let Some(v) = map.get(key) {
-            for &column in &child.columns {
-                out[column] = Some(raw_of(v));
-            }
-            extract(child, v, out);
         }
     }
 }

@@ -13,12 +13,16 @@
 //! - A decoder depends on the pipeline's schema only: the same config gives
 //!   the same rows and the same bad-record classes on every node.
 
+mod bad_record;
 mod context;
 mod json;
+mod path;
+mod reader;
 mod source;
 mod timestamp;
 
+pub use bad_record::{BadRecord, BadRecordKind};
 pub use context::{SourceConsumer, SourceContext};
-pub use json::{BadRecord, BadRecordKind, Decoder, Row};
+pub use json::{Decoder, Row};
 pub use source::{consumer_config, kafka_config};
 pub use timestamp::parse_rfc3339;
