@@ -18,7 +18,7 @@ use std::ops::{Bound, Range};
 
 use roaring::RoaringBitmap;
 
-use crate::types::{Key, stable_hash};
+use crate::types::{Key, finish_stable_hash};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -361,27 +361,61 @@ const BLOOM_HASHES: u32 = 7;
 /// ~1% false positives at 7 hashes.
 const BLOOM_BITS_PER_KEY: u64 = 10;
 
-fn bloom_positions(key: &Key, bits: u64, scratch: &mut Vec<u8>) -> impl Iterator<Item = u64> {
-    key.hash_bytes(scratch);
-    let h1 = stable_hash(scratch, 0);
-    let h2 = stable_hash(scratch, 0x9e37_79b9_7f4a_7c15) | 1;
+/// The bit positions of a value's hash bytes (see [`Key::hash_bytes`]).
+fn bloom_positions(bytes: &[u8], bits: u64) -> impl Iterator<Item = u64> {
+    let (h1, h2) = stable_hash_pair(bytes);
+    let h2 = h2 | 1;
     (0..u64::from(BLOOM_HASHES)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
 }
 
-pub(crate) fn encode_bloom<'k>(keys: impl ExactSizeIterator<Item = &'k Key>) -> Vec<u8> {
-    let bits = (keys.len() as u64 * BLOOM_BITS_PER_KEY).max(64).next_multiple_of(8);
-    let mut array = vec![0u8; (bits / 8) as usize];
-    let mut scratch = Vec::new();
-    for key in keys {
-        for pos in bloom_positions(key, bits, &mut scratch) {
-            array[(pos / 8) as usize] |= 1 << (pos % 8);
+/// `stable_hash(bytes, 0)` and `stable_hash(bytes, 0x9e37_79b9_7f4a_7c15)`,
+/// the two hashes of the stored filter's double hashing, computed in one
+/// pass: two independent multiply chains, which the CPU overlaps.
+fn stable_hash_pair(bytes: &[u8]) -> (u64, u64) {
+    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0xcbf2_9ce4_8422_2325u64 ^ 0x9e37_79b9_7f4a_7c15);
+    for &byte in bytes {
+        a = (a ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        b = (b ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+    }
+    (finish_stable_hash(a), finish_stable_hash(b))
+}
+
+/// A bloom filter being filled, sized for `values` distinct values.
+pub(crate) struct BloomBuilder {
+    bits: u64,
+    array: Vec<u8>,
+}
+
+impl BloomBuilder {
+    pub(crate) fn new(values: usize) -> Self {
+        let bits = (values as u64 * BLOOM_BITS_PER_KEY).max(64).next_multiple_of(8);
+        Self { bits, array: vec![0u8; (bits / 8) as usize] }
+    }
+
+    /// Adds a value by its hash bytes ([`Key::hash_bytes`]; a string's are its UTF-8).
+    pub(crate) fn add(&mut self, bytes: &[u8]) {
+        for pos in bloom_positions(bytes, self.bits) {
+            self.array[(pos / 8) as usize] |= 1 << (pos % 8);
         }
     }
-    let mut out = Vec::with_capacity(12 + array.len());
-    out.extend_from_slice(&BLOOM_HASHES.to_le_bytes());
-    out.extend_from_slice(&bits.to_le_bytes());
-    out.extend_from_slice(&array);
-    out
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.array.len());
+        out.extend_from_slice(&BLOOM_HASHES.to_le_bytes());
+        out.extend_from_slice(&self.bits.to_le_bytes());
+        out.extend_from_slice(&self.array);
+        out
+    }
+}
+
+pub(crate) fn encode_bloom<'k>(keys: impl ExactSizeIterator<Item = &'k Key>) -> Vec<u8> {
+    let mut bloom = BloomBuilder::new(keys.len());
+    let mut scratch = Vec::new();
+    for key in keys {
+        key.hash_bytes(&mut scratch);
+        bloom.add(&scratch);
+    }
+    bloom.finish()
 }
 
 /// False when the key is certainly absent.
@@ -392,13 +426,15 @@ pub(crate) fn bloom_may_contain(payload: &[u8], key: &Key) -> Result<bool, Corru
         return Err(format!("bloom filter of {bits} bits"));
     }
     let array = r.slice(12..12 + (bits / 8) as usize)?;
-    let mut scratch = Vec::new();
-    Ok(bloom_positions(key, bits, &mut scratch).all(|pos| array[(pos / 8) as usize] & (1 << (pos % 8)) != 0))
+    let mut bytes = Vec::new();
+    key.hash_bytes(&mut bytes);
+    Ok(bloom_positions(&bytes, bits).all(|pos| array[(pos / 8) as usize] & (1 << (pos % 8)) != 0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::stable_hash;
 
     #[test]
     fn inverted_lookups() {
@@ -424,6 +460,10 @@ mod tests {
     #[test]
     fn bloom_has_no_false_negatives() {
         let keys: Vec<Key> = (0..1000).map(Key::Int).collect();
+        for text in ["", "a", "user-123456", "ünïcode"] {
+            let pair = stable_hash_pair(text.as_bytes());
+            assert_eq!(pair, (stable_hash(text.as_bytes(), 0), stable_hash(text.as_bytes(), 0x9e37_79b9_7f4a_7c15)));
+        }
         let bytes = encode_bloom(keys.iter());
         assert!(keys.iter().all(|k| bloom_may_contain(&bytes, k).unwrap()));
         let false_positives = (1000..11000).filter(|i| bloom_may_contain(&bytes, &Key::Int(*i)).unwrap()).count();

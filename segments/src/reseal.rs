@@ -16,7 +16,8 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type};
 use sluice_config::ColumnType;
 
 use crate::error::SegmentError;
-use crate::sealed::{SealInput, Segment, SegmentImage, int64_values, seal_input};
+use crate::seal::{SealInput, seal_input};
+use crate::sealed::{Segment, SegmentImage, int64_values};
 use crate::stats::{ColumnStats, LiveStats};
 use crate::types::{KeyRef, f32_order_bits, f64_order_bits};
 

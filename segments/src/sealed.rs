@@ -6,32 +6,28 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray, StringViewArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, StringViewArray, UInt32Array};
 use arrow::buffer::Buffer;
-use arrow::compute::{SortColumn, SortOptions, cast, lexsort_to_indices, sort_to_indices, take};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{
-    DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit as ArrowTimeUnit,
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit as ArrowTimeUnit,
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::error::ArrowError;
 use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::writer::FileWriter;
 use arrow::ipc::{convert::fb_to_schema, reader::read_footer_length, root_as_footer};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use sluice_config::ColumnType;
 
-use crate::consuming::ConsumingSegment;
 use crate::error::{Section, SegmentError};
 use crate::format::{self, FORMAT_VERSION};
-use crate::index::{self, IndexEntry, IndexKind, Inverted, SectionWriter};
+use crate::index::{self, IndexEntry, IndexKind, Inverted};
 use crate::predicate::{self, Columns, Predicate, StatsSource};
 use crate::schema::SegmentSchema;
 use crate::star_tree::StarTree;
 use crate::stats::ColumnStats;
-use crate::types::{Key, OFFSET_COLUMN, f32_order_bits, f64_order_bits};
+use crate::types::{Key, f32_order_bits, f64_order_bits};
 
 /// How a column's values are stored in the data section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,293 +114,6 @@ impl SegmentImage {
     }
 }
 
-/// What sealing needs: the rows as logical arrays (the offset column last)
-/// and what was known about them while they were gathered.
-pub(crate) struct SealInput {
-    pub schema: Arc<SegmentSchema>,
-    pub partition: i32,
-    pub start_offset: i64,
-    /// The last offset covered (a row or a skipped record).
-    pub end_offset: i64,
-    pub arrays: Vec<ArrayRef>,
-    /// Per column, without distinct counts (sealing counts them).
-    pub stats: Vec<ColumnStats>,
-    pub gaps: Vec<(i64, i64)>,
-}
-
-/// Seals `segment` into an immutable segment image called `name`.
-pub fn seal(segment: &ConsumingSegment, name: &str, created_at_ms: i64) -> Result<SegmentImage, SegmentError> {
-    let end_offset = segment
-        .last_offset()
-        .ok_or_else(|| SegmentError::Predicate("cannot seal a segment that consumed nothing".into()))?;
-    let input = SealInput {
-        schema: segment.schema().clone(),
-        partition: segment.partition(),
-        start_offset: segment.start_offset(),
-        end_offset,
-        arrays: segment.arrays(),
-        stats: (0..segment.schema().columns.len()).map(|i| segment.column_stats(i)).collect(),
-        gaps: segment.gaps().to_vec(),
-    };
-    seal_input(input, name, created_at_ms)
-}
-
-/// Seals rows gathered by a consuming segment or taken from sealed ones.
-pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Result<SegmentImage, SegmentError> {
-    let SealInput { schema, partition, start_offset, end_offset, mut arrays, stats: known, gaps } = input;
-    let rows = arrays.last().map_or(0, |a| a.len());
-    let rows = u32::try_from(rows).map_err(|_| SegmentError::Predicate(format!("{rows} rows do not fit a segment")))?;
-    // Rows usually arrive in time order already; then the sort by (column,
-    // offset) is the identity and is skipped.
-    if let Some(sorted) = schema.sorted.filter(|&s| !non_decreasing(arrays[s].as_ref())) {
-        let options = Some(SortOptions { descending: false, nulls_first: true });
-        let order = lexsort_to_indices(
-            &[
-                SortColumn { values: arrays[sorted].clone(), options },
-                SortColumn { values: arrays[arrays.len() - 1].clone(), options },
-            ],
-            None,
-        )?;
-        arrays = arrays.iter().map(|a| take(a.as_ref(), &order, None)).collect::<Result<_, _>>()?;
-    }
-    let mut fields: Vec<Field> = Vec::new();
-    let mut physical: Vec<ArrayRef> = Vec::new();
-    let mut columns = Vec::new();
-    let mut index_meta = Vec::new();
-    let mut section = SectionWriter::default();
-    for (i, spec) in schema.columns.iter().enumerate() {
-        let array = &arrays[i];
-        // Bitmaps per value only where an inverted index needs them; the
-        // distinct values only where a dictionary or a bloom filter may be
-        // built from them (sorted only for a dictionary); every other column
-        // needs just their count, for its stats.
-        let groups = if schema.inverted.contains(&i) { group_rows(array.as_ref())? } else { Vec::new() };
-        let (mut keys, distinct): (Vec<Key>, u64) = if schema.inverted.contains(&i) {
-            (groups.iter().map(|(k, _)| k.clone()).collect(), groups.len() as u64)
-        } else if spec.data_type == ColumnType::String || schema.bloom.contains(&i) {
-            let keys = distinct_keys(array.as_ref())?;
-            let n = keys.len() as u64;
-            (keys, n)
-        } else {
-            (Vec::new(), distinct_count(array.as_ref())?)
-        };
-        let mut encoding = Encoding::Plain;
-        let mut stored = array.clone();
-        if spec.data_type == ColumnType::String && dictionary_is_smaller(array.as_string::<i32>(), &keys) {
-            keys.sort_unstable();
-            stored = dictionary_encode(array.as_string::<i32>(), &keys)?;
-            encoding = Encoding::Dictionary;
-        }
-        fields.push(Field::new(&spec.name, stored.data_type().clone(), spec.nullable));
-        physical.push(stored);
-        let mut stats = known[i].clone();
-        stats.distinct_count = Some(distinct);
-        columns.push(ColumnMeta { name: spec.name.clone(), encoding, stats });
-        let mut add = |kind: IndexKind, payload: Option<Vec<u8>>| {
-            if let Some(payload) = payload {
-                section.add(kind, i, payload);
-            }
-            index_meta.push(IndexMeta { column: spec.name.clone(), kind });
-        };
-        if schema.sorted == Some(i) {
-            add(IndexKind::Sorted, None);
-        }
-        if schema.inverted.contains(&i) {
-            add(IndexKind::Inverted, Some(index::encode_inverted(&groups)));
-        }
-        if schema.range.contains(&i) && schema.sorted != Some(i) {
-            let options = SortOptions { descending: false, nulls_first: true };
-            let order = sort_to_indices(array.as_ref(), Some(options), None)?;
-            let nulls = array.null_count();
-            let mut ids: Vec<u32> = order.values()[nulls..].to_vec();
-            stable_ties(&mut ids, array.as_ref());
-            add(IndexKind::Range, Some(index::encode_range(&ids)));
-        }
-        if schema.bloom.contains(&i) {
-            add(IndexKind::Bloom, Some(index::encode_bloom(keys.iter())));
-        }
-    }
-    for (i, tree) in schema.star_trees.iter().enumerate() {
-        section.add(IndexKind::StarTree, i, crate::star_tree_build::build(tree, &schema, &arrays)?);
-    }
-    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
-    physical.push(arrays[arrays.len() - 1].clone());
-    let physical_schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(physical_schema.clone(), physical)?;
-    let mut writer = FileWriter::try_new(Vec::new(), &physical_schema)?;
-    writer.write(&batch)?;
-    writer.finish()?;
-    let data = writer.into_inner()?;
-
-    let time_range =
-        columns[schema.time_column].stats.key_range(ColumnType::Timestamp).and_then(|(lo, hi)| match (lo, hi) {
-            (Key::Int(lo), Key::Int(hi)) => Some((lo, hi)),
-            _ => None,
-        });
-    let meta = SegmentMeta {
-        format_version: FORMAT_VERSION,
-        name: name.to_string(),
-        schema: (*schema).clone(),
-        partition,
-        start_offset,
-        end_offset,
-        row_count: u64::from(rows),
-        time_range,
-        created_at_ms,
-        columns,
-        indexes: index_meta,
-        offset_gaps: gaps,
-    };
-    let metadata = serde_json::to_vec(&meta).map_err(|e| SegmentError::Predicate(format!("metadata: {e}")))?;
-    let bytes = format::assemble(&data, &section.finish(), &metadata);
-    Ok(SegmentImage { bytes, meta })
-}
-
-/// Orders ids of equal values by row id, so the range index is deterministic.
-fn stable_ties(ids: &mut [u32], array: &dyn Array) {
-    let mut start = 0;
-    while start < ids.len() {
-        let mut end = start + 1;
-        while end < ids.len() && cmp_rows(array, ids[start] as usize, ids[end] as usize) == Ordering::Equal {
-            end += 1;
-        }
-        ids[start..end].sort_unstable();
-        start = end;
-    }
-}
-
-fn cmp_rows(array: &dyn Array, a: usize, b: usize) -> Ordering {
-    match key_at(array, b) {
-        Some(kb) => cmp_at(array, a, &kb),
-        None => Ordering::Equal,
-    }
-}
-
-fn dictionary_is_smaller(array: &StringArray, distinct: &[Key]) -> bool {
-    let distinct_bytes: usize = distinct.iter().map(Key::heap_size).sum();
-    let dictionary = distinct_bytes + 4 * (distinct.len() + 1) + 4 * array.len();
-    let plain = array.value_data().len() + 4 * (array.len() + 1);
-    dictionary < plain
-}
-
-/// Int32 keys into `distinct` (sorted, so key order is value order).
-fn dictionary_encode(array: &StringArray, distinct: &[Key]) -> Result<ArrayRef, SegmentError> {
-    let ids: foldhash::HashMap<&str, i32> = distinct
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| if let Key::Str(s) = k { Some((s.as_ref(), i as i32)) } else { None })
-        .collect();
-    let keys: Vec<i32> = (0..array.len())
-        .map(|r| if array.is_valid(r) { ids.get(array.value(r)).copied().unwrap_or(0) } else { 0 })
-        .collect();
-    let keys = Int32Array::new(keys.into(), array.nulls().cloned());
-    let values: StringArray =
-        distinct.iter().map(|k| if let Key::Str(s) = k { Some(s.as_ref()) } else { None }).collect();
-    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))?))
-}
-
-/// Something computed over a column's non-null values through a hashable
-/// stand-in `K` of each value, mapped to [`Key`] only once per distinct value.
-trait KeyVisitor {
-    type Out;
-    fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, key: impl Fn(K) -> Key) -> Self::Out;
-}
-
-fn visit_keys<V: KeyVisitor>(array: &dyn Array, visitor: V) -> Result<V::Out, SegmentError> {
-    let rows = (0..array.len()).filter(|r| array.is_valid(*r));
-    Ok(match array.data_type() {
-        DataType::Utf8 => {
-            let a = array.as_string::<i32>();
-            visitor.visit(rows.map(|r| (r as u32, a.value(r))), |s| Key::Str(s.into()))
-        }
-        DataType::Boolean => {
-            let a = array.as_boolean();
-            visitor.visit(rows.map(|r| (r as u32, a.value(r))), Key::Bool)
-        }
-        DataType::Int32 => {
-            let a = array.as_primitive::<Int32Type>();
-            visitor.visit(rows.map(|r| (r as u32, a.value(r))), |v| Key::Int(i64::from(v)))
-        }
-        DataType::Int64 | DataType::Timestamp(..) => {
-            let a = int64_values(array);
-            visitor.visit(rows.map(|r| (r as u32, a[r])), Key::Int)
-        }
-        DataType::Float32 => {
-            let a = array.as_primitive::<Float32Type>();
-            visitor.visit(rows.map(|r| (r as u32, f32_order_bits(a.value(r)))), Key::Float)
-        }
-        DataType::Float64 => {
-            let a = array.as_primitive::<Float64Type>();
-            visitor.visit(rows.map(|r| (r as u32, f64_order_bits(a.value(r)))), Key::Float)
-        }
-        other => return Err(SegmentError::Predicate(format!("unsupported column type {other}"))),
-    })
-}
-
-/// Distinct non-null values with their rows, in key order.
-fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentError> {
-    struct Groups;
-    impl KeyVisitor for Groups {
-        type Out = Vec<(Key, RoaringBitmap)>;
-        fn visit<K: std::hash::Hash + Eq>(
-            self,
-            rows: impl Iterator<Item = (u32, K)>,
-            key: impl Fn(K) -> Key,
-        ) -> Self::Out {
-            let mut groups: foldhash::HashMap<K, RoaringBitmap> = foldhash::HashMap::default();
-            for (row, value) in rows {
-                groups.entry(value).or_default().insert(row);
-            }
-            let mut out: Vec<(Key, RoaringBitmap)> = groups.into_iter().map(|(k, rows)| (key(k), rows)).collect();
-            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            out
-        }
-    }
-    visit_keys(array, Groups)
-}
-
-/// Distinct non-null values, in no particular order.
-fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
-    struct Distinct;
-    impl KeyVisitor for Distinct {
-        type Out = Vec<Key>;
-        fn visit<K: std::hash::Hash + Eq>(
-            self,
-            rows: impl Iterator<Item = (u32, K)>,
-            key: impl Fn(K) -> Key,
-        ) -> Self::Out {
-            let set: foldhash::HashSet<K> = rows.map(|(_, v)| v).collect();
-            set.into_iter().map(key).collect()
-        }
-    }
-    visit_keys(array, Distinct)
-}
-
-/// How many distinct non-null values the column holds.
-fn distinct_count(array: &dyn Array) -> Result<u64, SegmentError> {
-    struct Count;
-    impl KeyVisitor for Count {
-        type Out = u64;
-        fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, _: impl Fn(K) -> Key) -> u64 {
-            rows.map(|(_, v)| v).collect::<foldhash::HashSet<K>>().len() as u64
-        }
-    }
-    visit_keys(array, Count)
-}
-
-/// Whether a column without NULLs never decreases (integers and
-/// timestamps; other types are not checked and report false).
-fn non_decreasing(array: &dyn Array) -> bool {
-    if array.null_count() > 0 {
-        return false;
-    }
-    match array.data_type() {
-        DataType::Int64 | DataType::Timestamp(..) => int64_values(array).is_sorted(),
-        DataType::Int32 => array.as_primitive::<Int32Type>().values().is_sorted(),
-        _ => false,
-    }
-}
-
 /// The i64 values of an Int64 or timestamp array.
 pub(crate) fn int64_values(array: &dyn Array) -> &[i64] {
     match array.data_type() {
@@ -417,7 +126,7 @@ pub(crate) fn int64_values(array: &dyn Array) -> &[i64] {
 }
 
 /// The key of a non-null row (None for NULL).
-fn key_at(array: &dyn Array, row: usize) -> Option<Key> {
+pub(crate) fn key_at(array: &dyn Array, row: usize) -> Option<Key> {
     if array.is_null(row) {
         return None;
     }
@@ -437,7 +146,7 @@ fn key_at(array: &dyn Array, row: usize) -> Option<Key> {
 }
 
 /// Compares a non-null row's value with `key` without allocating.
-fn cmp_at(array: &dyn Array, row: usize, key: &Key) -> Ordering {
+pub(crate) fn cmp_at(array: &dyn Array, row: usize, key: &Key) -> Ordering {
     match (array.data_type(), key) {
         (DataType::Utf8, Key::Str(s)) => array.as_string::<i32>().value(row).as_bytes().cmp(s.as_bytes()),
         (DataType::Dictionary(..), Key::Str(s)) => {

@@ -250,6 +250,11 @@ pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100_0000_01b3);
     }
+    finish_stable_hash(h)
+}
+
+/// The final mix of [`stable_hash`] (splitmix64's), after its FNV-1a pass.
+pub fn finish_stable_hash(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
