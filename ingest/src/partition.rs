@@ -317,6 +317,7 @@ async fn consume_partition(
         last_size: None,
         records: metrics::counter!(m::RECORDS_CONSUMED, &labels),
         bytes: metrics::counter!(m::BYTES_CONSUMED, &labels),
+        uncounted: (0, 0),
         labels: labels.clone(),
         log: LogLimiter::default(),
     };
@@ -401,6 +402,7 @@ async fn consume_partition(
                 while let Some(message) = next.take() {
                     let payload = message.payload().unwrap_or_default();
                     if let Err(exit) = state.consume(&ctx, message.offset(), payload).await {
+                        state.count();
                         break 'consume exit;
                     }
                     taken += 1;
@@ -418,6 +420,7 @@ async fn consume_partition(
                         Some(None) | None => None,
                     };
                 }
+                state.count();
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
@@ -497,10 +500,11 @@ struct Consuming {
     started: Option<Instant>,
     /// The size of the last segment cut, which the next one is sized for.
     last_size: Option<SegmentSize>,
-    /// Handles resolved once: a record costs two atomic adds, not two
-    /// registry lookups with their label allocations.
+    /// Handles resolved once, added to once per batch of records (from
+    /// `uncounted`: records, bytes), not per record.
     records: metrics::Counter,
     bytes: metrics::Counter,
+    uncounted: (u64, u64),
     labels: [(&'static str, String); 2],
     log: LogLimiter,
 }
@@ -567,8 +571,8 @@ impl Consuming {
             }
         }
         self.started.get_or_insert_with(Instant::now);
-        self.records.increment(1);
-        self.bytes.increment(payload.len() as u64);
+        self.uncounted.0 += 1;
+        self.uncounted.1 += payload.len() as u64;
         let bad = match ctx.decoder.decode(payload) {
             Ok(row) => match segment.append(offset, &row.datums()) {
                 Ok(()) => return Ok(()),
@@ -589,6 +593,13 @@ impl Consuming {
         }
         handle_bad_record(ctx, partition, offset, payload, &bad).await?;
         segment.skip(offset).map_err(|e| Exit::failed(FailReason::Segment, e.to_string()))
+    }
+
+    /// Adds the records consumed since the last call to the metrics.
+    fn count(&mut self) {
+        let (records, bytes) = std::mem::take(&mut self.uncounted);
+        self.records.increment(records);
+        self.bytes.increment(bytes);
     }
 
     /// Cuts the consuming segment: it waits, whole, for the segment in

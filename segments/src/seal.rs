@@ -100,9 +100,22 @@ pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Re
             _ if inverted => group_rows(array.as_ref())?,
             _ => Vec::new(),
         };
+        // A range index's rows in (value, row) order; for integer columns
+        // sorted as pairs, which also counts their distinct values.
+        let range = schema.range.contains(&i) && schema.sorted != Some(i);
+        let (range_ids, range_distinct) = match range.then(|| int_range_ids(array.as_ref())).flatten() {
+            Some((ids, distinct)) => (Some(ids), Some(distinct)),
+            None if range => (Some(range_ids(array.as_ref())?), None),
+            None => (None, None),
+        };
         let mut strs: Vec<&str> = Vec::new();
         let mut keys: Vec<Key> = Vec::new();
-        let distinct = if inverted {
+        let distinct = if let Some(distinct) = range_distinct {
+            if bloom {
+                keys = distinct_keys(array.as_ref())?;
+            }
+            distinct
+        } else if inverted {
             if strings.is_some() {
                 strs = groups
                     .iter()
@@ -147,12 +160,7 @@ pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Re
         if schema.inverted.contains(&i) {
             add(IndexKind::Inverted, Some(index::encode_inverted(&groups)));
         }
-        if schema.range.contains(&i) && schema.sorted != Some(i) {
-            let options = SortOptions { descending: false, nulls_first: true };
-            let order = sort_to_indices(array.as_ref(), Some(options), None)?;
-            let nulls = array.null_count();
-            let mut ids: Vec<u32> = order.values()[nulls..].to_vec();
-            stable_ties(&mut ids, array.as_ref());
+        if let Some(ids) = range_ids {
             add(IndexKind::Range, Some(index::encode_range(&ids)));
         }
         if bloom {
@@ -203,6 +211,33 @@ pub(crate) fn seal_input(input: SealInput, name: &str, created_at_ms: i64) -> Re
     Ok(SegmentImage { bytes, meta })
 }
 
+/// A range index's rows: non-null rows in (value, row) order.
+fn range_ids(array: &dyn Array) -> Result<Vec<u32>, SegmentError> {
+    let options = SortOptions { descending: false, nulls_first: true };
+    let order = sort_to_indices(array, Some(options), None)?;
+    let nulls = array.null_count();
+    let mut ids: Vec<u32> = order.values()[nulls..].to_vec();
+    stable_ties(&mut ids, array);
+    Ok(ids)
+}
+
+/// [`range_ids`] of an integer or timestamp column, sorted as (value, row)
+/// pairs, with the count of distinct values; None for other types.
+fn int_range_ids(array: &dyn Array) -> Option<(Vec<u32>, u64)> {
+    fn sorted<T: Ord + Copy>(values: &[T], array: &dyn Array) -> (Vec<u32>, u64) {
+        let mut pairs: Vec<(T, u32)> =
+            (0..values.len()).filter(|&r| array.is_valid(r)).map(|r| (values[r], r as u32)).collect();
+        pairs.sort_unstable();
+        let distinct = pairs.windows(2).filter(|w| w[0].0 != w[1].0).count() as u64 + u64::from(!pairs.is_empty());
+        (pairs.into_iter().map(|(_, row)| row).collect(), distinct)
+    }
+    match array.data_type() {
+        DataType::Int32 => Some(sorted(array.as_primitive::<Int32Type>().values(), array)),
+        DataType::Int64 | DataType::Timestamp(..) => Some(sorted(int64_values(array), array)),
+        _ => None,
+    }
+}
+
 /// Orders ids of equal values by row id, so the range index is deterministic.
 fn stable_ties(ids: &mut [u32], array: &dyn Array) {
     let mut start = 0;
@@ -244,7 +279,9 @@ fn dictionary_encode(array: &StringArray, distinct: &[&str]) -> Result<ArrayRef,
 /// A string column's distinct non-null values, borrowed from it, in no
 /// particular order.
 fn distinct_strs(array: &StringArray) -> Vec<&str> {
-    let set: foldhash::HashSet<&str> = array.iter().flatten().collect();
+    // Sized for every row up front: growing rehashes every string again.
+    let mut set: foldhash::HashSet<&str> = foldhash::HashSet::with_capacity_and_hasher(array.len(), Default::default());
+    set.extend(array.iter().flatten());
     set.into_iter().collect()
 }
 
@@ -321,11 +358,17 @@ fn group_rows(array: &dyn Array) -> Result<Vec<(Key, RoaringBitmap)>, SegmentErr
             rows: impl Iterator<Item = (u32, K)>,
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
-            let mut groups: foldhash::HashMap<K, RoaringBitmap> = foldhash::HashMap::default();
+            // Row lists, then bitmaps built from them: rows come in
+            // ascending order, and a sorted build is much cheaper than an
+            // insert per row.
+            let mut groups: foldhash::HashMap<K, Vec<u32>> = foldhash::HashMap::default();
             for (row, value) in rows {
-                groups.entry(value).or_default().insert(row);
+                groups.entry(value).or_default().push(row);
             }
-            let mut out: Vec<(Key, RoaringBitmap)> = groups.into_iter().map(|(k, rows)| (key(k), rows)).collect();
+            let mut out: Vec<(Key, RoaringBitmap)> = groups
+                .into_iter()
+                .map(|(k, rows)| (key(k), RoaringBitmap::from_sorted_iter(rows).expect("rows are visited in order")))
+                .collect();
             out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             out
         }
@@ -343,7 +386,9 @@ fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
             rows: impl Iterator<Item = (u32, K)>,
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
-            let set: foldhash::HashSet<K> = rows.map(|(_, v)| v).collect();
+            let mut set: foldhash::HashSet<K> =
+                foldhash::HashSet::with_capacity_and_hasher(rows.size_hint().1.unwrap_or(0), Default::default());
+            set.extend(rows.map(|(_, v)| v));
             set.into_iter().map(key).collect()
         }
     }
@@ -366,7 +411,10 @@ fn distinct_count(array: &dyn Array) -> Result<u64, SegmentError> {
     impl KeyVisitor for Count {
         type Out = u64;
         fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, _: impl Fn(K) -> Key) -> u64 {
-            rows.map(|(_, v)| v).collect::<foldhash::HashSet<K>>().len() as u64
+            let mut set: foldhash::HashSet<K> =
+                foldhash::HashSet::with_capacity_and_hasher(rows.size_hint().1.unwrap_or(0), Default::default());
+            set.extend(rows.map(|(_, v)| v));
+            set.len() as u64
         }
     }
     visit_keys(array, Count)
@@ -426,6 +474,17 @@ mod tests {
                 assert_eq!(order, expected, "{} rows of {}", rows, column.data_type());
                 let sorted = take(column.as_ref(), &order, None).unwrap();
                 assert_eq!(runs, group_rows(sorted.as_ref()).unwrap(), "each value's rows are its run after the sort");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_range_rows_are_the_sorted_rows() {
+        for rows in [0, 1, 7, 1000] {
+            for column in columns(rows).into_iter().skip(3) {
+                let (ids, distinct) = int_range_ids(column.as_ref()).expect("an integer column");
+                assert_eq!(ids, range_ids(column.as_ref()).unwrap());
+                assert_eq!(distinct, distinct_count(column.as_ref()).unwrap());
             }
         }
     }
