@@ -12,10 +12,14 @@
 //!   integers into epoch timestamps, strings into RFC 3339 timestamps).
 //! - A decoder depends on the pipeline's schema only: the same config gives
 //!   the same rows and the same bad-record classes on every node.
+//! - A [`PartitionQueue`] owns its librdkafka queue reference and every
+//!   message it hands out: a record's payload borrows its [`Batch`], which
+//!   destroys the messages, and no wake-up callback outlives the queue.
 
 mod bad_record;
 mod context;
 mod json;
+mod partition_queue;
 mod path;
 mod reader;
 mod source;
@@ -24,5 +28,6 @@ mod timestamp;
 pub use bad_record::{BadRecord, BadRecordKind};
 pub use context::{SourceConsumer, SourceContext};
 pub use json::{Decoder, Row};
+pub use partition_queue::{Batch, PartitionQueue};
 pub use source::{consumer_config, kafka_config};
 pub use timestamp::parse_rfc3339;

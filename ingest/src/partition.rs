@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::budget::{MemoryBudget, Pressure};
 use crate::metrics as m;
-use sluice_decode::{BadRecord, Decoder, SourceConsumer, SourceContext};
+use sluice_decode::{BadRecord, Decoder, PartitionQueue, SourceConsumer, SourceContext};
 
 /// How a partition's ingestion ended. Whatever the exit, the lease was
 /// released before the task ended, so the partition can be acquired again.
@@ -296,7 +296,7 @@ async fn consume_partition(
     // Split before assigning: librdkafka forwards a newly assigned
     // partition's fetch queue to the consumer's queue unless the application
     // already took it over, and never once it has.
-    let Some(queue) = consumer.split_partition_queue(&config.source.topic, partition) else {
+    let Some(queue) = PartitionQueue::split(consumer, &config.source.topic, partition) else {
         return Exit::failed(
             FailReason::Assign,
             format!("no queue for partition {partition} of {}", config.source.topic),
@@ -322,7 +322,6 @@ async fn consume_partition(
         log: LogLimiter::default(),
     };
     let consuming_bytes = metrics::gauge!(m::CONSUMING_BYTES, &labels);
-    let mut stream = queue.stream();
     let mut next_lag_check = Instant::now();
     let mut in_flight: Option<InFlight> = None;
     let exit = 'consume: loop {
@@ -366,7 +365,7 @@ async fn consume_partition(
                 }
             }
         }
-        let message = tokio::select! {
+        let ready = tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     // The segments cut and waiting, then the consuming one.
@@ -388,46 +387,42 @@ async fn consume_partition(
                 }
                 continue;
             }
-            received = tokio::time::timeout(Duration::from_millis(200), stream.next()) => received,
+            ready = tokio::time::timeout(Duration::from_millis(200), queue.readable()) => ready.is_ok(),
         };
-        match message {
-            Ok(Some(Ok(first))) => {
-                // The awaited record, then what librdkafka already holds,
-                // without a timer, a select or a budget check per record. A
-                // batch ends where the segment reaches its row threshold, so
-                // segments hold exactly `flush.rows` rows; the byte threshold
-                // and the budget are checked between batches.
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(message) = next.take() {
-                    let payload = message.payload().unwrap_or_default();
-                    if let Err(exit) = state.consume(&ctx, message.offset(), payload).await {
-                        state.count();
-                        break 'consume exit;
-                    }
-                    taken += 1;
-                    // A full segment ends the batch: it is flushed or cut.
-                    let full = state.segment.as_ref().is_some_and(|s| i64::from(s.row_count()) >= config.flush.rows);
-                    if taken == DRAIN_BATCH || full {
-                        break;
-                    }
-                    next = match stream.next().now_or_never() {
-                        Some(Some(Ok(message))) => Some(message),
-                        Some(Some(Err(e))) => {
-                            tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
-                            None
+        // Otherwise a poll timeout: on to the time-based flush.
+        if ready {
+            // What librdkafka holds, taken in one call, then consumed without
+            // a timer, a select or a budget check per record. A batch holds
+            // at most the records the segment has rows left for, so segments
+            // hold exactly `flush.rows` rows; the byte threshold and the
+            // budget are checked between batches.
+            let rows = state.segment.as_ref().map_or(0, |s| i64::from(s.row_count()));
+            let room = usize::try_from(config.flush.rows - rows).unwrap_or(0).clamp(1, DRAIN_BATCH);
+            let mut failed = None;
+            match queue.take(room) {
+                Ok(batch) => {
+                    for record in batch.records() {
+                        match record {
+                            Ok((offset, payload)) => {
+                                if let Err(exit) = state.consume(&ctx, offset, payload).await {
+                                    state.count();
+                                    break 'consume exit;
+                                }
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
                         }
-                        Some(None) | None => None,
-                    };
+                    }
                 }
-                state.count();
+                Err(e) => failed = Some(e),
             }
-            Ok(Some(Err(e))) => {
+            state.count();
+            if let Some(e) = failed {
                 tracing::warn!(table = %config.table, partition, error = %e, "Kafka; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(None) => break Exit::failed(FailReason::Kafka, "the Kafka message stream ended"),
-            Err(_) => {} // poll timeout: fall through to the time-based flush
         }
         if let Some(offset) = state.segment.as_ref().and_then(ConsumingSegment::last_offset) {
             ctx.health.consumed(&config.table, partition, offset);
@@ -471,7 +466,6 @@ async fn consume_partition(
         Err(flight) if exit == Exit::Stopped => flight,
         _ => exit,
     };
-    drop(stream);
     // Whatever librdkafka fetched beyond what was consumed is dropped with
     // the assignment; the next owner reads it again from the checkpoint.
     if let Err(e) = consumer.incremental_unassign(&assignment) {
