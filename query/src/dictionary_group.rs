@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, StringViewBuilder};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
@@ -266,6 +266,59 @@ impl Groups {
     }
 }
 
+/// MIN or MAX of a dictionary-encoded string column within one segment:
+/// the best key per group (keys order as their values do, the dictionary
+/// being sorted), translated to its value once per group when the segment
+/// ends and fed to DataFusion's own accumulator then.
+struct KeyExtreme<'s> {
+    max: bool,
+    best: Vec<i32>,
+    values: &'s StringArray,
+}
+
+/// No key yet (keys are never negative).
+const NO_KEY: i32 = -1;
+
+impl<'s> KeyExtreme<'s> {
+    fn new(max: bool, values: &'s StringArray) -> Self {
+        Self { max, best: Vec::new(), values }
+    }
+
+    fn update(&mut self, keys: &Int32Array, group_ids: &[usize], groups: usize) {
+        if self.best.len() < groups {
+            self.best.resize(groups, NO_KEY);
+        }
+        for (i, &group) in group_ids.iter().enumerate() {
+            if keys.is_null(i) {
+                continue;
+            }
+            let (key, best) = (keys.value(i), &mut self.best[group]);
+            if *best == NO_KEY || (self.max && key > *best) || (!self.max && key < *best) {
+                *best = key;
+            }
+        }
+    }
+
+    fn flush(self, accumulator: &mut dyn GroupsAccumulator, groups: usize) -> Result<()> {
+        let mut values = StringViewBuilder::new();
+        let mut group_ids = Vec::new();
+        for (group, &key) in self.best.iter().enumerate().filter(|(_, k)| **k != NO_KEY) {
+            let key = key as usize;
+            if key >= self.values.len() {
+                return Err(DataFusionError::Internal(format!("a dictionary key {key} out of range")));
+            }
+            if self.values.is_valid(key) {
+                values.append_value(self.values.value(key));
+                group_ids.push(group);
+            }
+        }
+        if group_ids.is_empty() {
+            return Ok(());
+        }
+        accumulator.update_batch(&[Arc::new(values.finish()) as ArrayRef], &group_ids, None, groups)
+    }
+}
+
 impl Grouping {
     async fn run(self, partition: usize, context: Arc<TaskContext>) -> Result<RecordBatch> {
         let reservation =
@@ -274,11 +327,33 @@ impl Grouping {
         let mut accumulators: Vec<Box<dyn GroupsAccumulator>> =
             aggregates.iter().map(|a| a.create_groups_accumulator()).collect::<Result<_>>()?;
         let arguments: Vec<Vec<Arc<dyn PhysicalExpr>>> = aggregates.iter().map(|a| a.expressions()).collect();
+        // MIN and MAX of a column, by name: run on its dictionary keys where
+        // a segment has them.
+        let extreme_of: Vec<Option<(String, bool)>> = aggregates
+            .iter()
+            .zip(&arguments)
+            .map(|(aggregate, exprs)| {
+                let max = match aggregate.fun().name() {
+                    "min" => false,
+                    "max" => true,
+                    _ => return None,
+                };
+                // A column of the scan, served as views (the type the
+                // accumulator then takes from `KeyExtreme`).
+                let [expr] = exprs.as_slice() else { return None };
+                let column = expr.downcast_ref::<Column>()?;
+                let field = self.scan_schema.fields().get(column.index())?;
+                (field.name() == column.name() && field.data_type() == &DataType::Utf8View)
+                    .then(|| (column.name().to_string(), max))
+            })
+            .collect();
         let mut groups = Groups::default();
         let mut group_ids: Vec<usize> = Vec::new();
         for part in &self.parts {
             // The segment's dictionary, mapped to group ids once.
             let mut by_key: Option<Vec<u32>> = None;
+            // Per aggregate, the best key per group in this segment.
+            let mut extremes: Vec<Option<KeyExtreme<'_>>> = (0..aggregates.len()).map(|_| None).collect();
             for rows in chunks(&part.rows, self.batch_size) {
                 let batch = self.reader.read(&part.segment, &rows, &self.scan_schema)?;
                 group_ids.clear();
@@ -312,7 +387,15 @@ impl Grouping {
                         );
                     }
                 }
-                for (accumulator, exprs) in accumulators.iter_mut().zip(&arguments) {
+                for (i, (accumulator, exprs)) in accumulators.iter_mut().zip(&arguments).enumerate() {
+                    if let Some((column, max)) = &extreme_of[i]
+                        && let Some((keys, values)) = part.segment.dictionary_keys(column, &rows)
+                        && keys.len() == batch.num_rows()
+                    {
+                        let extreme = extremes[i].get_or_insert_with(|| KeyExtreme::new(*max, values));
+                        extreme.update(&keys, &group_ids, groups.values.len());
+                        continue;
+                    }
                     let values: Vec<ArrayRef> = exprs
                         .iter()
                         .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(batch.num_rows())))
@@ -324,6 +407,11 @@ impl Grouping {
                 // Yield between batches: the query's deadline and
                 // cancellation get their turn.
                 tokio::task::yield_now().await;
+            }
+            for (extreme, accumulator) in extremes.into_iter().zip(accumulators.iter_mut()) {
+                if let Some(extreme) = extreme {
+                    extreme.flush(accumulator.as_mut(), groups.values.len())?;
+                }
             }
         }
         let mut keys = StringViewBuilder::with_capacity(groups.values.len());

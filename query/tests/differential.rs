@@ -365,6 +365,11 @@ async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
         "SELECT device, COUNT(latency_ms) FROM clicks WHERE status = 404 GROUP BY device",
         "SELECT url, COUNT(*) AS c FROM clicks GROUP BY url ORDER BY c DESC, url LIMIT 5",
         "SELECT country, MIN(url), MAX(device) FROM clicks WHERE country IS NULL OR country = 'FR' GROUP BY country",
+        // MIN/MAX of dictionary columns on their keys: NULL values, filters
+        // that leave groups without a value, several per query.
+        "SELECT device, MIN(country), MAX(country), MIN(url), MAX(url), COUNT(*) FROM clicks GROUP BY device",
+        "SELECT country, MAX(device), MIN(device) FROM clicks WHERE status = 404 GROUP BY country",
+        "SELECT url, MIN(country), MAX(device) FROM clicks WHERE latency_ms < 40 GROUP BY url ORDER BY url LIMIT 20",
         // COUNT(DISTINCT) groups by the column first.
         "SELECT COUNT(DISTINCT url) FROM clicks WHERE status = 500",
     ] {
