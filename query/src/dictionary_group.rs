@@ -13,6 +13,9 @@
 //! dictionary (a consuming tail, a plain-encoded column) hashes its values
 //! into the same groups.
 //!
+//! Without groups it is taken only for a `MIN`/`MAX` of a column that every
+//! segment stores as a dictionary (one group, one output row).
+//!
 //! Only the plain shape is taken: one grouping column with at most
 //! [`MAX_DICTIONARY`] distinct values in every segment, no grouping sets, no
 //! aggregate with `DISTINCT`, `FILTER`, `ORDER BY` or without groups
@@ -40,6 +43,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
+
+use sluice_segments::Encoding;
 
 use crate::table::{Part, SegmentScanExec, chunks};
 
@@ -79,7 +84,9 @@ pub struct DictionaryGroupBy {
     aggregate: AggregateExec,
     scan: Arc<dyn ExecutionPlan>,
     /// The grouping column's name and position in the scan's output.
-    column: (String, usize),
+    /// The grouping column (name, index in the scan); None for an
+    /// aggregation without groups (one group).
+    column: Option<(String, usize)>,
     properties: Arc<PlanProperties>,
 }
 
@@ -94,13 +101,42 @@ impl DictionaryGroupBy {
             .all(|a| a.groups_accumulator_supported() && !a.is_distinct() && a.order_bys().is_empty());
         if !matches!(aggregate.mode(), AggregateMode::Partial)
             || group.has_grouping_set()
-            || group.expr().len() != 1
+            || group.expr().len() > 1
             || aggregate.filter_expr().iter().any(Option::is_some)
             || aggregate.limit_options().is_some()
             || !plain_aggregates
             || scan.reader.residual.is_some()
         {
             return None;
+        }
+        let properties = |partitions: usize| {
+            Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(aggregate.schema()),
+                Partitioning::UnknownPartitioning(partitions),
+                EmissionType::Final,
+                Boundedness::Bounded,
+            ))
+        };
+        let partitions = scan.properties().output_partitioning().partition_count();
+        if group.expr().is_empty() {
+            // Without groups, DataFusion's own aggregation is as fast as
+            // this one, except for MIN/MAX of a dictionary column, which
+            // run on keys here: taken only when there is one.
+            let on_keys = aggregate.aggr_expr().iter().any(|a| {
+                let column = extreme_column(a.fun().name(), &a.expressions(), &scan.schema);
+                column.is_some_and(|(name, _)| {
+                    scan.partitions.iter().flatten().all(|part| {
+                        let meta = part.segment.meta();
+                        meta.columns.iter().any(|c| c.name == name && c.encoding == Encoding::Dictionary)
+                    })
+                })
+            });
+            return on_keys.then(|| DictionaryGroupBy {
+                aggregate: aggregate.clone(),
+                scan: scan_plan.clone(),
+                column: None,
+                properties: properties(partitions),
+            });
         }
         let column = group.expr()[0].0.downcast_ref::<Column>()?;
         let field = scan.schema.fields().get(column.index())?;
@@ -118,18 +154,11 @@ impl DictionaryGroupBy {
         if !small {
             return None;
         }
-        let partitions = scan.properties().output_partitioning().partition_count();
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(aggregate.schema()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        ));
         Some(DictionaryGroupBy {
             aggregate: aggregate.clone(),
             scan: scan_plan.clone(),
-            column: (column.name().to_string(), column.index()),
-            properties,
+            column: Some((column.name().to_string(), column.index())),
+            properties: properties(partitions),
         })
     }
 }
@@ -137,7 +166,8 @@ impl DictionaryGroupBy {
 impl DisplayAs for DictionaryGroupBy {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
-        write!(f, "DictionaryGroupBy: gby=[{}], aggr=[{}]", self.column.0, aggregates.join(", "))
+        let column = self.column.as_ref().map_or("", |c| c.0.as_str());
+        write!(f, "DictionaryGroupBy: gby=[{column}], aggr=[{}]", aggregates.join(", "))
     }
 }
 
@@ -231,7 +261,9 @@ struct Grouping {
     reader: crate::table::Reader,
     scan_schema: SchemaRef,
     schema: SchemaRef,
-    column: (String, usize),
+    /// The grouping column (name, index in the scan); None for an
+    /// aggregation without groups (one group).
+    column: Option<(String, usize)>,
     aggregate: AggregateExec,
     batch_size: u32,
 }
@@ -264,6 +296,22 @@ impl Groups {
             }
         }
     }
+}
+
+/// The column of a `MIN` or `MAX` that can run on dictionary keys (one
+/// argument, a column of the scan served as views — the type `KeyExtreme`
+/// feeds the accumulator), and whether it is `MAX`.
+fn extreme_column(function: &str, arguments: &[Arc<dyn PhysicalExpr>], scan: &SchemaRef) -> Option<(String, bool)> {
+    let max = match function {
+        "min" => false,
+        "max" => true,
+        _ => return None,
+    };
+    let [expr] = arguments else { return None };
+    let column = expr.downcast_ref::<Column>()?;
+    let field = scan.fields().get(column.index())?;
+    (field.name() == column.name() && field.data_type() == &DataType::Utf8View)
+        .then(|| (column.name().to_string(), max))
 }
 
 /// MIN or MAX of a dictionary-encoded string column within one segment:
@@ -332,20 +380,7 @@ impl Grouping {
         let extreme_of: Vec<Option<(String, bool)>> = aggregates
             .iter()
             .zip(&arguments)
-            .map(|(aggregate, exprs)| {
-                let max = match aggregate.fun().name() {
-                    "min" => false,
-                    "max" => true,
-                    _ => return None,
-                };
-                // A column of the scan, served as views (the type the
-                // accumulator then takes from `KeyExtreme`).
-                let [expr] = exprs.as_slice() else { return None };
-                let column = expr.downcast_ref::<Column>()?;
-                let field = self.scan_schema.fields().get(column.index())?;
-                (field.name() == column.name() && field.data_type() == &DataType::Utf8View)
-                    .then(|| (column.name().to_string(), max))
-            })
+            .map(|(aggregate, exprs)| extreme_column(aggregate.fun().name(), exprs, &self.scan_schema))
             .collect();
         let mut groups = Groups::default();
         let mut group_ids: Vec<usize> = Vec::new();
@@ -357,8 +392,13 @@ impl Grouping {
             for rows in chunks(&part.rows, self.batch_size) {
                 let batch = self.reader.read(&part.segment, &rows, &self.scan_schema)?;
                 group_ids.clear();
-                match part.segment.dictionary_keys(&self.column.0, &rows) {
-                    Some((keys, values)) if keys.len() == batch.num_rows() => {
+                match (&self.column, part.segment.dictionary_keys(self.column.as_ref().map_or("", |c| &c.0), &rows)) {
+                    // Without groups every row is the one group's.
+                    (None, _) => {
+                        let group = groups.id(None) as usize;
+                        group_ids.resize(batch.num_rows(), group);
+                    }
+                    (Some(_), Some((keys, values))) if keys.len() == batch.num_rows() => {
                         // Group ids by key, each made on the first row that
                         // has the key: a value no selected row has must not
                         // become a group.
@@ -379,8 +419,8 @@ impl Grouping {
                             group_ids.push(id as usize);
                         }
                     }
-                    _ => {
-                        let column = batch.column(self.column.1).as_string_view();
+                    (Some(column), _) => {
+                        let column = batch.column(column.1).as_string_view();
                         group_ids.extend(
                             (0..column.len())
                                 .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
@@ -414,11 +454,25 @@ impl Grouping {
                 }
             }
         }
-        let mut keys = StringViewBuilder::with_capacity(groups.values.len());
-        for value in &groups.values {
-            keys.append_option(value.as_deref());
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.column.is_some() {
+            let mut keys = StringViewBuilder::with_capacity(groups.values.len());
+            for value in &groups.values {
+                keys.append_option(value.as_deref());
+            }
+            columns.push(Arc::new(keys.finish()));
+        } else if groups.values.is_empty() {
+            // Without groups the partial aggregate is one row, rows or not:
+            // the accumulators' initial states (NULL for MIN, 0 for COUNT).
+            groups.id(None);
+            for (accumulator, exprs) in accumulators.iter_mut().zip(&arguments) {
+                let empty: Vec<ArrayRef> = exprs
+                    .iter()
+                    .map(|e| e.data_type(&self.scan_schema).map(|t| arrow::array::new_empty_array(&t)))
+                    .collect::<Result<_>>()?;
+                accumulator.update_batch(&empty, &[], None, 1)?;
+            }
         }
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(keys.finish())];
         for accumulator in &mut accumulators {
             columns.extend(accumulator.state(EmitTo::All)?);
         }
