@@ -44,7 +44,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 
-use sluice_segments::Encoding;
+use roaring::RoaringBitmap;
+use sluice_segments::{Encoding, Segment};
 
 use crate::table::{Part, SegmentScanExec, chunks};
 
@@ -314,6 +315,24 @@ fn extreme_column(function: &str, arguments: &[Arc<dyn PhysicalExpr>], scan: &Sc
         .then(|| (column.name().to_string(), max))
 }
 
+/// A chunk's dictionary keys of `column` (and the segment's dictionary),
+/// selected once per chunk and kept in `taken`; None where the segment does
+/// not store the column as a dictionary.
+fn chunk_keys<'c, 's>(
+    taken: &mut Vec<(&'c str, Option<(Int32Array, &'s StringArray)>)>,
+    segment: &'s Segment,
+    column: &'c str,
+    rows: &RoaringBitmap,
+    num_rows: usize,
+) -> Option<(Int32Array, &'s StringArray)> {
+    if let Some((_, keys)) = taken.iter().find(|(c, _)| *c == column) {
+        return keys.clone();
+    }
+    let keys = segment.dictionary_keys(column, rows).filter(|(keys, _)| keys.len() == num_rows);
+    taken.push((column, keys.clone()));
+    keys
+}
+
 /// MIN or MAX of a dictionary-encoded string column within one segment:
 /// the best key per group (keys order as their values do, the dictionary
 /// being sorted), translated to its value once per group when the segment
@@ -392,45 +411,50 @@ impl Grouping {
             for rows in chunks(&part.rows, self.batch_size) {
                 let batch = self.reader.read(&part.segment, &rows, &self.scan_schema)?;
                 group_ids.clear();
-                match (&self.column, part.segment.dictionary_keys(self.column.as_ref().map_or("", |c| &c.0), &rows)) {
+                // Each column's keys selected once per chunk: the grouping
+                // column and MIN/MAX arguments may be the same column.
+                let mut taken = Vec::new();
+                match &self.column {
                     // Without groups every row is the one group's.
-                    (None, _) => {
+                    None => {
                         let group = groups.id(None) as usize;
                         group_ids.resize(batch.num_rows(), group);
                     }
-                    (Some(_), Some((keys, values))) if keys.len() == batch.num_rows() => {
-                        // Group ids by key, each made on the first row that
-                        // has the key: a value no selected row has must not
-                        // become a group.
-                        let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
-                        for (i, &key) in keys.values().iter().enumerate() {
-                            let id = if keys.is_null(i) {
-                                groups.id(None)
-                            } else {
-                                let slot = map.get_mut(key as usize).ok_or_else(|| {
-                                    DataFusionError::Internal(format!("a dictionary key {key} out of range"))
-                                })?;
-                                if *slot == UNMAPPED {
-                                    *slot =
-                                        groups.id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
-                                }
-                                *slot
-                            };
-                            group_ids.push(id as usize);
+                    Some(column) => match chunk_keys(&mut taken, &part.segment, &column.0, &rows, batch.num_rows()) {
+                        Some((keys, values)) => {
+                            // Group ids by key, each made on the first row
+                            // that has the key: a value no selected row has
+                            // must not become a group.
+                            let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
+                            for (i, &key) in keys.values().iter().enumerate() {
+                                let id = if keys.is_null(i) {
+                                    groups.id(None)
+                                } else {
+                                    let slot = map.get_mut(key as usize).ok_or_else(|| {
+                                        DataFusionError::Internal(format!("a dictionary key {key} out of range"))
+                                    })?;
+                                    if *slot == UNMAPPED {
+                                        *slot = groups
+                                            .id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
+                                    }
+                                    *slot
+                                };
+                                group_ids.push(id as usize);
+                            }
                         }
-                    }
-                    (Some(column), _) => {
-                        let column = batch.column(column.1).as_string_view();
-                        group_ids.extend(
-                            (0..column.len())
-                                .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
-                        );
-                    }
+                        None => {
+                            let column = batch.column(column.1).as_string_view();
+                            group_ids.extend(
+                                (0..column.len())
+                                    .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
+                            );
+                        }
+                    },
                 }
                 for (i, (accumulator, exprs)) in accumulators.iter_mut().zip(&arguments).enumerate() {
                     if let Some((column, max)) = &extreme_of[i]
-                        && let Some((keys, values)) = part.segment.dictionary_keys(column, &rows)
-                        && keys.len() == batch.num_rows()
+                        && let Some((keys, values)) =
+                            chunk_keys(&mut taken, &part.segment, column, &rows, batch.num_rows())
                     {
                         let extreme = extremes[i].get_or_insert_with(|| KeyExtreme::new(*max, values));
                         extreme.update(&keys, &group_ids, groups.values.len());
