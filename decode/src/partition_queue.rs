@@ -125,14 +125,6 @@ unsafe impl Send for Batch<'_> {}
 unsafe impl Sync for Batch<'_> {}
 
 impl Batch<'_> {
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     /// Each message as (offset, payload), or the error librdkafka reported
     /// in its place. (By index: the iterator holds only `&Batch`, so it may
     /// live across an await in a task that moves between threads.)

@@ -228,7 +228,7 @@ fn int_range_ids(array: &dyn Array) -> Option<(Vec<u32>, u64)> {
         let mut pairs: Vec<(T, u32)> =
             (0..values.len()).filter(|&r| array.is_valid(r)).map(|r| (values[r], r as u32)).collect();
         pairs.sort_unstable();
-        let distinct = pairs.windows(2).filter(|w| w[0].0 != w[1].0).count() as u64 + u64::from(!pairs.is_empty());
+        let distinct = count_runs(pairs.iter().map(|(value, _)| value));
         (pairs.into_iter().map(|(_, row)| row).collect(), distinct)
     }
     match array.data_type() {
@@ -279,10 +279,7 @@ fn dictionary_encode(array: &StringArray, distinct: &[&str]) -> Result<ArrayRef,
 /// A string column's distinct non-null values, borrowed from it, in no
 /// particular order.
 fn distinct_strs(array: &StringArray) -> Vec<&str> {
-    // Sized for every row up front: growing rehashes every string again.
-    let mut set: foldhash::HashSet<&str> = foldhash::HashSet::with_capacity_and_hasher(array.len(), Default::default());
-    set.extend(array.iter().flatten());
-    set.into_iter().collect()
+    distinct_set(array.iter().flatten(), array.len()).into_iter().collect()
 }
 
 /// The order that sorts `array`'s rows by value, NULLs first, ties in row
@@ -386,35 +383,51 @@ fn distinct_keys(array: &dyn Array) -> Result<Vec<Key>, SegmentError> {
             rows: impl Iterator<Item = (u32, K)>,
             key: impl Fn(K) -> Key,
         ) -> Self::Out {
-            let mut set: foldhash::HashSet<K> =
-                foldhash::HashSet::with_capacity_and_hasher(rows.size_hint().1.unwrap_or(0), Default::default());
-            set.extend(rows.map(|(_, v)| v));
-            set.into_iter().map(key).collect()
+            let capacity = rows.size_hint().1.unwrap_or(0);
+            distinct_set(rows.map(|(_, v)| v), capacity).into_iter().map(key).collect()
         }
     }
     visit_keys(array, Distinct)
 }
 
+/// The distinct values among `values`, the set sized for `capacity` (all of
+/// them) up front: growing it rehashes every value again.
+fn distinct_set<K: std::hash::Hash + Eq>(values: impl Iterator<Item = K>, capacity: usize) -> foldhash::HashSet<K> {
+    let mut set = foldhash::HashSet::with_capacity_and_hasher(capacity, Default::default());
+    set.extend(values);
+    set
+}
+
+/// How many runs of equal values `values` holds: its distinct values, when
+/// it is sorted.
+fn count_runs<T: PartialEq>(values: impl IntoIterator<Item = T>) -> u64 {
+    let mut values = values.into_iter();
+    let Some(mut last) = values.next() else { return 0 };
+    let mut runs = 1;
+    for value in values {
+        if value != last {
+            runs += 1;
+            last = value;
+        }
+    }
+    runs
+}
+
 /// How many distinct non-null values the column holds: counted as runs
 /// where the values never decrease (a time column, usually), else hashed.
 fn distinct_count(array: &dyn Array) -> Result<u64, SegmentError> {
-    fn runs<T: PartialEq>(values: &[T]) -> u64 {
-        values.windows(2).filter(|w| w[0] != w[1]).count() as u64 + u64::from(!values.is_empty())
-    }
     if non_decreasing(array) {
         return Ok(match array.data_type() {
-            DataType::Int32 => runs(array.as_primitive::<Int32Type>().values()),
-            _ => runs(int64_values(array)),
+            DataType::Int32 => count_runs(array.as_primitive::<Int32Type>().values()),
+            _ => count_runs(int64_values(array)),
         });
     }
     struct Count;
     impl KeyVisitor for Count {
         type Out = u64;
         fn visit<K: std::hash::Hash + Eq>(self, rows: impl Iterator<Item = (u32, K)>, _: impl Fn(K) -> Key) -> u64 {
-            let mut set: foldhash::HashSet<K> =
-                foldhash::HashSet::with_capacity_and_hasher(rows.size_hint().1.unwrap_or(0), Default::default());
-            set.extend(rows.map(|(_, v)| v));
-            set.len() as u64
+            let capacity = rows.size_hint().1.unwrap_or(0);
+            distinct_set(rows.map(|(_, v)| v), capacity).len() as u64
         }
     }
     visit_keys(array, Count)
