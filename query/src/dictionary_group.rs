@@ -13,9 +13,6 @@
 //! dictionary (a consuming tail, a plain-encoded column) hashes its values
 //! into the same groups.
 //!
-//! Without groups it is taken only for a `MIN`/`MAX` of a column that every
-//! segment stores as a dictionary (one group, one output row).
-//!
 //! Only the plain shape is taken: one grouping column with at most
 //! [`MAX_DICTIONARY`] distinct values in every segment, no grouping sets, no
 //! aggregate with `DISTINCT`, `FILTER`, `ORDER BY` or without groups
@@ -45,7 +42,7 @@ use datafusion::physical_plan::{
 };
 
 use roaring::RoaringBitmap;
-use sluice_segments::{Encoding, Segment};
+use sluice_segments::Segment;
 
 use crate::table::{Part, SegmentScanExec, chunks};
 
@@ -85,9 +82,8 @@ pub struct DictionaryGroupBy {
     aggregate: AggregateExec,
     scan: Arc<dyn ExecutionPlan>,
     /// The grouping column's name and position in the scan's output.
-    /// The grouping column (name, index in the scan); None for an
-    /// aggregation without groups (one group).
-    column: Option<(String, usize)>,
+    /// The grouping column: its name and index in the scan.
+    column: (String, usize),
     properties: Arc<PlanProperties>,
 }
 
@@ -102,7 +98,7 @@ impl DictionaryGroupBy {
             .all(|a| a.groups_accumulator_supported() && !a.is_distinct() && a.order_bys().is_empty());
         if !matches!(aggregate.mode(), AggregateMode::Partial)
             || group.has_grouping_set()
-            || group.expr().len() > 1
+            || group.expr().len() != 1
             || aggregate.filter_expr().iter().any(Option::is_some)
             || aggregate.limit_options().is_some()
             || !plain_aggregates
@@ -119,26 +115,6 @@ impl DictionaryGroupBy {
             ))
         };
         let partitions = scan.properties().output_partitioning().partition_count();
-        if group.expr().is_empty() {
-            // Without groups, DataFusion's own aggregation is as fast as
-            // this one, except for MIN/MAX of a dictionary column, which
-            // run on keys here: taken only when there is one.
-            let on_keys = aggregate.aggr_expr().iter().any(|a| {
-                let column = extreme_column(a.fun().name(), &a.expressions(), &scan.schema);
-                column.is_some_and(|(name, _)| {
-                    scan.partitions.iter().flatten().all(|part| {
-                        let meta = part.segment.meta();
-                        meta.columns.iter().any(|c| c.name == name && c.encoding == Encoding::Dictionary)
-                    })
-                })
-            });
-            return on_keys.then(|| DictionaryGroupBy {
-                aggregate: aggregate.clone(),
-                scan: scan_plan.clone(),
-                column: None,
-                properties: properties(partitions),
-            });
-        }
         let column = group.expr()[0].0.downcast_ref::<Column>()?;
         let field = scan.schema.fields().get(column.index())?;
         if field.name() != column.name() || field.data_type() != &DataType::Utf8View {
@@ -158,7 +134,7 @@ impl DictionaryGroupBy {
         Some(DictionaryGroupBy {
             aggregate: aggregate.clone(),
             scan: scan_plan.clone(),
-            column: Some((column.name().to_string(), column.index())),
+            column: (column.name().to_string(), column.index()),
             properties: properties(partitions),
         })
     }
@@ -167,8 +143,7 @@ impl DictionaryGroupBy {
 impl DisplayAs for DictionaryGroupBy {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
-        let column = self.column.as_ref().map_or("", |c| c.0.as_str());
-        write!(f, "DictionaryGroupBy: gby=[{column}], aggr=[{}]", aggregates.join(", "))
+        write!(f, "DictionaryGroupBy: gby=[{}], aggr=[{}]", self.column.0, aggregates.join(", "))
     }
 }
 
@@ -262,9 +237,8 @@ struct Grouping {
     reader: crate::table::Reader,
     scan_schema: SchemaRef,
     schema: SchemaRef,
-    /// The grouping column (name, index in the scan); None for an
-    /// aggregation without groups (one group).
-    column: Option<(String, usize)>,
+    /// The grouping column: its name and index in the scan.
+    column: (String, usize),
     aggregate: AggregateExec,
     batch_size: u32,
 }
@@ -414,42 +388,36 @@ impl Grouping {
                 // Each column's keys selected once per chunk: the grouping
                 // column and MIN/MAX arguments may be the same column.
                 let mut taken = Vec::new();
-                match &self.column {
-                    // Without groups every row is the one group's.
-                    None => {
-                        let group = groups.id(None) as usize;
-                        group_ids.resize(batch.num_rows(), group);
+                let column = &self.column;
+                match chunk_keys(&mut taken, &part.segment, &column.0, &rows, batch.num_rows()) {
+                    Some((keys, values)) => {
+                        // Group ids by key, each made on the first row that
+                        // has the key: a value no selected row has must not
+                        // become a group.
+                        let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
+                        for (i, &key) in keys.values().iter().enumerate() {
+                            let id = if keys.is_null(i) {
+                                groups.id(None)
+                            } else {
+                                let slot = map.get_mut(key as usize).ok_or_else(|| {
+                                    DataFusionError::Internal(format!("a dictionary key {key} out of range"))
+                                })?;
+                                if *slot == UNMAPPED {
+                                    *slot =
+                                        groups.id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
+                                }
+                                *slot
+                            };
+                            group_ids.push(id as usize);
+                        }
                     }
-                    Some(column) => match chunk_keys(&mut taken, &part.segment, &column.0, &rows, batch.num_rows()) {
-                        Some((keys, values)) => {
-                            // Group ids by key, each made on the first row
-                            // that has the key: a value no selected row has
-                            // must not become a group.
-                            let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
-                            for (i, &key) in keys.values().iter().enumerate() {
-                                let id = if keys.is_null(i) {
-                                    groups.id(None)
-                                } else {
-                                    let slot = map.get_mut(key as usize).ok_or_else(|| {
-                                        DataFusionError::Internal(format!("a dictionary key {key} out of range"))
-                                    })?;
-                                    if *slot == UNMAPPED {
-                                        *slot = groups
-                                            .id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
-                                    }
-                                    *slot
-                                };
-                                group_ids.push(id as usize);
-                            }
-                        }
-                        None => {
-                            let column = batch.column(column.1).as_string_view();
-                            group_ids.extend(
-                                (0..column.len())
-                                    .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
-                            );
-                        }
-                    },
+                    None => {
+                        let column = batch.column(column.1).as_string_view();
+                        group_ids.extend(
+                            (0..column.len())
+                                .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
+                        );
+                    }
                 }
                 for (i, (accumulator, exprs)) in accumulators.iter_mut().zip(&arguments).enumerate() {
                     if let Some((column, max)) = &extreme_of[i]
@@ -478,25 +446,11 @@ impl Grouping {
                 }
             }
         }
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        if self.column.is_some() {
-            let mut keys = StringViewBuilder::with_capacity(groups.values.len());
-            for value in &groups.values {
-                keys.append_option(value.as_deref());
-            }
-            columns.push(Arc::new(keys.finish()));
-        } else if groups.values.is_empty() {
-            // Without groups the partial aggregate is one row, rows or not:
-            // the accumulators' initial states (NULL for MIN, 0 for COUNT).
-            groups.id(None);
-            for (accumulator, exprs) in accumulators.iter_mut().zip(&arguments) {
-                let empty: Vec<ArrayRef> = exprs
-                    .iter()
-                    .map(|e| e.data_type(&self.scan_schema).map(|t| arrow::array::new_empty_array(&t)))
-                    .collect::<Result<_>>()?;
-                accumulator.update_batch(&empty, &[], None, 1)?;
-            }
+        let mut keys = StringViewBuilder::with_capacity(groups.values.len());
+        for value in &groups.values {
+            keys.append_option(value.as_deref());
         }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(keys.finish())];
         for accumulator in &mut accumulators {
             columns.extend(accumulator.state(EmitTo::All)?);
         }
