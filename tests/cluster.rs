@@ -64,7 +64,8 @@ struct Node {
 }
 
 impl Node {
-    fn new(root_dir: &Path, id: &str, zk: &ZooKeeper, root: &str, replication: u32) -> Node {
+    /// `limits` is more of the node's `[limits]` table.
+    fn new(root_dir: &Path, id: &str, zk: &ZooKeeper, root: &str, replication: u32, limits: &str) -> Node {
         let dir = root_dir.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         let addr = format!("127.0.0.1:{}", free_port().unwrap());
@@ -75,7 +76,7 @@ impl Node {
                 "node_id = \"{id}\"\ncache_dir = \"{}\"\nflight_listen = \"127.0.0.1:0\"\nreplication = {replication}\n\
                  flight_token = \"{TOKEN}\"\n\
                  [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n\
-                 [limits]\nquery_timeout = \"{QUERY_TIMEOUT_S}s\"\n",
+                 [limits]\nquery_timeout = \"{QUERY_TIMEOUT_S}s\"\n{limits}",
                 dir.join("cache").display(),
                 zk.connect_string()
             ),
@@ -167,8 +168,12 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
     coordinator.apply_pipeline("users", fixture::USERS_PIPELINE).await.unwrap();
     let records = commit_segments(&coordinator, &dir.path().join("deep")).await;
     let total = fixture::SEGMENT_ROWS.iter().sum::<usize>() as i64;
-    let nodes: Vec<Node> =
-        ["q1", "q2", "q3"].iter().map(|id| Node::new(dir.path(), id, &zk, &root, replication)).collect();
+    // q2 runs one thread: its scans have one partition each, and DataFusion
+    // plans single-partition operators (a `Single` aggregation) above them.
+    let nodes: Vec<Node> = [("q1", ""), ("q2", "threads = 1\n"), ("q3", "")]
+        .iter()
+        .map(|(id, limits)| Node::new(dir.path(), id, &zk, &root, replication, limits))
+        .collect();
     // Each node holds its share of each table, ± one segment.
     // `users` sets its own replication: 3, every node.
     let share = |table: &str, replication: u32| {
@@ -265,6 +270,10 @@ async fn three_nodes_share_segments_and_answer_like_one() {
     let partial = plan.find("mode=Partial").expect("a partial aggregation");
     let scan = plan.find("ClusterScanExec").unwrap();
     assert!(boundary < partial && partial < scan, "the partial step runs next to the data: {plan}");
+    // Grouped by a small dictionary, the holders group on its ids.
+    let plan = query(&nodes[0].addr, "EXPLAIN SELECT device, COUNT(*) FROM clicks GROUP BY device").await.to_string();
+    let (boundary, grouping) = (plan.find("NetworkCoalesceExec"), plan.find("DictionaryGroupBy: gby=[device]"));
+    assert!(boundary.is_some() && boundary < grouping && grouping < plan.find("ClusterScanExec"), "{plan}");
 
     // The deadline covers the whole distributed query: with a holder hung
     // (SIGSTOP: connected, never answering) the query ends at its deadline

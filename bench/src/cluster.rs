@@ -73,6 +73,16 @@ fn main() -> anyhow::Result<()> {
     let cluster = Setup::start(&sluice, dir.path(), &zk, &root, &["q1", "q2", "q3"], true)?;
     cluster.settle(rows, segments)?;
     let cluster_shares = cluster.shares();
+    if std::env::var_os("CLUSTER_BENCH_EXPLAIN").is_some() {
+        // The distributed plan of each query, as the first node makes it.
+        for (name, sql, _) in &queries {
+            let plan = query(&cluster.nodes[0].1, &format!("EXPLAIN {sql}"))?;
+            eprintln!("{name}:");
+            for row in plan["resultTable"]["rows"].as_array().into_iter().flatten() {
+                eprintln!("{}", row[1].as_str().unwrap_or_default());
+            }
+        }
+    }
     let three = cluster.measure(&queries, repeats)?;
     drop(cluster);
 
@@ -193,10 +203,14 @@ impl Setup {
             } else {
                 String::new()
             };
+            let threads = match std::env::var("CLUSTER_BENCH_THREADS") {
+                Ok(threads) if cluster => format!("threads = {threads}\n"),
+                _ => String::new(),
+            };
             let config = format!(
                 "node_id = \"{id}\"\ncache_dir = \"{}\"\n{member}[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n\
                  [http]\nlisten = \"{addr}\"\n[limits]\nquery_timeout = \"10m\"\nmax_result_rows = 10000000\n\
-                 max_result_bytes = \"1GiB\"\nmemory = \"4GiB\"\n",
+                 max_result_bytes = \"1GiB\"\nmemory = \"4GiB\"\n{threads}",
                 home.join("cache").display(),
                 zk.connect_string()
             );

@@ -428,6 +428,11 @@ pub struct QueryLimits {
     /// Kafka) of every table; `0` serves committed segments only.
     #[serde(default = "QueryLimits::default_tail_memory")]
     pub tail_memory: ByteSize,
+    /// Threads that run queries: DataFusion's partitions per scan and the
+    /// query runtime's workers (Druid's `processing.numThreads`). Absent:
+    /// one per core. Lower it where query nodes share a machine's cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 impl QueryLimits {
@@ -476,6 +481,7 @@ impl Default for QueryLimits {
             max_result_bytes: Self::default_max_result_bytes(),
             max_function_output: Self::default_max_function_output(),
             tail_memory: Self::default_tail_memory(),
+            threads: None,
         }
     }
 }
@@ -606,6 +612,9 @@ impl QueryNodeConfig {
         }
         if limits.max_list_items == 0 {
             p.push("limits.max_list_items", "0", "at least one item");
+        }
+        if let Some(threads) = limits.threads.filter(|t| !(1..=1024).contains(t)) {
+            p.push("limits.threads", threads.to_string(), "from 1 to 1024 threads");
         }
         for (field, size) in [
             ("limits.max_result_bytes", limits.max_result_bytes),

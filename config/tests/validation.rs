@@ -437,6 +437,9 @@ fn absurd_durations_and_limits_are_refused() {
     let error = node("max_expression_depth = 100000\nmax_result_bytes = 1").unwrap_err();
     let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["limits.max_expression_depth", "limits.max_result_bytes"], "{error}");
+    let error = node("threads = 0").unwrap_err();
+    assert_eq!(error.problems()[0].field, "limits.threads", "{error}");
+    assert_eq!(node("threads = 3").unwrap().limits.threads, Some(3));
     let text = "[coordinator]\nconnect = \"zk1:2181\"\n[http]\nlisten = \"127.0.0.1:1\"\nmax_connections = 0\nheader_read_timeout = \"2h\"\n";
     let error = parse_query_node(text, Path::new("query.toml"), &env).unwrap_err();
     let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();

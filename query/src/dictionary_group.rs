@@ -44,7 +44,8 @@ use datafusion::physical_plan::{
 use roaring::RoaringBitmap;
 use sluice_segments::Segment;
 
-use crate::table::{Part, SegmentScanExec, chunks};
+use crate::distributed::ClusterScanExec;
+use crate::table::{Part, Reader, SegmentScanExec, chunks};
 
 /// Replaces partial aggregations that group a segment scan by one string
 /// column with [`DictionaryGroupBy`].
@@ -81,16 +82,80 @@ pub struct DictionaryGroupBy {
     /// The aggregation replaced: its schema, group and aggregate exprs.
     aggregate: AggregateExec,
     scan: Arc<dyn ExecutionPlan>,
-    /// The grouping column's name and position in the scan's output.
     /// The grouping column: its name and index in the scan.
     column: (String, usize),
     properties: Arc<PlanProperties>,
 }
 
+/// Where a [`DictionaryGroupBy`]'s rows come from: a scan of this node's
+/// segments, or the scan of one node's share of a table spread over the
+/// cluster (the node running the task resolves and selects its segments).
+enum Source<'a> {
+    Local(&'a SegmentScanExec),
+    Cluster(&'a ClusterScanExec),
+}
+
+impl<'a> Source<'a> {
+    fn of(plan: &'a Arc<dyn ExecutionPlan>) -> Option<Self> {
+        if let Some(scan) = plan.downcast_ref::<SegmentScanExec>() {
+            return Some(Source::Local(scan));
+        }
+        plan.downcast_ref::<ClusterScanExec>().map(Source::Cluster)
+    }
+
+    fn reader(&self) -> &'a Reader {
+        match self {
+            Source::Local(scan) => &scan.reader,
+            Source::Cluster(scan) => &scan.spec().reader,
+        }
+    }
+
+    fn schema(&self) -> &'a SchemaRef {
+        match self {
+            Source::Local(scan) => &scan.schema,
+            Source::Cluster(scan) => &scan.spec().schema,
+        }
+    }
+
+    /// The segments the planner sees: all of a local scan's; of a cluster
+    /// scan, the planner's own (None when it holds none, so nothing is
+    /// known of the others').
+    fn planned_segments(&self) -> Option<Vec<&'a Segment>> {
+        match self {
+            Source::Local(scan) => Some(scan.partitions.iter().flatten().map(|p| p.segment.as_ref()).collect()),
+            Source::Cluster(scan) => {
+                (!scan.local().is_empty()).then(|| scan.local().iter().map(|s| s.as_ref()).collect())
+            }
+        }
+    }
+}
+
 impl DictionaryGroupBy {
+    /// The replacement of `aggregate`, when its shape fits and every
+    /// segment the planner sees stores the grouping column as a small
+    /// dictionary.
     fn try_new(aggregate: &AggregateExec) -> Option<Self> {
+        let replaced = Self::of_shape(aggregate)?;
+        let source = Source::of(&replaced.scan)?;
+        // Small dictionaries only: DataFusion's own grouping hashes a
+        // high-cardinality column about as fast as a segment's dictionary
+        // of hundreds of thousands of values is mapped here, and the
+        // benchmark's 200,000 users went from ~250 to ~490 ms this way.
+        // Over the cluster, the planner's own segments stand for the
+        // others' (one table, one stream of rows); a holder's segment
+        // that is not a dictionary has its values hashed into the groups.
+        let small = source.planned_segments()?.iter().all(|segment| {
+            let stats = segment.meta().column_stats(&replaced.column.0);
+            stats.and_then(|s| s.distinct_count).is_some_and(|n| n <= MAX_DICTIONARY)
+        });
+        small.then_some(replaced)
+    }
+
+    /// The replacement of `aggregate` when its shape fits, whatever the
+    /// segments (as decoded on the node running a task).
+    pub(crate) fn of_shape(aggregate: &AggregateExec) -> Option<Self> {
         let scan_plan = aggregate.input();
-        let scan = scan_plan.downcast_ref::<SegmentScanExec>()?;
+        let source = Source::of(scan_plan)?;
         let group = aggregate.group_expr();
         let plain_aggregates = aggregate
             .aggr_expr()
@@ -102,41 +167,32 @@ impl DictionaryGroupBy {
             || aggregate.filter_expr().iter().any(Option::is_some)
             || aggregate.limit_options().is_some()
             || !plain_aggregates
-            || scan.reader.residual.is_some()
+            || source.reader().residual.is_some()
         {
             return None;
         }
-        let properties = |partitions: usize| {
-            Arc::new(PlanProperties::new(
-                EquivalenceProperties::new(aggregate.schema()),
-                Partitioning::UnknownPartitioning(partitions),
-                EmissionType::Final,
-                Boundedness::Bounded,
-            ))
-        };
-        let partitions = scan.properties().output_partitioning().partition_count();
+        let partitions = scan_plan.properties().output_partitioning().partition_count();
         let column = group.expr()[0].0.downcast_ref::<Column>()?;
-        let field = scan.schema.fields().get(column.index())?;
+        let field = source.schema().fields().get(column.index())?;
         if field.name() != column.name() || field.data_type() != &DataType::Utf8View {
-            return None;
-        }
-        // Small dictionaries only: DataFusion's own grouping hashes a
-        // high-cardinality column about as fast as a segment's dictionary
-        // of hundreds of thousands of values is mapped here, and the
-        // benchmark's 200,000 users went from ~250 to ~490 ms this way.
-        let small = scan.partitions.iter().flatten().all(|part| {
-            let stats = part.segment.meta().column_stats(column.name());
-            stats.and_then(|s| s.distinct_count).is_some_and(|n| n <= MAX_DICTIONARY)
-        });
-        if !small {
             return None;
         }
         Some(DictionaryGroupBy {
             aggregate: aggregate.clone(),
             scan: scan_plan.clone(),
             column: (column.name().to_string(), column.index()),
-            properties: properties(partitions),
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(aggregate.schema()),
+                Partitioning::UnknownPartitioning(partitions),
+                EmissionType::Final,
+                Boundedness::Bounded,
+            )),
         })
+    }
+
+    /// The aggregation this node stands for (its input is the scan).
+    pub(crate) fn aggregate(&self) -> &AggregateExec {
+        &self.aggregate
     }
 }
 
@@ -179,29 +235,39 @@ impl ExecutionPlan for DictionaryGroupBy {
             child.clone(),
             self.aggregate.input_schema(),
         )?;
-        match DictionaryGroupBy::try_new(&aggregate) {
+        // The segments were judged when this node was made; a new child
+        // of the same kind keeps it (a task's decoded scan knows no
+        // segments until it runs).
+        match DictionaryGroupBy::of_shape(&aggregate) {
             Some(replaced) => Ok(Arc::new(replaced)),
             None => Ok(Arc::new(aggregate)),
         }
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let scan = self
-            .scan
-            .downcast_ref::<SegmentScanExec>()
+        let source = Source::of(&self.scan)
             .ok_or_else(|| DataFusionError::Internal("DictionaryGroupBy reads a segment scan".into()))?;
-        let parts = scan.partitions.get(partition).cloned().unwrap_or_default();
+        let parts: futures::future::BoxFuture<'static, Result<Vec<Part>>> = match source {
+            Source::Local(scan) => {
+                let parts = scan.partitions.get(partition).cloned().unwrap_or_default();
+                Box::pin(futures::future::ready(Ok(parts)))
+            }
+            Source::Cluster(scan) => Box::pin(scan.parts(partition, &context)?),
+        };
+        let schema = self.aggregate.schema();
         let job = Grouping {
-            parts,
-            reader: scan.reader.clone(),
-            scan_schema: scan.schema.clone(),
-            schema: self.aggregate.schema(),
+            parts: Vec::new(),
+            reader: source.reader().clone(),
+            scan_schema: source.schema().clone(),
+            schema: schema.clone(),
             column: self.column.clone(),
             aggregate: self.aggregate.clone(),
             batch_size: context.session_config().batch_size().max(1) as u32,
         };
-        let schema = self.aggregate.schema();
-        let stream = futures::stream::once(job.run(partition, context));
+        let stream = futures::stream::once(async move {
+            let parts = parts.await?;
+            Grouping { parts, ..job }.run(partition, context).await
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }

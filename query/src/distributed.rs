@@ -36,10 +36,11 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{SessionState, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{Distribution, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::LocalLimitExec;
@@ -65,7 +66,8 @@ use sluice_segments::{Predicate, Segment};
 use url::Url;
 
 use crate::cluster::Cluster;
-use crate::table::{Elsewhere, Reader, RemoteTail, ScanStats, SegmentTable, read_parts, select, truncate};
+use crate::dictionary_group::DictionaryGroupBy;
+use crate::table::{Elsewhere, Part, Reader, RemoteTail, ScanStats, SegmentTable, read_parts, select, truncate};
 
 /// The mark of a task that reached a node no longer serving one of its
 /// segments: the engine re-plans the query (the view has moved on).
@@ -151,6 +153,8 @@ pub struct ClusterScanExec {
     properties: Arc<PlanProperties>,
     /// Planner side only: the pinned segments, and the scan's counters.
     _pin: Option<Arc<Pin>>,
+    /// Planner side only: this node's own segments (the pinned ones).
+    local: Arc<Vec<Arc<Segment>>>,
     stats: ScanStats,
     /// Worker side: each task's segments, resolved once for all its
     /// partitions. A tail changes between two resolutions (a chunk sealed,
@@ -225,10 +229,17 @@ impl ClusterScanExec {
         if spec.predicate.is_none() && spec.reader.residual.is_none() {
             stats.docs_scanned = stats.total_docs;
         }
-        Ok(Self::new(spec, tasks, partitions, pin, stats))
+        Ok(Self::new(spec, tasks, partitions, pin, local, stats))
     }
 
-    fn new(spec: ScanSpec, tasks: Vec<Task>, partitions: usize, pin: Option<Arc<Pin>>, stats: ScanStats) -> Self {
+    fn new(
+        spec: ScanSpec,
+        tasks: Vec<Task>,
+        partitions: usize,
+        pin: Option<Arc<Pin>>,
+        local: Arc<Vec<Arc<Segment>>>,
+        stats: ScanStats,
+    ) -> Self {
         let partitions = partitions.max(1);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(spec.schema.clone()),
@@ -236,7 +247,7 @@ impl ClusterScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, stats, resolved: Mutex::default() }
+        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, local, stats, resolved: Mutex::default() }
     }
 
     /// The scan's counters, as the planner knows them.
@@ -250,6 +261,63 @@ impl ClusterScanExec {
             .iter()
             .map(|t| Url::parse(&t.url).map_err(|e| DataFusionError::Internal(format!("task URL {}: {e}", t.url))))
             .collect()
+    }
+
+    /// What the scan reads and how.
+    pub(crate) fn spec(&self) -> &ScanSpec {
+        &self.spec
+    }
+
+    /// Planner side: the segments this node serves itself (empty on the
+    /// node running a task).
+    pub(crate) fn local(&self) -> &[Arc<Segment>] {
+        &self.local
+    }
+
+    /// The rows `partition` of the running task reads: its share of the
+    /// task's segments (as resolved for the task's first partition), with
+    /// the rows the predicate selects in each. Selection runs off the
+    /// async threads.
+    pub(crate) fn parts(
+        &self,
+        partition: usize,
+        context: &Arc<TaskContext>,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<Part>>> + Send + 'static> {
+        let index = DistributedTaskContext::from_ctx(context).task_index;
+        let task = self
+            .tasks
+            .get(index)
+            .ok_or_else(|| DataFusionError::Internal(format!("ClusterScanExec has no task {index}")))?;
+        let resolved = {
+            let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&index) {
+                Some(resolved) => resolved.clone(),
+                None => {
+                    let resolved = Arc::new(self.resolve(task, context)?);
+                    cache.insert(index, resolved.clone());
+                    resolved
+                }
+            }
+        };
+        let segments: Vec<Arc<Segment>> = resolved
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(i, _)| i % self.partitions == partition)
+            .map(|(_, s)| s)
+            .collect();
+        let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
+        Ok(async move {
+            tokio::task::spawn_blocking(move || {
+                let (mut parts, _) = select(&segments, predicate.as_ref(), 1)?;
+                if let Some(limit) = limit {
+                    truncate(&mut parts, limit);
+                }
+                Ok::<_, DataFusionError>(parts)
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        })
     }
 
     /// The segments of `task`, on the node running it.
@@ -371,46 +439,10 @@ impl ExecutionPlan for ClusterScanExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let index = DistributedTaskContext::from_ctx(&context).task_index;
-        let task = self
-            .tasks
-            .get(index)
-            .ok_or_else(|| DataFusionError::Internal(format!("ClusterScanExec has no task {index}")))?;
-        // This partition's share of the task's segments, as resolved for
-        // the task's first partition.
-        let resolved = {
-            let mut cache = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(&index) {
-                Some(resolved) => resolved.clone(),
-                None => {
-                    let resolved = Arc::new(self.resolve(task, &context)?);
-                    cache.insert(index, resolved.clone());
-                    resolved
-                }
-            }
-        };
-        let segments: Vec<Arc<Segment>> = resolved
-            .iter()
-            .cloned()
-            .enumerate()
-            .filter(|(i, _)| i % self.partitions == partition)
-            .map(|(_, s)| s)
-            .collect();
+        let selected = self.parts(partition, &context)?;
         let batch_size = context.session_config().batch_size().max(1) as u32;
         let schema = self.spec.schema.clone();
         let reader = Arc::new(self.spec.reader.clone());
-        let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
-        let selected = async move {
-            tokio::task::spawn_blocking(move || {
-                let (mut parts, _) = select(&segments, predicate.as_ref(), 1)?;
-                if let Some(limit) = limit {
-                    truncate(&mut parts, limit);
-                }
-                Ok::<_, DataFusionError>(parts)
-            })
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-        };
         let out = schema.clone();
         let batches = futures::stream::once(selected)
             .map(move |parts| {
@@ -450,6 +482,11 @@ struct ScanProto {
     read_schema: Option<protobuf::Schema>,
     #[prost(message, optional, tag = "4")]
     residual: Option<protobuf::PhysicalExprNode>,
+    /// Set instead of the scan's fields for a [`DictionaryGroupBy`]: its
+    /// aggregation over a placeholder, the scan being the node's input. A
+    /// node that predates the field ignores it and refuses the input.
+    #[prost(message, optional, tag = "5")]
+    dictionary_group: Option<protobuf::PhysicalPlanNode>,
 }
 
 fn decode_error(what: &str, e: impl fmt::Display) -> DataFusionError {
@@ -464,10 +501,29 @@ impl PhysicalExtensionCodec for ClusterCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let proto = ScanProto::decode(buf).map_err(|e| decode_error("message", e))?;
+        if let Some(aggregate) = &proto.dictionary_group {
+            let [scan] = inputs else {
+                return Err(decode_error("grouping", "not exactly one input"));
+            };
+            if !scan.is::<ClusterScanExec>() {
+                return Err(decode_error("grouping", "its input is not a distributed scan"));
+            }
+            let decode = PhysicalPlanDecodeContext::new(ctx, self);
+            let aggregate = proto_converter.proto_to_execution_plan(aggregate, &decode)?;
+            let aggregate = aggregate.replace_children(
+                vec![Arc::clone(scan)],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )?;
+            let replaced = aggregate
+                .downcast_ref::<AggregateExec>()
+                .and_then(DictionaryGroupBy::of_shape)
+                .ok_or_else(|| decode_error("grouping", "not a partial aggregation by one string column"))?;
+            return Ok(Arc::new(replaced));
+        }
         if !inputs.is_empty() {
             return Err(DataFusionError::Internal("ClusterScanExec has no inputs".into()));
         }
-        let proto = ScanProto::decode(buf).map_err(|e| decode_error("message", e))?;
         let spec: Spec = serde_json::from_slice(&proto.spec).map_err(|e| decode_error("spec", e))?;
         let schema = proto.schema.as_ref().ok_or_else(|| decode_error("schema", "absent"))?;
         let schema: SchemaRef = Arc::new(Schema::try_from(schema)?);
@@ -492,7 +548,14 @@ impl PhysicalExtensionCodec for ClusterCodec {
             exact: spec.exact,
             limit: spec.limit,
         };
-        Ok(Arc::new(ClusterScanExec::new(scan, spec.tasks, spec.partitions, None, ScanStats::default())))
+        Ok(Arc::new(ClusterScanExec::new(
+            scan,
+            spec.tasks,
+            spec.partitions,
+            None,
+            Arc::default(),
+            ScanStats::default(),
+        )))
     }
 
     fn try_encode(
@@ -501,6 +564,21 @@ impl PhysicalExtensionCodec for ClusterCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(group) = node.downcast_ref::<DictionaryGroupBy>() {
+            // The scan travels as the node's input: the aggregation is sent
+            // over a placeholder of the scan's schema, not a second copy.
+            let aggregate = group.aggregate();
+            let placeholder: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(aggregate.input().schema()));
+            let aggregate = Arc::new(aggregate.clone())
+                .replace_children(vec![placeholder], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?;
+            let proto = ScanProto {
+                dictionary_group: Some(proto_converter.execution_plan_to_proto(&aggregate, self)?),
+                ..Default::default()
+            };
+            return proto
+                .encode(buf)
+                .map_err(|e| DataFusionError::Internal(format!("encoding a distributed grouping: {e}")));
+        }
         let Some(scan) = node.downcast_ref::<ClusterScanExec>() else {
             return Err(DataFusionError::Internal(format!("ClusterCodec cannot encode {}", node.name())));
         };
@@ -522,6 +600,7 @@ impl PhysicalExtensionCodec for ClusterCodec {
             schema: Some(scan.spec.schema.as_ref().try_into()?),
             read_schema: Some(scan.spec.reader.read_schema.as_ref().try_into()?),
             residual,
+            dictionary_group: None,
         };
         proto.encode(buf).map_err(|e| DataFusionError::Internal(format!("encoding a distributed scan: {e}")))
     }
@@ -572,7 +651,29 @@ fn place(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     if children.is_empty() {
         return Ok(plan);
     }
-    let placed = children.into_iter().map(place).collect::<Result<Vec<_>>>()?;
+    let requirements = plan.input_distribution_requirements();
+    let required: Vec<&Distribution> = requirements.per_child_distributions().collect();
+    let placed = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let single = child.output_partitioning().partition_count() == 1
+                || matches!(required.get(i), Some(Distribution::SinglePartition));
+            let placed = place(child)?;
+            // A boundary answers with one partition per task: where the
+            // parent read one partition (a `Single` aggregation, a global
+            // limit, as DataFusion plans them when a scan has one
+            // partition), it must still read one, or it answers once per
+            // task.
+            if !single || placed.output_partitioning().partition_count() == 1 {
+                return Ok(placed);
+            }
+            Ok(match placed.output_ordering().cloned() {
+                Some(ordering) => Arc::new(SortPreservingMergeExec::new(ordering, placed)) as Arc<dyn ExecutionPlan>,
+                None => Arc::new(CoalescePartitionsExec::new(placed)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     plan.replace_children(placed, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
 }
 
@@ -586,7 +687,8 @@ fn runs_next_to_data(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
         || plan.is::<ProjectionExec>()
         || plan.is::<LocalLimitExec>()
         || plan.downcast_ref::<SortExec>().is_some_and(|s| s.preserve_partitioning())
-        || plan.downcast_ref::<AggregateExec>().is_some_and(|a| matches!(a.mode(), AggregateMode::Partial));
+        || plan.downcast_ref::<AggregateExec>().is_some_and(|a| matches!(a.mode(), AggregateMode::Partial))
+        || plan.is::<DictionaryGroupBy>();
     match plan.children().as_slice() {
         [child] if per_partition => runs_next_to_data(child),
         _ => None,
@@ -707,7 +809,48 @@ mod tests {
             schema: Some((&schema).try_into().unwrap()),
             read_schema: Some((&schema).try_into().unwrap()),
             residual: None,
+            dictionary_group: None,
         }
+    }
+
+    /// A scan of one partition per task, under an operator that reads one
+    /// partition (what DataFusion plans on a one-core node or with
+    /// `limits.threads = 1`): the boundary's one partition per task is
+    /// merged back into one, or the operator answers once per node.
+    #[test]
+    fn a_single_partition_parent_reads_one_partition_across_the_boundary() {
+        let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));
+        let task = |port: u16| Task {
+            url: format!("http://127.0.0.1:{port}/"),
+            named: vec!["s".into()],
+            pinned: None,
+            tails: vec![],
+        };
+        let spec = ScanSpec {
+            table: "clicks".into(),
+            schema: schema.clone(),
+            reader: Reader { read_schema: schema, residual: None, output: vec![0] },
+            predicate: None,
+            exact: true,
+            limit: None,
+        };
+        let tasks = vec![task(1), task(2), task(3)];
+        let scan = Arc::new(ClusterScanExec::new(spec, tasks, 1, None, Arc::default(), ScanStats::default()));
+        let limit: Arc<dyn ExecutionPlan> =
+            Arc::new(datafusion::physical_plan::limit::GlobalLimitExec::new(scan, 0, Some(5)));
+        let placed = PlaceBoundaries.optimize(limit, &ConfigOptions::default()).unwrap();
+        assert!(placed.exists(|p| Ok(p.is_network_boundary())).unwrap());
+        placed
+            .apply(|node| {
+                let requirements = node.input_distribution_requirements();
+                for (child, required) in node.children().iter().zip(requirements.per_child_distributions()) {
+                    if matches!(required, Distribution::SinglePartition) {
+                        assert_eq!(child.output_partitioning().partition_count(), 1, "under {}", node.name());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
     }
 
     /// The Flight port takes plans from the network: bytes that are not a

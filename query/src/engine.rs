@@ -234,7 +234,10 @@ const QUEUE_PER_SLOT: usize = 4;
 
 impl QueryEngine {
     pub fn new(limits: QueryLimits) -> Result<Self, QueryError> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = match limits.threads {
+            Some(threads) => threads.max(1) as usize,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
         let config = SessionConfig::new()
             .with_target_partitions(threads)
             .with_information_schema(true)

@@ -329,7 +329,10 @@ impl TableProvider for SegmentTable {
                 },
                 segments,
                 &elsewhere,
-                threads,
+                // Two partitions at least: over one, DataFusion plans an
+                // aggregation as one step above the network boundary, and
+                // every node would ship its raw rows to this one.
+                threads.max(2),
             )?;
             let _ = QUERY_STATS
                 .try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&scan.stats(self.tails_excluded())));
