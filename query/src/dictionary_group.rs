@@ -13,6 +13,13 @@
 //! dictionary (a consuming tail, a plain-encoded column) hashes its values
 //! into the same groups.
 //!
+//! Without groups it is taken only when every aggregate is a `MIN`/`MAX`
+//! of a string column that every segment of a local scan stores as a
+//! dictionary: one group, every aggregate on keys, no row read. Other
+//! aggregations without groups stay DataFusion's (its ungrouped
+//! accumulators; a float `MIN` fed through a groups accumulator differed
+//! from them on signed zeros).
+//!
 //! Only the plain shape is taken: one grouping column with at most
 //! [`MAX_DICTIONARY`] distinct values in every segment, no grouping sets, no
 //! aggregate with `DISTINCT`, `FILTER`, `ORDER BY` or without groups
@@ -42,7 +49,7 @@ use datafusion::physical_plan::{
 };
 
 use roaring::RoaringBitmap;
-use sluice_segments::Segment;
+use sluice_segments::{Encoding, Segment};
 
 use crate::distributed::ClusterScanExec;
 use crate::table::{Part, Reader, SegmentScanExec, chunks};
@@ -82,8 +89,9 @@ pub struct DictionaryGroupBy {
     /// The aggregation replaced: its schema, group and aggregate exprs.
     aggregate: AggregateExec,
     scan: Arc<dyn ExecutionPlan>,
-    /// The grouping column: its name and index in the scan.
-    column: (String, usize),
+    /// The grouping column: its name and index in the scan; None for an
+    /// aggregation without groups (one group).
+    column: Option<(String, usize)>,
     properties: Arc<PlanProperties>,
 }
 
@@ -137,6 +145,20 @@ impl DictionaryGroupBy {
     fn try_new(aggregate: &AggregateExec) -> Option<Self> {
         let replaced = Self::of_shape(aggregate)?;
         let source = Source::of(&replaced.scan)?;
+        let Some(column) = &replaced.column else {
+            // Without groups: every aggregate a MIN/MAX of a column every
+            // segment of a local scan stores as a dictionary.
+            let Source::Local(scan) = source else { return None };
+            let on_keys = aggregate.aggr_expr().iter().all(|a| {
+                extreme_column(a.fun().name(), &a.expressions(), &scan.schema).is_some_and(|(name, _)| {
+                    scan.partitions.iter().flatten().all(|part| {
+                        let meta = part.segment.meta();
+                        meta.columns.iter().any(|c| c.name == name && c.encoding == Encoding::Dictionary)
+                    })
+                })
+            });
+            return on_keys.then_some(replaced);
+        };
         // Small dictionaries only: DataFusion's own grouping hashes a
         // high-cardinality column about as fast as a segment's dictionary
         // of hundreds of thousands of values is mapped here, and the
@@ -145,7 +167,7 @@ impl DictionaryGroupBy {
         // others' (one table, one stream of rows); a holder's segment
         // that is not a dictionary has its values hashed into the groups.
         let small = source.planned_segments()?.iter().all(|segment| {
-            let stats = segment.meta().column_stats(&replaced.column.0);
+            let stats = segment.meta().column_stats(&column.0);
             stats.and_then(|s| s.distinct_count).is_some_and(|n| n <= MAX_DICTIONARY)
         });
         small.then_some(replaced)
@@ -163,7 +185,7 @@ impl DictionaryGroupBy {
             .all(|a| a.groups_accumulator_supported() && !a.is_distinct() && a.order_bys().is_empty());
         if !matches!(aggregate.mode(), AggregateMode::Partial)
             || group.has_grouping_set()
-            || group.expr().len() != 1
+            || group.expr().len() > 1
             || aggregate.filter_expr().iter().any(Option::is_some)
             || aggregate.limit_options().is_some()
             || !plain_aggregates
@@ -172,15 +194,21 @@ impl DictionaryGroupBy {
             return None;
         }
         let partitions = scan_plan.properties().output_partitioning().partition_count();
-        let column = group.expr()[0].0.downcast_ref::<Column>()?;
-        let field = source.schema().fields().get(column.index())?;
-        if field.name() != column.name() || field.data_type() != &DataType::Utf8View {
-            return None;
-        }
+        let column = match group.expr().first() {
+            None => None,
+            Some((expr, _)) => {
+                let column = expr.downcast_ref::<Column>()?;
+                let field = source.schema().fields().get(column.index())?;
+                if field.name() != column.name() || field.data_type() != &DataType::Utf8View {
+                    return None;
+                }
+                Some((column.name().to_string(), column.index()))
+            }
+        };
         Some(DictionaryGroupBy {
             aggregate: aggregate.clone(),
             scan: scan_plan.clone(),
-            column: (column.name().to_string(), column.index()),
+            column,
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(aggregate.schema()),
                 Partitioning::UnknownPartitioning(partitions),
@@ -188,6 +216,12 @@ impl DictionaryGroupBy {
                 Boundedness::Bounded,
             )),
         })
+    }
+
+    /// Whether the aggregation has a group (a node decoded from the
+    /// network must: only local scans take the ungrouped shape).
+    pub(crate) fn is_grouped(&self) -> bool {
+        self.column.is_some()
     }
 
     /// The aggregation this node stands for (its input is the scan).
@@ -199,7 +233,8 @@ impl DictionaryGroupBy {
 impl DisplayAs for DictionaryGroupBy {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let aggregates: Vec<&str> = self.aggregate.aggr_expr().iter().map(|a| a.name()).collect();
-        write!(f, "DictionaryGroupBy: gby=[{}], aggr=[{}]", self.column.0, aggregates.join(", "))
+        let column = self.column.as_ref().map_or("", |c| c.0.as_str());
+        write!(f, "DictionaryGroupBy: gby=[{column}], aggr=[{}]", aggregates.join(", "))
     }
 }
 
@@ -303,8 +338,9 @@ struct Grouping {
     reader: crate::table::Reader,
     scan_schema: SchemaRef,
     schema: SchemaRef,
-    /// The grouping column: its name and index in the scan.
-    column: (String, usize),
+    /// The grouping column: its name and index in the scan; None without
+    /// groups.
+    column: Option<(String, usize)>,
     aggregate: AggregateExec,
     batch_size: u32,
 }
@@ -427,6 +463,19 @@ impl<'s> KeyExtreme<'s> {
 }
 
 impl Grouping {
+    /// The chunk's rows of the scan's columns, read on first use.
+    fn read_once<'b>(
+        &self,
+        batch: &'b mut Option<RecordBatch>,
+        segment: &Segment,
+        rows: &RoaringBitmap,
+    ) -> Result<&'b RecordBatch> {
+        if batch.is_none() {
+            *batch = Some(self.reader.read(segment, rows, &self.scan_schema)?);
+        }
+        batch.as_ref().ok_or_else(|| DataFusionError::Internal("a chunk read and gone".into()))
+    }
+
     async fn run(self, partition: usize, context: Arc<TaskContext>) -> Result<RecordBatch> {
         let reservation =
             MemoryConsumer::new(format!("DictionaryGroupBy[{partition}]")).register(context.memory_pool());
@@ -449,54 +498,65 @@ impl Grouping {
             // Per aggregate, the best key per group in this segment.
             let mut extremes: Vec<Option<KeyExtreme<'_>>> = (0..aggregates.len()).map(|_| None).collect();
             for rows in chunks(&part.rows, self.batch_size) {
-                let batch = self.reader.read(&part.segment, &rows, &self.scan_schema)?;
+                // The rows are read only if something needs their values:
+                // a grouping column or MIN/MAX argument that is not a
+                // dictionary in this segment, or another aggregate.
+                let num_rows = rows.len() as usize;
+                let mut batch: Option<RecordBatch> = None;
                 group_ids.clear();
                 // Each column's keys selected once per chunk: the grouping
                 // column and MIN/MAX arguments may be the same column.
                 let mut taken = Vec::new();
-                let column = &self.column;
-                match chunk_keys(&mut taken, &part.segment, &column.0, &rows, batch.num_rows()) {
-                    Some((keys, values)) => {
-                        // Group ids by key, each made on the first row that
-                        // has the key: a value no selected row has must not
-                        // become a group.
-                        let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
-                        for (i, &key) in keys.values().iter().enumerate() {
-                            let id = if keys.is_null(i) {
-                                groups.id(None)
-                            } else {
-                                let slot = map.get_mut(key as usize).ok_or_else(|| {
-                                    DataFusionError::Internal(format!("a dictionary key {key} out of range"))
-                                })?;
-                                if *slot == UNMAPPED {
-                                    *slot =
-                                        groups.id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
-                                }
-                                *slot
-                            };
-                            group_ids.push(id as usize);
-                        }
-                    }
+                match &self.column {
+                    // Without groups every row is the one group's.
                     None => {
-                        let column = batch.column(column.1).as_string_view();
-                        group_ids.extend(
-                            (0..column.len())
-                                .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
-                        );
+                        let group = groups.id(None) as usize;
+                        group_ids.resize(num_rows, group);
                     }
+                    Some(column) => match chunk_keys(&mut taken, &part.segment, &column.0, &rows, num_rows) {
+                        Some((keys, values)) => {
+                            // Group ids by key, each made on the first row
+                            // that has the key: a value no selected row has
+                            // must not become a group.
+                            let map = by_key.get_or_insert_with(|| vec![UNMAPPED; values.len()]);
+                            for (i, &key) in keys.values().iter().enumerate() {
+                                let id = if keys.is_null(i) {
+                                    groups.id(None)
+                                } else {
+                                    let slot = map.get_mut(key as usize).ok_or_else(|| {
+                                        DataFusionError::Internal(format!("a dictionary key {key} out of range"))
+                                    })?;
+                                    if *slot == UNMAPPED {
+                                        *slot = groups
+                                            .id((!values.is_null(key as usize)).then(|| values.value(key as usize)));
+                                    }
+                                    *slot
+                                };
+                                group_ids.push(id as usize);
+                            }
+                        }
+                        None => {
+                            let batch = self.read_once(&mut batch, &part.segment, &rows)?;
+                            let column = batch.column(column.1).as_string_view();
+                            group_ids.extend(
+                                (0..column.len())
+                                    .map(|i| groups.id((!column.is_null(i)).then(|| column.value(i))) as usize),
+                            );
+                        }
+                    },
                 }
                 for (i, (accumulator, exprs)) in accumulators.iter_mut().zip(&arguments).enumerate() {
                     if let Some((column, max)) = &extreme_of[i]
-                        && let Some((keys, values)) =
-                            chunk_keys(&mut taken, &part.segment, column, &rows, batch.num_rows())
+                        && let Some((keys, values)) = chunk_keys(&mut taken, &part.segment, column, &rows, num_rows)
                     {
                         let extreme = extremes[i].get_or_insert_with(|| KeyExtreme::new(*max, values));
                         extreme.update(&keys, &group_ids, groups.values.len());
                         continue;
                     }
+                    let batch = self.read_once(&mut batch, &part.segment, &rows)?;
                     let values: Vec<ArrayRef> = exprs
                         .iter()
-                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(batch.num_rows())))
+                        .map(|e| e.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
                         .collect::<Result<_>>()?;
                     accumulator.update_batch(&values, &group_ids, None, groups.values.len())?;
                 }
@@ -512,11 +572,25 @@ impl Grouping {
                 }
             }
         }
-        let mut keys = StringViewBuilder::with_capacity(groups.values.len());
-        for value in &groups.values {
-            keys.append_option(value.as_deref());
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.column.is_some() {
+            let mut keys = StringViewBuilder::with_capacity(groups.values.len());
+            for value in &groups.values {
+                keys.append_option(value.as_deref());
+            }
+            columns.push(Arc::new(keys.finish()));
+        } else if groups.values.is_empty() {
+            // Without groups the partial aggregate is one row, rows or not:
+            // the accumulators' initial states (NULL for MIN and MAX).
+            groups.id(None);
+            for (accumulator, exprs) in accumulators.iter_mut().zip(&arguments) {
+                let empty: Vec<ArrayRef> = exprs
+                    .iter()
+                    .map(|e| e.data_type(&self.scan_schema).map(|t| arrow::array::new_empty_array(&t)))
+                    .collect::<Result<_>>()?;
+                accumulator.update_batch(&empty, &[], None, 1)?;
+            }
         }
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(keys.finish())];
         for accumulator in &mut accumulators {
             columns.extend(accumulator.state(EmitTo::All)?);
         }

@@ -518,6 +518,7 @@ impl PhysicalExtensionCodec for ClusterCodec {
             let replaced = aggregate
                 .downcast_ref::<AggregateExec>()
                 .and_then(DictionaryGroupBy::of_shape)
+                .filter(DictionaryGroupBy::is_grouped)
                 .ok_or_else(|| decode_error("grouping", "not a partial aggregation by one string column"))?;
             return Ok(Arc::new(replaced));
         }

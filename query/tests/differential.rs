@@ -372,6 +372,12 @@ async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
         "SELECT url, MIN(country), MAX(device) FROM clicks WHERE latency_ms < 40 GROUP BY url ORDER BY url LIMIT 20",
         // COUNT(DISTINCT) groups by the column first.
         "SELECT COUNT(DISTINCT url) FROM clicks WHERE status = 500",
+        // Without groups, when every aggregate is a MIN/MAX of a
+        // dictionary column: NULL values, no row matching, one column twice.
+        "SELECT MIN(country), MAX(device), MIN(url), MAX(url) FROM clicks WHERE status = 404",
+        "SELECT MIN(device) FROM clicks WHERE country IS NULL",
+        // One user's rows: few segments, partitions without parts.
+        "SELECT MAX(country), MIN(device) FROM clicks WHERE user_id = 'u-00042'",
     ] {
         let plan = plan(&f, sql).await;
         assert!(plan.contains("DictionaryGroupBy"), "{sql}\n{plan}");
@@ -383,6 +389,7 @@ async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
         "SELECT MIN(country), MAX(device), COUNT(*), SUM(bytes) FROM clicks WHERE status = 404",
         "SELECT MIN(device) FROM clicks WHERE country IS NULL",
         "SELECT MAX(country), MIN(device), COUNT(*) FROM clicks WHERE status = 999",
+        "SELECT MAX(country), MIN(country) FROM clicks WHERE status = 999",
         "SELECT MAX(country), MIN(device), COUNT(*) FROM clicks WHERE status = 404 AND latency_ms = 3 AND bytes = 17",
     ] {
         assert_answers_as_reference(&f, sql).await;
@@ -392,8 +399,10 @@ async fn grouping_by_a_string_column_runs_on_dictionary_ids() {
         "SELECT country, device, COUNT(*) FROM clicks GROUP BY country, device",
         "SELECT status, COUNT(*) FROM clicks GROUP BY status",
         "SELECT country, COUNT(*) FROM clicks WHERE length(url) > 15 GROUP BY country",
-        // Without groups.
+        // Without groups, with an aggregate that is not a MIN/MAX of a
+        // dictionary column: DataFusion's ungrouped accumulators.
         "SELECT MIN(country), MAX(device), COUNT(*) FROM clicks WHERE status = 404",
+        "SELECT MIN(country), MAX(score) FROM clicks WHERE status = 404",
         "SELECT COUNT(*), SUM(bytes) FROM clicks WHERE status = 404",
         "SELECT MIN(ts) FROM clicks WHERE status = 404",
     ] {
