@@ -145,16 +145,16 @@ impl DictionaryGroupBy {
     fn try_new(aggregate: &AggregateExec) -> Option<Self> {
         let replaced = Self::of_shape(aggregate)?;
         let source = Source::of(&replaced.scan)?;
+        let segments = source.planned_segments()?;
         let Some(column) = &replaced.column else {
             // Without groups: every aggregate a MIN/MAX of a column every
             // segment of a local scan stores as a dictionary.
-            let Source::Local(scan) = source else { return None };
+            if !matches!(source, Source::Local(_)) {
+                return None;
+            }
             let on_keys = aggregate.aggr_expr().iter().all(|a| {
-                extreme_column(a.fun().name(), &a.expressions(), &scan.schema).is_some_and(|(name, _)| {
-                    scan.partitions.iter().flatten().all(|part| {
-                        let meta = part.segment.meta();
-                        meta.columns.iter().any(|c| c.name == name && c.encoding == Encoding::Dictionary)
-                    })
+                extreme_column(a.fun().name(), &a.expressions(), source.schema()).is_some_and(|(name, _)| {
+                    segments.iter().all(|s| s.meta().column(&name).is_some_and(|c| c.encoding == Encoding::Dictionary))
                 })
             });
             return on_keys.then_some(replaced);
@@ -166,7 +166,7 @@ impl DictionaryGroupBy {
         // Over the cluster, the planner's own segments stand for the
         // others' (one table, one stream of rows); a holder's segment
         // that is not a dictionary has its values hashed into the groups.
-        let small = source.planned_segments()?.iter().all(|segment| {
+        let small = segments.iter().all(|segment| {
             let stats = segment.meta().column_stats(&column.0);
             stats.and_then(|s| s.distinct_count).is_some_and(|n| n <= MAX_DICTIONARY)
         });
@@ -291,7 +291,6 @@ impl ExecutionPlan for DictionaryGroupBy {
         };
         let schema = self.aggregate.schema();
         let job = Grouping {
-            parts: Vec::new(),
             reader: source.reader().clone(),
             scan_schema: source.schema().clone(),
             schema: schema.clone(),
@@ -299,10 +298,7 @@ impl ExecutionPlan for DictionaryGroupBy {
             aggregate: self.aggregate.clone(),
             batch_size: context.session_config().batch_size().max(1) as u32,
         };
-        let stream = futures::stream::once(async move {
-            let parts = parts.await?;
-            Grouping { parts, ..job }.run(partition, context).await
-        });
+        let stream = futures::stream::once(async move { job.run(parts.await?, partition, context).await });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
@@ -334,7 +330,6 @@ const UNMAPPED: u32 = u32::MAX;
 
 /// One partition's work.
 struct Grouping {
-    parts: Vec<Part>,
     reader: crate::table::Reader,
     scan_schema: SchemaRef,
     schema: SchemaRef,
@@ -470,13 +465,13 @@ impl Grouping {
         segment: &Segment,
         rows: &RoaringBitmap,
     ) -> Result<&'b RecordBatch> {
-        if batch.is_none() {
-            *batch = Some(self.reader.read(segment, rows, &self.scan_schema)?);
+        match batch {
+            Some(read) => Ok(read),
+            None => Ok(batch.insert(self.reader.read(segment, rows, &self.scan_schema)?)),
         }
-        batch.as_ref().ok_or_else(|| DataFusionError::Internal("a chunk read and gone".into()))
     }
 
-    async fn run(self, partition: usize, context: Arc<TaskContext>) -> Result<RecordBatch> {
+    async fn run(self, parts: Vec<Part>, partition: usize, context: Arc<TaskContext>) -> Result<RecordBatch> {
         let reservation =
             MemoryConsumer::new(format!("DictionaryGroupBy[{partition}]")).register(context.memory_pool());
         let aggregates = self.aggregate.aggr_expr();
@@ -492,7 +487,7 @@ impl Grouping {
             .collect();
         let mut groups = Groups::default();
         let mut group_ids: Vec<usize> = Vec::new();
-        for part in &self.parts {
+        for part in &parts {
             // The segment's dictionary, mapped to group ids once.
             let mut by_key: Option<Vec<u32>> = None;
             // Per aggregate, the best key per group in this segment.

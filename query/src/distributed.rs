@@ -123,25 +123,31 @@ struct Spec {
     output: Vec<usize>,
 }
 
+/// A planned query's own segments, shared by its plan and its tasks.
+type Pinned = Arc<Vec<Arc<Segment>>>;
+
 /// Segments pinned by the queries this process plans, by pin id.
-static PINNED: LazyLock<Mutex<HashMap<u64, Vec<Arc<Segment>>>>> = LazyLock::new(Default::default);
+static PINNED: LazyLock<Mutex<HashMap<u64, Pinned>>> = LazyLock::new(Default::default);
 static NEXT_PIN: AtomicU64 = AtomicU64::new(1);
 
 /// Keeps a query's own segments reachable by its tasks while its plan
 /// lives.
-struct Pin(u64);
+struct Pin {
+    id: u64,
+    segments: Pinned,
+}
 
 impl Pin {
-    fn new(segments: Vec<Arc<Segment>>) -> Arc<Pin> {
+    fn new(segments: Pinned) -> Arc<Pin> {
         let id = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
-        PINNED.lock().unwrap_or_else(|e| e.into_inner()).insert(id, segments);
-        Arc::new(Pin(id))
+        PINNED.lock().unwrap_or_else(|e| e.into_inner()).insert(id, segments.clone());
+        Arc::new(Pin { id, segments })
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        PINNED.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+        PINNED.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
 }
 
@@ -151,10 +157,9 @@ pub struct ClusterScanExec {
     tasks: Vec<Task>,
     partitions: usize,
     properties: Arc<PlanProperties>,
-    /// Planner side only: the pinned segments, and the scan's counters.
-    _pin: Option<Arc<Pin>>,
-    /// Planner side only: this node's own segments (the pinned ones).
-    local: Arc<Vec<Arc<Segment>>>,
+    /// Planner side only: this node's own segments, pinned, and the
+    /// scan's counters.
+    pin: Option<Arc<Pin>>,
     stats: ScanStats,
     /// Worker side: each task's segments, resolved once for all its
     /// partitions. A tail changes between two resolutions (a chunk sealed,
@@ -210,13 +215,13 @@ impl ClusterScanExec {
         stats.consuming_segments += (elsewhere.remote_tails.len() - tails_unavailable as usize) as u64;
         let self_url = cluster.self_url().to_string();
         let mut tasks = Vec::new();
-        let pin = (!local.is_empty()).then(|| Pin::new(local.to_vec()));
+        let pin = (!local.is_empty()).then(|| Pin::new(local));
         // This node's task first; at least two tasks, so the planner keeps
         // the network boundary even when one other node holds everything.
         tasks.push(Task {
             url: self_url.clone(),
             named: Vec::new(),
-            pinned: pin.as_ref().map(|p| p.0),
+            pinned: pin.as_ref().map(|p| p.id),
             tails: Vec::new(),
         });
         tasks.extend(by_url.into_values());
@@ -229,17 +234,10 @@ impl ClusterScanExec {
         if spec.predicate.is_none() && spec.reader.residual.is_none() {
             stats.docs_scanned = stats.total_docs;
         }
-        Ok(Self::new(spec, tasks, partitions, pin, local, stats))
+        Ok(Self::new(spec, tasks, partitions, pin, stats))
     }
 
-    fn new(
-        spec: ScanSpec,
-        tasks: Vec<Task>,
-        partitions: usize,
-        pin: Option<Arc<Pin>>,
-        local: Arc<Vec<Arc<Segment>>>,
-        stats: ScanStats,
-    ) -> Self {
+    fn new(spec: ScanSpec, tasks: Vec<Task>, partitions: usize, pin: Option<Arc<Pin>>, stats: ScanStats) -> Self {
         let partitions = partitions.max(1);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(spec.schema.clone()),
@@ -247,7 +245,7 @@ impl ClusterScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        ClusterScanExec { spec, tasks, partitions, properties, _pin: pin, local, stats, resolved: Mutex::default() }
+        ClusterScanExec { spec, tasks, partitions, properties, pin, stats, resolved: Mutex::default() }
     }
 
     /// The scan's counters, as the planner knows them.
@@ -271,7 +269,7 @@ impl ClusterScanExec {
     /// Planner side: the segments this node serves itself (empty on the
     /// node running a task).
     pub(crate) fn local(&self) -> &[Arc<Segment>] {
-        &self.local
+        self.pin.as_ref().map_or(&[], |p| p.segments.as_slice())
     }
 
     /// The rows `partition` of the running task reads: its share of the
@@ -325,9 +323,10 @@ impl ClusterScanExec {
         let mut out = Vec::new();
         if let Some(id) = task.pinned {
             let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
-            out.extend(pinned.ok_or_else(|| {
+            let pinned = pinned.ok_or_else(|| {
                 DataFusionError::Execution(format!("{NOT_SERVED}: the query's pinned segments are gone"))
-            })?);
+            })?;
+            out.extend(pinned.iter().cloned());
         }
         if task.named.is_empty() && task.tails.is_empty() {
             return Ok(out);
@@ -549,14 +548,7 @@ impl PhysicalExtensionCodec for ClusterCodec {
             exact: spec.exact,
             limit: spec.limit,
         };
-        Ok(Arc::new(ClusterScanExec::new(
-            scan,
-            spec.tasks,
-            spec.partitions,
-            None,
-            Arc::default(),
-            ScanStats::default(),
-        )))
+        Ok(Arc::new(ClusterScanExec::new(scan, spec.tasks, spec.partitions, None, ScanStats::default())))
     }
 
     fn try_encode(
@@ -637,16 +629,8 @@ fn place(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         return Ok(plan);
     }
     if let Some(tasks) = runs_next_to_data(&plan) {
-        // Each task answers through one stream: merged in order when its
-        // partitions are sorted (a per-partition top-k), else concatenated.
-        let gathered: Arc<dyn ExecutionPlan> = match plan.output_ordering().cloned() {
-            Some(ordering) if plan.output_partitioning().partition_count() > 1 => {
-                let fetch = plan.fetch();
-                Arc::new(SortPreservingMergeExec::new(ordering, plan).with_fetch(fetch))
-            }
-            _ => Arc::new(CoalescePartitionsExec::new(plan)),
-        };
-        return Ok(Arc::new(NetworkCoalesceExec::try_new(gathered, tasks, 1)?));
+        // Each task answers through one stream.
+        return Ok(Arc::new(NetworkCoalesceExec::try_new(one_partition(plan), tasks, 1)?));
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
@@ -666,16 +650,26 @@ fn place(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
             // limit, as DataFusion plans them when a scan has one
             // partition), it must still read one, or it answers once per
             // task.
-            if !single || placed.output_partitioning().partition_count() == 1 {
-                return Ok(placed);
-            }
-            Ok(match placed.output_ordering().cloned() {
-                Some(ordering) => Arc::new(SortPreservingMergeExec::new(ordering, placed)) as Arc<dyn ExecutionPlan>,
-                None => Arc::new(CoalescePartitionsExec::new(placed)),
+            Ok(if single && placed.output_partitioning().partition_count() > 1 {
+                one_partition(placed)
+            } else {
+                placed
             })
         })
         .collect::<Result<Vec<_>>>()?;
     plan.replace_children(placed, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+}
+
+/// `plan`'s partitions as one: merged in order when they are sorted (a
+/// per-partition top-k), else concatenated.
+fn one_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    match plan.output_ordering().cloned() {
+        Some(ordering) if plan.output_partitioning().partition_count() > 1 => {
+            let fetch = plan.fetch();
+            Arc::new(SortPreservingMergeExec::new(ordering, plan).with_fetch(fetch))
+        }
+        _ => Arc::new(CoalescePartitionsExec::new(plan)),
+    }
 }
 
 /// The task count of the scan under `plan`, when `plan` and everything
@@ -836,7 +830,7 @@ mod tests {
             limit: None,
         };
         let tasks = vec![task(1), task(2), task(3)];
-        let scan = Arc::new(ClusterScanExec::new(spec, tasks, 1, None, Arc::default(), ScanStats::default()));
+        let scan = Arc::new(ClusterScanExec::new(spec, tasks, 1, None, ScanStats::default()));
         let limit: Arc<dyn ExecutionPlan> =
             Arc::new(datafusion::physical_plan::limit::GlobalLimitExec::new(scan, 0, Some(5)));
         let placed = PlaceBoundaries.optimize(limit, &ConfigOptions::default()).unwrap();

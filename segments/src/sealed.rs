@@ -78,8 +78,12 @@ pub struct SegmentMeta {
 }
 
 impl SegmentMeta {
+    pub fn column(&self, name: &str) -> Option<&ColumnMeta> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
     pub fn column_stats(&self, name: &str) -> Option<&ColumnStats> {
-        self.columns.iter().find(|c| c.name == name).map(|c| &c.stats)
+        self.column(name).map(|c| &c.stats)
     }
 }
 
