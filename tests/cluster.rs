@@ -168,8 +168,8 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
     coordinator.apply_pipeline("users", fixture::USERS_PIPELINE).await.unwrap();
     let records = commit_segments(&coordinator, &dir.path().join("deep")).await;
     let total = fixture::SEGMENT_ROWS.iter().sum::<usize>() as i64;
-    // q2 runs one thread: its scans have one partition each, and DataFusion
-    // plans single-partition operators (a `Single` aggregation) above them.
+    // q2 runs one thread: DataFusion plans with one target partition there
+    // (its cluster scans keep two, so partial steps stay on the holders).
     let nodes: Vec<Node> = [("q1", ""), ("q2", "threads = 1\n"), ("q3", "")]
         .iter()
         .map(|(id, limits)| Node::new(dir.path(), id, &zk, &root, replication, limits))

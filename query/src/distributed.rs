@@ -872,5 +872,17 @@ mod tests {
             assert!(decode(&bytes).is_err(), "{bytes:?}");
         }
         assert!(decode(&scan(vec![0]).encode_to_vec()).is_ok(), "a well-formed scan decodes");
+
+        // A grouping: without its scan, over something else than a scan,
+        // or carrying no aggregation, it is refused.
+        let well_formed = decode(&scan(vec![0]).encode_to_vec()).unwrap();
+        let grouping =
+            ScanProto { dictionary_group: Some(protobuf::PhysicalPlanNode::default()), ..Default::default() }
+                .encode_to_vec();
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(well_formed.schema()));
+        for inputs in [vec![], vec![empty], vec![well_formed.clone(), well_formed.clone()], vec![well_formed]] {
+            let decoded = ClusterCodec.try_decode(&grouping, &inputs, &ctx, &converter);
+            assert!(decoded.is_err(), "{} inputs", inputs.len());
+        }
     }
 }
