@@ -18,7 +18,7 @@ use std::ops::{Bound, Range};
 
 use roaring::RoaringBitmap;
 
-use crate::types::{Key, finish_stable_hash};
+use crate::types::{Key, finish_stable_hash, fnv1a_step, stable_hash_start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -368,14 +368,17 @@ fn bloom_positions(bytes: &[u8], bits: u64) -> impl Iterator<Item = u64> {
     (0..u64::from(BLOOM_HASHES)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
 }
 
-/// `stable_hash(bytes, 0)` and `stable_hash(bytes, 0x9e37_79b9_7f4a_7c15)`,
+/// The seed of the stored filter's second hash.
+const BLOOM_SECOND_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `stable_hash(bytes, 0)` and `stable_hash(bytes, BLOOM_SECOND_SEED)`,
 /// the two hashes of the stored filter's double hashing, computed in one
 /// pass: two independent multiply chains, which the CPU overlaps.
 fn stable_hash_pair(bytes: &[u8]) -> (u64, u64) {
-    let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0xcbf2_9ce4_8422_2325u64 ^ 0x9e37_79b9_7f4a_7c15);
+    let (mut a, mut b) = (stable_hash_start(0), stable_hash_start(BLOOM_SECOND_SEED));
     for &byte in bytes {
-        a = (a ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
-        b = (b ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        a = fnv1a_step(a, byte);
+        b = fnv1a_step(b, byte);
     }
     (finish_stable_hash(a), finish_stable_hash(b))
 }
@@ -462,7 +465,7 @@ mod tests {
         let keys: Vec<Key> = (0..1000).map(Key::Int).collect();
         for text in ["", "a", "user-123456", "ünïcode"] {
             let pair = stable_hash_pair(text.as_bytes());
-            assert_eq!(pair, (stable_hash(text.as_bytes(), 0), stable_hash(text.as_bytes(), 0x9e37_79b9_7f4a_7c15)));
+            assert_eq!(pair, (stable_hash(text.as_bytes(), 0), stable_hash(text.as_bytes(), BLOOM_SECOND_SEED)));
         }
         let bytes = encode_bloom(keys.iter());
         assert!(keys.iter().all(|k| bloom_may_contain(&bytes, k).unwrap()));

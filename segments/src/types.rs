@@ -245,12 +245,19 @@ impl<'a> KeyRef<'a> {
 /// (partition assignment) need, and what std's hasher does not promise.
 /// FNV-1a over the bytes, then a splitmix64 finaliser for avalanche.
 pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    finish_stable_hash(h)
+    finish_stable_hash(bytes.iter().fold(stable_hash_start(seed), |h, &byte| fnv1a_step(h, byte)))
+}
+
+/// The state [`stable_hash`] starts from with `seed` (FNV-1a's offset basis,
+/// seeded).
+pub(crate) fn stable_hash_start(seed: u64) -> u64 {
+    0xcbf2_9ce4_8422_2325 ^ seed
+}
+
+/// One byte of FNV-1a.
+#[inline]
+pub(crate) fn fnv1a_step(h: u64, byte: u8) -> u64 {
+    (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
 }
 
 /// The final mix of [`stable_hash`] (splitmix64's), after its FNV-1a pass.
