@@ -52,7 +52,8 @@ use roaring::RoaringBitmap;
 use sluice_segments::{Encoding, Segment};
 
 use crate::distributed::ClusterScanExec;
-use crate::table::{Part, Reader, SegmentScanExec, chunks};
+use crate::selection::Part;
+use crate::table::{Reader, SegmentScanExec, chunks};
 
 /// Replaces partial aggregations that group a segment scan by one string
 /// column with [`DictionaryGroupBy`].
@@ -128,12 +129,10 @@ impl<'a> Source<'a> {
     /// The segments the planner sees: all of a local scan's; of a cluster
     /// scan, the planner's own (None when it holds none, so nothing is
     /// known of the others').
-    fn planned_segments(&self) -> Option<Vec<&'a Segment>> {
+    fn planned_segments(&self) -> Option<Vec<Arc<Segment>>> {
         match self {
-            Source::Local(scan) => Some(scan.partitions.iter().flatten().map(|p| p.segment.as_ref()).collect()),
-            Source::Cluster(scan) => {
-                (!scan.local().is_empty()).then(|| scan.local().iter().map(|s| s.as_ref()).collect())
-            }
+            Source::Local(scan) => Some(scan.segments().into_iter().flatten().collect()),
+            Source::Cluster(scan) => (!scan.local().is_empty()).then(|| scan.local().to_vec()),
         }
     }
 }
@@ -284,7 +283,7 @@ impl ExecutionPlan for DictionaryGroupBy {
             .ok_or_else(|| DataFusionError::Internal("DictionaryGroupBy reads a segment scan".into()))?;
         let parts: futures::future::BoxFuture<'static, Result<Vec<Part>>> = match source {
             Source::Local(scan) => {
-                let parts = scan.partitions.get(partition).cloned().unwrap_or_default();
+                let parts = scan.partitions()?.get(partition).cloned().unwrap_or_default();
                 Box::pin(futures::future::ready(Ok(parts)))
             }
             Source::Cluster(scan) => Box::pin(scan.parts(partition, &context)?),

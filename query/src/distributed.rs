@@ -67,7 +67,8 @@ use url::Url;
 
 use crate::cluster::Cluster;
 use crate::dictionary_group::DictionaryGroupBy;
-use crate::table::{Elsewhere, Part, Reader, RemoteTail, ScanStats, SegmentTable, read_parts, select, truncate};
+use crate::selection::{Part, select, truncate};
+use crate::table::{Elsewhere, Reader, RemoteTail, ScanStats, SegmentTable, read_parts};
 
 /// The mark of a task that reached a node no longer serving one of its
 /// segments: the engine re-plans the query (the view has moved on).
@@ -185,7 +186,7 @@ impl ClusterScanExec {
         elsewhere: &Elsewhere,
         partitions: usize,
     ) -> Result<Self> {
-        let mut stats = crate::table::consuming_stats(&local);
+        let mut stats = crate::selection::consuming_stats(&local);
         stats.segments_queried = (local.len() + elsewhere.remote.len() + elsewhere.missing.len()) as u64;
         stats.total_docs = local.iter().map(|s| u64::from(s.num_rows())).sum::<u64>()
             + elsewhere.remote.iter().map(|r| r.rows).sum::<u64>();
@@ -297,13 +298,15 @@ impl ClusterScanExec {
                 }
             }
         };
-        let segments: Vec<Arc<Segment>> = resolved
-            .iter()
-            .cloned()
-            .enumerate()
-            .filter(|(i, _)| i % self.partitions == partition)
-            .map(|(_, s)| s)
-            .collect();
+        // Each partition of a grouping builds its own partial state, and
+        // every one of them is shipped and merged: a node configured for
+        // fewer threads than the planner's partitions (three nodes sharing
+        // two cores at `limits.threads = 1`) fills only as many, and
+        // leaves the others empty.
+        let threads = context.session_config().get_extension::<NodeTables>().map_or(self.partitions, |n| n.threads);
+        let filled = self.partitions.min(threads).max(1);
+        let segments: Vec<Arc<Segment>> =
+            resolved.iter().cloned().enumerate().filter(|(i, _)| i % filled == partition).map(|(_, s)| s).collect();
         let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
         Ok(async move {
             tokio::task::spawn_blocking(move || {
@@ -458,12 +461,18 @@ impl ExecutionPlan for ClusterScanExec {
 
 use futures::StreamExt;
 
-/// The query node's tables, for the tasks its worker runs.
-pub(crate) struct NodeTables(pub(crate) crate::engine::Tables);
+/// The query node's tables and threads, for the tasks its worker runs.
+pub(crate) struct NodeTables {
+    pub(crate) tables: crate::engine::Tables,
+    /// This node's `limits.threads`: a task's scan spreads its segments over
+    /// that many of its partitions at most (the planner's count may be
+    /// another node's).
+    pub(crate) threads: usize,
+}
 
 impl NodeTables {
     fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 }
 
@@ -724,6 +733,8 @@ pub fn route_tasks(event: RouteTasksEvent) -> Option<Result<RouteTasksEventRespo
 /// functions and codec.
 pub(crate) struct WorkerSessions {
     pub(crate) tables: crate::engine::Tables,
+    /// This node's `limits.threads`.
+    pub(crate) threads: usize,
     pub(crate) max_function_output: u64,
     /// Workers call each other too: with the cluster's token.
     pub(crate) channels: crate::flight_auth::TokenChannels,
@@ -736,7 +747,10 @@ impl WorkerSessionBuilder for WorkerSessions {
             .builder
             .with_distributed_user_codec(ClusterCodec)
             .with_distributed_channel_resolver(self.channels.clone());
-        builder.config().get_or_insert_default().set_extension(Arc::new(NodeTables(self.tables.clone())));
+        builder
+            .config()
+            .get_or_insert_default()
+            .set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
         let mut state = builder.build();
         crate::functions::register(&mut state, self.max_function_output);
         Ok(state)

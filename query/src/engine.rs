@@ -296,6 +296,7 @@ impl QueryEngine {
         let channels = crate::flight_auth::TokenChannels::new(token.as_ref());
         let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions {
             tables: self.executor.tables.clone(),
+            threads: self.executor.threads,
             max_function_output: self.executor.limits.max_function_output.as_u64(),
             channels: channels.clone(),
         })

@@ -46,7 +46,8 @@ use sluice_segments::Predicate;
 
 use crate::engine::QueryError;
 use crate::pushdown;
-use crate::table::{Part, Reader, ScanStats, SegmentTable, par_map, select, truncate};
+use crate::selection::{Part, par_map, select, truncate};
+use crate::table::{Reader, ScanStats, SegmentTable};
 
 /// A query the fast path answers.
 pub(crate) struct FastQuery {

@@ -44,6 +44,7 @@ pub mod http;
 pub mod limits;
 pub mod pushdown;
 pub mod response;
+mod selection;
 mod star_tree;
 pub mod table;
 pub mod tail;

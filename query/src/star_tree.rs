@@ -42,7 +42,7 @@ use futures::StreamExt;
 use sluice_config::MetricFunction;
 use sluice_segments::{Predicate, Segment, StarMetric};
 
-use crate::table::{Part, SegmentScanExec};
+use crate::table::{QUERY_STATS, ScanStats, SegmentScanExec};
 
 /// Replaces partial aggregations that a segment's star-tree answers with
 /// [`StarTreeExec`].
@@ -154,6 +154,9 @@ pub struct StarTreeExec {
     trees: Vec<Vec<(Arc<Segment>, Fit)>>,
     /// The partial aggregation of the other segments, if any.
     rest: Option<Arc<dyn ExecutionPlan>>,
+    /// The planning query's counters: a tree's records selected count as
+    /// its documents scanned (as Pinot counts them).
+    stats: Option<Arc<std::sync::Mutex<ScanStats>>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -162,39 +165,46 @@ impl StarTreeExec {
         let Some(needs) = needs(aggregate) else { return Ok(None) };
         let scan = aggregate.input().downcast_ref::<SegmentScanExec>().expect("checked by needs");
         let predicate = scan.predicate().cloned();
-        let mut trees: Vec<Vec<(Arc<Segment>, Fit)>> = vec![Vec::new(); scan.partitions.len()];
-        let mut rest: Vec<Part> = Vec::new();
-        for (partition, parts) in scan.partitions.iter().enumerate() {
-            for part in parts {
-                match needs.fit(&part.segment) {
-                    Some(fit) => trees[partition].push((part.segment.clone(), fit)),
-                    None => rest.push(part.clone()),
+        // The segments only: the trees are read with the predicate, and the
+        // scan's bitmaps are left unevaluated where it deferred them.
+        let segments = scan.segments();
+        let mut trees: Vec<Vec<(Arc<Segment>, Fit)>> = vec![Vec::new(); segments.len()];
+        for (partition, segments) in segments.iter().enumerate() {
+            for segment in segments {
+                if let Some(fit) = needs.fit(segment) {
+                    trees[partition].push((segment.clone(), fit));
                 }
             }
         }
         if trees.iter().all(Vec::is_empty) {
             return Ok(None);
         }
-        let rest = if rest.is_empty() {
+        let answered: std::collections::HashSet<*const Segment> =
+            trees.iter().flatten().map(|(s, _)| Arc::as_ptr(s)).collect();
+        let rest = scan.retain(|segment| !answered.contains(&(segment as *const Segment)))?;
+        let rest = if rest.segments().iter().all(Vec::is_empty) {
             None
         } else {
-            let rows = scan.with_parts(rest);
             Some(Arc::new(AggregateExec::try_new(
                 *aggregate.mode(),
                 aggregate.group_expr().clone(),
                 aggregate.aggr_expr().to_vec(),
                 aggregate.filter_expr().to_vec(),
-                Arc::new(rows),
+                Arc::new(rest),
                 aggregate.input_schema(),
             )?) as Arc<dyn ExecutionPlan>)
         };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(aggregate.schema()),
-            Partitioning::UnknownPartitioning(scan.partitions.len().max(1)),
+            Partitioning::UnknownPartitioning(segments.len().max(1)),
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Ok(Some(StarTreeExec { aggregate: aggregate.clone(), needs, predicate, trees, rest, properties }))
+        // Where the scan's rows were selected while planning, they were
+        // counted then; where selection was deferred, the trees count the
+        // records they read instead.
+        let stats = if scan.is_selected() { None } else { QUERY_STATS.try_with(Arc::clone).ok() };
+        Ok(Some(StarTreeExec { aggregate: aggregate.clone(), needs, predicate, trees, rest, stats, properties }))
     }
 }
 
@@ -340,6 +350,7 @@ impl ExecutionPlan for StarTreeExec {
             needs: self.needs.clone(),
             predicate: self.predicate.clone(),
             trees: self.trees.clone(),
+            stats: self.stats.clone(),
             rest,
             properties: self.properties.clone(),
         }))
@@ -350,8 +361,16 @@ impl ExecutionPlan for StarTreeExec {
         let segments = self.trees.get(partition).cloned().unwrap_or_default();
         let reservation = MemoryConsumer::new(format!("StarTreeExec[{partition}]")).register(context.memory_pool());
         let (groups, predicate, out) = (self.needs.groups.len(), self.predicate.clone(), schema.clone());
+        let stats = self.stats.clone();
         let from_trees = futures::stream::iter(segments).map(move |(segment, fit)| {
             let batch = answer(&segment, &fit, groups, predicate.as_ref(), &out)?;
+            if let Some(stats) = &stats
+                && batch.num_rows() > 0
+            {
+                let scanned =
+                    ScanStats { segments_matched: 1, docs_scanned: batch.num_rows() as u64, ..Default::default() };
+                stats.lock().unwrap_or_else(|e| e.into_inner()).add(&scanned);
+            }
             // The records are few where the tree pays; where it does not,
             // they count against the query's memory like any batch.
             reservation.try_resize(batch.get_array_memory_size())?;

@@ -4,10 +4,13 @@
 //! Planning does the index work: filters are translated once
 //! ([`crate::pushdown`]), segments that cannot match are pruned from their
 //! statistics and bloom filters, and the rest are evaluated to bitmaps of
-//! matching rows. The scan then only materializes those rows of the
-//! projected columns. Because the bitmaps exist before execution, the scan
-//! knows its exact row count when every filter was exact, and DataFusion
-//! answers `COUNT(*)` from that statistic without reading a column.
+//! matching rows ([`crate::selection`]). The scan then only materializes
+//! those rows of the projected columns. Because the bitmaps exist before
+//! execution, the scan knows its exact row count when every filter was
+//! exact, and DataFusion answers `COUNT(*)` from that statistic without
+//! reading a column. The one exception: a scan a star-tree may answer
+//! defers its bitmaps to first use (the trees never read them), and until
+//! then reports its candidates' rows as an inexact bound.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +38,7 @@ use roaring::RoaringBitmap;
 use sluice_segments::{OFFSET_COLUMN, Predicate, Scalar, Segment};
 
 use crate::pushdown;
+use crate::selection::{Part, Selection, evaluate, matched, prune, truncate};
 
 /// The type a column is served as. Strings are served as `Utf8View`:
 /// dictionary-encoded segment columns convert to views without copying a
@@ -338,21 +342,50 @@ impl TableProvider for SegmentTable {
                 .try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&scan.stats(self.tails_excluded())));
             return Ok(Arc::new(scan));
         }
-        let selection = {
-            let predicate = predicate.clone();
-            tokio::task::spawn_blocking(move || select(&segments, predicate.as_ref(), threads))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))??
-        };
-        let (mut parts, mut stats) = selection;
+        let (candidates, mut stats) = prune(&segments, predicate.as_ref());
         stats.tails_excluded += self.tails_excluded();
-        // DataFusion passes a limit only when every filter was pushed exactly.
-        if let (Some(limit), true) = (limit, exact) {
-            truncate(&mut parts, limit as u64);
+        let sink = QUERY_STATS.try_with(Arc::clone).ok();
+        // DataFusion passes a limit only when every filter was pushed
+        // exactly; cutting at it needs the rows now.
+        let limit = limit.filter(|_| exact);
+        let selection = if limit.is_none() && star_trees_may_answer(&candidates, predicate.as_ref(), &schema) {
+            Selection::deferred(candidates, predicate.clone(), threads, sink.clone())
+        } else {
+            let predicate = predicate.clone();
+            let mut parts = tokio::task::spawn_blocking(move || evaluate(&candidates, predicate.as_ref(), threads))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            if let Some(limit) = limit {
+                truncate(&mut parts, limit as u64);
+            }
+            stats.add(&matched(&parts));
+            Selection::selected(parts, threads)
+        };
+        if let Some(sink) = sink {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).add(&stats);
         }
-        let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
-        Ok(Arc::new(SegmentScanExec::new(self.name.clone(), schema, read, parts, predicate, exact, threads)))
+        Ok(Arc::new(SegmentScanExec::new(self.name.clone(), schema, read, selection, predicate, exact)))
     }
+}
+
+/// Whether a star-tree of one of `segments` has every column the scan
+/// filters on and reads among its dimensions and metrics: only then may an
+/// aggregation above be answered from trees (for those segments), and the
+/// rows the scan would select there never be read.
+fn star_trees_may_answer(segments: &[Arc<Segment>], predicate: Option<&Predicate>, output: &Schema) -> bool {
+    let filtered = predicate.map(Predicate::columns).unwrap_or_default();
+    segments.iter().any(|segment| {
+        let schema = &segment.meta().schema;
+        segment.star_trees().iter().any(|tree| {
+            let spec = tree.spec();
+            let dimension = |name: &str| schema.column_index(name).is_some_and(|c| spec.dimensions.contains(&c));
+            let metric = |name: &str| {
+                schema.column_index(name).is_some_and(|c| spec.metrics.iter().any(|m| m.column == Some(c)))
+            };
+            filtered.iter().all(|c| dimension(c))
+                && output.fields().iter().all(|f| dimension(f.name()) || metric(f.name()))
+        })
+    })
 }
 
 /// Which columns a scan materializes and how it turns them into output:
@@ -439,132 +472,13 @@ impl Reader {
     }
 }
 
-/// The rows of one segment a scan reads.
-#[derive(Clone)]
-pub(crate) struct Part {
-    pub(crate) segment: Arc<Segment>,
-    pub(crate) rows: Arc<RoaringBitmap>,
-}
-
-/// Prunes, then evaluates the segments left, spreading them over `threads`
-/// when there is more than one: pruning is a few comparisons per segment,
-/// while a thread costs tens of microseconds, more than a point or range
-/// lookup on one segment.
-pub(crate) fn select(
-    segments: &[Arc<Segment>],
-    predicate: Option<&Predicate>,
-    threads: usize,
-) -> Result<(Vec<Part>, ScanStats)> {
-    let candidates: Vec<&Arc<Segment>> = match predicate {
-        Some(p) => segments.iter().filter(|s| s.can_match(p)).collect(),
-        None => segments.iter().collect(),
-    };
-    let one = |segment: &&Arc<Segment>| -> Result<Part> {
-        let rows = match predicate {
-            Some(p) => segment.evaluate(p).map_err(|e| DataFusionError::External(Box::new(e)))?,
-            None => {
-                let mut all = RoaringBitmap::new();
-                all.insert_range(0..segment.num_rows());
-                all
-            }
-        };
-        Ok(Part { segment: Arc::clone(segment), rows: Arc::new(rows) })
-    };
-    let results = par_map(&candidates, threads, one);
-    let mut stats = ScanStats {
-        segments_queried: segments.len() as u64,
-        segments_processed: candidates.len() as u64,
-        total_docs: segments.iter().map(|s| u64::from(s.num_rows())).sum(),
-        offset_gaps: segments.iter().flat_map(|s| &s.meta().offset_gaps).map(|(from, to)| (to - from + 1) as u64).sum(),
-        ..ScanStats::default()
-    };
-    stats.add(&consuming_stats(segments));
-    let mut parts = Vec::new();
-    for result in results {
-        let part = result?;
-        if !part.rows.is_empty() {
-            stats.segments_matched += 1;
-            stats.docs_scanned += part.rows.len();
-            parts.push(part);
-        }
-    }
-    Ok((parts, stats))
-}
-
-/// The consuming segments among `segments`, and their freshness. A
-/// partition's tail is one consuming segment in Pinot's terms, however many
-/// chunks hold it; each chunk carries its newest record's timestamp as
-/// creation time.
-pub(crate) fn consuming_stats(segments: &[Arc<Segment>]) -> ScanStats {
-    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
-    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
-        let at = newest.entry(tail.meta().name.as_str()).or_insert(i64::MIN);
-        *at = (*at).max(tail.meta().created_at_ms);
-    }
-    let mut stats = ScanStats::default();
-    for (_, newest_ms) in newest {
-        stats.add(&ScanStats { consuming_segments: 1, min_consuming_freshness_ms: newest_ms, ..ScanStats::default() });
-    }
-    stats
-}
-
-/// `f` over `items` in order, on up to `threads` scoped threads of
-/// contiguous chunks (inline for one). A panic in `f` is resumed here.
-pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if threads <= 1 || items.len() <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        // The query runtime's stack size: predicates nest as deep as the
-        // statement limits admit (see `crate::limits`).
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| {
-                std::thread::Builder::new()
-                    .stack_size(crate::engine::QUERY_STACK_SIZE)
-                    .spawn_scoped(scope, move || c.iter().map(f).collect::<Vec<_>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                Err(e) => panic!("cannot start a query thread: {e}"),
-            })
-            .collect()
-    })
-}
-
-/// Keeps the first `limit` selected rows.
-pub(crate) fn truncate(parts: &mut Vec<Part>, limit: u64) {
-    let mut left = limit;
-    parts.retain_mut(|part| {
-        if left == 0 {
-            return false;
-        }
-        let n = part.rows.len();
-        if n > left {
-            let cut = part.rows.select(left as u32).expect("left < len");
-            let mut rows = (*part.rows).clone();
-            rows.remove_range(cut..);
-            part.rows = Arc::new(rows);
-            left = 0;
-        } else {
-            left -= n;
-        }
-        true
-    });
-}
-
 /// Reads the selected rows of segments; one output partition per group of
 /// segments of about equal row count.
 pub struct SegmentScanExec {
     table: String,
     pub(crate) schema: SchemaRef,
     pub(crate) reader: Reader,
-    pub(crate) partitions: Vec<Vec<Part>>,
+    selection: Selection,
     predicate: Option<Predicate>,
     exact: bool,
     properties: Arc<PlanProperties>,
@@ -581,44 +495,56 @@ impl SegmentScanExec {
         table: String,
         schema: SchemaRef,
         reader: Reader,
-        parts: Vec<Part>,
+        selection: Selection,
         predicate: Option<Predicate>,
         exact: bool,
-        target: usize,
     ) -> Self {
-        let n = target.min(parts.len()).max(1);
-        let mut partitions: Vec<Vec<Part>> = vec![Vec::new(); n];
-        let mut load = vec![0u64; n];
-        let mut by_size = parts;
-        by_size.sort_by_key(|p| std::cmp::Reverse(p.rows.len()));
-        for part in by_size {
-            let lightest = (0..n).min_by_key(|&i| load[i]).expect("n >= 1");
-            load[lightest] += part.rows.len();
-            partitions[lightest].push(part);
-        }
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(n),
+            Partitioning::UnknownPartitioning(selection.partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        SegmentScanExec { table, schema, reader, partitions, predicate, exact, properties }
+        SegmentScanExec { table, schema, reader, selection, predicate, exact, properties }
     }
 
-    /// The same scan over other parts of its segments, spread over as many
+    /// The same scan over the segments `keep` keeps, spread over as many
     /// partitions at most.
-    pub(crate) fn with_parts(&self, parts: Vec<Part>) -> SegmentScanExec {
+    pub(crate) fn retain(&self, keep: impl Fn(&Segment) -> bool) -> Result<SegmentScanExec> {
         let (schema, reader, predicate) = (self.schema.clone(), self.reader.clone(), self.predicate.clone());
-        SegmentScanExec::new(self.table.clone(), schema, reader, parts, predicate, self.exact, self.partitions.len())
+        Ok(SegmentScanExec::new(
+            self.table.clone(),
+            schema,
+            reader,
+            self.selection.retain(keep)?,
+            predicate,
+            self.exact,
+        ))
+    }
+
+    /// Each partition's parts (evaluated now if they were deferred).
+    pub(crate) fn partitions(&self) -> Result<&[Vec<Part>]> {
+        self.selection.partitions()
+    }
+
+    /// Each partition's segments, without evaluating anything.
+    pub(crate) fn segments(&self) -> Vec<Vec<Arc<Segment>>> {
+        self.selection.segments()
     }
 
     /// Rows the scan produces, in total or for one partition.
-    pub fn rows(&self, partition: Option<usize>) -> u64 {
+    pub fn rows(&self, partition: Option<usize>) -> Result<u64> {
+        let partitions = self.partitions()?;
         let parts: Box<dyn Iterator<Item = &Part>> = match partition {
-            Some(i) => Box::new(self.partitions.get(i).into_iter().flatten()),
-            None => Box::new(self.partitions.iter().flatten()),
+            Some(i) => Box::new(partitions.get(i).into_iter().flatten()),
+            None => Box::new(partitions.iter().flatten()),
         };
-        parts.map(|p| p.rows.len()).sum()
+        Ok(parts.map(|p| p.rows.len()).sum())
+    }
+
+    /// Whether the scan's rows were selected (while planning, or since).
+    pub(crate) fn is_selected(&self) -> bool {
+        self.selection.is_selected()
     }
 
     /// Whether the scan's rows are exactly the rows of the filters it took.
@@ -633,19 +559,15 @@ impl SegmentScanExec {
 
 impl DisplayAs for SegmentScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let segments: usize = self.partitions.iter().map(Vec::len).sum();
-        let consuming = self
-            .partitions
-            .iter()
-            .flatten()
-            .filter(|p| p.segment.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX))
-            .count();
-        write!(
-            f,
-            "SegmentScanExec: table={}, segments={segments} (consuming={consuming}), rows={}",
-            self.table,
-            self.rows(None)
-        )?;
+        let segments: Vec<Arc<Segment>> = self.segments().into_iter().flatten().collect();
+        let consuming = segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)).count();
+        write!(f, "SegmentScanExec: table={}, segments={} (consuming={consuming}), ", self.table, segments.len())?;
+        // A deferred selection is not evaluated for display.
+        match self.selection.is_selected().then(|| self.rows(None)) {
+            Some(Ok(rows)) => write!(f, "rows={rows}")?,
+            Some(Err(e)) => write!(f, "rows=({e})")?,
+            None => write!(f, "rows=(selected on first read)")?,
+        }
         self.reader.fmt_filters(f, self.predicate.as_ref(), self.exact)
     }
 }
@@ -676,7 +598,7 @@ impl ExecutionPlan for SegmentScanExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let parts = self
-            .partitions
+            .partitions()?
             .get(partition)
             .cloned()
             .ok_or_else(|| DataFusionError::Internal(format!("SegmentScanExec has no partition {partition}")))?;
@@ -686,12 +608,27 @@ impl ExecutionPlan for SegmentScanExec {
     }
 
     fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
-        let rows = self.rows(args.partition()) as usize;
+        if !self.is_selected() {
+            // Deferred: the candidates' rows bound the count. DataFusion
+            // asks while it plans distribution, before a star-tree takes
+            // the scan; evaluating here would undo the deferral.
+            let segments = self.segments();
+            let segments: Vec<&Arc<Segment>> = match args.partition() {
+                Some(i) => segments.get(i).into_iter().flatten().collect(),
+                None => segments.iter().flatten().collect(),
+            };
+            let bound: u64 = segments.iter().map(|s| u64::from(s.num_rows())).sum();
+            return Ok(Arc::new(
+                Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(bound as usize)),
+            ));
+        }
+        let rows = self.rows(args.partition())? as usize;
         let rows = if self.exact { Precision::Exact(rows) } else { Precision::Inexact(rows) };
         let mut statistics = Statistics::new_unknown(&self.schema).with_num_rows(rows);
+        let partitions = self.partitions()?;
         let parts: Vec<&Part> = match args.partition() {
-            Some(i) => self.partitions.get(i).into_iter().flatten().collect(),
-            None => self.partitions.iter().flatten().collect(),
+            Some(i) => partitions.get(i).into_iter().flatten().collect(),
+            None => partitions.iter().flatten().collect(),
         };
         // Every row of every segment read: the segments' min, max and NULL
         // counts are the scan's, exactly, and DataFusion answers MIN, MAX

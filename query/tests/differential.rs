@@ -491,3 +491,49 @@ async fn star_trees_answer_as_the_rows_do() {
     let failures = differences(&f.engine, &f.reference).await;
     assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
 }
+
+/// A scan whose segments have a star-tree that may answer defers its
+/// bitmaps to first use: an aggregation the trees answer never evaluates
+/// them and counts the records it read; a query that does read rows (a
+/// plain selection, the segment without a tree, the corpus) evaluates them
+/// then, with the same answers and counters as selection while planning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_that_a_star_tree_may_answer_select_their_rows_on_first_read() {
+    let engine = sluice_query::QueryEngine::new(QueryLimits::default()).unwrap();
+    let reference = register_star_tree_fixture(&engine);
+    let f = Fixture { engine, reference };
+    let count = |sql: &'static str| {
+        let reference = f.reference.clone();
+        async move {
+            let batches = reference.sql(sql).await.unwrap().collect().await.unwrap();
+            let column = batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().clone();
+            column.value(0) as u64
+        }
+    };
+
+    let star = "SELECT country, COUNT(*), SUM(bytes) FROM clicks WHERE device = 'mobile' GROUP BY country";
+    let explained = plan(&f, star).await;
+    assert!(explained.contains("StarTreeExec"), "{explained}");
+    assert_answers_as_reference(&f, star).await;
+    let r = f.engine.query(star).await.unwrap();
+    // Tree records for the segments with trees, rows for the one without.
+    let rows = count("SELECT COUNT(*) FROM clicks WHERE device = 'mobile'").await;
+    assert!(r.num_docs_scanned > 0 && r.num_docs_scanned < rows, "{r:?}");
+    assert_eq!(r.num_segments_queried, 6);
+
+    // Every column a dimension: deferred, then read by the scan itself.
+    let select = "SELECT country, device FROM clicks WHERE status = 404";
+    assert!(plan(&f, select).await.contains("rows=(selected on first read)"));
+    assert_answers_as_reference(&f, select).await;
+    let r = f.engine.query(select).await.unwrap();
+    assert_eq!(r.num_docs_scanned, count("SELECT COUNT(*) FROM clicks WHERE status = 404").await, "{r:?}");
+    assert_eq!(r.result_table.map(|t| t.rows.len() as u64), Some(r.num_docs_scanned));
+
+    // A column no tree has, or a limit, selects while planning as before.
+    for sql in ["SELECT url FROM clicks WHERE status = 404", "SELECT country FROM clicks WHERE status = 404 LIMIT 3"] {
+        assert!(!plan(&f, sql).await.contains("selected on first read"), "{sql}");
+    }
+
+    let failures = differences(&f.engine, &f.reference).await;
+    assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
+}
