@@ -100,6 +100,23 @@ pub async fn apply(files: &[PathBuf], args: &CoordinatorArgs) -> anyhow::Result<
         pipelines.push((config.table, text));
     }
     let coordinator = args.connect().await?;
+    // A live table's schema may only grow compatibly: its committed
+    // segments keep the columns they were written with.
+    let (applied, _) = coordinator.pipelines().await?;
+    for ((name, text), file) in pipelines.iter().zip(files) {
+        let Some((_, running)) = applied.iter().find(|(n, _)| n == name) else { continue };
+        let (Ok(before), Ok(after)) = (
+            sluice_config::parse_pipeline(running, Path::new(name), &ProcessEnv),
+            sluice_config::parse_pipeline(text, file, &ProcessEnv),
+        ) else {
+            continue;
+        };
+        let problems = sluice_config::schema_change_problems(&before, &after).into_vec();
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.iter().map(|p| format!("\n  {p}")).collect();
+            bail!("{}: not a compatible change of the running pipeline `{name}`:{}", file.display(), lines.concat());
+        }
+    }
     for ((name, text), file) in pipelines.iter().zip(files) {
         coordinator.apply_pipeline(name, text).await.with_context(|| format!("apply {}", file.display()))?;
         println!("applied pipeline `{name}` from {}", file.display());

@@ -44,6 +44,11 @@ enum Command {
         /// The kind of the files; recognised from their keys when absent.
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        /// The pipeline as it runs now: each pipeline file is also checked
+        /// as a change of its schema (columns may be added, nullable ones
+        /// removed; none may change type, nor the time column its name).
+        #[arg(long)]
+        previous: Option<PathBuf>,
     },
     /// Run an ingestion worker: take this worker's share of its pipelines'
     /// partitions and turn them into committed segments. SIGTERM or SIGINT
@@ -134,7 +139,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_open_files_limit();
     let result = match cli.command {
-        Command::Validate { files, kind } => return validate(&files, kind.map(Into::into)),
+        Command::Validate { files, kind, previous } => {
+            return validate(&files, kind.map(Into::into), previous.as_deref());
+        }
         Command::Pipeline(command) => run_async(async move {
             match command {
                 PipelineCommand::Apply { files, coordinator } => admin::apply(&files, &coordinator).await,
@@ -253,11 +260,32 @@ fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> any
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(work)
 }
 
-fn validate(files: &[PathBuf], kind: Option<ConfigKind>) -> ExitCode {
+fn validate(files: &[PathBuf], kind: Option<ConfigKind>, previous: Option<&std::path::Path>) -> ExitCode {
+    let previous = match previous.map(|path| (path, sluice_config::load_any(path, Some(ConfigKind::Pipeline)))) {
+        None => None,
+        Some((_, Ok(AnyConfig::Pipeline(p)))) => Some(p),
+        Some((path, Ok(_))) => {
+            eprintln!("{}: --previous takes a pipeline file", path.display());
+            return ExitCode::FAILURE;
+        }
+        Some((_, Err(error))) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failed = 0;
     for file in files {
+        let change = |config: &AnyConfig| match (&previous, config) {
+            (Some(before), AnyConfig::Pipeline(after)) => {
+                let problems = sluice_config::schema_change_problems(before, after).into_vec();
+                let lines: Vec<String> = problems.iter().map(|p| format!("\n  {p}")).collect();
+                (!problems.is_empty())
+                    .then(|| format!("not a compatible change of the running pipeline:{}", lines.concat()))
+            }
+            _ => None,
+        };
         match sluice_config::load_any(file, kind) {
-            Ok(config) => match deep_store_problem(&config) {
+            Ok(config) => match deep_store_problem(&config).or_else(|| change(&config)) {
                 None => println!("OK    {}: {}", file.display(), describe(&config)),
                 Some(problem) => {
                     failed += 1;

@@ -425,3 +425,98 @@ async fn a_failing_tail_consumer_is_shown_retried_and_reconfigured() {
     let (status, body) = http_get(&addr, "/health");
     assert_eq!(status, 200, "{body}");
 }
+
+/// Schema evolution without a restart: `sluice pipeline apply` adds a
+/// column with a default mid-stream. Rows written before (committed
+/// segments and the tail) answer the default, in the output and in filters;
+/// rows after answer their values. A change of a column's type is refused,
+/// naming the column. A query node restarted afterwards serves every
+/// segment, old and new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_mid_stream_answers_its_default_for_older_rows() {
+    let c = Cluster::start(400).await;
+    let _worker = c.worker("w1");
+    let mut query = c.query_node();
+    let addr = c.query_addr.clone();
+    let count = |sql_text: &'static str| {
+        let addr = addr.clone();
+        move || sql(&addr, sql_text).and_then(|a| first_i64(&a, 0))
+    };
+    let producer = c.broker.producer().unwrap();
+    producer.send_all(&c.topic, events(0..1_000)).await.unwrap();
+    let all = count("SELECT COUNT(*) FROM events");
+    wait_until("the first rows are answered", Duration::from_secs(60), || async { all() == Some(1_000) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log("query")));
+    assert!(!c.observer.segments("events").await.unwrap().0.is_empty(), "segments committed before the change");
+
+    let deep = c.dir.path().join("deep");
+    let plain = pipeline(c.broker.bootstrap_servers(), &c.topic, &deep, 400, "");
+    let apply = |name: &str, text: String| {
+        let path = c.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "pipeline",
+                "apply",
+                path.to_str().unwrap(),
+                "--zookeeper",
+                &c.zk.connect_string(),
+                "--root",
+                &c.root,
+            ])
+            .output()
+            .unwrap()
+    };
+    let retyped = plain.replace("name = \"status\"\ntype = \"int32\"", "name = \"status\"\ntype = \"string\"");
+    let refused = apply("retyped.toml", retyped);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("schema.columns.status.type"), "{said}");
+
+    let added = plain.replace(
+        "[indexes]",
+        "[[schema.columns]]\nname = \"plan\"\ntype = \"string\"\nnullable = false\ndefault = \"free\"\n[indexes]",
+    );
+    let applied = apply("added.toml", added);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let free = count("SELECT COUNT(*) FROM events WHERE plan = 'free'");
+    wait_until("the query node serves the new column", Duration::from_secs(30), || async { free() == Some(1_000) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log("query")));
+    let restarted = || async { c.log("w1").matches("starting pipeline").count() >= 2 };
+    wait_until("the worker runs the new config", Duration::from_secs(30), restarted).await.unwrap();
+
+    let paid = (1_000i64..2_000).map(|id| {
+        let record = format!("{{\"ts\": {id}, \"id\": {id}, \"status\": 200, \"plan\": \"paid\"}}");
+        ((id % 2) as i32, record.into_bytes())
+    });
+    producer.send_all(&c.topic, paid).await.unwrap();
+    let by_plan = || {
+        let answer = sql(&addr, "SELECT plan, COUNT(*), COUNT(DISTINCT id) FROM events GROUP BY plan ORDER BY plan");
+        answer.map(|a| a["resultTable"]["rows"].clone())
+    };
+    let expected = json!([["free", 1_000, 1_000], ["paid", 1_000, 1_000]]);
+    let both = || async { by_plan().as_ref() == Some(&expected) };
+    wait_until("old rows answer the default, new rows their value", Duration::from_secs(60), both)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}\n{}", by_plan(), c.log("query"), c.log("w1")));
+    let filtered = count("SELECT COUNT(*) FROM events WHERE plan <> 'paid' AND status = 404");
+    assert_eq!(filtered(), Some(100));
+
+    // Everything committed, then a restarted node serves old and new segments.
+    let committed = || async {
+        let (records, _) = c.observer.segments("events").await.unwrap();
+        // Segments of 400 rows each partition, from its committed end (the
+        // pipeline's restart may commit a short one): at least 1,600 rows.
+        records.iter().map(|r| r.row_count).sum::<u64>() >= 1_600
+    };
+    wait_until("every row is committed", Duration::from_secs(60), committed).await.unwrap();
+    query.signal(libc::SIGKILL).unwrap();
+    query.wait_timeout(Duration::from_secs(5)).unwrap();
+    let _query = c.query_node();
+    wait_until("the restarted node answers as before", Duration::from_secs(60), both)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}\n{}", by_plan(), c.log("query"), c.log("w1")));
+    let log = c.log("query");
+    assert!(!log.contains("segment refused"), "{log}");
+}

@@ -96,3 +96,37 @@ fn unrecognisable_and_unreadable_files() {
     let out = sluice(&["validate", "--kind", "query", odd.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--previous` checks a pipeline as a change of the running one: an added
+/// column with a default passes; a column that changes type, a non-null
+/// column removed and a non-null column added without a default fail, each
+/// named.
+#[test]
+fn a_schema_change_is_checked_against_the_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clickstream.toml");
+    let text = std::fs::read_to_string(&running).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let added = write(
+        "added.toml",
+        format!(
+            "{text}\n[[schema.columns]]\nname = \"plan\"\ntype = \"string\"\nnullable = false\ndefault = \"free\"\n"
+        ),
+    );
+    let out = sluice(&["validate", "--previous", running.to_str().unwrap(), added.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let changed = text.replace("name = \"status\"\ntype = \"int32\"", "name = \"status\"\ntype = \"int64\"")
+        + "\n[[schema.columns]]\nname = \"plan\"\ntype = \"string\"\nnullable = false\n";
+    let changed = write("changed.toml", changed);
+    let out = sluice(&["validate", "--previous", running.to_str().unwrap(), changed.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a compatible change of the running pipeline"), "{stderr}");
+    assert!(stderr.contains("schema.columns.status.type: found int64 (the live table's is int32)"), "{stderr}");
+    assert!(stderr.contains("schema.columns.plan: found added as not nullable without a default"), "{stderr}");
+}

@@ -16,6 +16,7 @@
 //!   so an environment value cannot change a file's structure.
 
 mod error;
+pub mod evolution;
 pub mod interpolate;
 pub mod node;
 pub mod pipeline;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Problem, Problems};
+pub use evolution::schema_change_problems;
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
     CoordinatorConfig, CoordinatorEndpoint, FlightCompression, FlightToken, HttpAuth, HttpConfig, HttpUser,

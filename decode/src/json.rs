@@ -50,19 +50,22 @@ enum Cell<'a> {
 impl Row<'_> {
     /// The row as segment values, in schema order.
     pub fn datums(&self) -> Vec<Datum<'_>> {
-        self.cells
-            .iter()
-            .map(|cell| match cell {
-                Cell::Missing | Cell::Null => Datum::Null,
-                Cell::Bool(v) => Datum::Bool(*v),
-                Cell::Int32(v) => Datum::Int32(*v),
-                Cell::Int64(v) => Datum::Int64(*v),
-                Cell::Float32(v) => Datum::Float32(*v),
-                Cell::Float64(v) => Datum::Float64(*v),
-                Cell::Str(v) => Datum::Str(v),
-                Cell::Timestamp(v) => Datum::Timestamp(*v),
-            })
-            .collect()
+        self.cells.iter().map(Cell::datum).collect()
+    }
+}
+
+impl Cell<'_> {
+    fn datum(&self) -> Datum<'_> {
+        match self {
+            Cell::Missing | Cell::Null => Datum::Null,
+            Cell::Bool(v) => Datum::Bool(*v),
+            Cell::Int32(v) => Datum::Int32(*v),
+            Cell::Int64(v) => Datum::Int64(*v),
+            Cell::Float32(v) => Datum::Float32(*v),
+            Cell::Float64(v) => Datum::Float64(*v),
+            Cell::Str(v) => Datum::Str(v),
+            Cell::Timestamp(v) => Datum::Timestamp(*v),
+        }
     }
 }
 
@@ -102,6 +105,13 @@ impl Decoder {
             columns.push(decoder);
         }
         Self { columns, root, max_message_bytes: pipeline.bad_records.max_message_bytes.as_u64() as usize }
+    }
+
+    /// Each column's default as it is stored (a timestamp in the column's
+    /// unit), in schema order; None for a column without one. Query nodes
+    /// answer it for segments written before the column was added.
+    pub fn defaults(&self) -> Vec<Option<sluice_segments::Scalar>> {
+        self.columns.iter().map(|c| c.default.as_ref().map(|cell| cell.datum().to_scalar())).collect()
     }
 
     /// Decodes one message.

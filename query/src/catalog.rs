@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sluice_coordinator::{Coordinator, SegmentRecord};
-use sluice_segments::{Segment, SegmentSchema};
+use sluice_segments::Segment;
 use sluice_storage::Resolver;
 use tokio::sync::watch;
 
@@ -272,11 +272,20 @@ impl CatalogFollower {
     async fn sync_table(&mut self, name: &str, config: Option<&str>, records: Vec<SegmentRecord>) -> Option<Instant> {
         let state = self.tables.entry(name.to_string()).or_default();
         let parsed = config.and_then(|text| parse_config(name, text));
-        if state.table.is_none()
-            && let Some(config) = &parsed
-        {
-            let schema = SegmentSchema::from_pipeline(config).arrow_schema().as_ref().clone();
-            state.table = Some(Arc::new(SegmentTable::new(name, &schema)));
+        if let Some(config) = &parsed {
+            let schema = crate::evolution::pipeline_schema(config);
+            match &state.table {
+                None => state.table = Some(Arc::new(SegmentTable::new(name, &schema))),
+                // A pipeline applied with new columns: served from now on,
+                // by the segments written before as their defaults.
+                Some(table) => match table.evolve(&schema) {
+                    Ok(true) => tracing::info!(table = %name, "the pipeline's columns changed; serving them"),
+                    Ok(false) => {}
+                    Err(reason) => {
+                        tracing::warn!(table = %name, %reason, "the pipeline's new columns are not compatible; keeping the served ones")
+                    }
+                },
+            }
         }
         let wanted: HashMap<&str, &SegmentRecord> = records.iter().map(|r| (r.name.as_str(), r)).collect();
         // In a cluster, the segments this node should serve; a segment it

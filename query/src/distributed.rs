@@ -303,14 +303,18 @@ impl ClusterScanExec {
         // fewer threads than the planner's partitions (three nodes sharing
         // two cores at `limits.threads = 1`) fills only as many, and
         // leaves the others empty.
-        let threads = context.session_config().get_extension::<NodeTables>().map_or(self.partitions, |n| n.threads);
+        let node = context.session_config().get_extension::<NodeTables>();
+        let threads = node.as_ref().map_or(self.partitions, |n| n.threads);
+        // The defaults of columns a segment lacks: this node's table's.
+        let table =
+            node.and_then(|n| n.table(&self.spec.table)).map_or_else(|| self.spec.schema.clone(), |t| t.schema_ref());
         let filled = self.partitions.min(threads).max(1);
         let segments: Vec<Arc<Segment>> =
             resolved.iter().cloned().enumerate().filter(|(i, _)| i % filled == partition).map(|(_, s)| s).collect();
         let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
         Ok(async move {
             tokio::task::spawn_blocking(move || {
-                let (mut parts, _) = select(&segments, predicate.as_ref(), 1)?;
+                let (mut parts, _) = select(&segments, predicate.as_ref(), &table, 1)?;
                 if let Some(limit) = limit {
                     truncate(&mut parts, limit);
                 }

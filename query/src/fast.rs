@@ -136,8 +136,8 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
     let predicate = match selection {
         None => None,
         Some(filter) => {
-            let filter = to_expr(&filter, schema)?;
-            let (predicate, residual) = pushdown::translate_all(&[filter], schema);
+            let filter = to_expr(&filter, &schema)?;
+            let (predicate, residual) = pushdown::translate_all(&[filter], &schema);
             if !residual.is_empty() {
                 return None;
             }
@@ -162,7 +162,8 @@ pub(crate) async fn execute(
     }
     let out = schema.clone();
     tokio::task::spawn_blocking(move || {
-        let (mut parts, mut stats) = select(&segments, query.predicate.as_ref(), threads).map_err(internal)?;
+        let table = query.table.schema_ref();
+        let (mut parts, mut stats) = select(&segments, query.predicate.as_ref(), &table, threads).map_err(internal)?;
         stats.tails_excluded += query.table.tails_excluded();
         if let Some(limit) = query.limit {
             truncate(&mut parts, limit);

@@ -37,6 +37,7 @@ pub mod cluster;
 mod dictionary_group;
 pub mod distributed;
 pub mod engine;
+pub mod evolution;
 mod fast;
 pub mod flight_auth;
 mod functions;

@@ -4,8 +4,11 @@
 //! on first use where a star-tree may answer without the bitmaps
 //! ([`Selection`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::datatypes::{Schema, SchemaRef};
 
 use datafusion::common::{DataFusionError, Result};
 use roaring::RoaringBitmap;
@@ -27,19 +30,24 @@ pub(crate) struct Part {
 pub(crate) fn select(
     segments: &[Arc<Segment>],
     predicate: Option<&Predicate>,
+    table: &Schema,
     threads: usize,
 ) -> Result<(Vec<Part>, ScanStats)> {
-    let (candidates, mut stats) = prune(segments, predicate);
-    let parts = evaluate(&candidates, predicate, threads)?;
+    let (candidates, mut stats) = prune(segments, predicate, table);
+    let parts = evaluate(&candidates, predicate, table, threads)?;
     stats.add(&matched(&parts));
     Ok((parts, stats))
 }
 
 /// The segments of `segments` that may hold a row `predicate` selects
 /// (from metadata and bloom filters), and the counters known from that.
-pub(crate) fn prune(segments: &[Arc<Segment>], predicate: Option<&Predicate>) -> (Vec<Arc<Segment>>, ScanStats) {
+pub(crate) fn prune(
+    segments: &[Arc<Segment>],
+    predicate: Option<&Predicate>,
+    table: &Schema,
+) -> (Vec<Arc<Segment>>, ScanStats) {
     let candidates: Vec<Arc<Segment>> = match predicate {
-        Some(p) => segments.iter().filter(|s| s.can_match(p)).cloned().collect(),
+        Some(p) => segments.iter().filter(|s| s.can_match(&bound(p, s, table))).cloned().collect(),
         None => segments.to_vec(),
     };
     let mut stats = ScanStats {
@@ -55,9 +63,14 @@ pub(crate) fn prune(segments: &[Arc<Segment>], predicate: Option<&Predicate>) ->
 
 /// The rows `predicate` selects in each of `segments`, in order, leaving
 /// out the segments where it selects none.
-pub(crate) fn evaluate(segments: &[Arc<Segment>], predicate: Option<&Predicate>, threads: usize) -> Result<Vec<Part>> {
+pub(crate) fn evaluate(
+    segments: &[Arc<Segment>],
+    predicate: Option<&Predicate>,
+    table: &Schema,
+    threads: usize,
+) -> Result<Vec<Part>> {
     let mut parts = Vec::new();
-    for part in par_map(segments, threads, |segment| evaluate_one(segment, predicate)) {
+    for part in par_map(segments, threads, |segment| evaluate_one(segment, predicate, table)) {
         let part = part?;
         if !part.rows.is_empty() {
             parts.push(part);
@@ -66,9 +79,9 @@ pub(crate) fn evaluate(segments: &[Arc<Segment>], predicate: Option<&Predicate>,
     Ok(parts)
 }
 
-fn evaluate_one(segment: &Arc<Segment>, predicate: Option<&Predicate>) -> Result<Part> {
+fn evaluate_one(segment: &Arc<Segment>, predicate: Option<&Predicate>, table: &Schema) -> Result<Part> {
     let rows = match predicate {
-        Some(p) => segment.evaluate(p).map_err(|e| DataFusionError::External(Box::new(e)))?,
+        Some(p) => segment.evaluate(&bound(p, segment, table)).map_err(|e| DataFusionError::External(Box::new(e)))?,
         None => {
             let mut all = RoaringBitmap::new();
             all.insert_range(0..segment.num_rows());
@@ -76,6 +89,20 @@ fn evaluate_one(segment: &Arc<Segment>, predicate: Option<&Predicate>) -> Result
         }
     };
     Ok(Part { segment: Arc::clone(segment), rows: Arc::new(rows) })
+}
+
+/// `predicate` as `segment` answers it: a column of `table` the segment
+/// lacks (added since it was written) holds the column's default in every
+/// row ([`crate::evolution`]).
+fn bound<'p>(predicate: &'p Predicate, segment: &Segment, table: &Schema) -> Cow<'p, Predicate> {
+    let schema = &segment.meta().schema;
+    if predicate.columns().iter().all(|c| schema.column_index(c).is_some()) {
+        return Cow::Borrowed(predicate);
+    }
+    Cow::Owned(predicate.bind(&|column| match schema.column_index(column) {
+        Some(_) => None,
+        None => crate::evolution::absent_value(table, column),
+    }))
 }
 
 /// The counters of evaluated parts: segments matched, rows selected.
@@ -105,6 +132,8 @@ pub(crate) struct Deferred {
     /// The candidate segments (pruned), per partition.
     segments: Vec<Vec<Arc<Segment>>>,
     predicate: Option<Predicate>,
+    /// The table's columns as planned (defaults of columns segments lack).
+    table: SchemaRef,
     threads: usize,
     /// The planning query's counters.
     stats: Option<Arc<Mutex<ScanStats>>>,
@@ -123,12 +152,14 @@ impl Selection {
     pub(crate) fn deferred(
         segments: Vec<Arc<Segment>>,
         predicate: Option<Predicate>,
+        table: SchemaRef,
         target: usize,
         stats: Option<Arc<Mutex<ScanStats>>>,
     ) -> Self {
         Selection::Deferred(Deferred {
             segments: spread(segments, target, |s| u64::from(s.num_rows())),
             predicate,
+            table,
             threads: target,
             stats,
             selected: OnceLock::new(),
@@ -163,8 +194,9 @@ impl Selection {
             // partition count is part of the plan).
             let flat: Vec<(usize, &Arc<Segment>)> =
                 d.segments.iter().enumerate().flat_map(|(i, segments)| segments.iter().map(move |s| (i, s))).collect();
-            let evaluated =
-                par_map(&flat, d.threads, |(i, segment)| Ok((*i, evaluate_one(segment, d.predicate.as_ref())?)));
+            let evaluated = par_map(&flat, d.threads, |(i, segment)| {
+                Ok((*i, evaluate_one(segment, d.predicate.as_ref(), &d.table)?))
+            });
             let mut partitions: Vec<Vec<Part>> = vec![Vec::new(); d.segments.len()];
             for result in evaluated {
                 let (i, part) = result.map_err(Arc::new)?;
@@ -196,7 +228,7 @@ impl Selection {
         Ok(match self {
             Selection::Deferred(d) if !self.is_selected() => {
                 let segments = d.segments.iter().flatten().filter(|s| keep(s)).cloned().collect();
-                Selection::deferred(segments, d.predicate.clone(), target, d.stats.clone())
+                Selection::deferred(segments, d.predicate.clone(), d.table.clone(), target, d.stats.clone())
             }
             _ => {
                 let parts = self.partitions()?.iter().flatten().filter(|p| keep(&p.segment)).cloned().collect();

@@ -176,7 +176,9 @@ type Snapshot = (Arc<Vec<Arc<Segment>>>, Arc<Elsewhere>);
 /// consistent snapshot from planning to its last row.
 pub struct SegmentTable {
     name: String,
-    schema: SchemaRef,
+    /// Grows as the pipeline gains columns ([`crate::evolution`]); a query
+    /// plans against one version of it.
+    schema: RwLock<SchemaRef>,
     segments: RwLock<Snapshot>,
     /// Partitions whose real-time tail is left out (over the node's tail
     /// memory): their answers come from committed data only.
@@ -203,7 +205,7 @@ impl SegmentTable {
             .collect();
         SegmentTable {
             name: name.to_string(),
-            schema: Arc::new(Schema::new(fields)),
+            schema: RwLock::new(Arc::new(Schema::new(fields))),
             segments: RwLock::default(),
             tails_excluded: Default::default(),
         }
@@ -221,31 +223,47 @@ impl SegmentTable {
         &self.name
     }
 
-    pub(crate) fn schema_ref(&self) -> &SchemaRef {
-        &self.schema
+    /// The table's columns now.
+    pub(crate) fn schema_ref(&self) -> SchemaRef {
+        self.schema.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether a segment's columns are this table's (names and types).
+    /// Grows the table's columns to the pipeline's `segment_schema` (see
+    /// [`crate::evolution::evolve`]); true when they changed.
+    pub fn evolve(&self, segment_schema: &Schema) -> Result<bool, String> {
+        let next = SegmentTable::new(&self.name, segment_schema).schema_ref();
+        let mut schema = self.schema.write().unwrap_or_else(|e| e.into_inner());
+        match crate::evolution::evolve(&schema, &next)? {
+            Some(grown) => {
+                *schema = Arc::new(grown);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this table can serve a segment: every column they share has
+    /// the table's type. A column the segment lacks (added to the pipeline
+    /// since) is answered with its default; one the table lacks is not
+    /// served.
     pub fn accepts(&self, segment: &Segment) -> Result<(), String> {
-        let theirs: Vec<_> = segment.schema().fields().iter().filter(|f| f.name() != OFFSET_COLUMN).collect();
-        let ours = self.schema.fields();
-        let same = theirs.len() == ours.len()
-            && theirs
-                .iter()
-                .zip(ours.iter())
-                .all(|(a, b)| a.name() == b.name() && &served_type(a.data_type()) == b.data_type());
-        if same {
+        let ours = self.schema_ref();
+        let clashes: Vec<String> = segment
+            .schema()
+            .fields()
+            .iter()
+            .filter_map(|theirs| {
+                let ours = ours.field_with_name(theirs.name()).ok()?;
+                let served = served_type(theirs.data_type());
+                (&served != ours.data_type()).then(|| {
+                    format!("column `{}` is {served} in the segment, {} in the table", theirs.name(), ours.data_type())
+                })
+            })
+            .collect();
+        if clashes.is_empty() {
             Ok(())
         } else {
-            let describe = |fields: Vec<&Arc<Field>>| {
-                fields.iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
-            };
-            Err(format!(
-                "segment columns ({}) differ from table `{}` ({})",
-                describe(theirs),
-                self.name,
-                describe(ours.iter().collect())
-            ))
+            Err(format!("segment columns differ from table `{}`: {}", self.name, clashes.join("; ")))
         }
     }
 
@@ -280,7 +298,7 @@ impl SegmentTable {
 #[async_trait]
 impl TableProvider for SegmentTable {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.schema_ref()
     }
 
     fn table_type(&self) -> TableType {
@@ -288,7 +306,7 @@ impl TableProvider for SegmentTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters.iter().map(|f| pushdown::classify(f, &self.schema)).collect())
+        Ok(filters.iter().map(|f| pushdown::classify(f, &self.schema_ref())).collect())
     }
 
     async fn scan(
@@ -298,17 +316,20 @@ impl TableProvider for SegmentTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // One version of the columns for the whole scan (they only grow, so
+        // the planner's projection indexes stay valid).
+        let table = self.schema_ref();
         let schema = match projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => self.schema.clone(),
+            Some(p) => Arc::new(table.project(p)?),
+            None => table.clone(),
         };
         // DataFusion may rewrite a filter after asking about it (say, an IN
         // list holding a NULL into an OR), so a filter promised Exact can
         // arrive in a form that no longer translates exactly. Whatever is not
         // exact is evaluated here as well: a promise is never silently broken.
-        let (predicate, residual) = pushdown::translate_all(filters, &self.schema);
+        let (predicate, residual) = pushdown::translate_all(filters, &table);
         let exact = residual.is_empty();
-        let read = Reader::new(state, &self.schema, &schema, residual)?;
+        let read = Reader::new(state, &table, &schema, residual)?;
         let threads = state.config().target_partitions().max(1);
         let (segments, elsewhere) = self.cluster_snapshot();
         if !elsewhere.is_empty() {
@@ -342,19 +363,20 @@ impl TableProvider for SegmentTable {
                 .try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&scan.stats(self.tails_excluded())));
             return Ok(Arc::new(scan));
         }
-        let (candidates, mut stats) = prune(&segments, predicate.as_ref());
+        let (candidates, mut stats) = prune(&segments, predicate.as_ref(), &table);
         stats.tails_excluded += self.tails_excluded();
         let sink = QUERY_STATS.try_with(Arc::clone).ok();
         // DataFusion passes a limit only when every filter was pushed
         // exactly; cutting at it needs the rows now.
         let limit = limit.filter(|_| exact);
         let selection = if limit.is_none() && star_trees_may_answer(&candidates, predicate.as_ref(), &schema) {
-            Selection::deferred(candidates, predicate.clone(), threads, sink.clone())
+            Selection::deferred(candidates, predicate.clone(), table, threads, sink.clone())
         } else {
             let predicate = predicate.clone();
-            let mut parts = tokio::task::spawn_blocking(move || evaluate(&candidates, predicate.as_ref(), threads))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            let mut parts =
+                tokio::task::spawn_blocking(move || evaluate(&candidates, predicate.as_ref(), &table, threads))
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
             if let Some(limit) = limit {
                 truncate(&mut parts, limit as u64);
             }
@@ -452,10 +474,27 @@ impl Reader {
     }
 
     pub(crate) fn read(&self, segment: &Segment, rows: &RoaringBitmap, out_schema: &SchemaRef) -> Result<RecordBatch> {
-        let names: Vec<&str> = self.read_schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let types: Vec<DataType> = self.read_schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        let columns =
+        // Columns added to the table after the segment was written are
+        // their default in every row.
+        let has = |f: &Field| segment.meta().schema.column_index(f.name()).is_some();
+        let (present, absent): (Vec<&Field>, Vec<&Field>) =
+            self.read_schema.fields().iter().map(|f| f.as_ref()).partition(|f| has(f));
+        let names: Vec<&str> = present.iter().map(|f| f.name().as_str()).collect();
+        let types: Vec<DataType> = present.iter().map(|f| f.data_type().clone()).collect();
+        let mut columns =
             segment.materialize_as(rows, &names, &types).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if !absent.is_empty() {
+            let mut read = columns.into_iter();
+            columns = self
+                .read_schema
+                .fields()
+                .iter()
+                .map(|f| match has(f) {
+                    true => read.next().ok_or_else(|| DataFusionError::Internal("a column was not read".into())),
+                    false => crate::evolution::absent_array(f, rows.len() as usize),
+                })
+                .collect::<Result<_>>()?;
+        }
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len() as usize));
         let mut batch = RecordBatch::try_new_with_options(self.read_schema.clone(), columns, &options)?;
         if let Some(residual) = &self.residual {

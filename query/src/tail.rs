@@ -500,7 +500,11 @@ impl TableView {
         }
         let mut from = tail.chunks.len() - 1;
         let mut after = tail.chunks[from].num_rows();
-        while from > 0 && tail.chunks[from - 1].num_rows() < MERGE_RATIO.saturating_mul(after) {
+        let same_columns = |a: &Segment, b: &Segment| a.meta().schema == b.meta().schema;
+        while from > 0
+            && tail.chunks[from - 1].num_rows() < MERGE_RATIO.saturating_mul(after)
+            && same_columns(&tail.chunks[from - 1], &tail.chunks[from])
+        {
             from -= 1;
             after = after.saturating_add(tail.chunks[from].num_rows());
         }
@@ -595,12 +599,32 @@ impl TableView {
     }
 
     /// Decodes records with `config`'s schema and decoder from now on (the
-    /// consumer sets it when it starts).
+    /// consumer sets it each time it starts).
     pub fn set_decoding(&self, config: &PipelineConfig) {
-        self.lock().decoding = Some(Arc::new(Decoding {
+        let next = Arc::new(Decoding {
             schema: Arc::new(SegmentSchema::from_pipeline(config)),
             decoder: Decoder::new(config),
-        }));
+        });
+        let mut state = self.lock();
+        if state.decoding.as_ref().is_some_and(|d| d.schema != next.schema) {
+            // The columns changed (`pipeline apply`): each open builder is
+            // sealed with the columns it holds, and the next starts with
+            // the new ones. A chunk is of one schema, and so is a merge.
+            let partitions: Vec<i32> = state.tails.keys().copied().collect();
+            for partition in partitions {
+                let tail = state.tails.get_mut(&partition).expect("listed");
+                if tail.over_limit {
+                    continue;
+                }
+                self.seal_tail(tail, partition, &next);
+                if let Some(empty) = tail.builder.as_ref().filter(|b| b.is_empty() && b.schema() != &next.schema) {
+                    tail.builder = Some(ConsumingSegment::new(next.schema.clone(), partition, empty.next_offset()));
+                }
+                self.recharge(tail);
+            }
+            self.publish(&state);
+        }
+        state.decoding = Some(next);
     }
 
     /// One record of `partition` read from Kafka (or any other source of
@@ -937,6 +961,7 @@ async fn run(
             .set("auto.offset.reset", "earliest")
             .create_with_context(sluice_decode::SourceContext::new(&config.table))?,
     );
+    view.set_decoding(config);
     tracing::info!(table = %config.table, "following the tail");
     let mut assigned: BTreeMap<i32, ()> = BTreeMap::new();
     let mut next_metadata = Instant::now();

@@ -446,6 +446,65 @@ async fn grouping_by_a_large_repeated_dictionary_emits_each_segments_keys() {
     assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
 }
 
+/// Segments written before a column was added answer its default for their
+/// rows — NULL without one — in every corpus query: read, filtered (pruning
+/// and the indexes bind the absent column to its value), grouped, counted
+/// and in the statistics that answer `MIN`/`MAX`/`COUNT` without rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_without_a_later_column_answer_its_default() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    for default in [None, Some(true)] {
+        let engine = QueryEngine::new(QueryLimits::default()).unwrap();
+        let mut rows = clicks(6_000, BASE_TS, 11, 500);
+        // The first half was written before `is_bot`, the last column.
+        let mut narrow = (*clicks_schema()).clone();
+        narrow.columns.pop();
+        let (narrow, wide) = (Arc::new(narrow), clicks_schema());
+        let mut segments = Vec::new();
+        for (i, chunk) in rows.chunks(1_000).enumerate() {
+            let name = format!("clicks__0__{i}");
+            segments.push(Arc::new(if i < 3 {
+                sealed(&narrow, &name, chunk, |c| {
+                    let mut datums = click_datums(c);
+                    datums.pop();
+                    datums
+                })
+            } else {
+                sealed(&wide, &name, chunk, click_datums)
+            }));
+        }
+        let fields: Vec<arrow::datatypes::Field> = clicks_arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| match (f.name().as_str(), default) {
+                ("is_bot", Some(value)) => f.as_ref().clone().with_metadata(HashMap::from([(
+                    sluice_query::evolution::DEFAULT_KEY.to_string(),
+                    serde_json::to_string(&sluice_segments::Scalar::Bool(value)).unwrap(),
+                )])),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let table = sluice_query::SegmentTable::new("clicks", &arrow::datatypes::Schema::new(fields));
+        for segment in &segments {
+            table.accepts(segment).unwrap();
+        }
+        table.replace(segments);
+        engine.register(Arc::new(table));
+        for click in &mut rows[..3_000] {
+            click.is_bot = default;
+        }
+        let reference = reference_over(&engine, &rows);
+        let failures = differences(&engine, &reference).await;
+        assert!(
+            failures.is_empty(),
+            "default {default:?}: {} queries differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+}
+
 /// Star-trees answer aggregations exactly: random queries grouping and
 /// filtering on a tree's dimensions with the aggregates it holds give the
 /// reference's rows — over segments split to single records, into a few

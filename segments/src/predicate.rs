@@ -48,13 +48,32 @@ impl CmpOp {
 /// Serializable: distributed queries send it to the nodes that evaluate it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Predicate {
-    Compare { column: String, op: CmpOp, value: Scalar },
-    In { column: String, values: Vec<Scalar>, negated: bool },
-    Between { column: String, low: Scalar, high: Scalar, negated: bool },
-    IsNull { column: String, negated: bool },
+    Compare {
+        column: String,
+        op: CmpOp,
+        value: Scalar,
+    },
+    In {
+        column: String,
+        values: Vec<Scalar>,
+        negated: bool,
+    },
+    Between {
+        column: String,
+        low: Scalar,
+        high: Scalar,
+        negated: bool,
+    },
+    IsNull {
+        column: String,
+        negated: bool,
+    },
     And(Vec<Predicate>),
     Or(Vec<Predicate>),
     Not(Box<Predicate>),
+    /// The same truth for every row: TRUE, FALSE or (None) UNKNOWN. What a
+    /// leaf over a column the segment lacks becomes ([`Predicate::bind`]).
+    Constant(Option<bool>),
 }
 
 impl Predicate {
@@ -90,6 +109,7 @@ impl Predicate {
             Predicate::IsNull { column, negated } if negate => {
                 Predicate::IsNull { column: column.clone(), negated: !negated }
             }
+            Predicate::Constant(truth) if negate => Predicate::Constant(truth.map(|t| !t)),
             leaf => leaf.clone(),
         }
     }
@@ -109,6 +129,68 @@ impl Predicate {
             | Predicate::IsNull { column, .. } => out.push(column),
             Predicate::And(ps) | Predicate::Or(ps) => ps.iter().for_each(|p| p.collect_columns(out)),
             Predicate::Not(p) => p.collect_columns(out),
+            Predicate::Constant(_) => {}
+        }
+    }
+
+    /// The predicate with each leaf over a column `constant` knows replaced
+    /// by its truth for that column's one value (`Scalar::Null` for NULL),
+    /// in SQL's three-valued logic: how a segment written before a column
+    /// was added answers a filter on it (every row holds the column's
+    /// default). A leaf whose literal does not fit the column's type stays.
+    pub fn bind(&self, constant: &dyn Fn(&str) -> Option<(ColumnType, Scalar)>) -> Predicate {
+        let truth = |leaf: &Predicate, column: &str, of: &dyn Fn(ColumnType, Option<Key>) -> Option<Option<bool>>| {
+            let Some((ty, value)) = constant(column) else { return leaf.clone() };
+            match value.key_for(ty).ok().and_then(|key| of(ty, key)) {
+                Some(truth) => Predicate::Constant(truth),
+                None => leaf.clone(),
+            }
+        };
+        match self {
+            Predicate::And(ps) => Predicate::And(ps.iter().map(|p| p.bind(constant)).collect()),
+            Predicate::Or(ps) => Predicate::Or(ps.iter().map(|p| p.bind(constant)).collect()),
+            Predicate::Not(p) => Predicate::Not(Box::new(p.bind(constant))),
+            Predicate::Constant(_) => self.clone(),
+            Predicate::IsNull { column, negated } => {
+                truth(self, column, &|_, value| Some(Some(value.is_none() != *negated)))
+            }
+            Predicate::Compare { column, op, value: literal } => truth(self, column, &|ty, value| {
+                let literal = literal.key_for(ty).ok()?;
+                let (Some(value), Some(literal)) = (value, literal) else { return Some(None) };
+                let ordering = value.cmp(&literal);
+                Some(Some(match op {
+                    CmpOp::Eq => ordering.is_eq(),
+                    CmpOp::NotEq => ordering.is_ne(),
+                    CmpOp::Lt => ordering.is_lt(),
+                    CmpOp::LtEq => ordering.is_le(),
+                    CmpOp::Gt => ordering.is_gt(),
+                    CmpOp::GtEq => ordering.is_ge(),
+                }))
+            }),
+            Predicate::Between { column, low, high, negated } => {
+                // As the conjunction it abbreviates (NULL bounds included).
+                let both = Predicate::And(vec![
+                    Predicate::compare(column, CmpOp::GtEq, low.clone()),
+                    Predicate::compare(column, CmpOp::LtEq, high.clone()),
+                ]);
+                let both = if *negated { Predicate::Not(Box::new(both)) } else { both };
+                match constant(column) {
+                    Some(_) => both.bind(constant),
+                    None => self.clone(),
+                }
+            }
+            Predicate::In { column, values, negated } => truth(self, column, &|ty, value| {
+                let keys: Vec<Option<Key>> = values.iter().map(|v| v.key_for(ty)).collect::<Result<_, _>>().ok()?;
+                // An empty list is FALSE for every row, NULL included.
+                let matched = match value {
+                    _ if keys.is_empty() => Some(false),
+                    None => None,
+                    Some(value) if keys.iter().flatten().any(|k| *k == value) => Some(true),
+                    Some(_) if keys.iter().any(Option::is_none) => None,
+                    Some(_) => Some(false),
+                };
+                Some(matched.map(|m| m != *negated))
+            }),
         }
     }
 }
@@ -278,6 +360,10 @@ impl Evaluator<'_> {
                 let yes = if *negated { self.all() - &nulls } else { nulls };
                 Truth { yes, unknown: RoaringBitmap::new() }
             }
+            Predicate::Constant(Some(true)) => Truth { yes: self.all().clone(), unknown: none() },
+            Predicate::Constant(Some(false)) => Truth { yes: none(), unknown: none() },
+            Predicate::Constant(None) if want_unknown => self.all_unknown(),
+            Predicate::Constant(None) => Truth { yes: none(), unknown: none() },
             Predicate::Not(inner) => {
                 let t = self.eval(inner, true)?;
                 let yes = &(self.all() - &t.yes) - &t.unknown;
@@ -430,6 +516,7 @@ fn prune(s: &dyn StatsSource, p: &Predicate) -> bool {
         Predicate::And(ps) => ps.iter().all(|p| prune(s, p)),
         Predicate::Or(ps) => ps.iter().any(|p| prune(s, p)),
         Predicate::Not(_) => true,
+        Predicate::Constant(truth) => *truth == Some(true),
         Predicate::IsNull { column, negated } => match s.column_stats(column) {
             Some((_, st)) if *negated => st.null_count < rows,
             Some((_, st)) => st.null_count > 0,
