@@ -483,8 +483,15 @@ async fn a_column_added_mid_stream_answers_its_default_for_older_rows() {
     wait_until("the query node serves the new column", Duration::from_secs(30), || async { free() == Some(1_000) })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.log("query")));
-    let restarted = || async { c.log("w1").matches("starting pipeline").count() >= 2 };
-    wait_until("the worker runs the new config", Duration::from_secs(30), restarted).await.unwrap();
+    // Rows produced while the change propagates are decoded with the
+    // columns in force where they are read (until their segment commits,
+    // the node's tail may hold them decoded before): produce the new rows
+    // once the worker and the node's tail consumer run the new config.
+    let restarted = || async {
+        c.log("w1").matches("starting pipeline").count() >= 2
+            && c.log("query").matches("following the tail").count() >= 2
+    };
+    wait_until("the worker and the tail run the new config", Duration::from_secs(30), restarted).await.unwrap();
 
     let paid = (1_000i64..2_000).map(|id| {
         let record = format!("{{\"ts\": {id}, \"id\": {id}, \"status\": 200, \"plan\": \"paid\"}}");
