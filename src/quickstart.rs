@@ -115,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("  worker     pipeline `{TABLE}`: segments sealed every minute or 500,000 rows, exactly-once commits");
     println!("  real time  rows are queryable within a second: the query node reads the uncommitted tail");
     println!("  query      SQL on {endpoint}");
+    println!("  console    http://{}/ in a browser", node.addr);
     println!("  data       {}", data_dir.display());
     println!("Ctrl-C to stop.\n");
 

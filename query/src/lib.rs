@@ -34,6 +34,7 @@
 
 pub mod catalog;
 pub mod cluster;
+mod console;
 mod dictionary_group;
 pub mod distributed;
 pub mod engine;
