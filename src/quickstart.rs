@@ -34,6 +34,9 @@ pub struct Args {
     /// Port of the SQL endpoint on 127.0.0.1.
     #[arg(long, default_value_t = 8099)]
     port: u16,
+    /// Port of the Postgres wire protocol on 127.0.0.1 (psql, Grafana).
+    #[arg(long, default_value_t = 5433)]
+    pg_port: u16,
     /// Where segments, the deep store and the query cache go. Default: a
     /// fresh temporary directory, removed on exit unless --keep-data.
     #[arg(long)]
@@ -76,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ("SLUICE_KAFKA", bootstrap.clone()),
         ("SLUICE_DATA", data_dir.display().to_string()),
         ("SLUICE_QUERY_PORT", args.port.to_string()),
+        ("SLUICE_PG_PORT", args.pg_port.to_string()),
         ("SLUICE_WORKER_PORT", "0".to_string()),
     ]));
     let origin = Path::new("examples/quickstart");
@@ -95,9 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "the uncommitted tail is lost with the embedded broker",
     );
     let metrics = sluice_ingest::metrics::install_recorder();
-    let node = QueryNode::start(&query, coordinator.clone(), Some(metrics), shutdown.clone())
-        .await
-        .with_context(|| format!("start the query node on 127.0.0.1:{} (use --port to pick another)", args.port))?;
+    let node =
+        QueryNode::start(&query, coordinator.clone(), Some(metrics), shutdown.clone()).await.with_context(|| {
+            format!("start the query node on 127.0.0.1:{} (use --port and --pg-port to pick others)", args.port)
+        })?;
     let loaded = LoadedWorker { config: worker, pipelines: vec![(origin.join("pipeline.toml"), pipeline)] };
     let worker = tokio::spawn(sluice_ingest::worker::run_worker(loaded, coordinator.clone(), shutdown.clone()));
 
@@ -116,6 +121,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("  real time  rows are queryable within a second: the query node reads the uncommitted tail");
     println!("  query      SQL on {endpoint}");
     println!("  console    http://{}/ in a browser", node.addr);
+    if let Some(pg) = node.pg_addr {
+        println!("  postgres   psql -h {} -p {} -U sluice -c \"SELECT COUNT(*) FROM {TABLE}\"", pg.ip(), pg.port());
+    }
     println!("  data       {}", data_dir.display());
     println!("Ctrl-C to stop.\n");
 

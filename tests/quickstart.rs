@@ -25,7 +25,9 @@ fn quickstart_ingests_answers_and_exits_cleanly() {
     let data = dir.path().join("data");
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
-        .args(["quickstart", "--rate", "2000", "--port", &port.to_string(), "--data-dir"])
+        .args(["quickstart", "--rate", "2000", "--port", &port.to_string(), "--pg-port"])
+        .arg(free_port().unwrap().to_string())
+        .arg("--data-dir")
         .arg(&data)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())

@@ -32,8 +32,8 @@ pub use evolution::schema_change_problems;
 pub use interpolate::{Env, ProcessEnv};
 pub use node::{
     CoordinatorConfig, CoordinatorEndpoint, FlightCompression, FlightToken, HttpAuth, HttpConfig, HttpUser,
-    ObjectStoreConfig, PipelineSources, QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig, ZooKeeperAuthConfig,
-    ZooKeeperTlsConfig,
+    ObjectStoreConfig, PgWireConfig, PipelineSources, QueryLimits, QueryNodeConfig, TlsConfig, WorkerConfig,
+    ZooKeeperAuthConfig, ZooKeeperTlsConfig,
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,

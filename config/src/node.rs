@@ -526,6 +526,28 @@ pub struct QueryNodeConfig {
     /// saves on a 10 Gbit/s network; worth it on slower links.
     #[serde(default)]
     pub flight_compression: FlightCompression,
+    /// The Postgres wire protocol (psql, psycopg, Grafana's and Metabase's
+    /// Postgres sources). Absent: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgwire: Option<PgWireConfig>,
+}
+
+/// `[pgwire]`: where the node speaks the Postgres wire protocol. The same
+/// read-only rules and limits as `/query/sql` apply, and the users of
+/// `http.auth` log in with their passwords (cleartext: put it behind TLS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgWireConfig {
+    pub listen: SocketAddr,
+    /// Connections served at once; more are refused.
+    #[serde(default = "PgWireConfig::default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl PgWireConfig {
+    fn default_max_connections() -> u32 {
+        256
+    }
 }
 
 /// Compression of Arrow batches between query nodes.
@@ -584,6 +606,14 @@ impl QueryNodeConfig {
                 "at least 16 characters, without spaces or control characters",
             ),
             _ => {}
+        }
+        if let Some(pg) = &self.pgwire {
+            if !(1..=100_000).contains(&pg.max_connections) {
+                p.push("pgwire.max_connections", pg.max_connections.to_string(), "from 1 to 100000 connections");
+            }
+            if pg.listen == self.http.listen && pg.listen.port() != 0 {
+                p.push("pgwire.listen", pg.listen.to_string(), "another address than http.listen");
+            }
         }
         let limits = &self.limits;
         if limits.query_timeout.is_zero() || limits.query_timeout > Duration::from_secs(86_400) {

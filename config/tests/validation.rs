@@ -448,6 +448,21 @@ fn absurd_durations_and_limits_are_refused() {
     parse(&upper).expect("URI schemes are case-insensitive");
 }
 
+/// `[pgwire]`: an address, a connection cap in range, not the HTTP port.
+#[test]
+fn the_postgres_wire_protocol_section_is_checked() {
+    let base = "[coordinator]\nconnect = \"zk1:2181\"\n[http]\nlisten = \"127.0.0.1:8099\"\n[pgwire]\n";
+    let node = |pgwire: &str| parse_query_node(&format!("{base}{pgwire}"), Path::new("query.toml"), &env);
+    let config = node("listen = \"0.0.0.0:5432\"").unwrap();
+    let pg = config.pgwire.unwrap();
+    assert_eq!((pg.listen.port(), pg.max_connections), (5432, 256));
+    let error = node("listen = \"127.0.0.1:8099\"\nmax_connections = 0").unwrap_err();
+    let fields: Vec<&str> = error.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["pgwire.max_connections", "pgwire.listen"], "{error}");
+    let error = node("listen = \"127.0.0.1:5432\"\nport = 5432").unwrap_err();
+    assert!(error.to_string().contains("port"), "{error}");
+}
+
 #[test]
 fn http_auth_and_tls_are_checked() {
     let base = "cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n";

@@ -370,8 +370,31 @@ impl QueryEngine {
 
     /// Runs `sql` and builds the Pinot broker response.
     pub async fn query(&self, sql: &str) -> Result<PinotResponse, QueryError> {
+        self.limited(sql, |answer, stats, elapsed| {
+            response::build(&answer, stats, elapsed).map_err(|message| QueryError::Internal { message })
+        })
+        .await
+    }
+
+    /// Runs `sql` under the same limits, slots and metrics as
+    /// [`QueryEngine::query`], for front ends that encode Arrow themselves
+    /// (the Postgres wire protocol).
+    pub async fn query_arrow(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>, ScanStats), QueryError> {
+        self.limited(sql, |(schema, batches), stats, _| Ok((schema, batches, *stats))).await
+    }
+
+    /// Runs `sql` within the node's limits and turns its answer into `T`
+    /// with `build`, in the query's task (under its slot and deadline).
+    async fn limited<T: Send + 'static>(
+        &self,
+        sql: &str,
+        build: impl FnOnce(Answer, &ScanStats, Duration) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
         let started = Instant::now();
-        let result = self.query_inner(sql, started).await;
+        let result = self.query_inner(sql, started, build).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
@@ -382,7 +405,12 @@ impl QueryEngine {
         result
     }
 
-    async fn query_inner(&self, sql: &str, started: Instant) -> Result<PinotResponse, QueryError> {
+    async fn query_inner<T: Send + 'static>(
+        &self,
+        sql: &str,
+        started: Instant,
+        build: impl FnOnce(Answer, &ScanStats, Duration) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
         crate::limits::check(sql, self.limits())?;
         let queue_limit = self.limits().max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -422,7 +450,7 @@ impl QueryEngine {
             let _slot = slot;
             let batches = executor.execute(&owned).await?;
             let stats = *scan_stats.lock().unwrap_or_else(|e| e.into_inner());
-            response::build(&batches, &stats, started.elapsed()).map_err(|message| QueryError::Internal { message })
+            build(batches, &stats, started.elapsed())
         })));
         match tokio::time::timeout(remaining, &mut task.0).await {
             Ok(Ok(result)) => result,
@@ -454,6 +482,15 @@ impl QueryEngine {
         self.executor.execute_datafusion(sql).await
     }
 
+    /// The columns `sql` answers with, from its logical plan (nothing runs),
+    /// under the statement limits and the read-only rules.
+    pub async fn output_schema(&self, sql: &str) -> Result<arrow::datatypes::SchemaRef, QueryError> {
+        crate::limits::check(sql, self.limits())?;
+        let plan = self.executor.ctx.state().create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
+        read_only(&plan)?;
+        Ok(Arc::new(plan.schema().as_arrow().clone()))
+    }
+
     /// The physical plan of `sql`, as `EXPLAIN` prints it.
     pub async fn explain(&self, sql: &str) -> Result<String, QueryError> {
         let ctx = &self.executor.ctx;
@@ -467,6 +504,20 @@ impl QueryEngine {
         &self.executor.ctx
     }
 }
+
+/// Refuses a plan that would write or change the session: the node is
+/// read-only.
+fn read_only(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), QueryError> {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| QueryError::ReadOnly { message: e.find_root().to_string() })
+}
+
+/// A query's answer: its schema and batches.
+type Answer = (arrow::datatypes::SchemaRef, Vec<RecordBatch>);
 
 impl Executor {
     fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
@@ -544,12 +595,7 @@ impl Executor {
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| QueryError::ReadOnly { message: e.find_root().to_string() })?;
+        read_only(&plan)?;
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_planning)?;
         let physical = frame.create_physical_plan().await.map_err(QueryError::from_planning)?;
         let schema = physical.schema();

@@ -44,6 +44,7 @@ pub mod flight_auth;
 mod functions;
 pub mod http;
 pub mod limits;
+pub mod postgres;
 pub mod pushdown;
 pub mod response;
 mod selection;
@@ -73,6 +74,8 @@ pub(crate) fn backoff(min: std::time::Duration, max: std::time::Duration, attemp
 /// A running query node: the catalog follower and the HTTP server.
 pub struct QueryNode {
     pub addr: SocketAddr,
+    /// Where the node speaks the Postgres wire protocol (`[pgwire]`).
+    pub pg_addr: Option<SocketAddr>,
     pub engine: Arc<QueryEngine>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -125,6 +128,16 @@ impl QueryNode {
             .await
             .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
         tracing::info!(%addr, "query node serving SQL on /query/sql");
+        let mut pg_addr = None;
+        if let Some(pg) = &config.pgwire {
+            let users = config.http.auth.as_ref().map(|a| a.users.clone());
+            let (bound, server) = postgres::serve(pg, users, engine.clone(), shutdown.clone())
+                .await
+                .map_err(|source| StartError::Listen { listen: pg.listen.to_string(), source })?;
+            tracing::info!(addr = %bound, "query node speaking the Postgres wire protocol");
+            pg_addr = Some(bound);
+            tasks.push(server);
+        }
         info.http_addr = addr.to_string();
         let (registration, published) = watch::channel(info);
         let mut follower = CatalogFollower::new(coordinator.clone(), engine.clone(), config.cache_dir.clone(), health)
@@ -138,7 +151,7 @@ impl QueryNode {
         tasks.push(tokio::spawn(follower.run(shutdown.clone())));
         tasks.push(server);
         tasks.push(tokio::spawn(cluster::publish(coordinator, published, shutdown)));
-        Ok(QueryNode { addr, engine, tasks })
+        Ok(QueryNode { addr, pg_addr, engine, tasks })
     }
 
     /// Waits for the follower and the server to stop (after shutdown).

@@ -38,10 +38,15 @@ pub fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
 
 /// A plain HTTP/1.1 request on loopback, as [`http_get`].
 pub fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_request_with(addr, method, path, body, "")
+}
+
+/// [`http_request`] with `headers`: further header lines, each ending in CRLF.
+pub fn http_request_with(addr: &str, method: &str, path: &str, body: &[u8], headers: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else { return (0, String::new()) };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).is_err() {

@@ -1,0 +1,138 @@
+//! The Postgres wire protocol of a real `sluice query` process, driven by
+//! real clients: Debian's `psql` and PyPI's `psycopg` (installed by
+//! `scripts/test`). Their rows are the HTTP endpoint's; a parameterized
+//! query binds its parameters (a hostile one stays a string); DDL and a
+//! wrong password are refused with Postgres errors.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{PIPELINE, start_query_node};
+use serde_json::{Value, json};
+use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_testkit::net::{free_port, http_request_with};
+use sluice_testkit::{ZooKeeper, unique_name, wait_until};
+
+const USER: &str = "analyst";
+const PASSWORD: &str = "a-long-enough-password";
+const TOKEN: &str = "a-bearer-token-for-http-0123";
+
+/// The HTTP endpoint's rows of `sql`, each value as text.
+fn http_rows(addr: &str, sql: &str) -> Option<Vec<Vec<String>>> {
+    let body = serde_json::to_vec(&json!({ "sql": sql })).unwrap();
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (_, text) = http_request_with(addr, "POST", "/query/sql", &body, &bearer);
+    let answer: Value = serde_json::from_str(&text).ok()?;
+    let rows = answer["resultTable"]["rows"].as_array()?;
+    Some(
+        rows.iter()
+            .map(|r| {
+                r.as_array().unwrap().iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect()
+            })
+            .collect(),
+    )
+}
+
+fn psql(port: u16, password: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            USER,
+            "-d",
+            "sluice",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_psycopg_answer_as_the_http_endpoint() {
+    let zk = ZooKeeper::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("/{}", unique_name("pgwire"));
+    let coordinator = Arc::new(
+        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(4)))
+            .await
+            .unwrap(),
+    );
+    coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
+    let mut lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");
+    let statuses = [200, 404, 500];
+    let (_, _, record) = common::seal_segment(&dir.path().join("deep"), &common::schema(), &lease, 0, 0, 300, |o| {
+        (format!("u-{}", o % 5), statuses[(o % 3) as usize])
+    });
+    coordinator.commit(&mut lease, &record).await.unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let pg_port = free_port().unwrap();
+    let config = dir.path().join("query.toml");
+    let text = format!(
+        "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n\
+         [http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n[pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n",
+        dir.path().join("cache").display(),
+        zk.connect_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let _node = start_query_node(dir.path(), &config);
+    let served = || async { http_rows(&addr, "SELECT COUNT(*) FROM clicks") == Some(vec![vec!["300".to_string()]]) };
+    wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap_or_else(|e| {
+        panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("query.log")).unwrap_or_default())
+    });
+
+    // psql, simple protocol.
+    let query = "SELECT status, COUNT(*) FROM clicks GROUP BY 1 ORDER BY 1";
+    let out = psql(pg_port, PASSWORD, query);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<String>> =
+        stdout.lines().filter(|l| !l.is_empty()).map(|l| l.split('|').map(str::to_string).collect()).collect();
+    assert_eq!(Some(rows.clone()), http_rows(&addr, query));
+    assert_eq!(rows, [["200", "100"], ["404", "100"], ["500", "100"]]);
+    // Session statements clients send are answered; DDL is refused.
+    let out = psql(pg_port, PASSWORD, "SET application_name = 'psql'; SHOW server_version");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(pg_port, PASSWORD, "CREATE TABLE t (a INT)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ERROR:"), "{stderr}");
+    let out = psql(pg_port, "wrong-password", "SELECT 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.to_lowercase().contains("password authentication failed"), "{stderr}");
+
+    // psycopg, extended protocol with parameters; a hostile string stays one.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pgwire_psycopg.py");
+    let run = |user_id: &str| {
+        let port = pg_port.to_string();
+        let out = Command::new("python3")
+            .args([script, "127.0.0.1", &port, USER, PASSWORD, "404", user_id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let seen = run("u-2");
+    let expected = http_rows(
+        &addr,
+        "SELECT user_id, COUNT(*) AS hits FROM clicks WHERE status = 404 AND user_id <> 'u-2' GROUP BY user_id ORDER BY user_id",
+    )
+    .unwrap();
+    assert_eq!(seen["columns"], json!(["user_id", "hits"]));
+    assert_eq!(seen["rows"], json!(expected));
+    assert_eq!(expected.len(), 4);
+    let hostile = run("x' OR '1'='1");
+    assert_eq!(hostile["rows"].as_array().unwrap().len(), 5, "the parameter is a string, not SQL: {hostile}");
+}
