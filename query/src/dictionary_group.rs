@@ -649,7 +649,7 @@ impl Grouping {
             if self.per_segment {
                 let batch = match key_groups {
                     Some(own) => self.emit_keys(own, &mut accumulators, &arguments)?,
-                    None => self.emit(&mut std::mem::take(&mut groups), &mut accumulators, &arguments)?,
+                    None => self.emit(&mut groups, &mut accumulators, &arguments)?,
                 };
                 emitted_bytes += batch.get_array_memory_size();
                 reservation.try_resize(accumulators.iter().map(|a| a.size()).sum::<usize>() + emitted_bytes)?;

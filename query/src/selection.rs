@@ -120,9 +120,10 @@ pub(crate) fn matched(parts: &[Part]) -> ScanStats {
 /// Deferred is for a scan a star-tree may answer: the aggregation that
 /// replaces it reads the trees with the predicate, never these bitmaps,
 /// and evaluating them while planning was half of such a query's time.
-/// Whatever does read the rows (a scan that stayed, the part of a plan no
-/// tree answers, statistics, `EXPLAIN`) evaluates them then, once, and
-/// reports the counters to the query that planned the scan.
+/// Whatever does read the rows (the scan when it runs, the part of a plan
+/// no tree answers, a grouping on dictionary ids) evaluates them then,
+/// once, and reports the counters to the query that planned the scan.
+/// Until then statistics and `EXPLAIN` use the candidates, unevaluated.
 pub(crate) enum Selection {
     Selected(Vec<Vec<Part>>),
     Deferred(Deferred),
