@@ -2,7 +2,8 @@
 //! real clients: Debian's `psql` and PyPI's `psycopg` (installed by
 //! `scripts/test`). Their rows are the HTTP endpoint's; a parameterized
 //! query binds its parameters (a hostile one stays a string); DDL and a
-//! wrong password are refused with Postgres errors.
+//! wrong password are refused with Postgres errors; an oversized message
+//! closes its connection.
 
 mod common;
 
@@ -135,4 +136,21 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     assert_eq!(expected.len(), 4);
     let hostile = run("x' OR '1'='1");
     assert_eq!(hostile["rows"].as_array().unwrap().len(), 5, "the parameter is a string, not SQL: {hostile}");
+
+    // A message claiming 512 MiB closes its connection before any of it is
+    // buffered; the node goes on serving.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let parameters = format!("user\0{USER}\0database\0sluice\0\0");
+    let mut startup = ((8 + parameters.len()) as i32).to_be_bytes().to_vec();
+    startup.extend(196_608i32.to_be_bytes());
+    startup.extend(parameters.as_bytes());
+    raw.write_all(&startup).unwrap();
+    let _ = raw.write_all(&[b'Q']).and_then(|()| raw.write_all(&(512i32 << 20).to_be_bytes()));
+    let _ = raw.write_all(&[b'x'; 4096]);
+    let mut received = Vec::new();
+    assert!(raw.read_to_end(&mut received).is_ok(), "the connection is closed (not left waiting for 512 MiB)");
+    let out = psql(pg_port, PASSWORD, "SELECT COUNT(*) FROM clicks");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300");
 }

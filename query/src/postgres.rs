@@ -51,6 +51,9 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    // A statement longer than `limits.max_query_size` is refused anyway; a
+    // message may carry it plus its parameters.
+    let max_message = engine.limits().max_query_size.as_u64().max(64 << 10) as usize + (1 << 20);
     let connections = Arc::new(Semaphore::new(config.max_connections as usize));
     let backend = Arc::new(Backend { engine, parser: Arc::new(NoopQueryParser::new()) });
     let users = users.map(|users| Users(Arc::new(users)));
@@ -78,11 +81,18 @@ pub async fn serve(
             let users = users.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let socket = match guard(socket, max_message) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pgwire: cannot relay a connection");
+                        return;
+                    }
+                };
                 let served = match users {
-                    None => pgwire::tokio::process_socket(socket, None, Arc::new(Open(backend))).await,
+                    None => pgwire::tokio::process_socket_unix(socket, Arc::new(Open(backend))).await,
                     Some(users) => {
                         let handlers = Authenticated { backend, users };
-                        pgwire::tokio::process_socket(socket, None, Arc::new(handlers)).await
+                        pgwire::tokio::process_socket_unix(socket, Arc::new(handlers)).await
                     }
                 };
                 if let Err(e) = served {
@@ -92,6 +102,95 @@ pub async fn serve(
         }
     });
     Ok((addr, task))
+}
+
+/// The client's side of a connection relayed through a socket pair, each
+/// message checked against `max_message` bytes before it is passed on:
+/// `pgwire` buffers a message whole (up to 1 GiB), and a client must not
+/// make the node do that. An oversized or malformed message closes the
+/// connection.
+fn guard(client: tokio::net::TcpStream, max_message: usize) -> std::io::Result<tokio::net::UnixStream> {
+    let (ours, theirs) = tokio::net::UnixStream::pair()?;
+    tokio::spawn(async move {
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = ours.into_split();
+        let result = match startup(&mut from_client, &mut to_client, &mut to_server, max_message).await {
+            Ok(()) => tokio::select! {
+                relayed = relay(&mut from_client, &mut to_server, max_message) => relayed,
+                _ = tokio::io::copy(&mut from_server, &mut to_client) => Ok(()),
+            },
+            failed => failed,
+        };
+        if let Err(e) = result
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            metrics::counter!("sluice_query_pgwire_refused_total").increment(1);
+            tracing::warn!(error = %e, "pgwire: connection closed");
+        }
+    });
+    Ok(theirs)
+}
+
+/// One message's body after its 4-byte length (which counts itself).
+async fn body(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    length: [u8; 4],
+    max_message: usize,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let length = i32::from_be_bytes(length);
+    let size = usize::try_from(length).ok().and_then(|l| l.checked_sub(4)).filter(|b| *b <= max_message);
+    let Some(size) = size else {
+        let reason = format!("a message of {length} bytes (at most {max_message})");
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+    };
+    let mut bytes = vec![0u8; size];
+    from.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// The untyped startup messages: SSL and GSSAPI requests are declined
+/// here (`N`, as by a server without them), then the startup (or cancel)
+/// message is passed on.
+async fn startup(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to_client: &mut (impl tokio::io::AsyncWrite + Unpin),
+    to_server: &mut (impl tokio::io::AsyncWrite + Unpin),
+    max_message: usize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: i32 = 80_877_103;
+    const GSSENC_REQUEST: i32 = 80_877_104;
+    loop {
+        let mut length = [0u8; 4];
+        from.read_exact(&mut length).await?;
+        let bytes = body(from, length, max_message).await?;
+        let code = bytes.get(..4).map(|c| i32::from_be_bytes(c.try_into().expect("4 bytes")));
+        if matches!(code, Some(SSL_REQUEST | GSSENC_REQUEST)) {
+            to_client.write_all(b"N").await?;
+            continue;
+        }
+        to_server.write_all(&length).await?;
+        return to_server.write_all(&bytes).await;
+    }
+}
+
+/// The typed messages after startup (tag, length, body), passed on whole.
+async fn relay(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    max_message: usize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = [0u8; 5];
+    loop {
+        if from.read_exact(&mut head).await.is_err() {
+            return Ok(()); // the client is gone
+        }
+        let bytes = body(from, head[1..].try_into().expect("4 bytes"), max_message).await?;
+        to.write_all(&head).await?;
+        to.write_all(&bytes).await?;
+    }
 }
 
 /// Runs statements for both protocols.
