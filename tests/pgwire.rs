@@ -147,7 +147,7 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     startup.extend(196_608i32.to_be_bytes());
     startup.extend(parameters.as_bytes());
     raw.write_all(&startup).unwrap();
-    let _ = raw.write_all(&[b'Q']).and_then(|()| raw.write_all(&(512i32 << 20).to_be_bytes()));
+    let _ = raw.write_all(b"Q").and_then(|()| raw.write_all(&(512i32 << 20).to_be_bytes()));
     let _ = raw.write_all(&[b'x'; 4096]);
     let mut received = Vec::new();
     assert!(raw.read_to_end(&mut received).is_ok(), "the connection is closed (not left waiting for 512 MiB)");
