@@ -53,6 +53,20 @@ pub fn served_type(stored: &DataType) -> DataType {
     }
 }
 
+/// The columns a table serves for segments of `segment_schema`: the hidden
+/// offset column left out, every column nullable (a segment written under
+/// a stricter or looser nullability of a column is served the same way),
+/// strings as views.
+fn served_schema(segment_schema: &Schema) -> Schema {
+    let fields: Vec<Field> = segment_schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != OFFSET_COLUMN)
+        .map(|f| f.as_ref().clone().with_nullable(true).with_data_type(served_type(f.data_type())))
+        .collect();
+    Schema::new(fields)
+}
+
 /// Counters of one query's scans, in Pinot's vocabulary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScanStats {
@@ -193,19 +207,11 @@ impl fmt::Debug for SegmentTable {
 
 impl SegmentTable {
     /// A table over segments with `segment_schema` (a segment's logical
-    /// schema; the hidden offset column is dropped). Every column is exposed
-    /// as nullable, so a segment written under a stricter or looser
-    /// nullability of the same column is served the same way.
+    /// schema), served as [`served_schema`] says.
     pub fn new(name: &str, segment_schema: &Schema) -> Self {
-        let fields: Vec<Field> = segment_schema
-            .fields()
-            .iter()
-            .filter(|f| f.name() != OFFSET_COLUMN)
-            .map(|f| f.as_ref().clone().with_nullable(true).with_data_type(served_type(f.data_type())))
-            .collect();
         SegmentTable {
             name: name.to_string(),
-            schema: RwLock::new(Arc::new(Schema::new(fields))),
+            schema: RwLock::new(Arc::new(served_schema(segment_schema))),
             segments: RwLock::default(),
             tails_excluded: Default::default(),
         }
@@ -231,7 +237,7 @@ impl SegmentTable {
     /// Grows the table's columns to the pipeline's `segment_schema` (see
     /// [`crate::evolution::evolve`]); true when they changed.
     pub fn evolve(&self, segment_schema: &Schema) -> Result<bool, String> {
-        let next = SegmentTable::new(&self.name, segment_schema).schema_ref();
+        let next = served_schema(segment_schema);
         let mut schema = self.schema.write().unwrap_or_else(|e| e.into_inner());
         match crate::evolution::evolve(&schema, &next)? {
             Some(grown) => {
