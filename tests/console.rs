@@ -9,14 +9,12 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PIPELINE, start_query_node};
+use common::{CommittedClicks, start_query_node};
 use serde_json::{Value, json};
-use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_testkit::net::{free_port, http_get, http_post};
-use sluice_testkit::{ZooKeeper, unique_name, wait_until};
+use sluice_testkit::{unique_name, wait_until};
 
 /// A user id that is markup (and would run script if shown as such).
 const HOSTILE: &str = "<img src=x onerror=\"document.title='owned'\">";
@@ -28,35 +26,15 @@ fn sql(addr: &str, sql: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_runs_a_query_in_headless_chromium() {
-    let zk = ZooKeeper::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = format!("/{}", unique_name("console"));
-    let coordinator = Arc::new(
-        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(4)))
-            .await
-            .unwrap(),
-    );
-    coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
-    let mut lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");
     let statuses = [200, 404, 500];
     let user = |o: i64| match o % 7 {
         0 => HOSTILE.to_string(),
         n => format!("u-{n}"),
     };
-    let (_, _, record) = common::seal_segment(&dir.path().join("deep"), &common::schema(), &lease, 0, 0, 300, |o| {
-        (user(o), statuses[(o % 3) as usize])
-    });
-    coordinator.commit(&mut lease, &record).await.unwrap();
-
+    let clicks = CommittedClicks::start("console", 300, |o| (user(o), statuses[(o % 3) as usize])).await;
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let config = dir.path().join("query.toml");
-    let text = format!(
-        "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n",
-        dir.path().join("cache").display(),
-        zk.connect_string()
-    );
-    std::fs::write(&config, text).unwrap();
-    let _node = start_query_node(dir.path(), &config);
+    let config = clicks.query_config(&addr, "");
+    let _node = start_query_node(clicks.dir.path(), &config);
     let served =
         || async { sql(&addr, "SELECT COUNT(*) FROM clicks").is_some_and(|a| a["resultTable"]["rows"][0][0] == 300) };
     wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap();

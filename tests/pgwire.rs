@@ -8,14 +8,12 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PIPELINE, start_query_node};
+use common::{CommittedClicks, start_query_node};
 use serde_json::{Value, json};
-use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
 use sluice_testkit::net::{free_port, http_request_with};
-use sluice_testkit::{ZooKeeper, unique_name, wait_until};
+use sluice_testkit::wait_until;
 
 const USER: &str = "analyst";
 const PASSWORD: &str = "a-long-enough-password";
@@ -63,36 +61,21 @@ fn psql(port: u16, password: &str, sql: &str) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_psycopg_answer_as_the_http_endpoint() {
-    let zk = ZooKeeper::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = format!("/{}", unique_name("pgwire"));
-    let coordinator = Arc::new(
-        ZooKeeperCoordinator::connect(ZooKeeperOptions::plain(zk.connect_string(), &root, Duration::from_secs(4)))
-            .await
-            .unwrap(),
-    );
-    coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
-    let mut lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");
     let statuses = [200, 404, 500];
-    let (_, _, record) = common::seal_segment(&dir.path().join("deep"), &common::schema(), &lease, 0, 0, 300, |o| {
-        (format!("u-{}", o % 5), statuses[(o % 3) as usize])
-    });
-    coordinator.commit(&mut lease, &record).await.unwrap();
-
+    let clicks = CommittedClicks::start("pgwire", 300, |o| (format!("u-{}", o % 5), statuses[(o % 3) as usize])).await;
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
     let pg_port = free_port().unwrap();
-    let config = dir.path().join("query.toml");
-    let text = format!(
-        "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n\
-         [http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n[pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n",
-        dir.path().join("cache").display(),
-        zk.connect_string()
+    let config = clicks.query_config(
+        &addr,
+        &format!(
+            "[http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n"
+        ),
     );
-    std::fs::write(&config, text).unwrap();
-    let _node = start_query_node(dir.path(), &config);
+    let _node = start_query_node(clicks.dir.path(), &config);
     let served = || async { http_rows(&addr, "SELECT COUNT(*) FROM clicks") == Some(vec![vec!["300".to_string()]]) };
     wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap_or_else(|e| {
-        panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("query.log")).unwrap_or_default())
+        panic!("{e}\n{}", std::fs::read_to_string(clicks.dir.path().join("query.log")).unwrap_or_default())
     });
 
     // psql, simple protocol.

@@ -270,7 +270,7 @@ impl SimpleQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if query.trim().trim_end_matches(';').trim().is_empty() {
+        if is_empty_statement(query) {
             return Ok(vec![Response::EmptyQuery]);
         }
         Ok(vec![self.run(query).await?])
@@ -294,7 +294,7 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let sql = bind(&portal.statement.statement, &portal_parameters(portal)?)?;
-        if sql.trim().trim_end_matches(';').trim().is_empty() {
+        if is_empty_statement(&sql) {
             return Ok(Response::EmptyQuery);
         }
         self.run(&sql).await
@@ -360,6 +360,12 @@ impl Backend {
         let schema = self.engine.output_schema(sql).await.map_err(query_error)?;
         Ok(fields(&schema))
     }
+}
+
+/// Whether `sql` holds no statement (whitespace and semicolons): Postgres
+/// answers it with `EmptyQueryResponse`.
+fn is_empty_statement(sql: &str) -> bool {
+    sql.trim().trim_end_matches(';').trim().is_empty()
 }
 
 /// A statement about the session rather than the data.

@@ -19,3 +19,42 @@ pub fn start_query_node(dir: &Path, config: &Path) -> GuardedChild {
     command.args(["query", "--config"]).arg(config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
     GuardedChild::spawn(command).unwrap()
 }
+
+/// A real ZooKeeper with the `clicks` pipeline applied and one committed
+/// segment of partition 0 (offsets `0..rows`; `row(o)` gives each row's
+/// user and status) in a `file://` deep store: what a query node serves.
+pub struct CommittedClicks {
+    pub zk: sluice_testkit::ZooKeeper,
+    pub dir: tempfile::TempDir,
+    pub root: String,
+}
+
+impl CommittedClicks {
+    pub async fn start(name: &str, rows: i64, row: impl Fn(i64) -> (String, i32)) -> Self {
+        use sluice_coordinator::{Coordinator, ZooKeeperCoordinator, ZooKeeperOptions};
+        let zk = sluice_testkit::ZooKeeper::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = format!("/{}", sluice_testkit::unique_name(name));
+        let options = ZooKeeperOptions::plain(zk.connect_string(), &root, std::time::Duration::from_secs(4));
+        let coordinator = ZooKeeperCoordinator::connect(options).await.unwrap();
+        coordinator.apply_pipeline("clicks", PIPELINE).await.unwrap();
+        let mut lease = coordinator.acquire("clicks", 0, "test-writer").await.unwrap().expect("free partition");
+        let (_, _, record) = seal_segment(&dir.path().join("deep"), &schema(), &lease, 0, 0, rows, row);
+        coordinator.commit(&mut lease, &record).await.unwrap();
+        CommittedClicks { zk, dir, root }
+    }
+
+    /// Writes the config of query node `q1` following this catalog, with
+    /// HTTP on `addr` and `extra` appended; returns its path.
+    pub fn query_config(&self, addr: &str, extra: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join("query.toml");
+        let text = format!(
+            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\n[http]\nlisten = \"{addr}\"\n{extra}",
+            self.dir.path().join("cache").display(),
+            self.zk.connect_string(),
+            self.root
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
