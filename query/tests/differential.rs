@@ -489,6 +489,18 @@ async fn segments_without_a_later_column_answer_its_default() {
         for segment in &segments {
             table.accepts(segment).unwrap();
         }
+        // A column of another type than the table's is refused, named.
+        let retyped: Vec<arrow::datatypes::Field> = clicks_arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "status" => f.as_ref().clone().with_data_type(arrow::datatypes::DataType::Utf8),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let other = sluice_query::SegmentTable::new("clicks", &arrow::datatypes::Schema::new(retyped));
+        let refused = other.accepts(&segments[0]).unwrap_err();
+        assert!(refused.contains("column `status` is Int32 in the segment, Utf8View in the table"), "{refused}");
         table.replace(segments);
         engine.register(Arc::new(table));
         for click in &mut rows[..3_000] {
