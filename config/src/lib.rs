@@ -15,6 +15,7 @@
 //! - `${VAR}` interpolation happens on parsed string values, never on raw text,
 //!   so an environment value cannot change a file's structure.
 
+pub mod avro;
 mod error;
 pub mod evolution;
 pub mod interpolate;
@@ -37,7 +38,7 @@ pub use node::{
 };
 pub use pipeline::{
     BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,
-    PipelineConfig, Schema, StartPosition, TimeUnit, TimestampFormat,
+    PipelineConfig, Schema, SourceFormat, StartPosition, TimeUnit, TimestampFormat,
 };
 pub use star_tree::{MetricFunction, MetricSpec, StarTreeConfig};
 pub use units::{ByteSize, HostPort};
@@ -65,11 +66,13 @@ pub enum AnyConfig {
     QueryNode(QueryNodeConfig),
 }
 
-/// Parses and validates a pipeline from TOML text. `path` only names the
-/// source in errors.
+/// Parses and validates a pipeline from TOML text. `path` names the source
+/// in errors, and `source.avro_schema_file` is read relative to it.
 pub fn parse_pipeline(text: &str, path: &Path, env: &dyn Env) -> Result<PipelineConfig, ConfigError> {
-    let config: PipelineConfig = deserialize(parse_toml(text, path, env)?, path)?;
-    config.validate().into_result(path)?;
+    let mut config: PipelineConfig = deserialize(parse_toml(text, path, env)?, path)?;
+    let mut problems = config.inline_schema_file(path);
+    problems.extend(config.validate());
+    problems.into_result(path)?;
     Ok(config)
 }
 

@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::avro::{AvroSchema, PathTarget};
 use crate::error::Problems;
 use crate::star_tree::StarTreeConfig;
 use crate::units::{self, ByteSize, parse_host_ports};
@@ -54,6 +56,39 @@ pub struct KafkaSource {
     /// Passed through to librdkafka as is (SASL, TLS, fetch tuning, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// How each message is encoded.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: SourceFormat,
+    /// `format = "avro"`, raw binary Avro (one record per message, no
+    /// framing): the writer schema, as Avro's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro_schema: Option<String>,
+    /// The same, from a file (relative to the pipeline file). It is read
+    /// when the pipeline is loaded and kept inline (`avro_schema`), so every
+    /// node decodes with the schema that was validated, wherever it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro_schema_file: Option<PathBuf>,
+    /// `format = "avro"` in Confluent's wire format (a zero byte, a 4-byte
+    /// schema id, the Avro body): the schema registry's base URL
+    /// (`http://registry:8081`). Writer schemas are fetched by id and cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<String>,
+}
+
+/// How a pipeline's messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// One JSON object per message.
+    #[default]
+    Json,
+    /// One Avro record per message: raw with `avro_schema`, or framed by
+    /// Confluent's wire format with `schema_registry`.
+    Avro,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// librdkafka properties that sluice sets itself, with the reason; overriding
@@ -141,8 +176,9 @@ pub struct Column {
     /// is missing or null, unless a `default` fills it in.
     #[serde(default = "default_true")]
     pub nullable: bool,
-    /// Where the value is in the JSON record: a field name or a dotted path
-    /// into nested objects (`device.os.name`). Defaults to the column name.
+    /// Where the value is in the record: a field name or a dotted path into
+    /// nested JSON objects or Avro records (`device.os.name`). Defaults to
+    /// the column name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Used when the record has no value for the column.
@@ -161,8 +197,9 @@ fn default_true() -> bool {
 }
 
 impl Column {
-    /// The JSON path segments to read this column from.
-    pub fn json_path(&self) -> Vec<&str> {
+    /// The field names, from the record's top, that lead to this column's
+    /// value (nested JSON objects or Avro records).
+    pub fn field_path(&self) -> Vec<&str> {
         self.path.as_deref().unwrap_or(&self.name).split('.').collect()
     }
 
@@ -407,6 +444,73 @@ impl PipelineConfig {
                 );
             }
         }
+        self.validate_format(p);
+    }
+
+    fn validate_format(&self, p: &mut Problems) {
+        let source = &self.source;
+        if let Some(url) = &source.schema_registry
+            && let Err(why) = check_http_url(url)
+        {
+            p.push("source.schema_registry", why, "an http:// or https:// URL such as `http://registry:8081`");
+        }
+        match source.format {
+            SourceFormat::Json => {
+                for (field, set) in [
+                    ("avro_schema", source.avro_schema.is_some()),
+                    ("avro_schema_file", source.avro_schema_file.is_some()),
+                    ("schema_registry", source.schema_registry.is_some()),
+                ] {
+                    if set {
+                        p.push(
+                            format!("source.{field}"),
+                            format!("`{field}` with format = \"json\""),
+                            format!("`{field}` only with format = \"avro\""),
+                        );
+                    }
+                }
+            }
+            SourceFormat::Avro => match (&source.avro_schema, &source.schema_registry) {
+                (None, None) => p.push(
+                    "source.format",
+                    "\"avro\" without a schema",
+                    "`avro_schema` or `avro_schema_file` (raw Avro), or `schema_registry` (Confluent's wire format)",
+                ),
+                (Some(_), Some(_)) => p.push(
+                    "source.schema_registry",
+                    "both a schema registry and an inline schema",
+                    "one of them: a registry for Confluent-framed messages, a schema for raw ones",
+                ),
+                (Some(text), None) => match AvroSchema::parse(text) {
+                    Err(e) => p.push("source.avro_schema", format!("a schema that is invalid ({e})"), "an Avro schema"),
+                    Ok(schema) => self.validate_avro_paths(&schema, p),
+                },
+                (None, Some(_)) => {}
+            },
+        }
+    }
+
+    /// Each column's path leads to a field of the (raw) writer schema
+    /// whose type converts to the column's.
+    fn validate_avro_paths(&self, schema: &AvroSchema, p: &mut Problems) {
+        for (i, column) in self.schema.columns.iter().enumerate() {
+            match schema.target(&column.field_path()) {
+                PathTarget::Missing => p.push(
+                    format!("schema.columns[{i}].path"),
+                    format!("{:?}, which is not a field of the Avro schema", column.field_path().join(".")),
+                    "a field (or a dotted path through records) of `source.avro_schema`",
+                ),
+                PathTarget::Found(nodes) => {
+                    if let Some(&node) = nodes.iter().find(|&&n| !schema.accepts(column, n)) {
+                        p.push(
+                            format!("schema.columns[{i}].type"),
+                            format!("{}, but the Avro field is {}", column.data_type, schema.describe(node)),
+                            "a column type the Avro type converts to (see docs/CONFIG.md, Avro input)",
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn validate_schema(&self, p: &mut Problems) {
@@ -591,6 +695,46 @@ fn check_literal(column: &Column, value: &Literal) -> Result<(), String> {
         ColumnType::Timestamp => "an RFC 3339 timestamp string".to_string(),
         other => format!("a value of type {other}"),
     })
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => Err(format!("{url:?}, which is not an http:// or https:// URL")),
+        Some(rest) if rest.split('/').next().is_none_or(str::is_empty) => Err(format!("{url:?}, without a host")),
+        Some(_) => Ok(()),
+    }
+}
+
+impl PipelineConfig {
+    /// Reads `source.avro_schema_file` (relative to the pipeline file at
+    /// `path`) into `source.avro_schema`.
+    pub(crate) fn inline_schema_file(&mut self, path: &Path) -> Problems {
+        let mut p = Problems::default();
+        let Some(file) = self.source.avro_schema_file.take() else { return p };
+        if self.source.avro_schema.is_some() {
+            p.push(
+                "source.avro_schema_file",
+                "both `avro_schema` and `avro_schema_file`",
+                "one of them: the schema inline or in a file",
+            );
+            return p;
+        }
+        let resolved = path.parent().unwrap_or(Path::new(".")).join(&file);
+        match std::fs::read_to_string(&resolved) {
+            Ok(text) => self.source.avro_schema = Some(text),
+            Err(e) => p.push(
+                "source.avro_schema_file",
+                format!(
+                    "{:?}, which cannot be read ({e}; resolved to {})",
+                    file.display().to_string(),
+                    resolved.display()
+                ),
+                "an Avro schema file, relative to this pipeline file",
+            ),
+        }
+        p
+    }
 }
 
 fn check_deep_store_uri(uri: &str) -> Result<(), String> {

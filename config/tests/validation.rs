@@ -92,7 +92,7 @@ fn the_base_pipeline_is_valid_and_interpolated() {
     let config = parse(PIPELINE).unwrap();
     assert_eq!(config.source.properties["sasl.password"], "s3cr\"et");
     assert_eq!(config.indexes.sorted_column(), Some("user_id"));
-    assert_eq!(config.schema.column("country").unwrap().json_path(), vec!["geo", "country"]);
+    assert_eq!(config.schema.column("country").unwrap().field_path(), vec!["geo", "country"]);
     assert_eq!(config.flush.time, std::time::Duration::from_secs(300));
 }
 
@@ -568,4 +568,84 @@ fn star_trees_are_read_and_every_mistake_in_one_is_named() {
         "bloom = [\"user_id\"]\n\n[[indexes.star_tree]]\ndimension = [\"country\"]\nmetrics = [\"COUNT(*)\"]\n",
     );
     assert!(parse(&typo).unwrap_err().to_string().contains("dimension"), "an unknown field is named");
+}
+
+/// The base pipeline reading raw Avro with `schema` (inline).
+fn avro_variant(schema: &str) -> String {
+    variant(
+        "start_position = \"earliest\"\n",
+        &format!("start_position = \"earliest\"\nformat = \"avro\"\navro_schema = '''{schema}'''\n"),
+    )
+}
+
+const CLICK_AVRO: &str = r#"{"type": "record", "name": "Click", "fields": [
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "user_id", "type": "string"},
+  {"name": "geo", "type": ["null", {"type": "record", "name": "Geo", "fields": [{"name": "country", "type": "string"}]}]},
+  {"name": "latency_ms", "type": ["null", "int"]}]}"#;
+
+#[test]
+fn an_avro_pipeline_with_an_inline_or_file_schema_is_valid() {
+    let config = parse(&avro_variant(CLICK_AVRO)).unwrap();
+    assert_eq!(config.source.format, sluice_config::SourceFormat::Avro);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("click.avsc"), CLICK_AVRO).unwrap();
+    let text = variant(
+        "start_position = \"earliest\"\n",
+        "start_position = \"earliest\"\nformat = \"avro\"\navro_schema_file = \"click.avsc\"\n",
+    );
+    let from_file = parse_pipeline(&text, &dir.path().join("clicks.toml"), &env).unwrap();
+    assert_eq!(from_file.source.avro_schema.as_deref(), Some(CLICK_AVRO), "the file is read and kept inline");
+    assert_eq!(from_file.source.avro_schema_file, None);
+    assert_problem(&text, "source.avro_schema_file", "click.avsc", "relative to this pipeline file");
+}
+
+#[test]
+fn an_avro_pipeline_names_each_column_its_schema_cannot_fill() {
+    let schema =
+        CLICK_AVRO.replace(r#""name": "user_id", "type": "string""#, r#""name": "user_id", "type": "boolean""#);
+    let rendered = assert_problem(
+        &avro_variant(&schema),
+        "schema.columns[1].type",
+        "string, but the Avro field is boolean",
+        "converts to",
+    );
+    let schema = CLICK_AVRO.replace("\"country\"", "\"land\"");
+    assert_problem(
+        &avro_variant(&schema),
+        "schema.columns[2].path",
+        "\"geo.country\", which is not a field",
+        "a field",
+    );
+    assert_problem(&avro_variant("{\"type\": \"record\""), "source.avro_schema", "not JSON", "an Avro schema");
+    assert!(!rendered.contains("columns[0]"), "the timestamp-millis field fills a timestamp column: {rendered}");
+}
+
+#[test]
+fn avro_options_must_go_together() {
+    let avro = "start_position = \"earliest\"\nformat = \"avro\"\n";
+    assert_problem(
+        &variant("start_position = \"earliest\"\n", avro),
+        "source.format",
+        "without a schema",
+        "schema_registry",
+    );
+    let both = format!("{avro}schema_registry = \"http://r:8081\"\navro_schema = '{{}}'\n");
+    assert_problem(&variant("start_position = \"earliest\"\n", &both), "source.schema_registry", "both", "one of them");
+    let json = "start_position = \"earliest\"\nschema_registry = \"http://r:8081\"\n";
+    assert_problem(
+        &variant("start_position = \"earliest\"\n", json),
+        "source.schema_registry",
+        "format = \"json\"",
+        "avro",
+    );
+    let bad_url = format!("{avro}schema_registry = \"registry:8081\"\n");
+    assert_problem(
+        &variant("start_position = \"earliest\"\n", &bad_url),
+        "source.schema_registry",
+        "not an http",
+        "http://",
+    );
+    let registry = format!("{avro}schema_registry = \"https://registry.example.com\"\n");
+    assert!(parse(&variant("start_position = \"earliest\"\n", &registry)).is_ok());
 }

@@ -91,7 +91,7 @@ impl Decoder {
         let mut root = PathNode::default();
         let mut columns = Vec::new();
         for (i, column) in pipeline.schema.columns.iter().enumerate() {
-            root.insert(column.json_path()).columns.push(i);
+            root.insert(column.field_path()).columns.push(i);
             let mut decoder = ColumnDecoder {
                 name: column.name.clone(),
                 ty: column.data_type,
