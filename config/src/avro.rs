@@ -400,7 +400,7 @@ fn decimal(object: &serde_json::Map<String, Value>, logical: Option<&str>, size:
     };
     let fits =
         size.is_none_or(|s| (1..=16).contains(&s) && f64::from(precision) <= ((8 * s - 1) as f64) * 2f64.log10());
-    (precision >= 1 && precision <= 38 && scale <= precision && fits).then_some(Decimal { precision, scale })
+    ((1..=38).contains(&precision) && scale <= precision && fits).then_some(Decimal { precision, scale })
 }
 
 fn invalid(at: &str, why: impl Into<String>) -> AvroSchemaError {

@@ -17,10 +17,20 @@ pub enum BadRecordKind {
     WrongType,
     OutOfRange,
     InvalidTimestamp,
+    /// Avro: the message ends inside a value (or Confluent's header).
+    Truncated,
+    /// Avro: bytes that no writer schema's encoding allows (a union branch
+    /// or enum symbol out of range, an overlong varint, trailing bytes).
+    InvalidAvro,
+    /// Confluent's wire format: the first byte is not the magic 0.
+    WrongMagicByte,
+    /// Confluent's wire format: the registry does not have the schema id,
+    /// or has something other than an Avro schema under it.
+    UnknownSchemaId,
 }
 
 impl BadRecordKind {
-    pub const ALL: [BadRecordKind; 11] = [
+    pub const ALL: [BadRecordKind; 15] = [
         BadRecordKind::Empty,
         BadRecordKind::Oversized,
         BadRecordKind::InvalidUtf8,
@@ -32,6 +42,10 @@ impl BadRecordKind {
         BadRecordKind::WrongType,
         BadRecordKind::OutOfRange,
         BadRecordKind::InvalidTimestamp,
+        BadRecordKind::Truncated,
+        BadRecordKind::InvalidAvro,
+        BadRecordKind::WrongMagicByte,
+        BadRecordKind::UnknownSchemaId,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +61,10 @@ impl BadRecordKind {
             BadRecordKind::WrongType => "wrong_type",
             BadRecordKind::OutOfRange => "out_of_range",
             BadRecordKind::InvalidTimestamp => "invalid_timestamp",
+            BadRecordKind::Truncated => "truncated",
+            BadRecordKind::InvalidAvro => "invalid_avro",
+            BadRecordKind::WrongMagicByte => "wrong_magic_byte",
+            BadRecordKind::UnknownSchemaId => "unknown_schema_id",
         }
     }
 }

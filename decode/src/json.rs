@@ -17,117 +17,31 @@
 //! record that is not JSON is never reported as a type error, whatever the
 //! order of its fields.
 
-use std::borrow::Cow;
-
-use sluice_config::{ColumnType, Literal, PipelineConfig, TimeUnit, TimestampFormat};
-use sluice_segments::Datum;
+use sluice_config::PipelineConfig;
 
 use crate::bad_record::{BadRecord, BadRecordKind};
 use crate::path::{Key, Named, PathNode};
 use crate::reader::{Raw, Reader, SyntaxError};
-use crate::timestamp::parse_rfc3339;
+use crate::row::{Cells, ColumnDecoder, Row};
 
-/// A decoded row, its strings borrowed from the message where possible.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row<'a> {
-    cells: Vec<Cell<'a>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Cell<'a> {
-    /// Not (yet) found in the message: only while a message is read.
-    Missing,
-    Null,
-    Bool(bool),
-    Int32(i32),
-    Int64(i64),
-    Float32(f32),
-    Float64(f64),
-    Str(Cow<'a, str>),
-    Timestamp(i64),
-}
-
-impl Row<'_> {
-    /// The row as segment values, in schema order.
-    pub fn datums(&self) -> Vec<Datum<'_>> {
-        self.cells.iter().map(Cell::datum).collect()
-    }
-}
-
-impl Cell<'_> {
-    fn datum(&self) -> Datum<'_> {
-        match self {
-            Cell::Missing | Cell::Null => Datum::Null,
-            Cell::Bool(v) => Datum::Bool(*v),
-            Cell::Int32(v) => Datum::Int32(*v),
-            Cell::Int64(v) => Datum::Int64(*v),
-            Cell::Float32(v) => Datum::Float32(*v),
-            Cell::Float64(v) => Datum::Float64(*v),
-            Cell::Str(v) => Datum::Str(v),
-            Cell::Timestamp(v) => Datum::Timestamp(*v),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ColumnDecoder {
-    name: String,
-    ty: ColumnType,
-    nullable: bool,
-    unit: TimeUnit,
-    format: TimestampFormat,
-    default: Option<Cell<'static>>,
-}
-
-pub struct Decoder {
-    columns: Vec<ColumnDecoder>,
+/// Decodes JSON messages for one pipeline's columns.
+pub(crate) struct JsonDecoder {
     root: PathNode,
-    max_message_bytes: usize,
 }
 
-impl Decoder {
-    /// A decoder for a validated pipeline.
+impl JsonDecoder {
     pub fn new(pipeline: &PipelineConfig) -> Self {
-        let mut root = PathNode::default();
-        let mut columns = Vec::new();
-        for (i, column) in pipeline.schema.columns.iter().enumerate() {
-            root.insert(column.field_path()).columns.push(i);
-            let mut decoder = ColumnDecoder {
-                name: column.name.clone(),
-                ty: column.data_type,
-                nullable: column.nullable,
-                unit: column.time_unit(),
-                format: column.timestamp_format(),
-                default: None,
-            };
-            // Validation guarantees a default fits its column; convert it once.
-            decoder.default = column.default.as_ref().and_then(|d| decoder.convert(from_literal(d)).ok());
-            columns.push(decoder);
-        }
-        Self { columns, root, max_message_bytes: pipeline.bad_records.max_message_bytes.as_u64() as usize }
+        Self { root: PathNode::of_columns(pipeline) }
     }
 
-    /// Each column's default as it is stored (a timestamp in the column's
-    /// unit), in schema order; None for a column without one. Query nodes
-    /// answer it for segments written before the column was added.
-    pub fn defaults(&self) -> Vec<Option<sluice_segments::Scalar>> {
-        self.columns.iter().map(|c| c.default.as_ref().map(|cell| cell.datum().to_scalar())).collect()
-    }
-
-    /// Decodes one message.
-    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Row<'a>, BadRecord> {
-        if bytes.len() > self.max_message_bytes {
-            return Err(BadRecord::new(
-                BadRecordKind::Oversized,
-                format!("{} bytes, more than bad_records.max_message_bytes = {}", bytes.len(), self.max_message_bytes),
-            ));
-        }
+    /// Decodes one message (of at most `bad_records.max_message_bytes`).
+    pub fn decode<'a>(&self, columns: &[ColumnDecoder], bytes: &'a [u8]) -> Result<Row<'a>, BadRecord> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(BadRecord::new(BadRecordKind::Empty, "the message is empty"));
         }
         let text = std::str::from_utf8(bytes).map_err(|e| BadRecord::new(BadRecordKind::InvalidUtf8, e.to_string()))?;
         let mut reader = Reader::new(text);
-        let mut read = Read { decoder: self, cells: vec![Cell::Missing; self.columns.len()], problem: None };
+        let mut read = Read { columns, cells: Cells::new(columns.len()) };
         let found = match reader.peek() {
             Some(b'{') => {
                 read.object(&mut reader, &self.root)?;
@@ -143,18 +57,7 @@ impl Decoder {
                 format!("the message is {found}, not a JSON object"),
             ));
         }
-        let Read { mut cells, problem, .. } = read;
-        for (i, (column, cell)) in self.columns.iter().zip(&mut cells).enumerate() {
-            if let Some((at, bad)) = &problem
-                && *at == i
-            {
-                return Err(bad.clone());
-            }
-            if matches!(cell, Cell::Missing | Cell::Null) {
-                *cell = column.absent(matches!(cell, Cell::Missing))?;
-            }
-        }
-        Ok(Row { cells })
+        read.cells.finish(columns)
     }
 }
 
@@ -164,10 +67,8 @@ fn invalid(e: SyntaxError) -> BadRecord {
 
 /// One message being read.
 struct Read<'d, 'a> {
-    decoder: &'d Decoder,
-    cells: Vec<Cell<'a>>,
-    /// The first column (in schema order) whose value cannot be converted.
-    problem: Option<(usize, BadRecord)>,
+    columns: &'d [ColumnDecoder],
+    cells: Cells<'a>,
 }
 
 impl<'a> Read<'_, 'a> {
@@ -227,116 +128,6 @@ impl<'a> Read<'_, 'a> {
     }
 
     fn put(&mut self, i: usize, raw: Raw<'a>) {
-        self.cells[i] = match self.decoder.columns[i].convert(raw) {
-            Ok(cell) => cell,
-            Err(bad) => {
-                if self.problem.as_ref().is_none_or(|(at, _)| i < *at) {
-                    self.problem = Some((i, bad));
-                }
-                Cell::Null
-            }
-        };
-    }
-}
-
-fn from_literal(literal: &Literal) -> Raw<'static> {
-    match literal {
-        Literal::Bool(v) => Raw::Bool(*v),
-        Literal::Int(v) => Raw::I64(*v),
-        Literal::Float(v) => Raw::F64(*v),
-        Literal::String(v) => Raw::Str(Cow::Owned(v.clone())),
-    }
-}
-
-impl ColumnDecoder {
-    /// The cell of a column whose field is missing or null: its default,
-    /// else NULL if it may be, else the record is bad.
-    fn absent(&self, missing: bool) -> Result<Cell<'static>, BadRecord> {
-        if let Some(default) = &self.default {
-            return Ok(default.clone());
-        }
-        if self.nullable {
-            return Ok(Cell::Null);
-        }
-        Err(if missing {
-            BadRecord::column(BadRecordKind::MissingRequired, &self.name, "the required field is missing")
-        } else {
-            BadRecord::column(BadRecordKind::NullInRequired, &self.name, "the required field is null")
-        })
-    }
-
-    /// Inlined where a field is stored: its result is built in registers,
-    /// not returned through memory (stored in parts, loaded whole: a
-    /// store-forwarding stall per field).
-    #[inline(always)]
-    fn convert<'a>(&self, raw: Raw<'a>) -> Result<Cell<'a>, BadRecord> {
-        let wrong = |found: &str| {
-            BadRecord::column(
-                BadRecordKind::WrongType,
-                &self.name,
-                format!("expected {}, found {found}", self.expected()),
-            )
-        };
-        let range = |value: String| {
-            BadRecord::column(
-                BadRecordKind::OutOfRange,
-                &self.name,
-                format!("{value} does not fit a {} column", self.ty),
-            )
-        };
-        Ok(match (self.ty, raw) {
-            (_, Raw::Null) => Cell::Null,
-            (ColumnType::String, Raw::Str(s)) => Cell::Str(s),
-            (ColumnType::Bool, Raw::Bool(b)) => Cell::Bool(b),
-            (ColumnType::Int32, Raw::I64(v)) => Cell::Int32(i32::try_from(v).map_err(|_| range(v.to_string()))?),
-            (ColumnType::Int32, Raw::U64(v)) => Cell::Int32(i32::try_from(v).map_err(|_| range(v.to_string()))?),
-            (ColumnType::Int64, Raw::I64(v)) => Cell::Int64(v),
-            (ColumnType::Int64, Raw::U64(v)) => Cell::Int64(i64::try_from(v).map_err(|_| range(v.to_string()))?),
-            (ColumnType::Float64, Raw::I64(v)) => Cell::Float64(v as f64),
-            (ColumnType::Float64, Raw::U64(v)) => Cell::Float64(v as f64),
-            (ColumnType::Float64, Raw::F64(v)) => {
-                // Beyond f64's range the reader gives an infinity.
-                if !v.is_finite() {
-                    return Err(range(v.to_string()));
-                }
-                Cell::Float64(v)
-            }
-            (ColumnType::Float32, Raw::I64(v)) => Cell::Float32(v as f32),
-            (ColumnType::Float32, Raw::U64(v)) => Cell::Float32(v as f32),
-            (ColumnType::Float32, Raw::F64(v)) => {
-                if !v.is_finite() || v.abs() > f64::from(f32::MAX) {
-                    return Err(range(v.to_string()));
-                }
-                Cell::Float32(v as f32)
-            }
-            (ColumnType::Timestamp, raw) => match (self.format, raw) {
-                (TimestampFormat::Epoch, Raw::I64(v)) => Cell::Timestamp(v),
-                (TimestampFormat::Epoch, Raw::U64(v)) => {
-                    Cell::Timestamp(i64::try_from(v).map_err(|_| range(v.to_string()))?)
-                }
-                (TimestampFormat::Rfc3339, Raw::Str(s)) => {
-                    Cell::Timestamp(parse_rfc3339(&s, self.unit).ok_or_else(|| {
-                        BadRecord::column(
-                            BadRecordKind::InvalidTimestamp,
-                            &self.name,
-                            format!("{s:?} is not an RFC 3339 timestamp"),
-                        )
-                    })?)
-                }
-                (_, raw) => return Err(wrong(raw.kind())),
-            },
-            (_, raw) => return Err(wrong(raw.kind())),
-        })
-    }
-
-    fn expected(&self) -> &'static str {
-        match (self.ty, self.format) {
-            (ColumnType::String, _) => "a string",
-            (ColumnType::Bool, _) => "true or false",
-            (ColumnType::Int32 | ColumnType::Int64, _) => "an integer",
-            (ColumnType::Float32 | ColumnType::Float64, _) => "a number",
-            (ColumnType::Timestamp, TimestampFormat::Epoch) => "an integer epoch timestamp",
-            (ColumnType::Timestamp, TimestampFormat::Rfc3339) => "an RFC 3339 timestamp string",
-        }
+        self.cells.put(i, self.columns[i].convert(raw));
     }
 }

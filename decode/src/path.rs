@@ -66,6 +66,20 @@ impl PathNode {
         Some((i, &self.children[i].node))
     }
 
+    /// The trie of every column's field path in `pipeline`'s schema.
+    pub(crate) fn of_columns(pipeline: &sluice_config::PipelineConfig) -> Self {
+        let mut root = Self::default();
+        for (i, column) in pipeline.schema.columns.iter().enumerate() {
+            root.insert(column.field_path()).columns.push(i);
+        }
+        root
+    }
+
+    /// The child named `name`, if any (not on a hot path).
+    pub(crate) fn named(&self, name: &str) -> Option<&PathNode> {
+        self.child(&Key::new(Cow::Borrowed(name))).map(|(_, node)| node)
+    }
+
     /// The node at `path` below this one, created as needed.
     pub(crate) fn insert<'p>(&mut self, path: impl IntoIterator<Item = &'p str>) -> &mut PathNode {
         let mut node = self;

@@ -36,6 +36,9 @@ pub const COMMIT_RETRIES: &str = "sluice_commit_retries_total";
 /// Jumps over offsets Kafka did not deliver, and the offsets jumped over.
 pub const OFFSET_GAPS: &str = "sluice_offset_gaps_total";
 pub const OFFSET_GAP_RECORDS: &str = "sluice_offset_gap_records_total";
+/// Schema registry requests that got no answer (Avro in Confluent's wire
+/// format); the record waits for the schema, it is never skipped.
+pub const SCHEMA_REGISTRY_ERRORS: &str = "sluice_schema_registry_errors_total";
 /// Partition tasks that ended other than by a stop, by `reason`.
 pub const PARTITION_FAILURES: &str = "sluice_partition_failures_total";
 /// Partitions without progress while they have work (see `health`).

@@ -59,6 +59,8 @@ pub enum FailReason {
     Discontinuous,
     /// Stopped while a commit's outcome was unknown.
     Commit,
+    /// The schema registry could not give a record's writer schema.
+    SchemaRegistry,
     /// A bug: the partition's task panicked.
     Panic,
 }
@@ -73,6 +75,7 @@ impl FailReason {
             FailReason::Upload => "upload",
             FailReason::Discontinuous => "discontinuous",
             FailReason::Commit => "commit",
+            FailReason::SchemaRegistry => "schema_registry",
             FailReason::Panic => "panic",
         }
     }
@@ -567,6 +570,9 @@ impl Consuming {
         self.started.get_or_insert_with(Instant::now);
         self.uncounted.0 += 1;
         self.uncounted.1 += payload.len() as u64;
+        if let Some(id) = ctx.decoder.unfetched(payload) {
+            fetch_schema(ctx, partition, offset, id).await?;
+        }
         let bad = match ctx.decoder.decode(payload) {
             Ok(row) => match segment.append(offset, &row.datums()) {
                 Ok(()) => return Ok(()),
@@ -616,6 +622,33 @@ impl Consuming {
             || segment.memory_bytes() as u64 >= config.flush.bytes.as_u64()
             || self.started.is_some_and(|t| t.elapsed() >= config.flush.time)
     }
+}
+
+/// Fetches the writer schema record `offset` names, retrying a registry
+/// that does not answer a few times before the partition fails (and is
+/// restarted with backoff by its supervisor, the failure in `/health`): the
+/// record waits for its schema, it is never skipped.
+async fn fetch_schema(
+    ctx: &PipelineContext,
+    partition: i32,
+    offset: i64,
+    id: sluice_decode::SchemaId,
+) -> Result<(), Exit> {
+    const WAITS: [Duration; 3] = [Duration::from_millis(200), Duration::from_secs(1), Duration::ZERO];
+    let mut last = None;
+    for wait in WAITS {
+        match ctx.decoder.fetch(id).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                metrics::counter!(m::SCHEMA_REGISTRY_ERRORS, "table" => ctx.config.table.clone()).increment(1);
+                tracing::warn!(table = %ctx.config.table, partition, offset, error = %e, "schema registry");
+                last = Some(e);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let detail = format!("record at offset {offset} waits for its schema: {}", last.expect("an attempt failed"));
+    Err(Exit::failed(FailReason::SchemaRegistry, detail))
 }
 
 async fn handle_bad_record(

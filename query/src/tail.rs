@@ -627,6 +627,41 @@ impl TableView {
         state.decoding = Some(next);
     }
 
+    /// Fetches the writer schema `payload` names (Avro in Confluent's wire
+    /// format) when it is not known yet, retrying with backoff, the error
+    /// in the consumer's status, until the registry answers: the tail never
+    /// skips a record its worker will commit. False when shut down first.
+    pub async fn fetch_schema(&self, payload: &[u8], shutdown: &watch::Receiver<bool>) -> bool {
+        let Some(decoding) = self.lock().decoding.clone() else { return true };
+        let Some(id) = decoding.decoder.unfetched(payload) else { return true };
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match decoding.decoder.fetch(id).await {
+                Ok(()) => {
+                    self.set_consumer(|s| {
+                        if s.state == "waiting for schema" {
+                            s.state = "running".into();
+                            s.error = None;
+                        }
+                    });
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(table = %self.table.name(), error = %e, "tail: schema registry; retrying");
+                    self.set_consumer(|s| {
+                        s.state = "waiting for schema".into();
+                        s.error = Some(e.to_string());
+                    });
+                    if *shutdown.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// One record of `partition` read from Kafka (or any other source of
     /// the topic's records, as tests are); served from the next publish.
     pub fn append(&self, partition: i32, offset: i64, timestamp_ms: i64, payload: &[u8]) {
@@ -1094,7 +1129,11 @@ async fn run(
                 let mut taken = 0;
                 while let Some(message) = next.take() {
                     let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
-                    view.append(message.partition(), message.offset(), timestamp, message.payload().unwrap_or_default());
+                    let payload = message.payload().unwrap_or_default();
+                    if !view.fetch_schema(payload, &shutdown).await {
+                        return Ok(());
+                    }
+                    view.append(message.partition(), message.offset(), timestamp, payload);
                     taken += 1;
                     if taken < 1024 && let Some(Some(Ok(m))) = stream.next().now_or_never() {
                         next = Some(m);
