@@ -130,6 +130,35 @@ topic = "{topic}-dead"
         GuardedChild::spawn(command).unwrap()
     }
 
+    /// `sluice pipeline apply`, so query nodes follow the table.
+    fn apply(&self, file: &Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["pipeline", "apply"])
+            .arg(file)
+            .args(["--zookeeper", &self.zk.connect_string(), "--root", &self.root])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A query node on this catalog: its HTTP address, and the process.
+    fn start_query_node(&self) -> (String, GuardedChild) {
+        let http = format!("127.0.0.1:{}", free_port().unwrap());
+        let config = self.dir.path().join("q1.toml");
+        let text = format!(
+            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\n[http]\nlisten = \"{http}\"\n",
+            self.dir.path().join("cache").display(),
+            self.zk.connect_string(),
+            self.root
+        );
+        std::fs::write(&config, text).unwrap();
+        (http, common::start_query_node(self.dir.path(), &config))
+    }
+
+    fn query_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("query.log")).unwrap_or_default()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("w1.log")).unwrap_or_default()
     }
@@ -302,30 +331,9 @@ async fn raw_and_registry_framed_avro_ingest_exactly_once_with_bad_records_dead_
 
     // A query node (its tail decodes with the same registry) answers over
     // both tables.
-    let apply = |file: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["pipeline", "apply"])
-            .arg(file)
-            .args(["--zookeeper", &s.zk.connect_string(), "--root", &s.root])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    apply(&raw_pipeline);
-    apply(&framed_pipeline);
-    let query_http = format!("127.0.0.1:{}", free_port().unwrap());
-    let config = s.dir.path().join("q1.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\n[http]\nlisten = \"{query_http}\"\n",
-            s.dir.path().join("cache").display(),
-            s.zk.connect_string(),
-            s.root
-        ),
-    )
-    .unwrap();
-    let _query = common::start_query_node(s.dir.path(), &config);
+    s.apply(&raw_pipeline);
+    s.apply(&framed_pipeline);
+    let (query_http, _query) = s.start_query_node();
     let sql = "SELECT (SELECT COUNT(*) FROM clicks_raw) AS r, (SELECT COUNT(*) FROM clicks_framed) AS f, \
                (SELECT COUNT(*) FROM clicks_framed WHERE country = 'none') AS n";
     let body = serde_json::to_vec(&serde_json::json!({ "sql": sql })).unwrap();
@@ -335,10 +343,21 @@ async fn raw_and_registry_framed_avro_ingest_exactly_once_with_bad_records_dead_
     };
     if let Err(e) = wait_until("the query node serves both tables", Duration::from_secs(60), answered).await {
         let (_, text) = http_request_with(&query_http, "POST", "/query/sql", &body, "");
-        panic!("{e}: {text}\n{}", std::fs::read_to_string(s.dir.path().join("query.log")).unwrap_or_default());
+        panic!("{e}: {text}\n{}", s.query_log());
     }
     worker.signal(libc::SIGTERM).unwrap();
     assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", s.log());
+
+    // With no worker left, records produced now are served by the query
+    // node's real-time tail alone, decoded with the schema it fetched.
+    let more = s.produce(&framed_topic, "framed", 100, 2, "");
+    assert_eq!(more.len(), 100);
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": "SELECT COUNT(*) FROM clicks_framed" })).unwrap();
+    let tail = || async { http_request_with(&query_http, "POST", "/query/sql", &body, "").1.contains("[[1100]]") };
+    if let Err(e) = wait_until("the tail serves the new records", Duration::from_secs(30), tail).await {
+        let (_, text) = http_request_with(&query_http, "POST", "/query/sql", &body, "");
+        panic!("{e}: {text}\n{}", s.query_log());
+    }
 }
 
 /// The registry is down when the worker first meets the schema id: the
@@ -353,10 +372,22 @@ async fn a_registry_outage_delays_records_and_never_skips_them() {
     s.broker.create_topic(&format!("{topic}-dead"), 1).await.unwrap();
     let delivered = s.produce(&topic, "framed", 400, 2, "");
     let pipeline = s.pipeline("clicks", &topic, &format!("schema_registry = \"{}\"", s.registry.url()));
+    s.apply(&pipeline);
     s.registry.set_down(true);
 
     let http = format!("127.0.0.1:{}", free_port().unwrap());
     let mut worker = s.start_worker(&[&pipeline], &http);
+    // A query node's tail meets the same outage: it waits too, and says so.
+    let (query_http, _query) = s.start_query_node();
+    let waiting = || async {
+        let (status, body) = http_get(&query_http, "/health");
+        status == 503 && body.contains("waiting for schema")
+    };
+    if let Err(e) =
+        wait_until("the query node's /health shows its tail waiting", Duration::from_secs(60), waiting).await
+    {
+        panic!("{e}: {:?}\n{}", http_get(&query_http, "/health"), s.query_log());
+    }
     let unhealthy = || async {
         let (status, body) = http_get(&http, "/health");
         status == 503 && body.contains("schema_registry") && body.matches("\"partition\":").count() >= 2
@@ -375,8 +406,11 @@ async fn a_registry_outage_delays_records_and_never_skips_them() {
     ingested(&s, "clicks", &delivered).await;
     let (rows, twice) = committed(&s.observer, "clicks").await;
     assert_exactly_once(&rows, twice, &delivered);
-    let healthy = || async { http_get(&http, "/health").0 == 200 };
-    wait_until("/health is ok again", Duration::from_secs(30), healthy).await.unwrap();
+    let healthy = || async { http_get(&http, "/health").0 == 200 && http_get(&query_http, "/health").0 == 200 };
+    wait_until("/health is ok again on both nodes", Duration::from_secs(30), healthy).await.unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": "SELECT COUNT(*) FROM clicks" })).unwrap();
+    let (_, answer) = http_request_with(&query_http, "POST", "/query/sql", &body, "");
+    assert!(answer.contains("[[400]]"), "{answer}");
     worker.signal(libc::SIGTERM).unwrap();
     assert!(worker.wait_timeout(Duration::from_secs(30)).unwrap().unwrap().success(), "{}", s.log());
 }

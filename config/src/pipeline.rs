@@ -517,7 +517,7 @@ impl PipelineConfig {
                         p.push(
                             format!("schema.columns[{i}].type"),
                             format!("{}, but the Avro field is {}", column.data_type, schema.describe(node)),
-                            "a column type the Avro type converts to (see docs/CONFIG.md, Avro input)",
+                            "a column type the Avro type converts to (README: Avro input)",
                         );
                     }
                 }
