@@ -120,6 +120,37 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     let hostile = run("x' OR '1'='1");
     assert_eq!(hostile["rows"].as_array().unwrap().len(), 5, "the parameter is a string, not SQL: {hostile}");
 
+    // What tools read about the catalog: psql's \dt and \d, and the
+    // statements DBeaver, Metabase (pgjdbc) and Grafana send.
+    let out = psql(pg_port, PASSWORD, "\\dt");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "public|clicks|table|sluice");
+    let out = psql(pg_port, PASSWORD, "\\d clicks");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("user_id|text") && stdout.contains("status|integer"), "{stdout}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pgwire_catalog.py");
+    let port = pg_port.to_string();
+    let out = Command::new("python3").args([script, "127.0.0.1", &port, USER, PASSWORD]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outcomes: serde_json::Map<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcomes.len(), 20, "{outcomes:?}");
+    let failed: Vec<_> = outcomes.iter().filter(|(_, o)| o.get("error").is_some()).collect();
+    assert!(failed.is_empty(), "tool statements refused: {failed:#?}");
+    let columns: Vec<&str> = outcomes["JDBC: getColumns (DBeaver, Metabase)"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[2].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["ts", "user_id", "status"]);
+    let tables = &outcomes["JDBC: getTables (DBeaver, Metabase)"];
+    assert_eq!(tables[0][2], "clicks");
+    assert_eq!(tables[0][3], "TABLE");
+    assert_eq!(outcomes["Grafana: table picker"], json!([["clicks"]]));
+    assert!(outcomes["DBeaver: server version"][0][0].as_str().unwrap().starts_with("PostgreSQL 16"));
+
     // A message claiming 512 MiB closes its connection before any of it is
     // buffered; the node goes on serving.
     use std::io::{Read, Write};

@@ -257,6 +257,8 @@ impl QueryEngine {
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
+        let tables = Tables::default();
+        crate::postgres::catalog::register(&ctx, tables.clone());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -267,7 +269,7 @@ impl QueryEngine {
             .build()
             .map_err(|e| QueryError::Internal { message: format!("cannot start the query runtime: {e}") })?;
         Ok(QueryEngine {
-            executor: Executor { ctx, limits, threads, tables: Tables::default(), cluster: None },
+            executor: Executor { ctx, limits, threads, tables, cluster: None },
             permits,
             waiting: AtomicUsize::new(0),
             running: Arc::default(),

@@ -10,7 +10,10 @@
 //! `DISCARD`) are answered harmlessly. The extended protocol's parameters
 //! are bound as SQL literals (numbers validated as numbers, anything else
 //! quoted), never as SQL text. Results go out in text format, with each
-//! Arrow type's Postgres type; errors carry a SQLSTATE.
+//! Arrow type's Postgres type; errors carry a SQLSTATE. What tools read
+//! about the catalog is answered by a `pg_catalog` of the served tables
+//! (`catalog.rs`) and by rewriting the Postgres spellings of those queries
+//! that DataFusion's SQL lacks (`rewrite.rs`).
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -40,6 +43,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::QueryError;
 use crate::engine::QueryEngine;
+
+pub(crate) mod catalog;
+mod rewrite;
 
 /// Binds `config.listen` and serves until `shutdown` turns true. Returns
 /// the bound address and the accept loop's task.
@@ -263,7 +269,7 @@ impl PgWireServerHandlers for Authenticated {
 
 #[async_trait]
 impl SimpleQueryHandler for Backend {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -273,7 +279,7 @@ impl SimpleQueryHandler for Backend {
         if is_empty_statement(query) {
             return Ok(vec![Response::EmptyQuery]);
         }
-        Ok(vec![self.run(query).await?])
+        Ok(vec![self.run(query, user(client)).await?])
     }
 }
 
@@ -286,7 +292,7 @@ impl ExtendedQueryHandler for Backend {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<String>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<String>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -297,12 +303,12 @@ impl ExtendedQueryHandler for Backend {
         if is_empty_statement(&sql) {
             return Ok(Response::EmptyQuery);
         }
-        self.run(&sql).await
+        self.run(&sql, user(client)).await
     }
 
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         statement: &StoredStatement<String>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -318,7 +324,7 @@ impl ExtendedQueryHandler for Backend {
             (0..count).map(|i| statement.parameter_types.get(i).cloned().flatten().unwrap_or(Type::TEXT)).collect();
         let nulls = vec![None; count];
         let fields = match bind(&statement.statement, &nulls) {
-            Ok(sql) => self.describe(&sql).await.unwrap_or_default(),
+            Ok(sql) => self.describe(&sql, user(client)).await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
         Ok(DescribeStatementResponse::new(types, fields))
@@ -326,7 +332,7 @@ impl ExtendedQueryHandler for Backend {
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<String>,
     ) -> PgWireResult<DescribePortalResponse>
     where
@@ -336,30 +342,46 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let sql = bind(&portal.statement.statement, &portal_parameters(portal)?)?;
-        Ok(DescribePortalResponse::new(self.describe(&sql).await?))
+        Ok(DescribePortalResponse::new(self.describe(&sql, user(client)).await?))
     }
 }
 
 impl Backend {
     /// One statement: a session statement answered here, else a query.
-    async fn run(&self, sql: &str) -> PgWireResult<Response> {
+    async fn run(&self, sql: &str, user: &str) -> PgWireResult<Response> {
         if let Some(session) = session_statement(sql) {
             return Ok(session.response());
         }
-        let (schema, batches, _) = self.engine.query_arrow(sql).await.map_err(query_error)?;
+        let sql = self.postgres_sql(sql, user);
+        let (schema, batches, _) = self.engine.query_arrow(&sql).await.map_err(query_error)?;
         let fields = Arc::new(fields(&schema));
         let rows = encode_rows(&fields, &batches)?;
         Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows.into_iter().map(Ok)))))
     }
 
     /// The columns `sql` answers with, without running it.
-    async fn describe(&self, sql: &str) -> PgWireResult<Vec<FieldInfo>> {
+    async fn describe(&self, sql: &str, user: &str) -> PgWireResult<Vec<FieldInfo>> {
         if let Some(session) = session_statement(sql) {
             return Ok(session.fields());
         }
-        let schema = self.engine.output_schema(sql).await.map_err(query_error)?;
+        let sql = self.postgres_sql(sql, user);
+        let schema = self.engine.output_schema(&sql).await.map_err(query_error)?;
         Ok(fields(&schema))
     }
+
+    /// `sql` with the Postgres spellings of catalog queries rewritten
+    /// (`rewrite.rs`); other statements as they are.
+    fn postgres_sql<'a>(&self, sql: &'a str, user: &str) -> std::borrow::Cow<'a, str> {
+        match rewrite::rewrite(sql, user, |name| self.engine.table(name).is_some()) {
+            Some(rewritten) => std::borrow::Cow::Owned(rewritten),
+            None => std::borrow::Cow::Borrowed(sql),
+        }
+    }
+}
+
+/// The session's login name.
+fn user<C: ClientInfo>(client: &C) -> &str {
+    client.metadata().get(pgwire::api::METADATA_USER).map_or(catalog::DATABASE, String::as_str)
 }
 
 /// Whether `sql` holds no statement (whitespace and semicolons): Postgres
@@ -412,18 +434,9 @@ fn session_statement(sql: &str) -> Option<Session> {
         "deallocate" => Session::Acknowledged("DEALLOCATE"),
         "show" => {
             let name = words.get(1..).map(|w| w.join(" ")).unwrap_or_default();
-            let value = match name.as_str() {
-                "server_version" => "16.6",
-                "server_encoding" | "client_encoding" => "UTF8",
-                "standard_conforming_strings" => "on",
-                "transaction_isolation" | "default_transaction_isolation" => "read committed",
-                "transaction_read_only" | "default_transaction_read_only" => "on",
-                "timezone" => "UTC",
-                "datestyle" => "ISO, MDY",
-                "search_path" => "public",
-                "max_identifier_length" => "63",
-                _ => "",
-            };
+            // `SHOW TRANSACTION ISOLATION LEVEL` is `transaction_isolation`.
+            let setting = if name == "transaction isolation level" { "transaction_isolation" } else { &name };
+            let value = catalog::setting(setting).unwrap_or_default();
             Session::Show(name, value.to_string())
         }
         _ => return None,
