@@ -1,6 +1,6 @@
 //! The Postgres wire protocol of a real `sluice query` process, driven by
-//! real clients: Debian's `psql` and PyPI's `psycopg` (installed by
-//! `scripts/test`). Their rows are the HTTP endpoint's; a parameterized
+//! real clients: Debian's `psql` and pgjdbc (DBeaver's and Metabase's
+//! driver) and PyPI's `psycopg` (installed by `scripts/test`). Their rows are the HTTP endpoint's; a parameterized
 //! query binds its parameters (a hostile one stays a string); DDL and a
 //! wrong password are refused with Postgres errors; an oversized message
 //! closes its connection.
@@ -150,6 +150,39 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     assert_eq!(tables[0][3], "TABLE");
     assert_eq!(outcomes["Grafana: table picker"], json!([["clicks"]]));
     assert!(outcomes["DBeaver: server version"][0][0].as_str().unwrap().starts_with("PostgreSQL 16"));
+    // pgjdbc itself (Debian's libpostgresql-jdbc-java), as DBeaver and
+    // Metabase drive it.
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pgwire_jdbc/JdbcCatalog.java");
+    let out = Command::new("java")
+        .args([
+            "-cp",
+            "/usr/share/java/postgresql.jar",
+            source,
+            &format!("127.0.0.1:{pg_port}"),
+            USER,
+            PASSWORD,
+            "clicks",
+        ])
+        .args(["SELECT status, COUNT(*) AS n FROM clicks WHERE status = ? GROUP BY status", "404"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "product PostgreSQL 16",
+            "schema information_schema",
+            "schema pg_catalog",
+            "schema public",
+            "table clicks TABLE",
+            "column ts timestamptz",
+            "column user_id text",
+            "column status int4",
+            "row 404 100",
+        ]
+    );
 
     // A message claiming 512 MiB closes its connection before any of it is
     // buffered; the node goes on serving.

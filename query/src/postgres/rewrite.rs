@@ -24,8 +24,8 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArguments, Ident, ObjectName, ObjectNamePart,
-    Statement, Value, visit_expressions_mut, visit_relations_mut,
+    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArguments, Ident, ObjectName, ObjectNamePart, Select,
+    SetExpr, Statement, TableFactor, Value, visit_expressions_mut, visit_relations_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -165,48 +165,108 @@ fn empty_relation(name: &ObjectName) -> bool {
     }
 }
 
-/// Whether a select reads (cross-joined) an always-empty catalog table.
-fn reads_nothing(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
-    use datafusion::sql::sqlparser::ast::TableFactor;
-    select.from.iter().any(|from| matches!(&from.relation, TableFactor::Table { name, .. } if empty_relation(name)))
+/// Aggregates: over no rows they still answer one row.
+const AGGREGATES: [&str; 10] =
+    ["count", "sum", "min", "max", "avg", "string_agg", "array_agg", "bool_and", "bool_or", "every"];
+
+/// Whether a select has no rows: it reads (inner- or cross-joined) an
+/// always-empty catalog table, or a derived table that has none, and
+/// neither groups nor aggregates.
+fn select_empty(select: &Select) -> bool {
+    use datafusion::sql::sqlparser::ast::JoinOperator;
+    let inner =
+        |op: &JoinOperator| matches!(op, JoinOperator::Join(_) | JoinOperator::Inner(_) | JoinOperator::CrossJoin(_));
+    !aggregates(select)
+        && select.from.iter().any(|from| {
+            factor_empty(&from.relation)
+                || from.joins.iter().any(|j| inner(&j.join_operator) && factor_empty(&j.relation))
+        })
 }
 
-/// A catalog query that reads an always-empty catalog table, without
-/// aggregates: its answer is no rows, given as `SELECT NULL AS name, ...
-/// WHERE false` with the query's column names (psql's `\d` asks for a
-/// table's policies, publications, triggers: none here, and the queries
-/// use array functions DataFusion does not have).
-fn no_rows(statement: &Statement) -> Option<String> {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-    let Statement::Query(query) = statement else { return None };
-    // Every branch of a UNION must read nothing; the first names the columns.
-    fn first_empty(body: &SetExpr) -> Option<&datafusion::sql::sqlparser::ast::Select> {
-        match body {
-            SetExpr::Select(select) => {
-                let grouped =
-                    select.group_by != datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(vec![], vec![]);
-                (reads_nothing(select) && !grouped).then_some(select.as_ref())
+/// Whether a select groups or aggregates (in its own projection, not in
+/// the subqueries there).
+fn aggregates(select: &Select) -> bool {
+    use datafusion::sql::sqlparser::ast::{GroupByExpr, Query, Visit, Visitor};
+    struct Aggregates {
+        /// Subqueries entered.
+        depth: usize,
+    }
+    impl Visitor for Aggregates {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            match e {
+                Expr::Function(f)
+                    if self.depth == 0
+                        && f.name
+                            .0
+                            .last()
+                            .is_some_and(|n| AGGREGATES.contains(&n.to_string().to_ascii_lowercase().as_str())) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
             }
-            SetExpr::SetOperation { left, right, .. } => first_empty(right).and(first_empty(left)),
-            _ => None,
         }
     }
-    let select = first_empty(query.body.as_ref())?;
+    select.group_by != GroupByExpr::Expressions(vec![], vec![])
+        || select.projection.visit(&mut Aggregates { depth: 0 }).is_break()
+}
+
+fn factor_empty(factor: &TableFactor) -> bool {
+    match factor {
+        TableFactor::Table { name, .. } => empty_relation(name),
+        TableFactor::Derived { subquery, .. } => body_empty(&subquery.body),
+        _ => false,
+    }
+}
+
+/// Whether a query body has no rows (a UNION: when every branch has none).
+fn body_empty(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(select) => select_empty(select),
+        SetExpr::SetOperation { left, right, .. } => body_empty(left) && body_empty(right),
+        SetExpr::Query(query) => body_empty(&query.body),
+        _ => false,
+    }
+}
+
+/// The first select of a query body (it names the columns).
+fn first_select(body: &SetExpr) -> Option<&Select> {
+    match body {
+        SetExpr::Select(select) => Some(select),
+        SetExpr::SetOperation { left, .. } => first_select(left),
+        SetExpr::Query(query) => first_select(&query.body),
+        _ => None,
+    }
+}
+
+/// A catalog query that has no rows ([`body_empty`]): answered as `SELECT
+/// NULL AS name, ... WHERE false` with the query's column names (psql's
+/// `\d` asks for a table's policies, publications, triggers; JDBC's
+/// `getPrimaryKeys` for its indexes: none here, and those queries use
+/// array functions DataFusion does not have).
+fn no_rows(statement: &Statement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::SelectItem;
+    let Statement::Query(query) = statement else { return None };
+    if !body_empty(&query.body) {
+        return None;
+    }
+    let select = first_select(&query.body)?;
     let mut names = Vec::new();
     for item in &select.projection {
         let name = match item {
             SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
             SelectItem::UnnamedExpr(Expr::Identifier(ident)) => ident.value.clone(),
             SelectItem::UnnamedExpr(Expr::CompoundIdentifier(idents)) => idents.last()?.value.clone(),
-            SelectItem::UnnamedExpr(Expr::Function(f)) => {
-                let name = f.name.0.last()?.to_string().to_ascii_lowercase();
-                if ["count", "sum", "min", "max", "avg", "string_agg", "array_agg", "bool_and", "bool_or"]
-                    .contains(&name.as_str())
-                {
-                    return None; // one row, whatever the input
-                }
-                name
-            }
+            SelectItem::UnnamedExpr(Expr::Function(f)) => f.name.0.last()?.to_string().to_ascii_lowercase(),
             SelectItem::UnnamedExpr(_) => "?column?".to_string(),
             _ => return None,
         };
@@ -241,20 +301,19 @@ fn catalog_expr(expr: &Expr) -> Option<Expr> {
 /// aggregated, and the catalog's (an attribute's default, its collation)
 /// have at most one row, so the value is the same.
 fn one_row(expr: &Expr) -> Option<Expr> {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    use datafusion::sql::sqlparser::ast::SelectItem;
     let Expr::Subquery(query) = expr else { return None };
-    let SetExpr::Select(select) = query.body.as_ref() else { return None };
-    // Cross-joined with a catalog table that is always empty here
-    // (defaults, collations, descriptions, ...): no row, so NULL.
-    if reads_nothing(select) {
+    // Over a catalog table that is always empty here (defaults,
+    // collations, descriptions, ...): no row, so NULL.
+    if body_empty(&query.body) {
         return Some(Expr::value(Value::Null));
     }
+    let SetExpr::Select(select) = query.body.as_ref() else { return None };
+    if aggregates(select) {
+        return None;
+    }
     let [item] = select.projection.as_slice() else { return None };
-    let max = |e: &Expr| {
-        let aggregated = matches!(e, Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("max"));
-        (!aggregated && select.group_by == datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(vec![], vec![]))
-            .then(|| call("max", vec![e.clone()]))
-    };
+    let max = |e: &Expr| Some(call("max", vec![e.clone()]));
     let item = match item {
         SelectItem::UnnamedExpr(e) => SelectItem::UnnamedExpr(max(e)?),
         SelectItem::ExprWithAlias { expr, alias } => {
@@ -373,6 +432,27 @@ mod tests {
         assert!(out.contains(&relation_oid("pg_class").to_string()), "{out}");
         assert!(out.contains("format_type(t.typrelid, NULL)") && out.contains("FROM pg_catalog.pg_type"), "{out}");
         assert!(out.contains("'analyst', 'analyst'"), "{out}");
+    }
+
+    #[test]
+    fn what_reads_an_always_empty_catalog_table_has_no_rows() {
+        let join = "SELECT a.attname, ci.relname AS pk FROM pg_catalog.pg_class ct JOIN pg_catalog.pg_attribute a \
+                    ON ct.oid = a.attrelid JOIN pg_catalog.pg_index i ON a.attrelid = i.indrelid";
+        assert_eq!(rewritten(join).unwrap(), "SELECT NULL AS \"attname\", NULL AS \"pk\" WHERE false");
+        let union = "SELECT pubname, NULL FROM pg_catalog.pg_publication UNION SELECT pubname, NULL FROM pg_catalog.pg_publication_rel";
+        assert_eq!(rewritten(union).unwrap(), "SELECT NULL AS \"pubname\", NULL AS \"?column?\" WHERE false");
+        let derived = "SELECT * FROM (SELECT i.indkey AS keys FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index i ON c.oid = i.indrelid) r";
+        assert_eq!(rewritten(derived), None, "a wildcard names no columns: left to DataFusion");
+        // Aggregates answer a row over nothing: left as they are.
+        assert_eq!(rewritten("SELECT COUNT(*) FROM pg_catalog.pg_index"), None);
+        let scalar = rewritten(
+            "SELECT c.relname, (SELECT COUNT(*) FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid) FROM pg_class c",
+        );
+        assert!(scalar.unwrap().contains("(SELECT COUNT(*) FROM pg_catalog.pg_index"), "an aggregated subquery stays");
+        let default = rewritten(
+            "SELECT (SELECT d.adbin FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) FROM pg_attribute a",
+        );
+        assert_eq!(default.unwrap(), "SELECT NULL FROM pg_catalog.pg_attribute a");
     }
 
     #[test]
