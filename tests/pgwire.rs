@@ -200,4 +200,7 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     assert!(raw.read_to_end(&mut received).is_ok(), "the connection is closed (not left waiting for 512 MiB)");
     let out = psql(pg_port, PASSWORD, "SELECT COUNT(*) FROM clicks");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300");
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (_, metrics) = http_request_with(&addr, "GET", "/metrics", b"", &bearer);
+    assert!(metrics.contains("sluice_query_pgwire_connections"), "{metrics}");
 }

@@ -69,6 +69,9 @@ pub async fn serve(
                 accepted = listener.accept() => match accepted {
                     Ok((socket, _)) => socket,
                     Err(e) => {
+                        // Out of file descriptors, say: counted, and the
+                        // loop goes on after a pause.
+                        metrics::counter!("sluice_query_pgwire_accept_errors_total").increment(1);
                         tracing::warn!(error = %e, "pgwire: accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
@@ -87,6 +90,9 @@ pub async fn serve(
             let users = users.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let open = metrics::gauge!("sluice_query_pgwire_connections");
+                open.increment(1.0);
+                let _closed = scopeguard(move || open.decrement(1.0));
                 let socket = match guard(socket, max_message) {
                     Ok(socket) => socket,
                     Err(e) => {
@@ -108,6 +114,19 @@ pub async fn serve(
         }
     });
     Ok((addr, task))
+}
+
+/// Runs `f` when dropped (a connection's end, however it ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// The client's side of a connection relayed through a socket pair, each
