@@ -586,8 +586,28 @@ fn literal(bytes: &[u8], declared: &Type, binary: bool) -> PgWireResult<String> 
             Type::INT8 => Ok(i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes")).to_string()),
             Type::FLOAT4 => number(f32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")).to_string()),
             Type::FLOAT8 => number(f64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes")).to_string()),
+            Type::OID => Ok(u32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")).to_string()),
             Type::TEXT | Type::VARCHAR | Type::UNKNOWN | Type::NAME | Type::BPCHAR => {
                 quoted(std::str::from_utf8(bytes).map_err(|_| invalid("text"))?)
+            }
+            // Microseconds and days since 2000-01-01 (Postgres' epoch).
+            Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                let micros = i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"));
+                let time = micros
+                    .checked_add(POSTGRES_EPOCH_DAYS * 86_400_000_000)
+                    .and_then(arrow::temporal_conversions::timestamp_us_to_datetime)
+                    .ok_or_else(|| invalid(declared.name()))?;
+                let zone = if *declared == Type::TIMESTAMPTZ { "+00:00" } else { "" };
+                Ok(format!("TIMESTAMP '{}{zone}'", time.format("%Y-%m-%d %H:%M:%S%.6f")))
+            }
+            Type::DATE => {
+                let days = i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes"));
+                let date = i64::from(days)
+                    .checked_add(POSTGRES_EPOCH_DAYS)
+                    .and_then(|d| i32::try_from(d).ok())
+                    .and_then(arrow::temporal_conversions::date32_to_datetime)
+                    .ok_or_else(|| invalid("date"))?;
+                Ok(format!("DATE '{}'", date.format("%Y-%m-%d")))
             }
             _ => Err(user_error(
                 "ERROR",
@@ -609,6 +629,10 @@ fn literal(bytes: &[u8], declared: &Type, binary: bool) -> PgWireResult<String> 
         _ => quoted(text),
     }
 }
+
+/// Days from 1970-01-01 to 2000-01-01, Postgres' epoch of binary dates and
+/// timestamps.
+const POSTGRES_EPOCH_DAYS: i64 = 10_957;
 
 /// A string literal: quotes doubled (standard-conforming strings: a
 /// backslash is a backslash), no NUL.
@@ -729,6 +753,19 @@ mod tests {
         assert_eq!(literal(&7i32.to_be_bytes(), &Type::INT4, true).unwrap(), "7");
         assert!(literal(&[0, 1], &Type::INT4, true).is_err());
         assert!(literal(b"a\0b", &Type::TEXT, false).is_err());
+    }
+
+    #[test]
+    fn binary_times_are_typed_literals() {
+        // 2026-12-02 01:02:03.000004 UTC, in microseconds since 2000-01-01.
+        let micros: i64 = (1_796_173_323 - 946_684_800) * 1_000_000 + 4;
+        let at = literal(&micros.to_be_bytes(), &Type::TIMESTAMPTZ, true).unwrap();
+        assert_eq!(at, "TIMESTAMP '2026-12-02 01:02:03.000004+00:00'");
+        let plain = literal(&micros.to_be_bytes(), &Type::TIMESTAMP, true).unwrap();
+        assert_eq!(plain, "TIMESTAMP '2026-12-02 01:02:03.000004'");
+        assert_eq!(literal(&(-1i32).to_be_bytes(), &Type::DATE, true).unwrap(), "DATE '1999-12-31'");
+        assert!(literal(&i64::MAX.to_be_bytes(), &Type::TIMESTAMP, true).is_err(), "out of range is refused");
+        assert!(literal(&[0; 7], &Type::TIMESTAMP, true).is_err());
     }
 
     #[test]
