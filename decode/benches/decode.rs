@@ -4,6 +4,9 @@
 //! measure. simd-json parses in place, so its figures include copying the
 //! (immutable) Kafka payload into a scratch buffer, as a decoder would have to.
 //!
+//! The same events as raw binary Avro (`source.format = "avro"`, the
+//! pipeline's schema) are decoded too: `sluice_avro_decoder`.
+//!
 //! `cargo bench -p sluice-decode --bench decode`
 
 use std::hint::black_box;
@@ -77,6 +80,56 @@ fn events(n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+const AVRO_SCHEMA: &str = r#"{"type": "record", "name": "Click", "fields": [
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "session", "type": "string"},
+  {"name": "user", "type": {"type": "record", "name": "User", "fields": [
+    {"name": "id", "type": "string"}, {"name": "country", "type": "string"}]}},
+  {"name": "device", "type": "string"},
+  {"name": "url", "type": "string"},
+  {"name": "status", "type": "int"},
+  {"name": "latency_ms", "type": "int"},
+  {"name": "bytes", "type": "long"},
+  {"name": "is_bot", "type": "boolean"},
+  {"name": "referrer", "type": "string"}]}"#;
+
+/// Avro's zig-zag varint.
+fn long(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    long(out, s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The JSON events' values, in raw binary Avro of [`AVRO_SCHEMA`].
+fn avro_events(json: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    json.iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(e).unwrap();
+            let mut out = Vec::new();
+            long(&mut out, v["ts"].as_i64().unwrap());
+            string(&mut out, v["session"].as_str().unwrap());
+            string(&mut out, v["user"]["id"].as_str().unwrap());
+            string(&mut out, v["user"]["country"].as_str().unwrap());
+            string(&mut out, v["device"].as_str().unwrap());
+            string(&mut out, v["url"].as_str().unwrap());
+            for field in ["status", "latency_ms", "bytes"] {
+                long(&mut out, v[field].as_i64().unwrap());
+            }
+            out.push(u8::from(v["is_bot"].as_bool().unwrap()));
+            string(&mut out, v["referrer"].as_str().unwrap());
+            out
+        })
+        .collect()
+}
+
 fn decode(c: &mut Criterion) {
     let config = sluice_config::parse_pipeline(PIPELINE, Path::new("bench.toml"), &sluice_config::ProcessEnv).unwrap();
     let decoder = Decoder::new(&config);
@@ -90,6 +143,28 @@ fn decode(c: &mut Criterion) {
         b.iter(|| {
             for e in &events {
                 let row = decoder.decode(e).unwrap();
+                black_box(row.datums());
+            }
+        })
+    });
+    let avro_pipeline = PIPELINE.replacen(
+        "topic = \"clicks\"\n",
+        &format!("topic = \"clicks\"\nformat = \"avro\"\navro_schema = '''{AVRO_SCHEMA}'''\n"),
+        1,
+    );
+    let avro_config =
+        sluice_config::parse_pipeline(&avro_pipeline, Path::new("bench.toml"), &sluice_config::ProcessEnv).unwrap();
+    let avro_decoder = Decoder::new(&avro_config);
+    let avro = avro_events(&events);
+    eprintln!("average Avro event: {} bytes", avro.iter().map(Vec::len).sum::<usize>() / avro.len());
+    for (json, binary) in events.iter().zip(&avro) {
+        let (a, b) = (decoder.decode(json).unwrap(), avro_decoder.decode(binary).unwrap());
+        assert_eq!(a.datums(), b.datums(), "the same row from JSON and Avro");
+    }
+    group.bench_function("sluice_avro_decoder", |b| {
+        b.iter(|| {
+            for e in &avro {
+                let row = avro_decoder.decode(e).unwrap();
                 black_box(row.datums());
             }
         })
