@@ -98,6 +98,7 @@ impl<'a> Cells<'a> {
     }
 
     /// Column `i`'s value, or the reason it has none.
+    #[inline]
     pub fn put(&mut self, i: usize, cell: Result<Cell<'a>, BadRecord>) {
         self.cells[i] = match cell {
             Ok(cell) => cell,

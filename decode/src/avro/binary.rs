@@ -149,6 +149,14 @@ impl<'a> Cursor<'a> {
     /// Skips one value of node `id`: every byte of it checked for being
     /// there, nothing decoded. Iterative, whatever the nesting.
     pub fn skip(&mut self, schema: &AvroSchema, id: NodeId) -> Result<(), BadRecord> {
+        // Most skipped fields are one primitive: no stack for them.
+        match schema.node(id) {
+            AvroNode::Null => return self.spend(),
+            AvroNode::Boolean => return self.spend().and(self.boolean().map(drop)),
+            AvroNode::Int(_) | AvroNode::Long(_) => return self.spend().and(self.long().map(drop)),
+            AvroNode::Bytes(_) | AvroNode::String => return self.spend().and(self.bytes().map(drop)),
+            _ => {}
+        }
         enum Frame {
             Value(NodeId),
             /// The fields of a record from `next` on.

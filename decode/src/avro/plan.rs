@@ -210,12 +210,15 @@ fn convert<'a>(column: &ColumnDecoder, value: &Value<'a, '_>) -> Result<Cell<'a>
                 Logical::TimestampNanos => 1,
             };
             let per_unit = column.unit.nanos();
-            // Exact in i128; floored to the column's unit, as a
-            // coarser clock would read the instant.
-            let nanos = i128::from(v) * i128::from(nanos_per);
-            i64::try_from(nanos.div_euclid(i128::from(per_unit)))
-                .map(Cell::Timestamp)
-                .map_err(|_| range(format!("{v} ({logical:?})")))
+            // Units are powers of 1,000 apart (and a day is a whole number
+            // of each): a finer column multiplies, checked; a coarser one
+            // divides, floored, as a coarser clock would read the instant.
+            let converted = if nanos_per >= per_unit {
+                v.checked_mul(nanos_per / per_unit)
+            } else {
+                Some(v.div_euclid(per_unit / nanos_per))
+            };
+            converted.map(Cell::Timestamp).ok_or_else(|| range(format!("{v} ({logical:?})")))
         }
         Value::Long(v, _) => column.convert(Raw::I64(v)),
         Value::Double(v) => column.convert(Raw::F64(v)),
