@@ -27,8 +27,8 @@ pub(crate) struct AvroDecoder {
 }
 
 enum Writers {
-    /// Raw messages of the pipeline's schema (None: it does not parse,
-    /// which validation rules out; every record is then refused).
+    /// Raw messages of the pipeline's schema (an error when it does not
+    /// parse, which validation rules out: every record is then refused).
     Raw(Result<Plan, String>),
     Registry(Registry),
 }

@@ -61,13 +61,25 @@ pub(crate) fn is_catalog_table(name: &str) -> bool {
     TABLES.iter().any(|(n, _)| *n == name)
 }
 
-/// Whether catalog table `name` never has a row here (no defaults,
-/// collations, descriptions, constraints, indexes, views, ...).
+/// The catalog tables that never have a row here: no descriptions,
+/// enums, indexes, constraints, inheritance, defaults, collations,
+/// functions or views.
+const EMPTY: [&str; 10] = [
+    "pg_description",
+    "pg_enum",
+    "pg_index",
+    "pg_constraint",
+    "pg_inherits",
+    "pg_attrdef",
+    "pg_collation",
+    "pg_proc",
+    "pg_views",
+    "pg_matviews",
+];
+
+/// Whether catalog table `name` never has a row here.
 pub(crate) fn is_empty_catalog_table(name: &str) -> bool {
-    let catalog = PgCatalog { tables: Tables::default() };
-    is_catalog_table(name)
-        && !["pg_namespace", "pg_class", "pg_attribute", "pg_tables", "pg_stat_user_tables"].contains(&name)
-        && catalog.rows(name).is_empty()
+    EMPTY.contains(&name)
 }
 
 #[derive(Debug)]
@@ -706,6 +718,18 @@ mod tests {
         assert_eq!(quote_ident("Clicks"), "\"Clicks\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(type_name(1184), "timestamp with time zone");
+    }
+
+    #[test]
+    fn the_tables_said_to_be_empty_are_and_the_others_are_not() {
+        let tables = Tables::default();
+        let schema = Schema::new(vec![Field::new("ts", DataType::Int64, false)]);
+        let segments = crate::table::SegmentTable::new("clicks", &schema);
+        tables.write().unwrap().insert("clicks".into(), Arc::new(segments));
+        let catalog = PgCatalog { tables };
+        for (name, _) in TABLES {
+            assert_eq!(catalog.rows(name).is_empty(), is_empty_catalog_table(name), "{name}");
+        }
     }
 
     #[test]
