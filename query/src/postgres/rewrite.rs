@@ -462,5 +462,9 @@ mod tests {
         assert_eq!(rewritten("SELECT * FROM pg_views"), None, "a served table of a catalog name is the served one");
         assert_eq!(rewritten("not sql at all"), None);
         assert_eq!(rewritten("SELECT 1; SELECT 2"), None);
+        // Hostile nesting stops at the parser's depth limit: passed on
+        // untouched, for the engine's own limits to refuse.
+        let deep = format!("SELECT {}1{} FROM pg_class", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(rewritten(&deep), None);
     }
 }
