@@ -987,6 +987,9 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let topic = config.source.topic.clone();
+    // Only Confluent-framed Avro names schemas to fetch: other formats
+    // skip the check (and its lock) per record.
+    let registry = config.source.schema_registry.is_some();
     let consumer: Arc<sluice_decode::SourceConsumer> = Arc::new(
         sluice_decode::consumer_config(config)
             .set("group.id", format!("sluice-query-{}", config.table))
@@ -1130,7 +1133,7 @@ async fn run(
                 while let Some(message) = next.take() {
                     let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
                     let payload = message.payload().unwrap_or_default();
-                    if !view.fetch_schema(payload, &shutdown).await {
+                    if registry && !view.fetch_schema(payload, &shutdown).await {
                         return Ok(());
                     }
                     view.append(message.partition(), message.offset(), timestamp, payload);
