@@ -229,6 +229,31 @@ async fn confluent_framing_is_checked_before_the_schema_is_fetched() {
     assert_eq!(d.unfetched(&[0, 0, 0, 0, 7, 2]), Some(7), "still to fetch");
 }
 
+/// A registry behind basic auth (a managed registry's API key): the
+/// credentials in `source.schema_registry` are sent, a wrong one is an
+/// error to retry (never a verdict), and no message shows the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_in_the_url_are_sent_and_never_shown() {
+    let registry = sluice_testkit::SchemaRegistry::start().unwrap();
+    let id = registry.register("clicks-value", SCHEMA);
+    registry.require_basic_auth("key", "s3cret-value");
+    let with = |password: &str| {
+        let url = registry.url().replacen("http://", &format!("http://key:{password}@"), 1);
+        Decoder::new(&pipeline(&format!("schema_registry = \"{url}\"")))
+    };
+    let framed = [&[0u8][..], &id.to_be_bytes(), &click().0].concat();
+
+    let wrong = with("not-the-secret");
+    let error = wrong.fetch(id).await.unwrap_err().to_string();
+    assert!(error.contains("401") && !error.contains("not-the-secret"), "{error}");
+    assert_eq!(wrong.unfetched(&framed), Some(id), "a refused login is no verdict on the schema");
+
+    let right = with("s3cret-value");
+    right.fetch(id).await.unwrap();
+    assert_eq!(right.unfetched(&framed), None);
+    assert_eq!(right.decode(&framed).unwrap().datums()[1], Datum::Str("u1"));
+}
+
 /// One column of `ty`/`format` reading field `v` of type `field`.
 fn one_field(ty: ColumnType, format: TimestampFormat, field: &str) -> (PipelineConfig, AvroSchema) {
     let schema = format!(r#"{{"type": "record", "name": "R", "fields": [{{"name": "v", "type": {field}}}]}}"#);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -37,6 +37,8 @@ struct Shared {
     registry: Arc<Mutex<Registry>>,
     down: Arc<AtomicBool>,
     requests: Arc<AtomicU64>,
+    /// The `Authorization` header every request must carry, when set.
+    authorization: Arc<Mutex<Option<String>>>,
 }
 
 /// The registry, served until dropped.
@@ -84,6 +86,14 @@ impl SchemaRegistry {
     /// While down, every request is answered `503`.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// From now on, every request must carry these basic credentials
+    /// (`401` otherwise), as a managed registry's API keys are.
+    pub fn require_basic_auth(&self, user: &str, password: &str) {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        *self.shared.authorization.lock().unwrap() = Some(format!("Basic {token}"));
     }
 
     /// Requests served so far (including refused ones).
@@ -140,12 +150,20 @@ fn not_found(code: u32, message: String) -> Response {
     answer(StatusCode::NOT_FOUND, json!({"error_code": code, "message": message}))
 }
 
-/// The outage switch and the request count, before any route.
-fn admit(shared: &Shared) -> Option<Response> {
+/// The outage switch, the credentials and the request count, before any
+/// route.
+fn admit(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    shared.down.load(Ordering::SeqCst).then(|| {
-        answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error_code": 50003, "message": "the registry is down"}))
-    })
+    if shared.down.load(Ordering::SeqCst) {
+        return Some(answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error_code": 50003, "message": "the registry is down"}),
+        ));
+    }
+    let required = shared.authorization.lock().unwrap().clone()?;
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    (given != Some(required.as_str()))
+        .then(|| answer(StatusCode::UNAUTHORIZED, json!({"error_code": 401, "message": "Unauthorized"})))
 }
 
 /// The schema text and type of a registration or lookup body.
@@ -158,8 +176,8 @@ fn parse_body(body: &str) -> Result<(String, String), Box<Response>> {
     Ok((schema.to_string(), value["schemaType"].as_str().unwrap_or("AVRO").to_string()))
 }
 
-async fn schema_by_id(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
-    if let Some(refused) = admit(&shared) {
+async fn schema_by_id(State(shared): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(refused) = admit(&shared, &headers) {
         return refused;
     }
     let registry = shared.registry.lock().unwrap();
@@ -171,16 +189,21 @@ async fn schema_by_id(State(shared): State<Shared>, Path(id): Path<String>) -> R
     }
 }
 
-async fn subjects(State(shared): State<Shared>) -> Response {
-    if let Some(refused) = admit(&shared) {
+async fn subjects(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(refused) = admit(&shared, &headers) {
         return refused;
     }
     let registry = shared.registry.lock().unwrap();
     answer(StatusCode::OK, json!(registry.subjects.keys().collect::<Vec<_>>()))
 }
 
-async fn register(State(shared): State<Shared>, Path(subject): Path<String>, body: String) -> Response {
-    if let Some(refused) = admit(&shared) {
+async fn register(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: String,
+) -> Response {
+    if let Some(refused) = admit(&shared, &headers) {
         return refused;
     }
     match parse_body(&body) {
@@ -192,8 +215,13 @@ async fn register(State(shared): State<Shared>, Path(subject): Path<String>, bod
     }
 }
 
-async fn lookup(State(shared): State<Shared>, Path(subject): Path<String>, body: String) -> Response {
-    if let Some(refused) = admit(&shared) {
+async fn lookup(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    body: String,
+) -> Response {
+    if let Some(refused) = admit(&shared, &headers) {
         return refused;
     }
     let (schema, ty) = match parse_body(&body) {
@@ -211,8 +239,8 @@ async fn lookup(State(shared): State<Shared>, Path(subject): Path<String>, body:
     }
 }
 
-async fn latest(State(shared): State<Shared>, Path(subject): Path<String>) -> Response {
-    if let Some(refused) = admit(&shared) {
+async fn latest(State(shared): State<Shared>, headers: HeaderMap, Path(subject): Path<String>) -> Response {
+    if let Some(refused) = admit(&shared, &headers) {
         return refused;
     }
     let registry = shared.registry.lock().unwrap();
