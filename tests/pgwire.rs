@@ -149,6 +149,8 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     assert_eq!(tables[0][2], "clicks");
     assert_eq!(tables[0][3], "TABLE");
     assert_eq!(outcomes["Grafana: table picker"], json!([["clicks"]]));
+    let types = json!([["ts", "timestamp with time zone"], ["user_id", "text"], ["status", "integer"]]);
+    assert_eq!(outcomes["Grafana: column picker"], types, "Postgres' type names, which Grafana's builder reads");
     assert!(outcomes["DBeaver: server version"][0][0].as_str().unwrap().starts_with("PostgreSQL 16"));
     // pgjdbc itself (Debian's libpostgresql-jdbc-java), as DBeaver and
     // Metabase drive it.

@@ -266,6 +266,26 @@ const TABLES: &[(&str, &[(&str, Kind)])] = {
         ("pg_views", &[("schemaname", Text), ("viewname", Text), ("viewowner", Text), ("definition", Text)]),
         ("pg_matviews", &[("schemaname", Text), ("matviewname", Text), ("matviewowner", Text), ("definition", Text)]),
         ("pg_stat_user_tables", &[("relid", Oid), ("schemaname", Text), ("relname", Text), ("n_live_tup", Oid)]),
+        // `information_schema.columns` as Postgres has it (types by their
+        // SQL names): the wire protocol reads it instead of DataFusion's,
+        // whose `data_type` is Arrow's (`Int32`, `Utf8View`).
+        (
+            "pg_columns",
+            &[
+                ("table_catalog", Text),
+                ("table_schema", Text),
+                ("table_name", Text),
+                ("column_name", Text),
+                ("ordinal_position", Int),
+                ("column_default", Text),
+                ("is_nullable", Text),
+                ("data_type", Text),
+                ("udt_name", Text),
+                ("character_maximum_length", Int),
+                ("numeric_precision", Int),
+                ("numeric_scale", Int),
+            ],
+        ),
         ("pg_description", &[("objoid", Oid), ("classoid", Oid), ("objsubid", Int), ("description", Text)]),
         ("pg_enum", &[("oid", Oid), ("enumtypid", Oid), ("enumsortorder", Float), ("enumlabel", Text)]),
         (
@@ -462,6 +482,23 @@ impl PgCatalog {
             "pg_stat_user_tables" => {
                 served.iter().map(|(name, _)| vec![V::I(relation_oid(name)), t("public"), t(name), V::Null]).collect()
             }
+            "pg_columns" => served
+                .iter()
+                .flat_map(|(name, schema)| {
+                    schema
+                        .fields()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, field)| {
+                            let ty = super::pg_type(field.data_type());
+                            let mut row = vec![t(DATABASE), t("public"), t(name), t(field.name()), V::I(i as i64 + 1)];
+                            row.extend([V::Null, t(if field.is_nullable() { "YES" } else { "NO" })]);
+                            row.extend([t(type_name(i64::from(ty.oid()))), t(ty.name()), V::Null, V::Null, V::Null]);
+                            row
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }

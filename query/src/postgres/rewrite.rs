@@ -13,6 +13,8 @@
 //! - `current_user`, `session_user`, `user` → the login name;
 //! - `IN (SELECT ... current_setting('search_path') ...)` (the schemas of
 //!   the search path, as Grafana lists them) → `IN ('public')`;
+//! - `information_schema.columns` → `pg_catalog.pg_columns`, the same
+//!   columns with Postgres' type names (DataFusion's has Arrow's);
 //! - in queries of the catalog only: scalar subqueries aggregated (or NULL
 //!   over an always-empty catalog table), `n.oid, n.*` made distinct, and
 //!   a query over an always-empty catalog table answered as no rows.
@@ -45,6 +47,13 @@ pub(crate) fn rewrite(sql: &str, user: &str, served: impl Fn(&str) -> bool) -> O
             && !served(&table.value)
         {
             name.0.insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
+            changed = true;
+        }
+        if let [ObjectNamePart::Identifier(schema), ObjectNamePart::Identifier(table)] = name.0.as_slice()
+            && schema.value.eq_ignore_ascii_case("information_schema")
+            && table.value.eq_ignore_ascii_case("columns")
+        {
+            *name = ObjectName::from(vec![Ident::new("pg_catalog"), Ident::new("pg_columns")]);
             changed = true;
         }
         catalog |= matches!(name.0.first(), Some(ObjectNamePart::Identifier(schema))
