@@ -263,6 +263,45 @@ pub async fn ingest_partition(ctx: Arc<PipelineContext>, lease: Lease, stop: wat
     exit
 }
 
+/// How long librdkafka may take to take a partition over before the
+/// partition fails (and is retried with backoff, visibly).
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Splits the partition's queue off the consumer, then assigns the
+/// partition at `assignment`'s offset: on a blocking thread, within
+/// [`ASSIGN_TIMEOUT`]. librdkafka's assignment waits for its own main
+/// thread; on the worker's two runtime threads, two partitions starting
+/// at once could otherwise block every task of the worker, the stall
+/// detector's included (seen under CPU contention: a restarted worker
+/// logged nothing for 90 s). A partition an earlier, abandoned attempt
+/// assigned late is unassigned first, so a retry is never refused as a
+/// duplicate.
+async fn assign(
+    consumer: &Arc<SourceConsumer>,
+    topic: &str,
+    partition: i32,
+    assignment: &TopicPartitionList,
+) -> Result<PartitionQueue, String> {
+    let (consumer, topic, assignment) = (consumer.clone(), topic.to_string(), assignment.clone());
+    let assigning = tokio::task::spawn_blocking(move || {
+        let already = consumer.assignment().is_ok_and(|current| current.find_partition(&topic, partition).is_some());
+        if already {
+            let mut stale = TopicPartitionList::new();
+            stale.add_partition(&topic, partition);
+            consumer.incremental_unassign(&stale).map_err(|e| format!("unassign a stale assignment: {e}"))?;
+        }
+        let queue = PartitionQueue::split(&consumer, &topic, partition)
+            .ok_or_else(|| format!("no queue for partition {partition} of {topic}"))?;
+        consumer.incremental_assign(&assignment).map_err(|e| format!("assign: {e}"))?;
+        Ok(queue)
+    });
+    match tokio::time::timeout(ASSIGN_TIMEOUT, assigning).await {
+        Ok(Ok(assigned)) => assigned,
+        Ok(Err(e)) => Err(format!("assign: {e}")),
+        Err(_) => Err(format!("the Kafka consumer did not take the partition within {ASSIGN_TIMEOUT:?}")),
+    }
+}
+
 async fn consume_partition(
     ctx: Arc<PipelineContext>,
     held: &mut Option<Lease>,
@@ -299,15 +338,10 @@ async fn consume_partition(
     // Split before assigning: librdkafka forwards a newly assigned
     // partition's fetch queue to the consumer's queue unless the application
     // already took it over, and never once it has.
-    let Some(queue) = PartitionQueue::split(consumer, &config.source.topic, partition) else {
-        return Exit::failed(
-            FailReason::Assign,
-            format!("no queue for partition {partition} of {}", config.source.topic),
-        );
+    let queue = match assign(consumer, &config.source.topic, partition, &assignment).await {
+        Ok(queue) => queue,
+        Err(detail) => return Exit::failed(FailReason::Assign, detail),
     };
-    if let Err(e) = consumer.incremental_assign(&assignment) {
-        return Exit::failed(FailReason::Assign, format!("assign: {e}"));
-    }
     tracing::info!(table = %config.table, partition, ?start, epoch = lease.epoch(), "consuming");
 
     let labels = [("table", config.table.clone()), ("partition", partition.to_string())];
