@@ -211,7 +211,7 @@ fn a_writer_schema_of_the_wrong_type_names_its_column() {
 }
 
 fn registry_decoder() -> Decoder {
-    Decoder::new(&pipeline("schema_registry = \"http://127.0.0.1:9\""))
+    Decoder::new(&pipeline("schema_registry = \"http://key:s3cret@127.0.0.1:9\""))
 }
 
 #[tokio::test]
@@ -224,8 +224,9 @@ async fn confluent_framing_is_checked_before_the_schema_is_fetched() {
     assert_eq!(d.unfetched(&[0, 0, 0, 0, 7, 2]), Some(7));
     assert_eq!(d.unfetched(&[1, 0, 0, 0, 7, 2]), None, "a bad frame needs no schema");
     // Nothing listens on port 9: an error to retry, never a verdict.
-    let error = d.fetch(7).await.unwrap_err();
-    assert!(error.to_string().contains("schema 7"), "{error}");
+    let error = d.fetch(7).await.unwrap_err().to_string();
+    assert!(error.contains("schema 7") && error.contains("127.0.0.1:9"), "{error}");
+    assert!(!error.contains("s3cret"), "credentials never reach a message: {error}");
     assert_eq!(d.unfetched(&[0, 0, 0, 0, 7, 2]), Some(7), "still to fetch");
 }
 

@@ -107,7 +107,12 @@ impl Registry {
     async fn ask(&self, id: SchemaId, paths: &PathNode, columns: &[ColumnDecoder]) -> Result<Verdict, RegistryError> {
         let registry = || self.shown.clone();
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let unreachable = |source| RegistryError::Unreachable { registry: registry(), id, source };
+        // Without its URL: the message names the registry as `shown` does.
+        let unreachable = |source: reqwest::Error| RegistryError::Unreachable {
+            registry: registry(),
+            id,
+            source: source.without_url(),
+        };
         let mut response = self
             .client
             .get(url)
