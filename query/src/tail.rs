@@ -858,6 +858,17 @@ fn append(builder: &mut ConsumingSegment, decoder: &Decoder, offset: i64, payloa
     }
 }
 
+/// Runs a librdkafka call that waits for its main thread (assigning,
+/// unassigning) on a blocking thread: the node's async threads never wait
+/// on it, as a worker's partitions do not.
+async fn off_runtime<T: Send + 'static>(
+    consumer: &Arc<sluice_decode::SourceConsumer>,
+    call: impl FnOnce(&sluice_decode::SourceConsumer) -> rdkafka::error::KafkaResult<T> + Send + 'static,
+) -> rdkafka::error::KafkaResult<T> {
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || call(&consumer)).await.unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}
+
 /// The first offset of `partition` and the one after its last record
 /// (None: unreadable now).
 async fn watermarks(consumer: &Arc<sluice_decode::SourceConsumer>, topic: &str, partition: i32) -> Option<(i64, i64)> {
@@ -1061,7 +1072,7 @@ async fn run(
                 }
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&topic, partition, start)?;
-                consumer.incremental_assign(&tpl)?;
+                off_runtime(&consumer, move |c| c.incremental_assign(&tpl)).await?;
                 assigned.insert(partition, ());
             }
             if in_cluster {
@@ -1070,7 +1081,7 @@ async fn run(
                 for partition in handed {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
-                    consumer.incremental_unassign(&tpl)?;
+                    off_runtime(&consumer, move |c| c.incremental_unassign(&tpl)).await?;
                     assigned.remove(&partition);
                     view.stop_following(partition);
                 }
@@ -1097,12 +1108,12 @@ async fn run(
             }
         }
         for (partition, offset) in view.take_reseeks() {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, partition);
-            consumer.incremental_unassign(&tpl)?;
+            let mut gone = TopicPartitionList::new();
+            gone.add_partition(&topic, partition);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-            consumer.incremental_assign(&tpl)?;
+            off_runtime(&consumer, move |c| c.incremental_unassign(&gone).and_then(|()| c.incremental_assign(&tpl)))
+                .await?;
         }
         let wait = next_publish.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         tokio::select! {
