@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
@@ -505,70 +505,44 @@ impl PgCatalog {
 
     fn batch(&self, table: &str, columns: &[(&str, Kind)]) -> Result<RecordBatch> {
         let rows = self.rows(table);
-        let fields: Vec<Field> = columns
-            .iter()
-            .map(|(name, kind)| {
-                let ty = match kind {
-                    Kind::Oid => DataType::Int64,
-                    Kind::Int => DataType::Int32,
-                    Kind::Text => DataType::Utf8,
-                    Kind::Bool => DataType::Boolean,
-                    Kind::Float => DataType::Float64,
-                };
-                Field::new(*name, ty, true)
-            })
-            .collect();
-        let arrays: Vec<ArrayRef> = columns
+        let fields: Vec<Field> = columns.iter().map(|(name, kind)| Field::new(*name, kind.data_type(), true)).collect();
+        let arrays = columns
             .iter()
             .enumerate()
             .map(|(i, (_, kind))| {
-                let cell = |row: &Vec<V>| row.get(i).cloned().unwrap_or(V::Null);
-                let array: ArrayRef = match kind {
-                    Kind::Oid => Arc::new(
-                        rows.iter()
-                            .map(|r| match cell(r) {
-                                V::I(v) => Some(v),
-                                _ => None,
-                            })
-                            .collect::<Int64Array>(),
-                    ),
-                    Kind::Int => Arc::new(
-                        rows.iter()
-                            .map(|r| match cell(r) {
-                                V::I(v) => i32::try_from(v).ok(),
-                                _ => None,
-                            })
-                            .collect::<Int32Array>(),
-                    ),
-                    Kind::Text => Arc::new(
-                        rows.iter()
-                            .map(|r| match cell(r) {
-                                V::T(v) => Some(v),
-                                _ => None,
-                            })
-                            .collect::<StringArray>(),
-                    ),
-                    Kind::Bool => Arc::new(
-                        rows.iter()
-                            .map(|r| match cell(r) {
-                                V::B(v) => Some(v),
-                                _ => None,
-                            })
-                            .collect::<BooleanArray>(),
-                    ),
-                    Kind::Float => Arc::new(
-                        rows.iter()
-                            .map(|r| match cell(r) {
-                                V::F(v) => Some(v),
-                                _ => None,
-                            })
-                            .collect::<Float64Array>(),
-                    ),
-                };
-                array
+                let values: Vec<ScalarValue> = rows.iter().map(|row| kind.scalar(row.get(i))).collect();
+                if values.is_empty() {
+                    return Ok(arrow::array::new_empty_array(&kind.data_type()));
+                }
+                ScalarValue::iter_to_array(values)
             })
-            .collect();
+            .collect::<Result<Vec<ArrayRef>>>()?;
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(DataFusionError::from)
+    }
+}
+
+impl Kind {
+    fn data_type(self) -> DataType {
+        match self {
+            Kind::Oid => DataType::Int64,
+            Kind::Int => DataType::Int32,
+            Kind::Text => DataType::Utf8,
+            Kind::Bool => DataType::Boolean,
+            Kind::Float => DataType::Float64,
+        }
+    }
+
+    /// A row's value as a column of this kind holds it (NULL when the row
+    /// has none, or one of another kind).
+    fn scalar(self, value: Option<&V>) -> ScalarValue {
+        match (self, value) {
+            (Kind::Oid, Some(V::I(v))) => ScalarValue::Int64(Some(*v)),
+            (Kind::Int, Some(V::I(v))) => ScalarValue::Int32(i32::try_from(*v).ok()),
+            (Kind::Text, Some(V::T(v))) => ScalarValue::Utf8(Some(v.clone())),
+            (Kind::Bool, Some(V::B(v))) => ScalarValue::Boolean(Some(*v)),
+            (Kind::Float, Some(V::F(v))) => ScalarValue::Float64(Some(*v)),
+            (kind, _) => ScalarValue::try_from(&kind.data_type()).unwrap_or(ScalarValue::Null),
+        }
     }
 }
 
