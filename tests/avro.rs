@@ -144,14 +144,7 @@ topic = "{topic}-dead"
     /// A query node on this catalog: its HTTP address, and the process.
     fn start_query_node(&self) -> (String, GuardedChild) {
         let http = format!("127.0.0.1:{}", free_port().unwrap());
-        let config = self.dir.path().join("q1.toml");
-        let text = format!(
-            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\n[http]\nlisten = \"{http}\"\n",
-            self.dir.path().join("cache").display(),
-            self.zk.connect_string(),
-            self.root
-        );
-        std::fs::write(&config, text).unwrap();
+        let config = common::query_config(self.dir.path(), &self.zk.connect_string(), &self.root, &http, "");
         (http, common::start_query_node(self.dir.path(), &config))
     }
 

@@ -47,14 +47,19 @@ impl CommittedClicks {
     /// Writes the config of query node `q1` following this catalog, with
     /// HTTP on `addr` and `extra` appended; returns its path.
     pub fn query_config(&self, addr: &str, extra: &str) -> std::path::PathBuf {
-        let path = self.dir.path().join("query.toml");
-        let text = format!(
-            "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{}\"\nroot = \"{}\"\n[http]\nlisten = \"{addr}\"\n{extra}",
-            self.dir.path().join("cache").display(),
-            self.zk.connect_string(),
-            self.root
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        query_config(self.dir.path(), &self.zk.connect_string(), &self.root, addr, extra)
     }
+}
+
+/// Writes `dir/query.toml`, the config of query node `q1` following the
+/// catalog at `root` on ZooKeeper `connect`, with HTTP on `addr` and
+/// `extra` appended; returns its path.
+pub fn query_config(dir: &Path, connect: &str, root: &str, addr: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("query.toml");
+    let text = format!(
+        "node_id = \"q1\"\ncache_dir = \"{}\"\n[coordinator]\nconnect = \"{connect}\"\nroot = \"{root}\"\n[http]\nlisten = \"{addr}\"\n{extra}",
+        dir.join("cache").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }
