@@ -255,6 +255,26 @@ async fn registry_credentials_in_the_url_are_sent_and_never_shown() {
     assert_eq!(right.decode(&framed).unwrap().datums()[1], Datum::Str("u1"));
 }
 
+/// A registry answer larger than the cap (a hostile or broken registry)
+/// is an error, read no further than the cap; an id under a schema that
+/// is not valid Avro is a verdict: its records are bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_registry_answers_are_bounded_or_refused() {
+    let registry = sluice_testkit::SchemaRegistry::start().unwrap();
+    let huge = SCHEMA.replacen("\"Click\",", &format!("\"Click\", \"doc\": \"{}\",", "x".repeat(5 << 20)), 1);
+    let huge_id = registry.register("huge-value", &huge);
+    let broken_id = registry
+        .register("broken-value", r#"{"type": "record", "name": "B", "fields": [{"name": "a", "type": "Nope"}]}"#);
+    let d = Decoder::new(&pipeline(&format!("schema_registry = \"{}\"", registry.url())));
+    let error = d.fetch(huge_id).await.unwrap_err().to_string();
+    assert!(error.contains("more than"), "{error}");
+    d.fetch(broken_id).await.unwrap();
+    let framed = [&[0u8][..], &broken_id.to_be_bytes(), &click().0].concat();
+    let bad = d.decode(&framed).map(|_| ()).unwrap_err();
+    assert_eq!(bad.kind, BadRecordKind::UnknownSchemaId);
+    assert!(bad.detail.contains("not a valid Avro schema"), "{bad}");
+}
+
 /// One column of `ty`/`format` reading field `v` of type `field`.
 fn one_field(ty: ColumnType, format: TimestampFormat, field: &str) -> (PipelineConfig, AvroSchema) {
     let schema = format!(r#"{{"type": "record", "name": "R", "fields": [{{"name": "v", "type": {field}}}]}}"#);
