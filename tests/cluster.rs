@@ -64,8 +64,16 @@ struct Node {
 }
 
 impl Node {
-    /// `limits` is more of the node's `[limits]` table.
-    fn new(root_dir: &Path, id: &str, zk: &ZooKeeper, root: &str, replication: u32, limits: &str) -> Node {
+    /// `settings` is more of the node's top-level settings, `limits` more
+    /// of its `[limits]` table.
+    fn new(
+        root_dir: &Path,
+        id: &str,
+        zk: &ZooKeeper,
+        root: &str,
+        replication: u32,
+        (settings, limits): (&str, &str),
+    ) -> Node {
         let dir = root_dir.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         let addr = format!("127.0.0.1:{}", free_port().unwrap());
@@ -74,7 +82,7 @@ impl Node {
             &config,
             format!(
                 "node_id = \"{id}\"\ncache_dir = \"{}\"\nflight_listen = \"127.0.0.1:0\"\nreplication = {replication}\n\
-                 flight_token = \"{TOKEN}\"\n\
+                 flight_token = \"{TOKEN}\"\n{settings}\
                  [coordinator]\nconnect = \"{}\"\nroot = \"{root}\"\nsession_timeout = \"4s\"\n[http]\nlisten = \"{addr}\"\n\
                  [limits]\nquery_timeout = \"{QUERY_TIMEOUT_S}s\"\n{limits}",
                 dir.join("cache").display(),
@@ -170,10 +178,17 @@ async fn cluster(replication: u32) -> (ZooKeeper, tempfile::TempDir, Vec<Node>, 
     let total = fixture::SEGMENT_ROWS.iter().sum::<usize>() as i64;
     // q2 runs one thread: DataFusion plans with one target partition there
     // (its cluster scans keep two, so partial steps stay on the holders).
-    let nodes: Vec<Node> = [("q1", ""), ("q2", "threads = 1\n"), ("q3", "")]
-        .iter()
-        .map(|(id, limits)| Node::new(dir.path(), id, &zk, &root, replication, limits))
-        .collect();
+    // q3 shuffles every grouping's partial states over the holders (the
+    // fixture's groups are too few to reach the default threshold), so the
+    // corpus runs through both merges.
+    let nodes: Vec<Node> = [
+        ("q1", ("", "")),
+        ("q2", ("shuffle_min_groups = 0\n", "threads = 1\n")),
+        ("q3", ("shuffle_min_groups = 0\n", "")),
+    ]
+    .into_iter()
+    .map(|(id, settings)| Node::new(dir.path(), id, &zk, &root, replication, settings))
+    .collect();
     // Each node holds its share of each table, ± one segment.
     // `users` sets its own replication: 3, every node.
     let share = |table: &str, replication: u32| {
@@ -274,6 +289,21 @@ async fn three_nodes_share_segments_and_answer_like_one() {
     let plan = query(&nodes[0].addr, "EXPLAIN SELECT device, COUNT(*) FROM clicks GROUP BY device").await.to_string();
     let (boundary, grouping) = (plan.find("NetworkCoalesceExec"), plan.find("DictionaryGroupBy: gby=[device]"));
     assert!(boundary.is_some() && boundary < grouping && grouping < plan.find("ClusterScanExec"), "{plan}");
+
+    // Past `shuffle_min_groups` (0 on q2 and q3), the holders merge the
+    // partial states among themselves: each task of the shuffle's stage
+    // merges its share of the keys, and only merged groups reach the node
+    // that took the query. On q2 (one thread) DataFusion planned a `Final`
+    // merge on one partition; it becomes the same partitioned merge.
+    for node in &nodes[1..] {
+        let sql = "EXPLAIN SELECT user_id, COUNT(*) FROM clicks GROUP BY user_id";
+        let plan = query(&node.addr, sql).await.to_string();
+        let at = |needle: &str| plan.find(needle).unwrap_or_else(|| panic!("{needle} in {plan}"));
+        let (gather, merge, shuffle) =
+            (at("NetworkCoalesceExec"), at("mode=FinalPartitioned"), at("NetworkShuffleExec"));
+        let (partial, scan) = (at("mode=Partial"), at("ClusterScanExec"));
+        assert!(gather < merge && merge < shuffle && shuffle < partial && partial < scan, "{plan}");
+    }
 
     // The deadline covers the whole distributed query: with a holder hung
     // (SIGSTOP: connected, never answering) the query ends at its deadline

@@ -1,6 +1,6 @@
 //! Scale-out benchmark: the same clickstream rows served by one `sluice
-//! query` node holding every segment, then by three nodes in a cluster at
-//! replication 1 (DataFusion Distributed over Arrow Flight), over a real
+//! query` node holding every segment and, side by side, by three nodes in a
+//! cluster at replication 1 (DataFusion Distributed over Arrow Flight), over a real
 //! ZooKeeper, on this machine. For each benchmark query: the median latency
 //! over HTTP on each setup and their ratio, the bytes that crossed the
 //! loopback interface per query (HTTP alone on one node; HTTP plus Flight
@@ -14,7 +14,9 @@
 //!
 //! Naming queries runs only those (to profile one). The cluster's nodes
 //! send batches uncompressed unless `CLUSTER_BENCH_COMPRESSION` names
-//! another `flight_compression`.
+//! another `flight_compression`; `CLUSTER_BENCH_THREADS` sets their
+//! `limits.threads` and `CLUSTER_BENCH_SHUFFLE_MIN_GROUPS` their
+//! `shuffle_min_groups`.
 
 #[path = "../../tests/common/catalog.rs"]
 mod catalog;
@@ -65,13 +67,15 @@ fn main() -> anyhow::Result<()> {
     let bytes = runtime.block_on(commit(&zk, &root, &dir.path().join("deep"), rows, segments))?;
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
 
+    // Both setups run side by side and each query alternates between
+    // them: this machine's speed drifts by up to 2x within minutes, and a
+    // ratio of two runs taken minutes apart measured the drift as much as
+    // the cluster. An idle node spends no CPU.
     let single = Setup::start(&sluice, dir.path(), &zk, &root, &["single"], false)?;
-    single.settle(rows, segments)?;
-    let single_shares = single.shares();
-    let one = single.measure(&queries, repeats)?;
-    drop(single);
     let cluster = Setup::start(&sluice, dir.path(), &zk, &root, &["q1", "q2", "q3"], true)?;
+    single.settle(rows, segments)?;
     cluster.settle(rows, segments)?;
+    let single_shares = single.shares();
     let cluster_shares = cluster.shares();
     if std::env::var_os("CLUSTER_BENCH_EXPLAIN").is_some() {
         // The distributed plan of each query, as the first node makes it.
@@ -83,13 +87,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let three = cluster.measure(&queries, repeats)?;
-    drop(cluster);
+    let (one, three) = measure(&single, &cluster, &queries, repeats)?;
+    drop((single, cluster));
 
     println!(
         "Scale-out benchmark: {rows} rows in {segments} segments over {PARTITIONS} partitions ({:.0} MiB of segment files); \
-         one query node, then three at replication 1, on one {}-core machine; median of {repeats} warm runs over HTTP, \
-         the three-node queries sent to each node in turn.\n",
+         one query node and three at replication 1 side by side, on one {}-core machine; median of {repeats} warm runs \
+         over HTTP, alternating between the two setups, the three-node queries sent to each node in turn.\n",
         bytes as f64 / 1048576.0,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -196,9 +200,11 @@ impl Setup {
             let addr = format!("127.0.0.1:{}", free_port()?);
             let member = if cluster {
                 let compression = std::env::var("CLUSTER_BENCH_COMPRESSION").unwrap_or_else(|_| "none".into());
+                let shuffle = std::env::var("CLUSTER_BENCH_SHUFFLE_MIN_GROUPS")
+                    .map_or_else(|_| String::new(), |n| format!("shuffle_min_groups = {n}\n"));
                 format!(
                     "flight_listen = \"127.0.0.1:0\"\nreplication = 1\nflight_token = \"{TOKEN}\"\n\
-                     flight_compression = \"{compression}\"\n"
+                     flight_compression = \"{compression}\"\n{shuffle}"
                 )
             } else {
                 String::new()
@@ -258,34 +264,60 @@ impl Setup {
             })
             .collect()
     }
+}
 
-    fn measure(&self, queries: &[&(&str, &str, Kind)], repeats: usize) -> anyhow::Result<Vec<Measured>> {
-        let mut out = Vec::new();
-        for (name, sql, _) in queries {
+/// Each query's figures on one node and on the cluster: runs alternate
+/// between them, the cluster's sent to each of its nodes in turn.
+fn measure(
+    single: &Setup,
+    cluster: &Setup,
+    queries: &[&(&str, &str, Kind)],
+    repeats: usize,
+) -> anyhow::Result<(Vec<Measured>, Vec<Measured>)> {
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    for (name, sql, _) in queries {
+        let mut runs = [Run::default(), Run::default()];
+        for (setup, run) in [single, cluster].into_iter().zip(&mut runs) {
             // Warm: each node plans and reads the query once.
-            let mut rows = 0;
-            for (_, addr, _) in &self.nodes {
-                rows = query(addr, sql)?["resultTable"]["rows"].as_array().map_or(0, Vec::len);
+            for (_, addr, _) in &setup.nodes {
+                run.rows = query(addr, sql)?["resultTable"]["rows"].as_array().map_or(0, Vec::len);
             }
-            let cpu_before: Vec<f64> = self.nodes.iter().map(|(_, _, c)| cpu_ms(c)).collect();
-            let loopback_before = loopback_bytes()?;
-            let mut times = Vec::with_capacity(repeats);
-            for r in 0..repeats {
-                let (_, addr, _) = &self.nodes[r % self.nodes.len()];
+            run.cpu_ms = setup.nodes.iter().map(|(_, _, c)| -cpu_ms(c)).collect();
+        }
+        for r in 0..repeats {
+            for (setup, run) in [single, cluster].into_iter().zip(&mut runs) {
+                let (_, addr, _) = &setup.nodes[r % setup.nodes.len()];
+                let loopback_before = loopback_bytes()?;
                 let t = Instant::now();
                 let answer = query(addr, sql)?;
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                run.times.push(t.elapsed().as_secs_f64() * 1000.0);
+                run.loopback += loopback_bytes()? - loopback_before;
                 if answer["exceptions"] != json!([]) {
                     bail!("{name} on {addr}: {answer}");
                 }
             }
-            let loopback = (loopback_bytes()? - loopback_before) as f64 / repeats as f64;
-            let cpu =
-                self.nodes.iter().zip(&cpu_before).map(|((_, _, c), b)| (cpu_ms(c) - b) / repeats as f64).collect();
-            out.push(Measured { rows, median_ms: median(times), loopback_bytes: loopback, cpu_ms: cpu });
         }
-        Ok(out)
+        for ((setup, run), out) in [single, cluster].into_iter().zip(runs).zip([&mut one, &mut three]) {
+            let cpu = setup.nodes.iter().zip(&run.cpu_ms).map(|((_, _, c), b)| (cpu_ms(c) + b) / repeats as f64);
+            out.push(Measured {
+                rows: run.rows,
+                median_ms: median(run.times),
+                loopback_bytes: run.loopback as f64 / repeats as f64,
+                cpu_ms: cpu.collect(),
+            });
+        }
     }
+    Ok((one, three))
+}
+
+/// One setup's runs of one query so far.
+#[derive(Default)]
+struct Run {
+    rows: usize,
+    times: Vec<f64>,
+    loopback: u64,
+    /// Per node: minus its CPU time before the runs.
+    cpu_ms: Vec<f64>,
 }
 
 fn query(addr: &str, sql: &str) -> anyhow::Result<Value> {

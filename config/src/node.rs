@@ -526,6 +526,13 @@ pub struct QueryNodeConfig {
     /// saves on a 10 Gbit/s network; worth it on slower links.
     #[serde(default)]
     pub flight_compression: FlightCompression,
+    /// Groups (the most distinct values of a grouping's keys in one
+    /// segment) from which the nodes holding a table merge a grouping's
+    /// partial states among themselves, each its share of the keys, rather
+    /// than all at the node that took the query. Absent: 65536; 0 shuffles
+    /// every grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_min_groups: Option<u64>,
     /// The Postgres wire protocol (psql, psycopg, Grafana's and Metabase's
     /// Postgres sources). Absent: not served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -586,6 +593,9 @@ impl QueryNodeConfig {
         self.object_store.validate(&mut p);
         if let Some(r) = self.replication.filter(|r| !(1..=16).contains(r)) {
             p.push("replication", r.to_string(), "from 1 to 16 query nodes per segment");
+        }
+        if self.shuffle_min_groups.is_some() && self.flight_listen.is_none() {
+            p.push("shuffle_min_groups", "set", "`flight_listen` too: only a node in a cluster shuffles");
         }
         if self.replication.is_some() && self.flight_listen.is_none() {
             p.push("replication", "set", "`flight_listen` too: only a node in a cluster shares segments");

@@ -531,6 +531,25 @@ fn the_flight_compression_is_one_of_three() {
     assert!(error.contains("flight_compression") && error.contains("lz4"), "{error}");
 }
 
+/// The shuffle threshold belongs to a node in a cluster; alone, setting it
+/// is a mistake named with the field.
+#[test]
+fn shuffle_min_groups_needs_a_cluster() {
+    let parse_with = |extra: &str| {
+        parse_query_node(
+            &format!("{extra}cache_dir = \"/c\"\n[coordinator]\nconnect = \"zk1:2181\"\n"),
+            Path::new("query.toml"),
+            &env,
+        )
+    };
+    let clustered = parse_with("flight_listen = \"127.0.0.1:0\"\nshuffle_min_groups = 0\n").unwrap();
+    assert_eq!(clustered.shuffle_min_groups, Some(0));
+    let error = parse_with("shuffle_min_groups = 10\n").unwrap_err().to_string();
+    assert!(error.contains("shuffle_min_groups") && error.contains("flight_listen"), "{error}");
+    let error = parse_with("flight_listen = \"127.0.0.1:0\"\nshuffle_min_groups = -1\n").unwrap_err().to_string();
+    assert!(error.contains("shuffle_min_groups"), "{error}");
+}
+
 /// A table's own replication is checked like the query nodes'.
 #[test]
 fn a_tables_replication_is_checked() {

@@ -1,14 +1,11 @@
 //! Queries across the cluster on DataFusion Distributed.
 //!
 //! A table spread over query nodes is scanned by a [`ClusterScanExec`]: one
-//! task per node holding some of the table's segments, each routed to that
-//! node ([`route_tasks`]) and reading only the segments it serves. The
-//! planner's rule ([`PlaceBoundaries`]) cuts the plan right above the
-//! highest operator that can run next to the data (filters, projections,
-//! the partial step of an aggregation, a per-partition top-k): that much runs
-//! on the holders, the rest (final merge, joins, sort) on the node that took
-//! the query. Every query node is both: it plans the queries it receives
-//! and runs the tasks others send it (its [`Worker`] on the Flight port).
+//! task per node holding some of the table's segments, each reading only
+//! the segments it serves. Where the plan is cut into stages and where the
+//! tasks run is `boundaries`' business. Every query node is both: it plans
+//! the queries it receives and runs the tasks others send it (its
+//! [`Worker`] on the Flight port, [`serve`]).
 //!
 //! Invariants:
 //! - A task reads exactly the segments the planner assigned it: named
@@ -32,29 +29,20 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::config::ConfigOptions;
 use datafusion::execution::{SessionState, TaskContext};
-use datafusion::physical_expr::{Distribution, EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::limit::LocalLimitExec;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use datafusion_distributed::{
-    DistributedExt, DistributedTaskContext, NetworkBoundaryExt, NetworkCoalesceExec, RouteTasksEvent,
-    RouteTasksEventResponse, Worker, WorkerQueryContext, WorkerSessionBuilder,
+    DistributedExt, DistributedTaskContext, Worker, WorkerQueryContext, WorkerSessionBuilder,
 };
 use datafusion_proto::physical_plan::{
     PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
@@ -254,8 +242,13 @@ impl ClusterScanExec {
         ScanStats { tails_excluded, ..self.stats }
     }
 
+    /// How many tasks (nodes) the scan runs as.
+    pub(crate) fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// The node each task runs on, in task order.
-    fn urls(&self) -> Result<Vec<Url>> {
+    pub(crate) fn urls(&self) -> Result<Vec<Url>> {
         self.tasks
             .iter()
             .map(|t| Url::parse(&t.url).map_err(|e| DataFusionError::Internal(format!("task URL {}: {e}", t.url))))
@@ -612,127 +605,6 @@ impl PhysicalExtensionCodec for ClusterCodec {
     }
 }
 
-/// Cuts the plan above the highest operator over a [`ClusterScanExec`]
-/// that runs partition by partition next to the data: the holders run that
-/// much, and the node that took the query the rest.
-#[derive(Debug)]
-pub struct PlaceBoundaries;
-
-impl PhysicalOptimizerRule for PlaceBoundaries {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        let placed = place(plan)?;
-        // A distributed plan answers through one partition.
-        if placed.exists(|p| Ok(p.is_network_boundary()))? && placed.output_partitioning().partition_count() > 1 {
-            return Ok(Arc::new(CoalescePartitionsExec::new(placed)));
-        }
-        Ok(placed)
-    }
-
-    fn name(&self) -> &str {
-        "sluice_place_network_boundaries"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
-
-fn place(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    if plan.is_network_boundary() {
-        return Ok(plan);
-    }
-    if let Some(tasks) = runs_next_to_data(&plan) {
-        // Each task answers through one stream.
-        return Ok(Arc::new(NetworkCoalesceExec::try_new(one_partition(plan), tasks, 1)?));
-    }
-    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
-    if children.is_empty() {
-        return Ok(plan);
-    }
-    let requirements = plan.input_distribution_requirements();
-    let required: Vec<&Distribution> = requirements.per_child_distributions().collect();
-    let placed = children
-        .into_iter()
-        .enumerate()
-        .map(|(i, child)| {
-            let single = child.output_partitioning().partition_count() == 1
-                || matches!(required.get(i), Some(Distribution::SinglePartition));
-            let placed = place(child)?;
-            // A boundary answers with one partition per task: where the
-            // parent read one partition (a `Single` aggregation, a global
-            // limit, as DataFusion plans them when a scan has one
-            // partition), it must still read one, or it answers once per
-            // task.
-            Ok(if single && placed.output_partitioning().partition_count() > 1 {
-                one_partition(placed)
-            } else {
-                placed
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    plan.replace_children(placed, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
-}
-
-/// `plan`'s partitions as one: merged in order when they are sorted (a
-/// per-partition top-k), else concatenated.
-fn one_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    match plan.output_ordering().cloned() {
-        Some(ordering) if plan.output_partitioning().partition_count() > 1 => {
-            let fetch = plan.fetch();
-            Arc::new(SortPreservingMergeExec::new(ordering, plan).with_fetch(fetch))
-        }
-        _ => Arc::new(CoalescePartitionsExec::new(plan)),
-    }
-}
-
-/// The task count of the scan under `plan`, when `plan` and everything
-/// between it and the scan work partition by partition.
-fn runs_next_to_data(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
-    if let Some(scan) = plan.downcast_ref::<ClusterScanExec>() {
-        return Some(scan.tasks.len());
-    }
-    let per_partition = plan.is::<FilterExec>()
-        || plan.is::<ProjectionExec>()
-        || plan.is::<LocalLimitExec>()
-        || plan.downcast_ref::<SortExec>().is_some_and(|s| s.preserve_partitioning())
-        || plan.downcast_ref::<AggregateExec>().is_some_and(|a| matches!(a.mode(), AggregateMode::Partial))
-        || plan.is::<DictionaryGroupBy>();
-    match plan.children().as_slice() {
-        [child] if per_partition => runs_next_to_data(child),
-        _ => None,
-    }
-}
-
-/// Sends each task of a scan's stage to the node holding its segments.
-pub fn route_tasks(event: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
-    let mut urls = None;
-    let walked = event.plan.apply(|node| {
-        if node.is_network_boundary() {
-            return Ok(TreeNodeRecursion::Jump);
-        }
-        if let Some(scan) = node.downcast_ref::<ClusterScanExec>() {
-            urls = Some(scan.urls());
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    if let Err(e) = walked {
-        return Some(Err(e));
-    }
-    let urls = match urls? {
-        Ok(urls) => urls,
-        Err(e) => return Some(Err(e)),
-    };
-    if urls.len() != event.task_count {
-        return Some(Err(DataFusionError::Internal(format!(
-            "a distributed scan planned {} tasks, its stage has {}",
-            urls.len(),
-            event.task_count
-        ))));
-    }
-    Some(Ok(RouteTasksEventResponse::new(urls)))
-}
-
 /// The session a node's worker runs others' tasks in: the node's tables,
 /// functions and codec.
 pub(crate) struct WorkerSessions {
@@ -796,7 +668,7 @@ pub(crate) async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field};
     use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
@@ -826,19 +698,18 @@ mod tests {
         }
     }
 
-    /// A scan of one partition per task, under an operator that reads one
-    /// partition (what DataFusion plans on a one-core node or with
-    /// `limits.threads = 1`): the boundary's one partition per task is
-    /// merged back into one, or the operator answers once per node.
-    #[test]
-    fn a_single_partition_parent_reads_one_partition_across_the_boundary() {
-        let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));
-        let task = |port: u16| Task {
-            url: format!("http://127.0.0.1:{port}/"),
-            named: vec!["s".into()],
-            pinned: None,
-            tails: vec![],
-        };
+    /// A scan of `schema` with one task per port (a node at that port on
+    /// loopback, one segment each) and `partitions` partitions.
+    pub(crate) fn scan_over(schema: SchemaRef, ports: &[u16], partitions: usize) -> Arc<ClusterScanExec> {
+        let tasks = ports
+            .iter()
+            .map(|port| Task {
+                url: format!("http://127.0.0.1:{port}/"),
+                named: vec!["s".into()],
+                pinned: None,
+                tails: vec![],
+            })
+            .collect();
         let spec = ScanSpec {
             table: "clicks".into(),
             schema: schema.clone(),
@@ -847,23 +718,7 @@ mod tests {
             exact: true,
             limit: None,
         };
-        let tasks = vec![task(1), task(2), task(3)];
-        let scan = Arc::new(ClusterScanExec::new(spec, tasks, 1, None, ScanStats::default()));
-        let limit: Arc<dyn ExecutionPlan> =
-            Arc::new(datafusion::physical_plan::limit::GlobalLimitExec::new(scan, 0, Some(5)));
-        let placed = PlaceBoundaries.optimize(limit, &ConfigOptions::default()).unwrap();
-        assert!(placed.exists(|p| Ok(p.is_network_boundary())).unwrap());
-        placed
-            .apply(|node| {
-                let requirements = node.input_distribution_requirements();
-                for (child, required) in node.children().iter().zip(requirements.per_child_distributions()) {
-                    if matches!(required, Distribution::SinglePartition) {
-                        assert_eq!(child.output_partitioning().partition_count(), 1, "under {}", node.name());
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-            .unwrap();
+        Arc::new(ClusterScanExec::new(spec, tasks, partitions, None, ScanStats::default()))
     }
 
     /// The Flight port takes plans from the network: bytes that are not a

@@ -291,6 +291,7 @@ impl QueryEngine {
         cluster: Arc<crate::cluster::Cluster>,
         token: Option<crate::flight_auth::ClusterToken>,
         compression: sluice_config::FlightCompression,
+        shuffle_min_groups: u64,
     ) -> datafusion_distributed::Worker {
         use datafusion::execution::SessionStateBuilder;
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
@@ -304,10 +305,10 @@ impl QueryEngine {
         })
         .with_runtime_env(state.runtime_env().clone());
         let mut distributed = SessionStateBuilder::new_from_existing(state)
-            .with_physical_optimizer_rule(Arc::new(crate::distributed::PlaceBoundaries))
+            .with_physical_optimizer_rule(Arc::new(crate::boundaries::PlaceBoundaries { shuffle_min_groups }))
             .with_distributed_worker_resolver(crate::cluster::ClusterResolver(cluster.clone()))
             .with_distributed_user_codec(crate::distributed::ClusterCodec)
-            .with_distributed_route_tasks_handler(crate::distributed::route_tasks)
+            .with_distributed_route_tasks_handler(crate::boundaries::route_tasks)
             .with_distributed_channel_resolver(channels)
             .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
             .with_distributed_planner()

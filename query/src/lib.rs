@@ -32,6 +32,7 @@
 //! - A segment file that fails verification or Arrow validation is
 //!   quarantined, never served and never reloaded from the cache.
 
+pub mod boundaries;
 pub mod catalog;
 pub mod cluster;
 mod console;
@@ -113,7 +114,12 @@ impl QueryNode {
                     .map_err(|e| StartError::Listen { listen: listen.to_string(), source: std::io::Error::other(e) })?;
                 let cluster = cluster::Cluster::new(info.id.clone(), url, config.replication);
                 let token = config.flight_token.as_ref().map(|t| flight_auth::ClusterToken::new(&t.0));
-                let worker = engine.join_cluster(cluster.clone(), token.clone(), config.flight_compression);
+                let worker = engine.join_cluster(
+                    cluster.clone(),
+                    token.clone(),
+                    config.flight_compression,
+                    config.shuffle_min_groups.unwrap_or(boundaries::DEFAULT_SHUFFLE_MIN_GROUPS),
+                );
                 tasks.push(engine.spawn(distributed::serve(listener, worker, token, shutdown.clone())));
                 tasks.push(tokio::spawn(cluster.clone().follow(coordinator.clone(), shutdown.clone())));
                 tracing::info!(%flight, "query node serving distributed tasks (Arrow Flight)");
