@@ -530,7 +530,7 @@ pub struct QueryNodeConfig {
     /// segment) from which the nodes holding a table merge a grouping's
     /// partial states among themselves, each its share of the keys, rather
     /// than all at the node that took the query. Absent: 65536; 0 shuffles
-    /// every grouping.
+    /// every grouping but those on one small dictionary's ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle_min_groups: Option<u64>,
     /// The Postgres wire protocol (psql, psycopg, Grafana's and Metabase's

@@ -32,7 +32,7 @@ use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
-use crate::table::{RemoteSegment, SegmentTable, UnservedSegment};
+use crate::table::{RemoteSegment, SegmentTable, TimeRange, UnservedSegment};
 use crate::tail::{self, TableView, TailBudget};
 
 /// Resync even without a watch firing, in case a notification was missed
@@ -392,7 +392,8 @@ impl CatalogFollower {
             let local: Vec<Arc<Segment>> = state.segments.values().map(|l| l.segment.clone()).collect();
             match &cluster {
                 Some(cluster) => {
-                    let (remote, unserved) = elsewhere(cluster, name, &records, &state.segments);
+                    let time_column = parsed.as_ref().map(|c| c.schema.time_column.as_str());
+                    let (remote, unserved) = elsewhere(cluster, name, time_column, &records, &state.segments);
                     view.set_committed_with(local, remote, unserved);
                 }
                 None if changed || !registered => view.set_committed(local),
@@ -412,14 +413,17 @@ impl CatalogFollower {
 
 /// The committed segments of `table` this node does not hold: served by
 /// other live nodes (remote), and by none (the view tells missing from
-/// pending, [`TableView::set_committed_with`]).
+/// pending, [`TableView::set_committed_with`]). Remote segments carry their
+/// records' time ranges of the table's `time_column`, for pruning.
 fn elsewhere(
     cluster: &crate::cluster::Cluster,
     table: &str,
+    time_column: Option<&str>,
     records: &[SegmentRecord],
     loaded: &BTreeMap<String, Loaded>,
 ) -> (Vec<RemoteSegment>, Vec<UnservedSegment>) {
     let (mut remote, mut unserved) = (Vec::new(), Vec::new());
+    let time_column: Option<Arc<str>> = time_column.map(Arc::from);
     for record in records.iter().filter(|r| !loaded.contains_key(&r.name)) {
         if cluster.holders(table, &record.name).is_empty() {
             unserved.push(UnservedSegment {
@@ -433,6 +437,11 @@ fn elsewhere(
                 partition: record.partition,
                 end_offset: record.end_offset,
                 rows: record.row_count,
+                time: record.time_range.zip(time_column.clone()).map(|((from, to), column)| TimeRange {
+                    column,
+                    from,
+                    to,
+                }),
             });
         }
     }

@@ -110,8 +110,7 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
     if from != template.from[0] {
         return None;
     }
-    // A table spread over the cluster goes through the distributed planner.
-    let table = table(&table_name).filter(|t| t.is_local())?;
+    let table = table(&table_name)?;
     let schema = table.schema_ref();
 
     let mut columns = Vec::with_capacity(projection.len());
@@ -144,6 +143,11 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
             Some(predicate?)
         }
     };
+    // A table spread over the cluster goes through the distributed planner,
+    // unless the filter rules out every other node's segments.
+    if !table.cluster_snapshot_for(predicate.as_ref()).1.is_empty() {
+        return None;
+    }
     Some(FastQuery { table, projection: columns, predicate, limit })
 }
 
@@ -155,7 +159,7 @@ pub(crate) async fn execute(
     max_rows: u64,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ScanStats), QueryError> {
     let schema = Arc::new(query.table.schema_ref().project(&query.projection).map_err(internal)?);
-    let (segments, elsewhere) = query.table.cluster_snapshot();
+    let (segments, elsewhere) = query.table.cluster_snapshot_for(query.predicate.as_ref());
     if !elsewhere.is_empty() {
         // Spread over the cluster since it was planned: plan it again.
         return Err(QueryError::Remote { message: "the table moved while planned".into(), node: None });

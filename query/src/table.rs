@@ -35,7 +35,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 use roaring::RoaringBitmap;
-use sluice_segments::{OFFSET_COLUMN, Predicate, Scalar, Segment};
+use sluice_segments::{OFFSET_COLUMN, Predicate, Scalar, Segment, time_range_can_match};
 
 use crate::pushdown;
 use crate::selection::{Part, Selection, evaluate, matched, prune, truncate};
@@ -135,6 +135,17 @@ pub struct RemoteSegment {
     pub partition: i32,
     pub end_offset: i64,
     pub rows: u64,
+    /// The segment's time column and its range of values, from its
+    /// catalog record.
+    pub time: Option<TimeRange>,
+}
+
+/// A time column's range of values in a segment (in the column's unit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeRange {
+    pub column: Arc<str>,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// A committed segment no live query node serves (in a cluster).
@@ -288,6 +299,25 @@ impl SegmentTable {
         self.segments.read().unwrap_or_else(|e| e.into_inner()).1.is_empty()
     }
 
+    /// The snapshot a query filtered by `predicate` reads: without the
+    /// other nodes' segments whose time range (their catalog records')
+    /// rules it out, as Pinot's broker prunes segments by time before it
+    /// routes. A query whose filter keeps only this node's segments runs
+    /// here alone, fast path included.
+    pub fn cluster_snapshot_for(&self, predicate: Option<&Predicate>) -> Snapshot {
+        let (local, elsewhere) = self.cluster_snapshot();
+        let Some(predicate) = predicate else { return (local, elsewhere) };
+        let ruled_out = |r: &RemoteSegment| {
+            r.time.as_ref().is_some_and(|t| !time_range_can_match(predicate, &t.column, (t.from, t.to)))
+        };
+        if !elsewhere.remote.iter().any(ruled_out) {
+            return (local, elsewhere);
+        }
+        let mut pruned = (*elsewhere).clone();
+        pruned.remote.retain(|r| !ruled_out(r));
+        (local, Arc::new(pruned))
+    }
+
     pub fn replace(&self, segments: Vec<Arc<Segment>>) {
         self.replace_with(segments, Elsewhere::default());
     }
@@ -337,7 +367,7 @@ impl TableProvider for SegmentTable {
         let exact = residual.is_empty();
         let read = Reader::new(state, &table, &schema, residual)?;
         let threads = state.config().target_partitions().max(1);
-        let (segments, elsewhere) = self.cluster_snapshot();
+        let (segments, elsewhere) = self.cluster_snapshot_for(predicate.as_ref());
         if !elsewhere.is_empty() {
             // Part of the table is on other query nodes: the scan runs there
             // too, next to the data (DataFusion Distributed).

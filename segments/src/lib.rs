@@ -44,7 +44,7 @@ pub use consuming::{ConsumingSegment, SegmentSize};
 pub use error::{RowError, Section, SegmentError};
 pub use format::{FORMAT_VERSION, MAGIC, OLDEST_FORMAT_VERSION};
 pub use index::IndexKind;
-pub use predicate::{CmpOp, Predicate};
+pub use predicate::{CmpOp, Predicate, time_range_can_match};
 pub use reseal::reseal;
 pub use schema::{ColumnSpec, SegmentSchema};
 pub use seal::seal;

@@ -505,6 +505,39 @@ pub(crate) trait StatsSource {
     fn may_contain(&self, column: &str, key: &Key) -> bool;
 }
 
+/// False only when no row of a segment whose time column holds values from
+/// `range.0` to `range.1` (a catalog record's `time_range`, in the column's
+/// unit) can satisfy `predicate`: a query node prunes the segments other
+/// nodes serve by it, as Pinot's broker prunes by time, without the file.
+/// Nothing else is known about such a segment, so only filters on the time
+/// column prune.
+pub fn time_range_can_match(predicate: &Predicate, time_column: &str, range: (i64, i64)) -> bool {
+    struct TimeRange<'a> {
+        column: &'a str,
+        stats: ColumnStats,
+    }
+    impl StatsSource for TimeRange<'_> {
+        // Unknown: a NULL test on the time column never prunes (one NULL
+        // of "many" rows keeps both IS NULL and IS NOT NULL possible).
+        fn row_count(&self) -> u64 {
+            u64::MAX
+        }
+        fn column_stats(&self, column: &str) -> Option<(ColumnType, &ColumnStats)> {
+            (column == self.column).then_some((ColumnType::Timestamp, &self.stats))
+        }
+        fn may_contain(&self, _column: &str, _key: &Key) -> bool {
+            true
+        }
+    }
+    let stats = ColumnStats {
+        min: Some(Scalar::Timestamp(range.0)),
+        max: Some(Scalar::Timestamp(range.1)),
+        null_count: 1,
+        distinct_count: None,
+    };
+    can_match(&TimeRange { column: time_column, stats }, predicate)
+}
+
 /// False only when no row of the segment can satisfy `predicate`.
 pub(crate) fn can_match(source: &dyn StatsSource, predicate: &Predicate) -> bool {
     prune(source, &predicate.to_nnf())
@@ -557,5 +590,41 @@ fn prune(s: &dyn StatsSource, p: &Predicate) -> bool {
             let Some((min, max)) = st.key_range(ty) else { return false };
             if *negated { min < lo || max > hi } else { lo <= hi && max >= lo && min <= hi }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment known only by its record's time range: filters on the time
+    /// column prune it, nothing else does (a NULL test included: the
+    /// record does not say whether the column holds NULLs).
+    #[test]
+    fn a_time_range_prunes_only_by_the_time_column() {
+        let ts = |v: i64| Scalar::Timestamp(v);
+        let range = (1_000, 2_000);
+        let matches = |p: Predicate| time_range_can_match(&p, "ts", range);
+        assert!(matches(Predicate::compare("ts", CmpOp::GtEq, ts(2_000))));
+        assert!(!matches(Predicate::compare("ts", CmpOp::Gt, ts(2_000))));
+        assert!(!matches(Predicate::compare("ts", CmpOp::Lt, ts(1_000))));
+        let between =
+            |low, high, negated| Predicate::Between { column: "ts".into(), low: ts(low), high: ts(high), negated };
+        assert!(matches(between(500, 1_000, false)));
+        assert!(!matches(between(2_001, 3_000, false)));
+        assert!(matches(between(2_001, 3_000, true)));
+        assert!(!matches(Predicate::And(vec![
+            Predicate::compare("status", CmpOp::Eq, Scalar::Int32(200)),
+            between(3_000, 4_000, false),
+        ])));
+        assert!(matches(Predicate::Or(vec![
+            Predicate::compare("status", CmpOp::Eq, Scalar::Int32(200)),
+            between(3_000, 4_000, false),
+        ])));
+        for negated in [false, true] {
+            assert!(matches(Predicate::IsNull { column: "ts".into(), negated }));
+        }
+        assert!(matches(Predicate::compare("other", CmpOp::Lt, ts(0))));
+        assert!(!matches(Predicate::Constant(Some(false))));
     }
 }
