@@ -294,11 +294,6 @@ impl SegmentTable {
         self.segments.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether this node holds the whole table (then queries run here alone).
-    pub fn is_local(&self) -> bool {
-        self.segments.read().unwrap_or_else(|e| e.into_inner()).1.is_empty()
-    }
-
     /// The snapshot a query filtered by `predicate` reads: without the
     /// other nodes' segments whose time range (their catalog records')
     /// rules it out, as Pinot's broker prunes segments by time before it
