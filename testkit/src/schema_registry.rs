@@ -166,6 +166,15 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
         .then(|| answer(StatusCode::UNAUTHORIZED, json!({"error_code": 401, "message": "Unauthorized"})))
 }
 
+/// The schema text and type of a registration or lookup body, once the
+/// request is admitted.
+fn admitted_body(shared: &Shared, headers: &HeaderMap, body: &str) -> Result<(String, String), Box<Response>> {
+    if let Some(refused) = admit(shared, headers) {
+        return Err(Box::new(refused));
+    }
+    parse_body(body)
+}
+
 /// The schema text and type of a registration or lookup body.
 fn parse_body(body: &str) -> Result<(String, String), Box<Response>> {
     let unprocessable = |message: String| {
@@ -203,10 +212,7 @@ async fn register(
     Path(subject): Path<String>,
     body: String,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &headers) {
-        return refused;
-    }
-    match parse_body(&body) {
+    match admitted_body(&shared, &headers, &body) {
         Ok((schema, ty)) => {
             let id = shared.registry.lock().unwrap().register(&subject, &schema, &ty);
             answer(StatusCode::OK, json!({"id": id}))
@@ -221,10 +227,7 @@ async fn lookup(
     Path(subject): Path<String>,
     body: String,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &headers) {
-        return refused;
-    }
-    let (schema, ty) = match parse_body(&body) {
+    let (schema, ty) = match admitted_body(&shared, &headers, &body) {
         Ok(parsed) => parsed,
         Err(refused) => return *refused,
     };

@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::prelude::SessionContext;
+use pgwire::api::Type;
 
 use crate::engine::Tables;
 
@@ -360,6 +361,18 @@ fn type_name(oid: i64) -> &'static str {
     }
 }
 
+/// Every column of the served tables: its table, its position (from 1, as
+/// Postgres counts), its field and its Postgres type.
+fn served_columns(served: &[(String, SchemaRef)]) -> impl Iterator<Item = (&str, i64, &Field, Type)> {
+    served.iter().flat_map(|(table, schema)| {
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(move |(i, field)| (table.as_str(), i as i64 + 1, field.as_ref(), super::pg_type(field.data_type())))
+    })
+}
+
 impl PgCatalog {
     /// The served tables' names and schemas, by name.
     fn served(&self) -> Vec<(String, SchemaRef)> {
@@ -391,43 +404,33 @@ impl PgCatalog {
                     row
                 })
                 .collect(),
-            "pg_attribute" => served
-                .iter()
-                .flat_map(|(name, schema)| {
-                    let relation = relation_oid(name);
-                    schema
-                        .fields()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, field)| {
-                            let ty = super::pg_type(field.data_type());
-                            let len = TYPES.iter().find(|(o, ..)| *o == i64::from(ty.oid())).map_or(-1, |t| t.2);
-                            vec![
-                                V::I(relation),
-                                t(field.name()),
-                                V::I(i64::from(ty.oid())),
-                                V::I(len),
-                                V::I(i as i64 + 1),
-                                V::I(0),
-                                V::I(-1),
-                                V::B(!field.is_nullable()),
-                                V::B(false),
-                                V::B(false),
-                                t(""),
-                                t(""),
-                                V::B(false),
-                                V::B(true),
-                                V::I(0),
-                                V::I(0),
-                                V::I(-1),
-                                V::Null,
-                                V::Null,
-                                t(if len > 0 { "p" } else { "x" }),
-                                t(""),
-                                V::Null,
-                            ]
-                        })
-                        .collect::<Vec<_>>()
+            "pg_attribute" => served_columns(&served)
+                .map(|(table, position, field, ty)| {
+                    let len = TYPES.iter().find(|(o, ..)| *o == i64::from(ty.oid())).map_or(-1, |t| t.2);
+                    vec![
+                        V::I(relation_oid(table)),
+                        t(field.name()),
+                        V::I(i64::from(ty.oid())),
+                        V::I(len),
+                        V::I(position),
+                        V::I(0),
+                        V::I(-1),
+                        V::B(!field.is_nullable()),
+                        V::B(false),
+                        V::B(false),
+                        t(""),
+                        t(""),
+                        V::B(false),
+                        V::B(true),
+                        V::I(0),
+                        V::I(0),
+                        V::I(-1),
+                        V::Null,
+                        V::Null,
+                        t(if len > 0 { "p" } else { "x" }),
+                        t(""),
+                        V::Null,
+                    ]
                 })
                 .collect(),
             "pg_type" => TYPES
@@ -482,21 +485,12 @@ impl PgCatalog {
             "pg_stat_user_tables" => {
                 served.iter().map(|(name, _)| vec![V::I(relation_oid(name)), t("public"), t(name), V::Null]).collect()
             }
-            "pg_columns" => served
-                .iter()
-                .flat_map(|(name, schema)| {
-                    schema
-                        .fields()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, field)| {
-                            let ty = super::pg_type(field.data_type());
-                            let mut row = vec![t(DATABASE), t("public"), t(name), t(field.name()), V::I(i as i64 + 1)];
-                            row.extend([V::Null, t(if field.is_nullable() { "YES" } else { "NO" })]);
-                            row.extend([t(type_name(i64::from(ty.oid()))), t(ty.name()), V::Null, V::Null, V::Null]);
-                            row
-                        })
-                        .collect::<Vec<_>>()
+            "pg_columns" => served_columns(&served)
+                .map(|(table, position, field, ty)| {
+                    let mut row = vec![t(DATABASE), t("public"), t(table), t(field.name()), V::I(position)];
+                    row.extend([V::Null, t(if field.is_nullable() { "YES" } else { "NO" })]);
+                    row.extend([t(type_name(i64::from(ty.oid()))), t(ty.name()), V::Null, V::Null, V::Null]);
+                    row
                 })
                 .collect(),
             _ => Vec::new(),
