@@ -302,14 +302,17 @@ impl SegmentTable {
     pub fn cluster_snapshot_for(&self, predicate: Option<&Predicate>) -> Snapshot {
         let (local, elsewhere) = self.cluster_snapshot();
         let Some(predicate) = predicate else { return (local, elsewhere) };
-        let ruled_out = |r: &RemoteSegment| {
-            r.time.as_ref().is_some_and(|t| !time_range_can_match(predicate, &t.column, (t.from, t.to)))
-        };
-        if !elsewhere.remote.iter().any(ruled_out) {
+        let kept: Vec<bool> = elsewhere
+            .remote
+            .iter()
+            .map(|r| r.time.as_ref().is_none_or(|t| time_range_can_match(predicate, &t.column, (t.from, t.to))))
+            .collect();
+        if kept.iter().all(|k| *k) {
             return (local, elsewhere);
         }
         let mut pruned = (*elsewhere).clone();
-        pruned.remote.retain(|r| !ruled_out(r));
+        let mut kept = kept.into_iter();
+        pruned.remote.retain(|_| kept.next().unwrap_or(true));
         (local, Arc::new(pruned))
     }
 
