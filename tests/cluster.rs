@@ -261,6 +261,11 @@ async fn three_nodes_share_segments_and_answer_like_one() {
     };
     for node in &nodes {
         assert_eq!(answers(&node.addr).await, reference, "node {} differs from one node holding everything", node.addr);
+        // The corpus's plain selections reached the other nodes' segments
+        // planned from the parsed query, not from SQL again.
+        let metrics = http_get(&node.addr, "/metrics").1;
+        let spread = metric_sum(&metrics, "sluice_query_planner_total{planner=\"fast_distributed\"}");
+        assert!(spread > 0.0, "node {}: no selection ran spread: {metrics}", node.addr);
     }
 
     // `sluice status` lists the members and where they take tasks (the

@@ -16,7 +16,9 @@
 //! send batches uncompressed unless `CLUSTER_BENCH_COMPRESSION` names
 //! another `flight_compression`; `CLUSTER_BENCH_THREADS` sets their
 //! `limits.threads` and `CLUSTER_BENCH_SHUFFLE_MIN_GROUPS` their
-//! `shuffle_min_groups`.
+//! `shuffle_min_groups`. `CLUSTER_BENCH_HOLD=<seconds>` keeps both setups
+//! up and idle that long before measuring, their addresses printed (to
+//! profile a node or send a query by hand).
 
 #[path = "../../tests/common/catalog.rs"]
 mod catalog;
@@ -86,6 +88,13 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("{}", row[1].as_str().unwrap_or_default());
             }
         }
+    }
+    if let Some(seconds) = std::env::var("CLUSTER_BENCH_HOLD").ok().and_then(|s| s.parse().ok()) {
+        // Both setups stay up, idle, for a profiler or a hand-run query.
+        for (name, addr, _) in single.nodes.iter().chain(&cluster.nodes) {
+            eprintln!("{name}: http://{addr}");
+        }
+        std::thread::sleep(Duration::from_secs(seconds));
     }
     let (one, three) = measure(&single, &cluster, &queries, repeats)?;
     drop((single, cluster));

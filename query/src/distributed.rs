@@ -611,24 +611,43 @@ pub(crate) struct WorkerSessions {
     pub(crate) tables: crate::engine::Tables,
     /// This node's `limits.threads`.
     pub(crate) threads: usize,
-    pub(crate) max_function_output: u64,
     /// Workers call each other too: with the cluster's token.
     pub(crate) channels: crate::flight_auth::TokenChannels,
+    /// Every task's session but its config. Building a session registers
+    /// DataFusion's few hundred functions and ours one by one, which cost
+    /// each task more than its plan's decoding; a clone copies the
+    /// registries. Built with the worker's runtime (its memory pool) and
+    /// the default options a task's session starts from, so the functions
+    /// that read the config at registration see what they would.
+    template: SessionState,
+}
+
+impl WorkerSessions {
+    pub(crate) fn new(
+        tables: crate::engine::Tables,
+        threads: usize,
+        max_function_output: u64,
+        channels: crate::flight_auth::TokenChannels,
+        runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    ) -> Self {
+        let mut template =
+            datafusion::execution::SessionStateBuilder::new().with_default_features().with_runtime_env(runtime).build();
+        crate::functions::register(&mut template, max_function_output);
+        WorkerSessions { tables, threads, channels, template }
+    }
 }
 
 #[async_trait]
 impl WorkerSessionBuilder for WorkerSessions {
-    async fn build_session_state(&self, ctx: WorkerQueryContext) -> Result<SessionState> {
-        let mut builder = ctx
-            .builder
-            .with_distributed_user_codec(ClusterCodec)
-            .with_distributed_channel_resolver(self.channels.clone());
-        builder
-            .config()
-            .get_or_insert_default()
-            .set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
-        let mut state = builder.build();
-        crate::functions::register(&mut state, self.max_function_output);
+    async fn build_session_state(&self, mut ctx: WorkerQueryContext) -> Result<SessionState> {
+        // The task's config (its place in the stage, the options the
+        // planner sent as headers), then this node's additions.
+        let mut config = ctx.builder.config().take().unwrap_or_default();
+        config.set_distributed_user_codec(ClusterCodec);
+        config.set_distributed_channel_resolver(self.channels.clone());
+        config.set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
+        let mut state = self.template.clone();
+        *state.config_mut() = config;
         Ok(state)
     }
 }
@@ -672,6 +691,35 @@ pub(crate) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field};
     use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    /// A task's session comes from the node's template: the config the
+    /// task arrived with, this node's tables added, and the node's bounded
+    /// functions; the template itself is left as it was.
+    #[tokio::test]
+    async fn a_task_session_keeps_its_config_and_gets_the_nodes_functions() {
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion::execution::runtime_env::RuntimeEnv;
+        use datafusion::prelude::SessionConfig;
+        struct Mark;
+        let sessions = WorkerSessions::new(
+            crate::engine::Tables::default(),
+            3,
+            1024,
+            crate::flight_auth::TokenChannels::new(None),
+            Arc::new(RuntimeEnv::default()),
+        );
+        let config = SessionConfig::new().with_batch_size(123).with_extension(Arc::new(Mark));
+        let task =
+            WorkerQueryContext { builder: SessionStateBuilder::new().with_config(config), headers: Default::default() };
+        let state = sessions.build_session_state(task).await.unwrap();
+        assert_eq!(state.config().batch_size(), 123);
+        assert!(state.config().get_extension::<Mark>().is_some());
+        assert_eq!(state.config().get_extension::<NodeTables>().map(|n| n.threads), Some(3));
+        let repeat = state.scalar_functions().get("repeat").expect("repeat is registered");
+        assert!(format!("{:?}", repeat.inner()).starts_with("Bounded"), "{repeat:?}");
+        assert!(state.scalar_functions().len() > 100, "DataFusion's functions too");
+        assert!(sessions.template.config().get_extension::<NodeTables>().is_none());
+    }
 
     fn scan(output: Vec<usize>) -> ScanProto {
         let schema = Schema::new(vec![Field::new("status", DataType::Int32, true)]);

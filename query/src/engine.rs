@@ -297,12 +297,13 @@ impl QueryEngine {
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
         let state = self.executor.ctx.state();
         let channels = crate::flight_auth::TokenChannels::new(token.as_ref());
-        let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions {
-            tables: self.executor.tables.clone(),
-            threads: self.executor.threads,
-            max_function_output: self.executor.limits.max_function_output.as_u64(),
-            channels: channels.clone(),
-        })
+        let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions::new(
+            self.executor.tables.clone(),
+            self.executor.threads,
+            self.executor.limits.max_function_output.as_u64(),
+            channels.clone(),
+            state.runtime_env().clone(),
+        ))
         .with_runtime_env(state.runtime_env().clone());
         let mut distributed = SessionStateBuilder::new_from_existing(state)
             .with_physical_optimizer_rule(Arc::new(crate::boundaries::PlaceBoundaries { shuffle_min_groups }))
@@ -472,9 +473,9 @@ impl QueryEngine {
         self.executor.execute(sql).await
     }
 
-    /// Whether `sql` takes the fast path.
+    /// Whether `sql` takes the fast path on this node alone.
     pub fn is_fast_path(&self, sql: &str) -> bool {
-        fast::plan(sql, |name| self.table(name)).is_some()
+        fast::plan(sql, |name| self.table(name)).is_some_and(|q| !q.spread())
     }
 
     /// Runs `sql` through DataFusion's planner, whatever its shape.
@@ -582,6 +583,19 @@ impl Executor {
 
     async fn execute_once(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         if let Some(query) = fast::plan(sql, |name| self.table(name)) {
+            if query.spread() {
+                // Other nodes serve some of its segments: DataFusion
+                // Distributed runs it, planned from the parsed query.
+                metrics::counter!("sluice_query_planner_total", "planner" => "fast_distributed").increment(1);
+                let plan = query.logical_plan().map_err(QueryError::from_planning)?;
+                let state = self.ctx.state();
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&plan, &state)
+                    .await
+                    .map_err(QueryError::from_planning)?;
+                return self.run(physical, state.task_ctx()).await;
+            }
             metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
             let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
             let _ = QUERY_STATS.try_with(|s| s.lock().unwrap_or_else(|e| e.into_inner()).add(&stats));
@@ -596,14 +610,25 @@ impl Executor {
         &self,
         sql: &str,
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
+        // One copy of the session for the whole query: each copy clones its
+        // function registries and options.
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
+        // Only a query passes: no statement that would change the session.
         read_only(&plan)?;
-        let frame = self.ctx.execute_logical_plan(plan).await.map_err(QueryError::from_planning)?;
-        let physical = frame.create_physical_plan().await.map_err(QueryError::from_planning)?;
+        let physical = state.create_physical_plan(&plan).await.map_err(QueryError::from_planning)?;
+        self.run(physical, state.task_ctx()).await
+    }
+
+    /// Runs a physical plan to its batches, within the result limits.
+    async fn run(
+        &self,
+        physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        task_ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         let schema = physical.schema();
         let fail = |e: DataFusionError| self.remote_failure(&e).unwrap_or_else(|| QueryError::from_datafusion(e));
-        let mut stream = execute_stream(physical, self.ctx.task_ctx()).map_err(fail)?;
+        let mut stream = execute_stream(physical, task_ctx).map_err(fail)?;
         let limit = self.limits.max_result_rows;
         let max_bytes = self.limits.max_result_bytes.as_u64();
         let (mut rows, mut bytes) = (0u64, 0u64);

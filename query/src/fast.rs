@@ -35,7 +35,7 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::expr::Like;
-use datafusion::logical_expr::{Expr, Operator, binary_expr};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Operator, binary_expr};
 use datafusion::sql::sqlparser::ast::{
     self, BinaryOperator, LimitClause, ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor, UnaryOperator,
     Value, WildcardAdditionalOptions,
@@ -56,7 +56,12 @@ pub(crate) struct FastQuery {
     projection: Vec<usize>,
     /// Exactly the query's filter.
     predicate: Option<Predicate>,
+    /// The same filter as DataFusion's expression, for a spread query's
+    /// scan.
+    filter: Option<Expr>,
     limit: Option<u64>,
+    /// Other nodes serve some of the segments the filter may match.
+    spread: bool,
 }
 
 /// The parsed `SELECT a FROM t`: what a statement must equal once its
@@ -132,23 +137,57 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
             _ => return None,
         }
     }
-    let predicate = match selection {
+    let filter = match selection {
+        None => None,
+        Some(filter) => Some(to_expr(&filter, &schema)?),
+    };
+    let predicate = match &filter {
         None => None,
         Some(filter) => {
-            let filter = to_expr(&filter, &schema)?;
-            let (predicate, residual) = pushdown::translate_all(&[filter], &schema);
+            let (predicate, residual) = pushdown::translate_all(std::slice::from_ref(filter), &schema);
             if !residual.is_empty() {
                 return None;
             }
             Some(predicate?)
         }
     };
-    // A table spread over the cluster goes through the distributed planner,
-    // unless the filter rules out every other node's segments.
-    if !table.cluster_snapshot_for(predicate.as_ref()).1.is_empty() {
-        return None;
+    // Unless the filter rules out every other node's segments, a table
+    // spread over the cluster is read by DataFusion Distributed's tasks.
+    let spread = !table.cluster_snapshot_for(predicate.as_ref()).1.is_empty();
+    Some(FastQuery { table, projection: columns, predicate, filter, limit, spread })
+}
+
+impl FastQuery {
+    /// Whether other nodes serve some of the segments the query reads:
+    /// [`FastQuery::logical_plan`] then runs it, not [`execute`].
+    pub(crate) fn spread(&self) -> bool {
+        self.spread
     }
-    Some(FastQuery { table, projection: columns, predicate, limit })
+
+    /// The query as DataFusion's logical optimizer leaves it: the table's
+    /// scan of the output columns with the filter (which the table applies
+    /// exactly, as checked above) and the limit pushed into it, under the
+    /// limit. Planned from here, a selection skips turning SQL into a plan
+    /// and optimizing it, which cost more than its distributed round
+    /// (docs/PERFORMANCE.md); the physical planning, the placement of its
+    /// stages and their execution are DataFusion's and DataFusion
+    /// Distributed's, as for any other query.
+    pub(crate) fn logical_plan(&self) -> datafusion::common::Result<LogicalPlan> {
+        let source = datafusion::datasource::provider_as_source(self.table.clone());
+        let filters = self.filter.iter().cloned().collect();
+        let fetch = self.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let mut plan = LogicalPlanBuilder::scan_with_filters_fetch(
+            self.table.name(),
+            source,
+            Some(self.projection.clone()),
+            filters,
+            fetch,
+        )?;
+        if let Some(fetch) = fetch {
+            plan = plan.limit(0, Some(fetch))?;
+        }
+        plan.build()
+    }
 }
 
 /// Runs a fast plan: the scan's own selection, then the selected rows of
@@ -347,6 +386,29 @@ mod tests {
         ] {
             assert!(fast(sql), "{sql}");
         }
+    }
+
+    /// A selection spread over the cluster is planned from its parse: the
+    /// table's scan of the output columns in the query's order, with the
+    /// filter and the limit in it, under the limit.
+    #[test]
+    fn a_spread_selection_is_planned_from_its_parse() {
+        let t = table();
+        let sql = "SELECT status, country FROM clicks WHERE status = 404 OR country IN ('FR', 'DE') LIMIT 10";
+        let query = plan(sql, |name| (name == "clicks").then(|| t.clone())).unwrap();
+        let logical = query.logical_plan().unwrap();
+        let shown = logical.display_indent().to_string();
+        let lines: Vec<&str> = shown.lines().map(str::trim).collect();
+        assert_eq!(lines.len(), 2, "{shown}");
+        assert_eq!(lines[0], "Limit: skip=0, fetch=10", "{shown}");
+        assert!(lines[1].starts_with("TableScan: clicks projection=[status, country]"), "{shown}");
+        assert!(lines[1].contains("full_filters=[") && lines[1].ends_with("fetch=10"), "{shown}");
+        let names: Vec<&str> = logical.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["status", "country"]);
+
+        let everything = plan("SELECT * FROM clicks", |name| (name == "clicks").then(|| t.clone())).unwrap();
+        let shown = everything.logical_plan().unwrap().display_indent().to_string();
+        assert_eq!(shown.trim(), "TableScan: clicks projection=[country, status, latency, bot, ts]");
     }
 
     #[test]
