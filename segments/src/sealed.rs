@@ -522,6 +522,11 @@ pub(crate) fn take_columns(
     projection: &[&str],
     types: Option<(&[DataType], &Convert<'_>)>,
 ) -> Result<(Vec<arrow::datatypes::FieldRef>, Vec<ArrayRef>), SegmentError> {
+    // No column (a `COUNT(*)`): the row count is all the caller needs, and
+    // listing the selected rows' indices would be the whole cost.
+    if projection.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let selection = Selection::of(rows);
     let mut fields = Vec::with_capacity(projection.len());
     let mut columns = Vec::with_capacity(projection.len());
