@@ -41,6 +41,9 @@ pub const OFFSET_GAP_RECORDS: &str = "sluice_offset_gap_records_total";
 pub const SCHEMA_REGISTRY_ERRORS: &str = "sluice_schema_registry_errors_total";
 /// Partition tasks that ended other than by a stop, by `reason`.
 pub const PARTITION_FAILURES: &str = "sluice_partition_failures_total";
+/// Partitions assigned to this worker that stayed locked by another
+/// session for longer than a session timeout should take to free them.
+pub const PARTITION_LOCK_WAITS: &str = "sluice_partition_lock_waits_total";
 /// Partitions without progress while they have work (see `health`).
 pub const PARTITIONS_STALLED: &str = "sluice_partitions_stalled";
 /// Pipelines that cannot run: not started, or their source unreadable.

@@ -38,6 +38,10 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(120);
 /// first retry after a second, doubling up to half a minute. A reset of its
 /// offset retries at once.
 const RETRY_MIN: Duration = Duration::from_secs(1);
+/// How long a partition assigned here may stay locked by another session
+/// before it is reported: well past a session timeout (a killed owner's
+/// locks go with its session).
+const LOCK_WAIT_REPORTED_AFTER: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Runs the worker until `shutdown` turns true, then stops every partition
@@ -276,6 +280,10 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
     let mut partitions = 0;
     let mut running: BTreeMap<i32, Running> = BTreeMap::new();
     let mut retries: BTreeMap<i32, Retry> = BTreeMap::new();
+    // Partitions assigned here whose lock another session still holds,
+    // since when, and whether that was reported: a lock that outlives its
+    // owner's session timeout by far is a stall, and must be seen.
+    let mut locked: BTreeMap<i32, (Instant, bool)> = BTreeMap::new();
     let health = ctx.health.clone();
     loop {
         if *stop.borrow() {
@@ -391,6 +399,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
             tracing::info!(%table, partition, "handed over");
         }
         retries.retain(|p, _| mine.contains(p));
+        locked.retain(|p, _| mine.contains(p));
         // Take what is newly ours. Acquisitions are independent ZooKeeper
         // transactions on one session, so they are pipelined, not awaited
         // one by one: a worker starting with 48 partitions owns them all in
@@ -410,9 +419,21 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                     let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
                     running.insert(partition, Running { stop: stop_tx, task, epoch, started: Instant::now() });
                 }
-                Ok(None) => {} // its previous owner has not let go yet
+                Ok(None) => {
+                    // Its previous owner has not let go yet: normal for up to
+                    // that owner's session timeout, a stall well beyond it.
+                    let (since, reported) = locked.entry(partition).or_insert((Instant::now(), false));
+                    if !*reported && since.elapsed() >= LOCK_WAIT_REPORTED_AFTER {
+                        *reported = true;
+                        metrics::counter!(crate::metrics::PARTITION_LOCK_WAITS, "table" => table.clone()).increment(1);
+                        tracing::warn!(%table, partition, waited = ?since.elapsed(), "a partition assigned here is still locked by another session");
+                    }
+                }
                 Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),
             }
+        }
+        for partition in running.keys() {
+            locked.remove(partition);
         }
         metrics::gauge!(crate::metrics::PARTITIONS_OWNED, "table" => table.clone()).set(running.len() as f64);
         tokio::select! {
