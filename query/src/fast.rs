@@ -24,6 +24,12 @@
 //! which SQL leaves open without ORDER BY), and the differential tests run
 //! the query corpus both ways to hold it to that.
 //!
+//! On a cluster node, a recognized selection whose filter leaves segments
+//! that other nodes serve does not run here alone: its logical plan is
+//! built from the parse ([`FastQuery::logical_plan`], what DataFusion's
+//! optimizer would make of it) and DataFusion Distributed runs it, with no
+//! SQL planning or logical optimization spent on it.
+//!
 //! Unknown clauses cannot slip through: the parsed statement, with the parts
 //! this module understood swapped for a template's, must equal the parsed
 //! template `SELECT a FROM t`, so a clause added by a future parser version
