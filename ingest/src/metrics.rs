@@ -44,6 +44,8 @@ pub const PARTITION_FAILURES: &str = "sluice_partition_failures_total";
 /// Partitions assigned to this worker that stayed locked by another
 /// session for longer than a session timeout should take to free them.
 pub const PARTITION_LOCK_WAITS: &str = "sluice_partition_lock_waits_total";
+/// Coordinator reads the worker gave up waiting for, by `operation`.
+pub const COORDINATION_TIMEOUTS: &str = "sluice_worker_coordination_timeouts_total";
 /// Partitions without progress while they have work (see `health`).
 pub const PARTITIONS_STALLED: &str = "sluice_partitions_stalled";
 /// Pipelines that cannot run: not started, or their source unreadable.

@@ -42,6 +42,9 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 /// before it is reported: well past a session timeout (a killed owner's
 /// locks go with its session).
 const LOCK_WAIT_REPORTED_AFTER: Duration = Duration::from_secs(30);
+/// How long reading the live workers may take before the supervisor gives
+/// up the round (and says so).
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(15);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Runs the worker until `shutdown` turns true, then stops every partition
@@ -329,11 +332,24 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 health.pipeline_failing(&table, reason);
             }
         }
-        let (mine, changed) = match assigned_partitions(ctx.coordinator.as_ref(), &table, partitions, &me).await {
-            Ok(assigned) => assigned,
-            Err(e) => {
+        // Bounded: a ZooKeeper answer that never comes must not park the
+        // supervisor in silence (no partition would be assigned, so none
+        // could even be reported stalled).
+        let assigned = tokio::time::timeout(
+            ASSIGNMENT_TIMEOUT,
+            assigned_partitions(ctx.coordinator.as_ref(), &table, partitions, &me),
+        )
+        .await;
+        let (mine, changed) = match assigned {
+            Ok(Ok(assigned)) => assigned,
+            Ok(Err(e)) => {
                 tracing::warn!(%table, error = %e, "assignment");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => {
+                metrics::counter!(crate::metrics::COORDINATION_TIMEOUTS, "operation" => "workers").increment(1);
+                tracing::warn!(%table, timeout = ?ASSIGNMENT_TIMEOUT, "the live workers could not be read from the coordinator in time; trying again");
                 continue;
             }
         };
