@@ -434,6 +434,7 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                     health.owned(&table, partition, true);
                     let task = tokio::spawn(ingest_partition(ctx.clone(), lease, stop_rx));
                     running.insert(partition, Running { stop: stop_tx, task, epoch, started: Instant::now() });
+                    locked.remove(&partition);
                 }
                 Ok(None) => {
                     // Its previous owner has not let go yet: normal for up to
@@ -447,9 +448,6 @@ async fn supervise(ctx: Arc<PipelineContext>, me: String, mut stop: watch::Recei
                 }
                 Err(e) => tracing::warn!(%table, partition, error = %e, "acquire"),
             }
-        }
-        for partition in running.keys() {
-            locked.remove(partition);
         }
         metrics::gauge!(crate::metrics::PARTITIONS_OWNED, "table" => table.clone()).set(running.len() as f64);
         tokio::select! {
