@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::physical_expr::Distribution;
@@ -39,10 +39,11 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, ExecutionPlan, ExecutionPlanProperties, Partitioning, ReplaceChildrenOptions,
 };
 use datafusion_distributed::{
-    NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec, NetworkShuffleExec, RouteTasksEvent,
-    RouteTasksEventResponse, Stage,
+    DistributedConfig, DistributedExec, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec, NetworkShuffleExec,
+    RouteTasksEvent, RouteTasksEventResponse, Stage,
 };
 use url::Url;
+use uuid::Uuid;
 
 use crate::dictionary_group::DictionaryGroupBy;
 use crate::distributed::ClusterScanExec;
@@ -72,11 +73,17 @@ impl Default for PlaceBoundaries {
 }
 
 impl PhysicalOptimizerRule for PlaceBoundaries {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        let placed = self.place(plan)?;
-        // A distributed plan answers through one partition.
-        if placed.exists(|p| Ok(p.is_network_boundary()))? && placed.output_partitioning().partition_count() > 1 {
-            return Ok(Arc::new(CoalescePartitionsExec::new(placed)));
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let placed = self.placed(plan)?;
+        // DataFusion Distributed prepares the stages, except where it would
+        // lose a boundary ([`prepare_stages`]).
+        let idle = |p: &Arc<dyn ExecutionPlan>| {
+            p.downcast_ref::<ClusterScanExec>().is_some_and(|scan| scan.without_idle_tasks().is_some())
+        };
+        if placed.exists(|p| Ok(idle(p)))?
+            && let Some(prepared) = prepare_stages(Arc::clone(&placed), config)?
+        {
+            return Ok(prepared);
         }
         Ok(placed)
     }
@@ -91,6 +98,31 @@ impl PhysicalOptimizerRule for PlaceBoundaries {
 }
 
 impl PlaceBoundaries {
+    /// `plan` of a selection (no grouping, so no shuffle) planned without
+    /// DataFusion's planner (`crate::fast`), cut into stages and prepared to
+    /// run on DataFusion Distributed.
+    pub(crate) fn distribute_selection(
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let fitted = plan.transform_up(|p| {
+            let fitted = p.downcast_ref::<ClusterScanExec>().and_then(ClusterScanExec::fitted_to_its_segments);
+            Ok(fitted.map_or(Transformed::no(p), |scan| Transformed::yes(Arc::new(scan) as Arc<dyn ExecutionPlan>)))
+        })?;
+        let placed = PlaceBoundaries::default().placed(fitted.data)?;
+        prepare_stages(placed, config)?
+            .ok_or_else(|| DataFusionError::Internal("a selection was planned with a shuffle".into()))
+    }
+
+    /// `plan` cut into stages, answering through one partition.
+    fn placed(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let placed = self.place(plan)?;
+        if placed.exists(|p| Ok(p.is_network_boundary()))? && placed.output_partitioning().partition_count() > 1 {
+            return Ok(Arc::new(CoalescePartitionsExec::new(placed)));
+        }
+        Ok(placed)
+    }
+
     fn place(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         if plan.is_network_boundary() {
             return Ok(plan);
@@ -206,6 +238,60 @@ impl PlaceBoundaries {
         )?;
         Ok(Some((Arc::new(merged), tasks)))
     }
+}
+
+/// `plan` ready for DataFusion Distributed to run: the planner's idle scan
+/// tasks dropped, its stages prepared as its own planner would; `None` when
+/// a boundary is not a coalesce (a shuffle's stages need its preparation).
+///
+/// DataFusion Distributed runs a stage of one task under a head of one on
+/// the node that took the query, without its boundary. So a scan whose rows
+/// are all on one other node keeps an idle task of the planner's own beside
+/// that node's ([`ClusterScanExec::plan`]): a round of a task that reads
+/// nothing, on every query whose filter rules out the planner's segments.
+/// Here the idle tasks are dropped and the stages prepared as it would: one
+/// query id, a number per stage, a stage of only the planner's own task run
+/// in place. The plan is a `DistributedExec`, which its planner takes as it
+/// is.
+fn prepare_stages(plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if plan.exists(|p| Ok(p.is_network_boundary() && !p.is::<NetworkCoalesceExec>()))? {
+        return Ok(None);
+    }
+    let query_id = Uuid::new_v4();
+    let mut stages = 0;
+    let prepared = plan.transform_up(|node| {
+        let Some(stage) = node.as_network_boundary().and_then(|b| b.input_stage().local_plan()) else {
+            return Ok(Transformed::no(node));
+        };
+        let mut tasks = 0;
+        let stage = Arc::clone(stage).transform_up(|p| {
+            let Some(scan) = p.downcast_ref::<ClusterScanExec>() else { return Ok(Transformed::no(p)) };
+            if scan.runs_here_alone() {
+                tasks = 0;
+                return Ok(Transformed::no(p));
+            }
+            let busy = scan.without_idle_tasks();
+            tasks = busy.as_ref().map_or(scan.task_count(), ClusterScanExec::task_count);
+            Ok(busy.map_or(Transformed::no(p), |busy| Transformed::yes(Arc::new(busy) as Arc<dyn ExecutionPlan>)))
+        })?;
+        if tasks == 0 {
+            // The planner's own task alone: run in place.
+            return Ok(Transformed::yes(stage.data));
+        }
+        stages += 1;
+        let boundary = NetworkCoalesceExec::try_new(stage.data, tasks, 1)?;
+        let Stage::Local(mut local) = boundary.input_stage().clone() else {
+            return Err(DataFusionError::Internal("a new boundary's stage is not local".into()));
+        };
+        (local.query_id, local.num) = (query_id, stages);
+        let boundary: Arc<dyn ExecutionPlan> = boundary.with_input_stage(Stage::Local(local))?;
+        Ok(Transformed::yes(boundary))
+    })?;
+    if stages == 0 {
+        return Ok(Some(prepared.data));
+    }
+    let metrics = DistributedConfig::from_config_options(config).is_ok_and(|c| c.collect_metrics);
+    Ok(Some(Arc::new(DistributedExec::new(prepared.data).with_metrics_collection(metrics))))
 }
 
 /// The groups `partial` makes at least, as the planner's own segments

@@ -63,6 +63,7 @@ use crate::table::{Elsewhere, Reader, RemoteTail, ScanStats, SegmentTable, read_
 pub const NOT_SERVED: &str = "sluice: segment not served here";
 
 /// What a scan reads and how, as the table's `scan` decided it.
+#[derive(Clone)]
 pub(crate) struct ScanSpec {
     pub table: String,
     /// The scan's output.
@@ -89,6 +90,18 @@ struct Task {
 }
 
 impl Task {
+    /// Whether the task reads nothing: only the planner's own can, the
+    /// others are made for what they read.
+    fn is_idle(&self) -> bool {
+        self.pinned.is_none() && self.named.is_empty() && self.tails.is_empty()
+    }
+
+    /// Whether the task runs on the node that planned it (its own
+    /// segments, or nothing).
+    fn is_own(&self) -> bool {
+        self.pinned.is_some() || self.is_idle()
+    }
+
     /// The task of the node at `url` among `tasks`, added empty if missing.
     fn on<'a>(tasks: &'a mut BTreeMap<String, Task>, url: &Url) -> &'a mut Task {
         tasks.entry(url.to_string()).or_insert_with(|| Task {
@@ -164,20 +177,20 @@ impl fmt::Debug for ClusterScanExec {
 }
 
 impl ClusterScanExec {
-    /// Plans the scan of `local` (this node's segments, tail included) and
-    /// `elsewhere` (segments other nodes serve): each remote segment goes to
-    /// the least loaded of its live holders, each node's share is one task.
+    /// Plans the scan of `local` (this node's segments that may match, tail
+    /// included; `local_stats` counts all of them) and `elsewhere` (segments
+    /// other nodes serve): each remote segment goes to the least loaded of
+    /// its live holders, each node's share is one task.
     pub(crate) fn plan(
         cluster: &Cluster,
         spec: ScanSpec,
-        local: Arc<Vec<Arc<Segment>>>,
+        (local, local_stats): (Vec<Arc<Segment>>, ScanStats),
         elsewhere: &Elsewhere,
         partitions: usize,
     ) -> Result<Self> {
-        let mut stats = crate::selection::consuming_stats(&local);
-        stats.segments_queried = (local.len() + elsewhere.remote.len() + elsewhere.missing.len()) as u64;
-        stats.total_docs = local.iter().map(|s| u64::from(s.num_rows())).sum::<u64>()
-            + elsewhere.remote.iter().map(|r| r.rows).sum::<u64>();
+        let mut stats = local_stats;
+        stats.segments_queried += (elsewhere.remote.len() + elsewhere.missing.len()) as u64;
+        stats.total_docs += elsewhere.remote.iter().map(|r| r.rows).sum::<u64>();
         // Each other node's task, by its URL.
         let mut by_url: BTreeMap<String, Task> = BTreeMap::new();
         let mut load: HashMap<String, u64> = HashMap::new();
@@ -202,20 +215,25 @@ impl ClusterScanExec {
             }
         }
         stats.consuming_segments += (elsewhere.remote_tails.len() - tails_unavailable as usize) as u64;
-        let self_url = cluster.self_url().to_string();
-        let mut tasks = Vec::new();
-        let pin = (!local.is_empty()).then(|| Pin::new(local));
-        // This node's task first; at least two tasks, so the planner keeps
-        // the network boundary even when one other node holds everything.
-        tasks.push(Task {
-            url: self_url.clone(),
-            named: Vec::new(),
-            pinned: pin.as_ref().map(|p| p.id),
-            tails: Vec::new(),
-        });
-        tasks.extend(by_url.into_values());
-        let servers =
-            tasks.iter().filter(|t| t.pinned.is_some() || !t.named.is_empty() || !t.tails.is_empty()).count() as u64;
+        stats.segments_processed += (elsewhere.remote.len() as u64).saturating_sub(missing);
+        let pin = (!local.is_empty()).then(|| Pin::new(Arc::new(local)));
+        let others: Vec<Task> = by_url.into_values().collect();
+        // This node's task first, when it reads something. An idle one
+        // stays beside a single other node's task: DataFusion Distributed
+        // runs a stage of one task under a head of one on the planner,
+        // without its boundary. `boundaries` drops it where it prepares the
+        // stages itself ([`ClusterScanExec::without_idle_tasks`]).
+        let mut tasks = Vec::with_capacity(others.len() + 1);
+        if pin.is_some() || others.len() < 2 {
+            tasks.push(Task {
+                url: cluster.self_url().to_string(),
+                named: Vec::new(),
+                pinned: pin.as_ref().map(|p| p.id),
+                tails: Vec::new(),
+            });
+        }
+        tasks.extend(others);
+        let servers = tasks.iter().filter(|t| !t.is_idle()).count() as u64;
         stats.servers_responded = servers.max(1);
         stats.servers_queried = stats.servers_responded + u64::from(missing > 0 || tails_unavailable > 0);
         stats.segments_missing = missing;
@@ -245,6 +263,38 @@ impl ClusterScanExec {
     /// How many tasks (nodes) the scan runs as.
     pub(crate) fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Whether the scan is one task, on the node that planned it.
+    pub(crate) fn runs_here_alone(&self) -> bool {
+        matches!(self.tasks.as_slice(), [task] if task.is_own())
+    }
+
+    /// The scan over no more partitions than its busiest task has segments
+    /// to read: a selection over one segment then runs as one stream, with
+    /// no empty partition to merge on the way out. Not for a scan under a
+    /// grouping, which needs two partitions (see `SegmentTable::scan`).
+    pub(crate) fn fitted_to_its_segments(&self) -> Option<Self> {
+        let pinned = self.local().len();
+        let busiest = self
+            .tasks
+            .iter()
+            .map(|t| t.named.len() + t.tails.len() + if t.pinned.is_some() { pinned } else { 0 })
+            .max()
+            .unwrap_or(0);
+        let partitions = self.partitions.min(busiest).max(1);
+        (partitions < self.partitions)
+            .then(|| Self::new(self.spec.clone(), self.tasks.clone(), partitions, self.pin.clone(), self.stats))
+    }
+
+    /// The scan without the planner's idle task, if it has one beside
+    /// others (see [`ClusterScanExec::plan`]).
+    pub(crate) fn without_idle_tasks(&self) -> Option<Self> {
+        let busy: Vec<Task> = self.tasks.iter().filter(|t| !t.is_idle()).cloned().collect();
+        if busy.is_empty() || busy.len() == self.tasks.len() {
+            return None;
+        }
+        Some(Self::new(self.spec.clone(), busy, self.partitions, self.pin.clone(), self.stats))
     }
 
     /// The node each task runs on, in task order.
@@ -304,8 +354,14 @@ impl ClusterScanExec {
         let filled = self.partitions.min(threads).max(1);
         let segments: Vec<Arc<Segment>> =
             resolved.iter().cloned().enumerate().filter(|(i, _)| i % filled == partition).map(|(_, s)| s).collect();
+        // A partition with nothing to read (one segment over two threads,
+        // the planner's idle task) answers at once, without a hop to the
+        // blocking pool and back.
+        if segments.is_empty() {
+            return Ok(futures::future::Either::Left(futures::future::ready(Ok(Vec::new()))));
+        }
         let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
-        Ok(async move {
+        Ok(futures::future::Either::Right(async move {
             tokio::task::spawn_blocking(move || {
                 let (mut parts, _) = select(&segments, predicate.as_ref(), &table, 1)?;
                 if let Some(limit) = limit {
@@ -315,7 +371,7 @@ impl ClusterScanExec {
             })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
-        })
+        }))
     }
 
     /// The segments of `task`, on the node running it.

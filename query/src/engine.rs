@@ -587,12 +587,9 @@ impl Executor {
                 // Other nodes serve some of its segments: DataFusion
                 // Distributed runs it, planned from the parsed query.
                 metrics::counter!("sluice_query_planner_total", "planner" => "fast_distributed").increment(1);
-                let plan = query.logical_plan().map_err(QueryError::from_planning)?;
                 let state = self.ctx.state();
-                let physical = state
-                    .query_planner()
-                    .create_physical_plan(&plan, &state)
-                    .await
+                let physical = query.physical_plan(&state).await.map_err(QueryError::from_planning)?;
+                let physical = crate::boundaries::PlaceBoundaries::distribute_selection(physical, state.config_options())
                     .map_err(QueryError::from_planning)?;
                 return self.run(physical, state.task_ctx()).await;
             }

@@ -25,10 +25,10 @@
 //! the query corpus both ways to hold it to that.
 //!
 //! On a cluster node, a recognized selection whose filter leaves segments
-//! that other nodes serve does not run here alone: its logical plan is
-//! built from the parse ([`FastQuery::logical_plan`], what DataFusion's
-//! optimizer would make of it) and DataFusion Distributed runs it, with no
-//! SQL planning or logical optimization spent on it.
+//! that other nodes serve does not run here alone: its physical plan is
+//! built from the parse ([`FastQuery::physical_plan`], what DataFusion's
+//! planner would make of it) and DataFusion Distributed runs it, with no
+//! SQL planning or optimization spent on it.
 //!
 //! Unknown clauses cannot slip through: the parsed statement, with the parts
 //! this module understood swapped for a template's, must equal the parsed
@@ -41,7 +41,11 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::expr::Like;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Operator, binary_expr};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::logical_expr::{Expr, Operator, binary_expr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::sql::sqlparser::ast::{
     self, BinaryOperator, LimitClause, ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor, UnaryOperator,
     Value, WildcardAdditionalOptions,
@@ -165,34 +169,26 @@ pub(crate) fn plan(sql: &str, table: impl Fn(&str) -> Option<Arc<SegmentTable>>)
 
 impl FastQuery {
     /// Whether other nodes serve some of the segments the query reads:
-    /// [`FastQuery::logical_plan`] then runs it, not [`execute`].
+    /// [`FastQuery::physical_plan`] then runs it, not [`execute`].
     pub(crate) fn spread(&self) -> bool {
         self.spread
     }
 
-    /// The query as DataFusion's logical optimizer leaves it: the table's
+    /// The query's physical plan as DataFusion would make it: the table's
     /// scan of the output columns with the filter (which the table applies
     /// exactly, as checked above) and the limit pushed into it, under the
-    /// limit. Planned from here, a selection skips turning SQL into a plan
-    /// and optimizing it, which cost more than its distributed round
-    /// (docs/PERFORMANCE.md); the physical planning, the placement of its
-    /// stages and their execution are DataFusion's and DataFusion
-    /// Distributed's, as for any other query.
-    pub(crate) fn logical_plan(&self) -> datafusion::common::Result<LogicalPlan> {
-        let source = datafusion::datasource::provider_as_source(self.table.clone());
-        let filters = self.filter.iter().cloned().collect();
+    /// limit. Planned from here, a selection skips turning SQL into a plan,
+    /// optimizing it and planning it, which cost more than its distributed
+    /// round (docs/PERFORMANCE.md); the placement of its stages and their
+    /// execution are DataFusion Distributed's, as for any other query.
+    pub(crate) async fn physical_plan(&self, state: &dyn Session) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let filters: Vec<Expr> = self.filter.iter().cloned().collect();
         let fetch = self.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let mut plan = LogicalPlanBuilder::scan_with_filters_fetch(
-            self.table.name(),
-            source,
-            Some(self.projection.clone()),
-            filters,
-            fetch,
-        )?;
-        if let Some(fetch) = fetch {
-            plan = plan.limit(0, Some(fetch))?;
-        }
-        plan.build()
+        let scan = self.table.scan(state, Some(&self.projection), &filters, fetch).await?;
+        Ok(match fetch {
+            Some(fetch) => Arc::new(GlobalLimitExec::new(Arc::new(CoalescePartitionsExec::new(scan)), 0, Some(fetch))),
+            None => scan,
+        })
     }
 }
 
@@ -397,24 +393,26 @@ mod tests {
     /// A selection spread over the cluster is planned from its parse: the
     /// table's scan of the output columns in the query's order, with the
     /// filter and the limit in it, under the limit.
-    #[test]
-    fn a_spread_selection_is_planned_from_its_parse() {
+    #[tokio::test]
+    async fn a_spread_selection_is_planned_from_its_parse() {
         let t = table();
+        let state = datafusion::execution::SessionStateBuilder::new().build();
         let sql = "SELECT status, country FROM clicks WHERE status = 404 OR country IN ('FR', 'DE') LIMIT 10";
         let query = plan(sql, |name| (name == "clicks").then(|| t.clone())).unwrap();
-        let logical = query.logical_plan().unwrap();
-        let shown = logical.display_indent().to_string();
+        let physical = query.physical_plan(&state).await.unwrap();
+        let shown = datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string();
         let lines: Vec<&str> = shown.lines().map(str::trim).collect();
-        assert_eq!(lines.len(), 2, "{shown}");
-        assert_eq!(lines[0], "Limit: skip=0, fetch=10", "{shown}");
-        assert!(lines[1].starts_with("TableScan: clicks projection=[status, country]"), "{shown}");
-        assert!(lines[1].contains("full_filters=[") && lines[1].ends_with("fetch=10"), "{shown}");
-        let names: Vec<&str> = logical.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(lines.len(), 3, "{shown}");
+        assert_eq!(lines[0], "GlobalLimitExec: skip=0, fetch=10", "{shown}");
+        assert_eq!(lines[1], "CoalescePartitionsExec", "{shown}");
+        assert!(lines[2].starts_with("SegmentScanExec"), "{shown}");
+        let names: Vec<String> = physical.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, ["status", "country"]);
 
         let everything = plan("SELECT * FROM clicks", |name| (name == "clicks").then(|| t.clone())).unwrap();
-        let shown = everything.logical_plan().unwrap().display_indent().to_string();
-        assert_eq!(shown.trim(), "TableScan: clicks projection=[country, status, latency, bot, ts]");
+        let physical = everything.physical_plan(&state).await.unwrap();
+        let names: Vec<String> = physical.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["country", "status", "latency", "bot", "ts"]);
     }
 
     #[test]

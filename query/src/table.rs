@@ -376,6 +376,10 @@ impl TableProvider for SegmentTable {
                 )));
             };
             let limit = if exact { limit.map(|l| l as u64) } else { None };
+            // This node's own segments the filter rules out (by time, by
+            // min/max) are left out now: a query whose rows are all
+            // elsewhere then runs no task here.
+            let own = prune(&segments, predicate.as_ref(), &table);
             let scan = crate::distributed::ClusterScanExec::plan(
                 &cluster,
                 crate::distributed::ScanSpec {
@@ -386,7 +390,7 @@ impl TableProvider for SegmentTable {
                     exact,
                     limit,
                 },
-                segments,
+                own,
                 &elsewhere,
                 // Two partitions at least: over one, DataFusion plans an
                 // aggregation as one step above the network boundary, and
