@@ -448,6 +448,57 @@ mod tests {
         }
     }
 
+    /// A planner holding none of a scan's rows sends one task, to the node
+    /// holding them, without an idle one of its own: the stage is prepared
+    /// here (DataFusion Distributed would run a stage of one task in place,
+    /// on the planner), numbered, with a query id, under a
+    /// `DistributedExec`. A selection over one segment reads it as one
+    /// partition.
+    #[test]
+    fn a_scan_all_elsewhere_runs_as_one_remote_task() {
+        use crate::distributed::tests::scan_beside_an_idle_planner;
+        let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));
+        let stages = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut stages = Vec::new();
+            plan.apply(|node| {
+                if let Some(boundary) = node.as_network_boundary() {
+                    let stage = boundary.input_stage();
+                    let scan = stage.local_plan().and_then(|p| {
+                        let mut found = None;
+                        let _ = p.apply(|n| {
+                            found = n
+                                .downcast_ref::<ClusterScanExec>()
+                                .map(|s| (s.urls().unwrap(), s.output_partitioning().partition_count()));
+                            Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+                        });
+                        found
+                    });
+                    stages.push((stage.query_id(), stage.num(), stage.task_count(), scan));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            stages
+        };
+        let one_remote: Arc<dyn ExecutionPlan> = scan_beside_an_idle_planner(schema.clone(), &[7], 2);
+        let planned = PlaceBoundaries::default().optimize(one_remote.clone(), &ConfigOptions::default()).unwrap();
+        assert!(planned.is::<DistributedExec>(), "{}", planned.name());
+        let remote = Url::parse("http://127.0.0.1:7/").unwrap();
+        match stages(&planned).as_slice() {
+            [(query, 1, 1, Some((urls, 2)))] => {
+                assert!(!query.is_nil());
+                assert_eq!(urls, &[remote.clone()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let selection = PlaceBoundaries::distribute_selection(one_remote, &ConfigOptions::default()).unwrap();
+        assert!(matches!(stages(&selection).as_slice(), [(_, 1, 1, Some((_, 1)))]), "{:?}", stages(&selection));
+
+        // Beside no other node, the idle task is the scan: it runs in place.
+        let alone = scan_beside_an_idle_planner(schema, &[], 2);
+        assert!(alone.without_idle_tasks().is_none() && alone.runs_here_alone());
+    }
+
     /// A scan of one partition per task, under an operator that reads one
     /// partition (what DataFusion plans on a one-core node or with
     /// `limits.threads = 1`): the boundary's one partition per task is

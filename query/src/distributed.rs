@@ -805,15 +805,29 @@ pub(crate) mod tests {
     /// A scan of `schema` with one task per port (a node at that port on
     /// loopback, one segment each) and `partitions` partitions.
     pub(crate) fn scan_over(schema: SchemaRef, ports: &[u16], partitions: usize) -> Arc<ClusterScanExec> {
-        let tasks = ports
-            .iter()
-            .map(|port| Task {
-                url: format!("http://127.0.0.1:{port}/"),
-                named: vec!["s".into()],
-                pinned: None,
-                tails: vec![],
-            })
-            .collect();
+        scan_of(schema, ports, partitions, false)
+    }
+
+    /// [`scan_over`] planned on a node holding none of the scan's segments:
+    /// its own idle task first, as [`ClusterScanExec::plan`] keeps it beside
+    /// a single other node's.
+    pub(crate) fn scan_beside_an_idle_planner(
+        schema: SchemaRef,
+        ports: &[u16],
+        partitions: usize,
+    ) -> Arc<ClusterScanExec> {
+        scan_of(schema, ports, partitions, true)
+    }
+
+    fn scan_of(schema: SchemaRef, ports: &[u16], partitions: usize, idle_planner: bool) -> Arc<ClusterScanExec> {
+        let idle = Task { url: "http://127.0.0.1:1/".into(), named: vec![], pinned: None, tails: vec![] };
+        let remote = ports.iter().map(|port| Task {
+            url: format!("http://127.0.0.1:{port}/"),
+            named: vec!["s".into()],
+            pinned: None,
+            tails: vec![],
+        });
+        let tasks = idle_planner.then_some(idle).into_iter().chain(remote).collect();
         let spec = ScanSpec {
             table: "clicks".into(),
             schema: schema.clone(),

@@ -589,8 +589,9 @@ impl Executor {
                 metrics::counter!("sluice_query_planner_total", "planner" => "fast_distributed").increment(1);
                 let state = self.ctx.state();
                 let physical = query.physical_plan(&state).await.map_err(QueryError::from_planning)?;
-                let physical = crate::boundaries::PlaceBoundaries::distribute_selection(physical, state.config_options())
-                    .map_err(QueryError::from_planning)?;
+                let physical =
+                    crate::boundaries::PlaceBoundaries::distribute_selection(physical, state.config_options())
+                        .map_err(QueryError::from_planning)?;
                 return self.run(physical, state.task_ctx()).await;
             }
             metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);

@@ -39,9 +39,9 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::expr::Like;
-use datafusion::catalog::{Session, TableProvider};
 use datafusion::logical_expr::{Expr, Operator, binary_expr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -181,7 +181,10 @@ impl FastQuery {
     /// optimizing it and planning it, which cost more than its distributed
     /// round (docs/PERFORMANCE.md); the placement of its stages and their
     /// execution are DataFusion Distributed's, as for any other query.
-    pub(crate) async fn physical_plan(&self, state: &dyn Session) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    pub(crate) async fn physical_plan(
+        &self,
+        state: &dyn Session,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let filters: Vec<Expr> = self.filter.iter().cloned().collect();
         let fetch = self.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let scan = self.table.scan(state, Some(&self.projection), &filters, fetch).await?;
