@@ -468,7 +468,7 @@ mod tests {
                         let _ = p.apply(|n| {
                             found = n
                                 .downcast_ref::<ClusterScanExec>()
-                                .map(|s| (s.urls().unwrap(), s.output_partitioning().partition_count()));
+                                .map(|s| (s.urls().unwrap(), s.properties().partitioning.partition_count()));
                             Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
                         });
                         found
@@ -487,7 +487,7 @@ mod tests {
         match stages(&planned).as_slice() {
             [(query, 1, 1, Some((urls, 2)))] => {
                 assert!(!query.is_nil());
-                assert_eq!(urls, &[remote.clone()]);
+                assert_eq!(urls, &[remote]);
             }
             other => panic!("{other:?}"),
         }
