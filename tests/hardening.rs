@@ -37,6 +37,10 @@ impl Quickstart {
         command
             .args(["quickstart", "--rate", "2000", "--port", &port.to_string(), "--data-dir"])
             .arg(dir.path().join("data"))
+            // Not the default Postgres port: the tests of this file run at
+            // once, each with its own quickstart.
+            .arg("--pg-port")
+            .arg(free_port().unwrap().to_string())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).create(true).open(&log).unwrap());

@@ -215,7 +215,7 @@ impl ClusterScanExec {
             }
         }
         stats.consuming_segments += (elsewhere.remote_tails.len() - tails_unavailable as usize) as u64;
-        stats.segments_processed += (elsewhere.remote.len() as u64).saturating_sub(missing);
+        stats.segments_processed += by_url.values().map(|t| t.named.len() as u64).sum::<u64>();
         let pin = (!local.is_empty()).then(|| Pin::new(Arc::new(local)));
         let others: Vec<Task> = by_url.into_values().collect();
         // This node's task first, when it reads something. An idle one
