@@ -10,7 +10,9 @@
 //! key (DataFusion Distributed's `NetworkShuffleExec`) and each merges its
 //! share of the keys; the node that took the query only gathers merged
 //! groups. [`route_tasks`] sends a scan's tasks to the nodes holding their
-//! segments, and a shuffle's consumers to the same nodes.
+//! segments, and a shuffle's consumers to the same nodes. Where DataFusion
+//! Distributed would lose a boundary (a stage of one remote task), the
+//! stages are prepared here instead ([`prepare_stages`]).
 //!
 //! Invariants:
 //! - A stage answers through one stream per task, and an operator that
@@ -18,6 +20,9 @@
 //! - A shuffle only replaces a `Final`/`FinalPartitioned` aggregation over
 //!   the partial step of the same grouping: the merge is the one DataFusion
 //!   planned, on a partitioning by the same keys.
+//! - A stage runs on the planner without a boundary only when its one task
+//!   is the planner's own: a task that reads another node's segments always
+//!   crosses the network to it.
 
 use std::sync::Arc;
 
