@@ -82,9 +82,7 @@ impl PhysicalOptimizerRule for PlaceBoundaries {
         let placed = self.placed(plan)?;
         // DataFusion Distributed prepares the stages, except where it would
         // lose a boundary ([`prepare_stages`]).
-        let idle = |p: &Arc<dyn ExecutionPlan>| {
-            p.downcast_ref::<ClusterScanExec>().is_some_and(|scan| scan.without_idle_tasks().is_some())
-        };
+        let idle = |p: &Arc<dyn ExecutionPlan>| p.downcast_ref::<ClusterScanExec>().is_some_and(|s| s.has_idle_task());
         if placed.exists(|p| Ok(idle(p)))?
             && let Some(prepared) = prepare_stages(Arc::clone(&placed), config)?
         {

@@ -287,14 +287,19 @@ impl ClusterScanExec {
             .then(|| Self::new(self.spec.clone(), self.tasks.clone(), partitions, self.pin.clone(), self.stats))
     }
 
+    /// Whether the scan has the planner's idle task beside others (see
+    /// [`ClusterScanExec::plan`]).
+    pub(crate) fn has_idle_task(&self) -> bool {
+        self.tasks.iter().any(Task::is_idle) && !self.tasks.iter().all(Task::is_idle)
+    }
+
     /// The scan without the planner's idle task, if it has one beside
-    /// others (see [`ClusterScanExec::plan`]).
+    /// others.
     pub(crate) fn without_idle_tasks(&self) -> Option<Self> {
-        let busy: Vec<Task> = self.tasks.iter().filter(|t| !t.is_idle()).cloned().collect();
-        if busy.is_empty() || busy.len() == self.tasks.len() {
-            return None;
-        }
-        Some(Self::new(self.spec.clone(), busy, self.partitions, self.pin.clone(), self.stats))
+        self.has_idle_task().then(|| {
+            let busy = self.tasks.iter().filter(|t| !t.is_idle()).cloned().collect();
+            Self::new(self.spec.clone(), busy, self.partitions, self.pin.clone(), self.stats)
+        })
     }
 
     /// The node each task runs on, in task order.
