@@ -673,7 +673,7 @@ pub(crate) struct WorkerSessions {
     /// This node's `limits.threads`.
     pub(crate) threads: usize,
     /// Workers call each other too: with the cluster's token.
-    pub(crate) channels: crate::flight_auth::TokenChannels,
+    pub(crate) channels: crate::channels::TokenChannels,
     /// Every task's session but its config. Building a session registers
     /// DataFusion's few hundred functions and ours one by one, which cost
     /// each task more than its plan's decoding; a clone copies the
@@ -688,7 +688,7 @@ impl WorkerSessions {
         tables: crate::engine::Tables,
         threads: usize,
         max_function_output: u64,
-        channels: crate::flight_auth::TokenChannels,
+        channels: crate::channels::TokenChannels,
         runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     ) -> Self {
         let mut template =
@@ -738,6 +738,9 @@ pub(crate) async fn serve(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     if let Err(e) = tonic::transport::Server::builder()
+        // A plan or a batch a peer sends crosses in one frame (see
+        // `channels`).
+        .max_frame_size(crate::channels::MAX_FRAME)
         .layer(tonic::service::InterceptorLayer::new(authenticate))
         .add_service(worker.into_worker_server())
         .serve_with_incoming_shutdown(incoming, stop)
@@ -766,7 +769,7 @@ pub(crate) mod tests {
             crate::engine::Tables::default(),
             3,
             1024,
-            crate::flight_auth::TokenChannels::new(None),
+            crate::channels::TokenChannels::new(None),
             Arc::new(RuntimeEnv::default()),
         );
         let config = SessionConfig::new().with_batch_size(123).with_extension(Arc::new(Mark));

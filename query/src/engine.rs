@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext, SessionState};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
@@ -184,6 +184,17 @@ pub struct QueryEngine {
 #[derive(Clone)]
 struct Executor {
     ctx: SessionContext,
+    /// A copy of `ctx`'s session and a task context made from it, taken at
+    /// the first spread selection, for all of them: copying a session
+    /// clones its registries of a few hundred functions, and so does making
+    /// a task context, which cost such a query more than planning it.
+    /// Nothing changes the session once the engine serves (statements are
+    /// refused; tables live in the catalog both share). The copy's start
+    /// time is its first query's, which a selection never reads: its
+    /// predicates are literals (`fast`), never `now()`; queries that go
+    /// through DataFusion's planner take a fresh copy each. Shared by the
+    /// executor's clones (one per query).
+    session: Arc<std::sync::OnceLock<(SessionState, Arc<datafusion::execution::TaskContext>)>>,
     limits: QueryLimits,
     /// DataFusion's target partitions, also the fast path's threads.
     threads: usize,
@@ -269,7 +280,7 @@ impl QueryEngine {
             .build()
             .map_err(|e| QueryError::Internal { message: format!("cannot start the query runtime: {e}") })?;
         Ok(QueryEngine {
-            executor: Executor { ctx, limits, threads, tables, cluster: None },
+            executor: Executor { ctx, session: Default::default(), limits, threads, tables, cluster: None },
             permits,
             waiting: AtomicUsize::new(0),
             running: Arc::default(),
@@ -296,7 +307,7 @@ impl QueryEngine {
         use datafusion::execution::SessionStateBuilder;
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
         let state = self.executor.ctx.state();
-        let channels = crate::flight_auth::TokenChannels::new(token.as_ref());
+        let channels = crate::channels::TokenChannels::new(token.as_ref());
         let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions::new(
             self.executor.tables.clone(),
             self.executor.threads,
@@ -331,6 +342,7 @@ impl QueryEngine {
         }
         distributed.config_mut().set_extension(cluster.clone());
         self.executor.ctx = SessionContext::new_with_state(distributed);
+        self.executor.session = Default::default();
         self.executor.cluster = Some(cluster);
         worker
     }
@@ -524,6 +536,16 @@ fn read_only(plan: &datafusion::logical_expr::LogicalPlan) -> Result<(), QueryEr
 type Answer = (arrow::datatypes::SchemaRef, Vec<RecordBatch>);
 
 impl Executor {
+    /// The session a spread selection plans in, and the task context it
+    /// runs in.
+    fn session(&self) -> &(SessionState, Arc<datafusion::execution::TaskContext>) {
+        self.session.get_or_init(|| {
+            let state = self.ctx.state();
+            let task = state.task_ctx();
+            (state, task)
+        })
+    }
+
     fn table(&self, name: &str) -> Option<Arc<SegmentTable>> {
         self.tables.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
@@ -587,12 +609,12 @@ impl Executor {
                 // Other nodes serve some of its segments: DataFusion
                 // Distributed runs it, planned from the parsed query.
                 metrics::counter!("sluice_query_planner_total", "planner" => "fast_distributed").increment(1);
-                let state = self.ctx.state();
-                let physical = query.physical_plan(&state).await.map_err(QueryError::from_planning)?;
+                let (state, task) = self.session();
+                let physical = query.physical_plan(state).await.map_err(QueryError::from_planning)?;
                 let physical =
                     crate::boundaries::PlaceBoundaries::distribute_selection(physical, state.config_options())
                         .map_err(QueryError::from_planning)?;
-                return self.run(physical, state.task_ctx()).await;
+                return self.run(physical, task.clone()).await;
             }
             metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);
             let (schema, batches, stats) = fast::execute(query, self.threads, self.limits.max_result_rows).await?;
@@ -608,8 +630,9 @@ impl Executor {
         &self,
         sql: &str,
     ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
-        // One copy of the session for the whole query: each copy clones its
-        // function registries and options.
+        // One copy of the session for the whole query, stamped with its
+        // start (what `now()` answers): each copy clones its function
+        // registries and options.
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
         // Only a query passes: no statement that would change the session.
@@ -687,6 +710,18 @@ impl<F: FnMut()> Drop for Defer<F> {
 mod tests {
     use super::*;
     use arrow::array::{ArrayRef, StringArray, StringViewArray};
+
+    /// Every query runs on a clone of the executor: the session copy of
+    /// spread selections is taken once and shared by all of them.
+    #[test]
+    fn the_selections_session_is_copied_once_for_every_query() {
+        let engine = QueryEngine::new(QueryLimits::default()).unwrap();
+        let (first, second) = (engine.executor.clone(), engine.executor.clone());
+        let (a, b) = (first.session(), second.session());
+        assert!(std::ptr::eq(a, b));
+        assert!(Arc::ptr_eq(&a.1, &b.1));
+        assert!(std::ptr::eq(engine.executor.session(), a));
+    }
 
     /// A string-view column counts its strings, not just its views (Arrow's
     /// slice size misses them): a result of large strings is refused.

@@ -4,18 +4,12 @@
 //! with the cluster's token, and presents it on every call it makes: the
 //! planner to the workers, and workers to each other. Without a configured
 //! token (only on a loopback address, config validation sees to it) calls
-//! are neither checked nor stamped.
+//! are neither checked nor stamped. The stamping is in `channels`.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::error::DataFusionError;
-use datafusion_distributed::grpc::{BoxCloneSyncChannel, DefaultChannelResolver, create_worker_client};
-use datafusion_distributed::{ChannelResolver, WorkerChannel};
-use tonic::codegen::http::{HeaderValue, Request, header::AUTHORIZATION};
+use tonic::codegen::http::header::AUTHORIZATION;
 use tonic::{Status, metadata::MetadataValue};
-use tower::ServiceExt;
-use url::Url;
 
 /// `Bearer <token>`, as sent and expected.
 #[derive(Clone)]
@@ -30,6 +24,11 @@ impl std::fmt::Debug for ClusterToken {
 impl ClusterToken {
     pub fn new(token: &str) -> Self {
         ClusterToken(format!("Bearer {token}").into())
+    }
+
+    /// The `authorization` header's value.
+    pub(crate) fn header(&self) -> &str {
+        &self.0
     }
 
     /// The server side: refuses a call without the token, in time
@@ -47,41 +46,6 @@ impl ClusterToken {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// Channels to other nodes (cached by the default resolver), each call
-/// stamped with the token.
-#[derive(Clone)]
-pub(crate) struct TokenChannels {
-    inner: DefaultChannelResolver,
-    header: Option<HeaderValue>,
-}
-
-impl TokenChannels {
-    pub(crate) fn new(token: Option<&ClusterToken>) -> Self {
-        // A token holds no control characters (config validation), so it
-        // is a valid header value.
-        let header = token.and_then(|t| HeaderValue::from_str(&t.0).ok()).map(|mut h| {
-            h.set_sensitive(true);
-            h
-        });
-        TokenChannels { inner: DefaultChannelResolver::default(), header }
-    }
-}
-
-#[async_trait]
-impl ChannelResolver for TokenChannels {
-    async fn get_worker_client_for_url(&self, url: &Url) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
-        let channel = self.inner.get_channel(url).await?;
-        let Some(header) = self.header.clone() else {
-            return Ok(create_worker_client(channel));
-        };
-        let stamped = channel.map_request(move |mut request: Request<tonic::body::Body>| {
-            request.headers_mut().insert(AUTHORIZATION, header.clone());
-            request
-        });
-        Ok(create_worker_client(BoxCloneSyncChannel::new(stamped)))
-    }
 }
 
 #[cfg(test)]
@@ -105,34 +69,5 @@ mod tests {
             assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{wrong:?}");
         }
         assert!(!format!("{token:?}").contains("secret"));
-    }
-
-    /// The served Flight port, over TCP: a caller without the token or with
-    /// another one is refused before any request reaches the worker; the
-    /// cluster's own channels get through.
-    #[tokio::test]
-    async fn the_flight_port_refuses_callers_without_the_token() {
-        use datafusion_distributed::{GetWorkerInfoRequest, Worker};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-        let token = ClusterToken::new("the-cluster-secret-0123456789");
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let server =
-            tokio::spawn(crate::distributed::serve(listener, Worker::default(), Some(token.clone()), shutdown));
-        let info = |channels: TokenChannels| {
-            let url = url.clone();
-            async move {
-                let mut client = channels.get_worker_client_for_url(&url).await?;
-                client.get_worker_info(GetWorkerInfoRequest {}).await
-            }
-        };
-        let intruder = ClusterToken::new("not-the-cluster-secret-0123456");
-        for channels in [TokenChannels::new(None), TokenChannels::new(Some(&intruder))] {
-            let refused = info(channels).await.err().expect("refused").to_string();
-            assert!(refused.contains("flight_token"), "{refused}");
-        }
-        assert!(info(TokenChannels::new(Some(&token))).await.is_ok(), "the cluster's own channel");
-        stop.send(true).unwrap();
-        server.await.unwrap();
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod boundaries;
 pub mod catalog;
+mod channels;
 pub mod cluster;
 mod console;
 mod dictionary_group;
