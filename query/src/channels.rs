@@ -33,6 +33,11 @@ pub(crate) const MAX_FRAME: u32 = (1 << 24) - 1;
 /// the next call to that address connects again.
 const IDLE: Duration = Duration::from_secs(5 * 60);
 
+/// How long a connection may take to open. A node whose address drops
+/// packets would otherwise hold each query for the kernel's connect
+/// retries (minutes) instead of failing it over to a replica.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 type Connecting = Shared<BoxFuture<'static, Result<Channel, Arc<DataFusionError>>>>;
 
 struct Cached {
@@ -93,15 +98,27 @@ fn connect(url: &Url) -> Connecting {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Arc::new(DataFusionError::Configuration(format!("invalid Flight address `{url}`: {e}"))))?
             .max_frame_size(MAX_FRAME)
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         endpoint.connect().await.map_err(|e| {
-            Arc::new(DataFusionError::Execution(format!(
-                "Error connecting to Distributed DataFusion worker on '{url}': transport error: {e:?}"
-            )))
+            Arc::new(DataFusionError::Execution(format!("cannot connect to the query node at `{url}`: {}", causes(&e))))
         })
     }
     .boxed()
     .shared()
+}
+
+/// An error and its sources, outermost first: tonic's own message is only
+/// "transport error".
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 #[async_trait]
@@ -169,7 +186,8 @@ mod tests {
         let channels = TokenChannels::new(None);
         let failed = channels.get_worker_client_for_url(&url).await.err().expect("nothing listens").to_string();
         assert!(failed.contains(&format!("127.0.0.1:{port}")), "{failed}");
-        assert!(failed.contains("transport error"), "{failed}");
+        // What the planner's retry recognizes as an unreachable node.
+        assert!(failed.contains("transport error") && failed.contains("onnection refused"), "{failed}");
         assert!(channels.channels.lock().unwrap().is_empty());
     }
 }
