@@ -323,8 +323,8 @@ impl ClusterScanExec {
 
     /// The rows `partition` of the running task reads: its share of the
     /// task's segments (as resolved for the task's first partition), with
-    /// the rows the predicate selects in each. Selection runs off the
-    /// async threads.
+    /// the rows the predicate selects in each. Several segments are
+    /// selected off the async threads, on the blocking pool.
     pub(crate) fn parts(
         &self,
         partition: usize,
@@ -359,24 +359,29 @@ impl ClusterScanExec {
         let filled = self.partitions.min(threads).max(1);
         let segments: Vec<Arc<Segment>> =
             resolved.iter().cloned().enumerate().filter(|(i, _)| i % filled == partition).map(|(_, s)| s).collect();
-        // A partition with nothing to read (one segment over two threads,
-        // the planner's idle task) answers at once, without a hop to the
-        // blocking pool and back.
-        if segments.is_empty() {
-            return Ok(futures::future::Either::Left(futures::future::ready(Ok(Vec::new()))));
-        }
         let (predicate, limit) = (self.spec.predicate.clone(), self.spec.limit);
-        Ok(futures::future::Either::Right(async move {
-            tokio::task::spawn_blocking(move || {
-                let (mut parts, _) = select(&segments, predicate.as_ref(), &table, 1)?;
-                if let Some(limit) = limit {
-                    truncate(&mut parts, limit);
-                }
-                Ok::<_, DataFusionError>(parts)
-            })
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-        }))
+        let count = segments.len();
+        let run = move || {
+            let (mut parts, _) = select(&segments, predicate.as_ref(), &table, 1)?;
+            if let Some(limit) = limit {
+                truncate(&mut parts, limit);
+            }
+            Ok::<_, DataFusionError>(parts)
+        };
+        Ok(async move {
+            match count {
+                // Nothing to read (one segment over two threads, the
+                // planner's idle task): answered at once.
+                0 => Ok(Vec::new()),
+                // One segment's selection (an index lookup, at most one
+                // pass over a column, as a filter over a batch would make)
+                // runs where the partition is polled: the blocking pool
+                // would add two thread hops, each a wake-up of a sleeping
+                // thread, for no parallelism.
+                1 => run(),
+                _ => tokio::task::spawn_blocking(run).await.map_err(|e| DataFusionError::External(Box::new(e)))?,
+            }
+        })
     }
 
     /// The segments of `task`, on the node running it.
