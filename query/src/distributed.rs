@@ -671,6 +671,18 @@ impl PhysicalExtensionCodec for ClusterCodec {
     }
 }
 
+/// The header a planner sets on the tasks of a plain selection: the
+/// table's scan, its filter translated exactly into the segments' own
+/// predicate, nothing left for an expression to evaluate. Such a task's
+/// plan names no function, so its worker builds its session bare: a clone
+/// of the template copies a few hundred functions' registries, and its
+/// task context copies them again, for a plan that never looks one up.
+/// A plan that did name a function would fail to decode ("no UDF named
+/// ..."), never run differently.
+pub(crate) const TASK_HEADER: &str = "x-sluice-task";
+/// [`TASK_HEADER`]'s value for a plain selection.
+pub(crate) const SELECTION_TASK: &str = "selection";
+
 /// The session a node's worker runs others' tasks in: the node's tables,
 /// functions and codec.
 pub(crate) struct WorkerSessions {
@@ -686,6 +698,9 @@ pub(crate) struct WorkerSessions {
     /// the default options a task's session starts from, so the functions
     /// that read the config at registration see what they would.
     template: SessionState,
+    /// The session of a plain selection's task (see [`TASK_HEADER`]): the
+    /// worker's runtime, no functions.
+    bare: SessionState,
 }
 
 impl WorkerSessions {
@@ -696,10 +711,11 @@ impl WorkerSessions {
         channels: crate::channels::TokenChannels,
         runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     ) -> Self {
-        let mut template =
-            datafusion::execution::SessionStateBuilder::new().with_default_features().with_runtime_env(runtime).build();
+        use datafusion::execution::SessionStateBuilder;
+        let bare = SessionStateBuilder::new().with_runtime_env(runtime.clone()).build();
+        let mut template = SessionStateBuilder::new().with_default_features().with_runtime_env(runtime).build();
         crate::functions::register(&mut template, max_function_output);
-        WorkerSessions { tables, threads, channels, template }
+        WorkerSessions { tables, threads, channels, template, bare }
     }
 }
 
@@ -712,7 +728,8 @@ impl WorkerSessionBuilder for WorkerSessions {
         config.set_distributed_user_codec(ClusterCodec);
         config.set_distributed_channel_resolver(self.channels.clone());
         config.set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
-        let mut state = self.template.clone();
+        let selection = ctx.headers.get(TASK_HEADER).is_some_and(|v| v.as_bytes() == SELECTION_TASK.as_bytes());
+        let mut state = if selection { self.bare.clone() } else { self.template.clone() };
         *state.config_mut() = config;
         Ok(state)
     }
@@ -788,6 +805,39 @@ pub(crate) mod tests {
         assert!(format!("{:?}", repeat.inner()).starts_with("Bounded"), "{repeat:?}");
         assert!(state.scalar_functions().len() > 100, "DataFusion's functions too");
         assert!(sessions.template.config().get_extension::<NodeTables>().is_none());
+    }
+
+    /// A plain selection's task (the header its planner sets) gets a bare
+    /// session: the task's config and this node's tables, no function
+    /// registries to copy.
+    #[tokio::test]
+    async fn a_selection_task_session_is_bare() {
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion::execution::runtime_env::RuntimeEnv;
+        use datafusion::prelude::SessionConfig;
+        use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
+        let sessions = WorkerSessions::new(
+            crate::engine::Tables::default(),
+            2,
+            1024,
+            crate::channels::TokenChannels::new(None),
+            Arc::new(RuntimeEnv::default()),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static(TASK_HEADER), HeaderValue::from_static(SELECTION_TASK));
+        let config = SessionConfig::new().with_batch_size(77);
+        let task = WorkerQueryContext { builder: SessionStateBuilder::new().with_config(config), headers };
+        let state = sessions.build_session_state(task).await.unwrap();
+        assert_eq!(state.config().batch_size(), 77);
+        assert_eq!(state.config().get_extension::<NodeTables>().map(|n| n.threads), Some(2));
+        assert!(state.scalar_functions().is_empty() && state.aggregate_functions().is_empty());
+
+        // Any other value is an ordinary task.
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static(TASK_HEADER), HeaderValue::from_static("other"));
+        let task = WorkerQueryContext { builder: SessionStateBuilder::new(), headers };
+        let state = sessions.build_session_state(task).await.unwrap();
+        assert!(state.scalar_functions().len() > 100);
     }
 
     fn scan(output: Vec<usize>) -> ScanProto {

@@ -540,7 +540,21 @@ impl Executor {
     /// runs in.
     fn session(&self) -> &(SessionState, Arc<datafusion::execution::TaskContext>) {
         self.session.get_or_init(|| {
-            let state = self.ctx.state();
+            let mut state = self.ctx.state();
+            if self.cluster.is_some() {
+                // Its tasks name no function: their workers build them a
+                // bare session.
+                use datafusion_distributed::DistributedExt;
+                use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    HeaderName::from_static(crate::distributed::TASK_HEADER),
+                    HeaderValue::from_static(crate::distributed::SELECTION_TASK),
+                );
+                if let Err(e) = state.set_distributed_passthrough_headers(headers) {
+                    tracing::warn!(error = %e, "a selection's tasks will get a whole session");
+                }
+            }
             let task = state.task_ctx();
             (state, task)
         })
