@@ -679,9 +679,18 @@ impl PhysicalExtensionCodec for ClusterCodec {
 /// task context copies them again, for a plan that never looks one up.
 /// A plan that did name a function would fail to decode ("no UDF named
 /// ..."), never run differently.
-pub(crate) const TASK_HEADER: &str = "x-sluice-task";
+const TASK_HEADER: &str = "x-sluice-task";
 /// [`TASK_HEADER`]'s value for a plain selection.
-pub(crate) const SELECTION_TASK: &str = "selection";
+const SELECTION_TASK: &str = "selection";
+
+/// The headers a planner sends with a plain selection's tasks (see
+/// [`TASK_HEADER`]).
+pub(crate) fn selection_task_headers() -> tonic::codegen::http::HeaderMap {
+    use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
+    let mut headers = HeaderMap::new();
+    headers.insert(HeaderName::from_static(TASK_HEADER), HeaderValue::from_static(SELECTION_TASK));
+    headers
+}
 
 /// The session a node's worker runs others' tasks in: the node's tables,
 /// functions and codec.
@@ -728,7 +737,7 @@ impl WorkerSessionBuilder for WorkerSessions {
         config.set_distributed_user_codec(ClusterCodec);
         config.set_distributed_channel_resolver(self.channels.clone());
         config.set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
-        let selection = ctx.headers.get(TASK_HEADER).is_some_and(|v| v.as_bytes() == SELECTION_TASK.as_bytes());
+        let selection = ctx.headers.get(TASK_HEADER).is_some_and(|v| v == SELECTION_TASK);
         let mut state = if selection { self.bare.clone() } else { self.template.clone() };
         *state.config_mut() = config;
         Ok(state)
@@ -823,10 +832,11 @@ pub(crate) mod tests {
             crate::channels::TokenChannels::new(None),
             Arc::new(RuntimeEnv::default()),
         );
-        let mut headers = HeaderMap::new();
-        headers.insert(HeaderName::from_static(TASK_HEADER), HeaderValue::from_static(SELECTION_TASK));
         let config = SessionConfig::new().with_batch_size(77);
-        let task = WorkerQueryContext { builder: SessionStateBuilder::new().with_config(config), headers };
+        let task = WorkerQueryContext {
+            builder: SessionStateBuilder::new().with_config(config),
+            headers: selection_task_headers(),
+        };
         let state = sessions.build_session_state(task).await.unwrap();
         assert_eq!(state.config().batch_size(), 77);
         assert_eq!(state.config().get_extension::<NodeTables>().map(|n| n.threads), Some(2));

@@ -545,12 +545,7 @@ impl Executor {
                 // Its tasks name no function: their workers build them a
                 // bare session.
                 use datafusion_distributed::DistributedExt;
-                use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    HeaderName::from_static(crate::distributed::TASK_HEADER),
-                    HeaderValue::from_static(crate::distributed::SELECTION_TASK),
-                );
+                let headers = crate::distributed::selection_task_headers();
                 if let Err(e) = state.set_distributed_passthrough_headers(headers) {
                     tracing::warn!(error = %e, "a selection's tasks will get a whole session");
                 }
