@@ -30,7 +30,6 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::physical_expr::Distribution;
-use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -172,6 +171,19 @@ impl PlaceBoundaries {
         if let Some(merged) = self.shuffled_merge(plan)? {
             return Ok(Some(merged));
         }
+        // A partial step over a repartition by its own keys
+        // (`crate::hashed_groups`) runs in the task, repartition and all:
+        // the repartition only sorts the task's rows into smaller tables.
+        if let Some(partial) = plan.downcast_ref::<AggregateExec>()
+            && matches!(partial.mode(), AggregateMode::Partial)
+            && let Some(hashed) = partial.input().downcast_ref::<RepartitionExec>()
+            && matches!(hashed.partitioning(), Partitioning::Hash(..))
+        {
+            let Some((placed, tasks)) = self.next_to_data(hashed.input())? else { return Ok(None) };
+            let recompute = || ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+            let hashed = Arc::clone(partial.input()).replace_children(vec![placed], recompute())?;
+            return Ok(Some((plan.clone().replace_children(vec![hashed], recompute())?, tasks)));
+        }
         let per_partition = plan.is::<FilterExec>()
             || plan.is::<ProjectionExec>()
             || plan.is::<LocalLimitExec>()
@@ -222,7 +234,7 @@ impl PlaceBoundaries {
             return Ok(None);
         }
         let few = |groups: Option<u64>| groups.is_none_or(|groups| groups < self.shuffle_min_groups);
-        if self.shuffle_min_groups > 0 && few(estimated_groups(partial)) {
+        if self.shuffle_min_groups > 0 && few(crate::hashed_groups::estimated_groups(partial)) {
             return Ok(None);
         }
         let Some((partials, tasks)) = self.next_to_data(&partials)? else { return Ok(None) };
@@ -297,36 +309,6 @@ fn prepare_stages(plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Resul
     Ok(Some(Arc::new(DistributedExec::new(prepared.data).with_metrics_collection(metrics))))
 }
 
-/// The groups `partial` makes at least, as the planner's own segments
-/// tell: the product over its keys of the most distinct values one segment
-/// holds. `None` when a key is not a scanned column with known counts.
-fn estimated_groups(partial: &AggregateExec) -> Option<u64> {
-    let mut groups = 1u64;
-    for (expr, _) in partial.group_expr().expr() {
-        let column = expr.downcast_ref::<Column>()?;
-        groups = groups.saturating_mul(distinct_values(partial.input(), column.name())?);
-    }
-    Some(groups)
-}
-
-/// The most distinct values of column `name` of `plan`'s output in one of
-/// the planner's segments, traced through projections and filters down to
-/// the scan.
-fn distinct_values(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<u64> {
-    if let Some(scan) = plan.downcast_ref::<ClusterScanExec>() {
-        return scan.local().iter().filter_map(|s| s.meta().column_stats(name)?.distinct_count).max();
-    }
-    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
-        let source = projection.expr().iter().find(|p| p.alias == name)?;
-        let column = source.expr.downcast_ref::<Column>()?;
-        return distinct_values(projection.input(), column.name());
-    }
-    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
-        return distinct_values(filter.input(), name);
-    }
-    None
-}
-
 /// `plan`'s partitions as one: merged in order when they are sorted (a
 /// per-partition top-k), else concatenated.
 pub(crate) fn one_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
@@ -390,15 +372,21 @@ mod tests {
     use crate::distributed::tests::scan_over;
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::physical_expr::PhysicalExpr;
+    use datafusion::physical_expr::expressions::Column;
 
     /// `SELECT DISTINCT status` as DataFusion plans it on `threads`
     /// threads: a partial step over the scan, then a `Final` merge over one
-    /// partition or a `FinalPartitioned` one over a hash repartition.
-    fn distinct_status(threads: usize) -> Arc<dyn ExecutionPlan> {
+    /// partition or a `FinalPartitioned` one over a hash repartition. With
+    /// `hashed`, the partial step reads the scan hashed by its key, as
+    /// `crate::hashed_groups` plans many groups.
+    fn distinct_status(threads: usize, hashed: bool) -> Arc<dyn ExecutionPlan> {
         use datafusion::physical_plan::aggregates::PhysicalGroupBy;
         let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));
-        let scan: Arc<dyn ExecutionPlan> = scan_over(schema.clone(), &[1, 2, 3], 2);
         let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new("status", 0));
+        let mut scan: Arc<dyn ExecutionPlan> = scan_over(schema.clone(), &[1, 2, 3], 2);
+        if hashed {
+            scan = Arc::new(RepartitionExec::try_new(scan, Partitioning::Hash(vec![key.clone()], 8)).unwrap());
+        }
         let group = PhysicalGroupBy::new_single(vec![(key.clone(), "status".into())]);
         let partial = Arc::new(
             AggregateExec::try_new(AggregateMode::Partial, group.clone(), vec![], vec![], scan, schema.clone())
@@ -431,23 +419,32 @@ mod tests {
             .unwrap();
             names
         };
-        for threads in [1, 2] {
+        for (threads, hashed) in [(1, false), (2, false), (1, true), (2, true)] {
             let shuffled = PlaceBoundaries { shuffle_min_groups: 0 }
-                .optimize(distinct_status(threads), &ConfigOptions::default())
+                .optimize(distinct_status(threads, hashed), &ConfigOptions::default())
                 .unwrap();
             let shuffled = names(&shuffled);
             let at = |name: &str| shuffled.iter().position(|n| n == name).unwrap_or_else(|| panic!("{shuffled:?}"));
             let (gather, merge, shuffle) =
                 (at("NetworkCoalesceExec"), at("FinalPartitioned"), at("NetworkShuffleExec"));
             assert!(gather < merge && merge < shuffle && shuffle < at("Partial"), "{shuffled:?}");
+            // A hashed partial step keeps its repartition, on the holders.
+            let repartitions = shuffled.iter().enumerate().filter(|(_, n)| *n == "RepartitionExec");
+            let below_partial = repartitions.filter(|(i, _)| *i > at("Partial")).count();
+            assert_eq!(below_partial, usize::from(hashed), "{shuffled:?}");
 
             // The fixture's segments are not the planner's own: no estimate,
             // so a positive threshold keeps the merge at the planner.
-            let gathered = PlaceBoundaries::default().optimize(distinct_status(threads), &ConfigOptions::default());
+            let gathered =
+                PlaceBoundaries::default().optimize(distinct_status(threads, hashed), &ConfigOptions::default());
             let gathered = names(&gathered.unwrap());
             assert!(!gathered.iter().any(|n| n == "NetworkShuffleExec"), "{gathered:?}");
             let merge = gathered.iter().position(|n| n.starts_with("Final")).unwrap();
-            assert!(merge < gathered.iter().position(|n| n == "NetworkCoalesceExec").unwrap(), "{gathered:?}");
+            let gather = gathered.iter().position(|n| n == "NetworkCoalesceExec").unwrap();
+            assert!(merge < gather, "{gathered:?}");
+            // The partial step, hashed or not, stays next to the data.
+            let partial = gathered.iter().position(|n| n == "Partial").unwrap();
+            assert!(gather < partial, "{gathered:?}");
         }
     }
 

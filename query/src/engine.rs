@@ -265,6 +265,9 @@ impl QueryEngine {
             // and the segments it leaves may still group on dictionary ids.
             .with_physical_optimizer_rule(Arc::new(crate::star_tree::StarTreeAggregate))
             .with_physical_optimizer_rule(Arc::new(crate::dictionary_group::GroupByDictionary))
+            // Then groups too many for a core's cache: what the star-trees
+            // and dictionaries left is hashed into smaller tables.
+            .with_physical_optimizer_rule(Arc::new(crate::hashed_groups::HashedGroups))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         crate::functions::register(&mut ctx, limits.max_function_output.as_u64());

@@ -44,6 +44,7 @@ pub mod evolution;
 mod fast;
 pub mod flight_auth;
 mod functions;
+mod hashed_groups;
 pub mod http;
 pub mod limits;
 pub mod postgres;

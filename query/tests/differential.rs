@@ -446,6 +446,55 @@ async fn grouping_by_a_large_repeated_dictionary_emits_each_segments_keys() {
     assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
 }
 
+/// Many groups (about 70,000 users per segment, each seen about once) are
+/// hashed by their keys before the partial step, so each of its tables holds
+/// a share of the keys: the partial step reads a hash repartition of the
+/// scan, and answers are the reference's, for one key and two, with
+/// filters and NULL aggregate arguments. A grouping with few groups, or
+/// with a limit on its groups, is planned as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_are_hashed_into_smaller_tables() {
+    use std::sync::Arc;
+    let engine = QueryEngine::new(QueryLimits::default()).unwrap();
+    let rows = clicks(140_000, BASE_TS, 13, 100_000_000);
+    let table = sluice_query::SegmentTable::new("clicks", &clicks_arrow_schema());
+    let schema = clicks_schema();
+    let segments = rows.chunks(70_000).enumerate();
+    table.replace(
+        segments.map(|(i, c)| Arc::new(sealed(&schema, &format!("clicks__0__{i}"), c, click_datums))).collect(),
+    );
+    engine.register(Arc::new(table));
+    let f = Fixture { reference: reference_over(&engine, &rows), engine };
+    for sql in [
+        "SELECT COUNT(DISTINCT user_id) FROM clicks",
+        "SELECT user_id, SUM(bytes) AS b FROM clicks GROUP BY user_id ORDER BY b DESC, user_id LIMIT 10",
+        "SELECT user_id, COUNT(*), AVG(latency_ms), MIN(country), MAX(url), COUNT(bytes) FROM clicks GROUP BY user_id",
+        "SELECT user_id, country, COUNT(*) FROM clicks WHERE status = 404 GROUP BY user_id, country",
+        "SELECT COUNT(*) FROM (SELECT user_id, MIN(ts) FROM clicks WHERE country IS NULL GROUP BY user_id)",
+    ] {
+        let plan = plan(&f, sql).await;
+        let partial = plan.find("AggregateExec: mode=Partial, gby=[user_id").unwrap_or_else(|| panic!("{sql}\n{plan}"));
+        assert!(plan[partial..].contains("RepartitionExec: partitioning=Hash([user_id@"), "{sql}\n{plan}");
+        assert_answers_as_reference(&f, sql).await;
+    }
+    for sql in
+        ["SELECT country, COUNT(*) FROM clicks GROUP BY country", "SELECT user_id FROM clicks GROUP BY user_id LIMIT 5"]
+    {
+        let plan = plan(&f, sql).await;
+        let lines: Vec<&str> = plan.lines().collect();
+        let scan = lines.iter().position(|l| l.contains("SegmentScanExec")).unwrap_or_else(|| panic!("{sql}\n{plan}"));
+        assert!(!lines[scan - 1].contains("RepartitionExec"), "{sql}\n{plan}");
+    }
+    // Any five users: as many as asked, each once.
+    let five = f.engine.query("SELECT user_id FROM clicks GROUP BY user_id LIMIT 5").await.unwrap();
+    let five = five.result_table.unwrap().rows;
+    let users: std::collections::HashSet<String> = five.iter().map(|r| r[0].to_string()).collect();
+    assert_eq!(users.len(), 5, "{five:?}");
+    assert_answers_as_reference(&f, "SELECT country, COUNT(*) FROM clicks GROUP BY country").await;
+    let failures = differences(&f.engine, &f.reference).await;
+    assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
+}
+
 /// Segments written before a column was added answer its default for their
 /// rows — NULL without one — in every corpus query: read, filtered (pruning
 /// and the indexes bind the absent column to its value), grouped, counted
