@@ -3,7 +3,8 @@
 //!
 //! [`PlaceBoundaries`] cuts the plan right above the highest operator that
 //! can run next to the data (filters, projections, the partial step of an
-//! aggregation, a per-partition top-k): that much runs on the holders, the
+//! aggregation with the repartition by its keys that may feed it, a
+//! per-partition top-k): that much runs on the holders, the
 //! rest (final merge, joins, sort) on the node that took the query. A
 //! grouping with many groups is the exception: there every holder's partial
 //! states would be merged by one node, so the holders shuffle them by group
