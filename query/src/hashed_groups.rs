@@ -52,9 +52,12 @@ pub const MIN_GROUPS: u64 = 65_536;
 /// stays in a core's cache with room for the rows streaming through.
 const GROUPS_PER_TABLE: u64 = 16_384;
 
-/// The most partitions the keys are hashed into: past this, batches of a
-/// few rows per partition cost more than the smaller tables save.
-const MAX_PARTITIONS: u64 = 64;
+/// The most partitions the keys are hashed into: past this, each batch
+/// splits into slices of a few hundred rows, whose handling costs more than
+/// the smaller tables save. With DataFusion 55 grouping 10M strings on two
+/// threads, 16 partitions beat 32 and 64 at 200,000 groups and at
+/// 2,000,000 (`bench/grouping_partitions.py`, `docs/PERFORMANCE.md`).
+const MAX_PARTITIONS: u64 = 16;
 
 /// Rewrites each partial aggregation estimated to make at least
 /// [`MIN_GROUPS`] groups to read its rows hashed by its grouping keys.
