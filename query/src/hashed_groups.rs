@@ -20,6 +20,8 @@
 //! - The partial step keeps its groups, aggregates and filters, and reads
 //!   the same rows: a repartition moves rows between partitions, never
 //!   drops or repeats one.
+//! - An aggregation that needs its rows in order (an ordered aggregate, or
+//!   groups streamed from a sorted input) keeps the input it had.
 //! - An aggregation estimated to make few groups (or whose groups cannot
 //!   be estimated) is left as DataFusion planned it: its tables already fit
 //!   the cache, and the repartition would cost more than it saves.
@@ -37,7 +39,8 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
-    ChildrenPropertiesMode, ExecutionPlan, ExecutionPlanProperties, Partitioning, ReplaceChildrenOptions,
+    ChildrenPropertiesMode, ExecutionPlan, ExecutionPlanProperties, InputOrderMode, Partitioning,
+    ReplaceChildrenOptions,
 };
 
 use crate::distributed::ClusterScanExec;
@@ -107,10 +110,16 @@ impl PhysicalOptimizerRule for HashedGroups {
 /// many groups.
 fn hashed(partial: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let group = partial.group_expr();
+    // A repartition keeps no order: aggregates that need their rows
+    // ordered (`ARRAY_AGG(x ORDER BY y)`), or groups streamed in the
+    // order of a sorted input, keep the input DataFusion gave them.
+    let needs_order = partial.required_input_ordering().iter().any(Option::is_some)
+        || *partial.input_order_mode() != InputOrderMode::Linear;
     if !matches!(partial.mode(), AggregateMode::Partial)
         || group.expr().is_empty()
         || group.has_grouping_set()
         || partial.limit_options().is_some()
+        || needs_order
         || matches!(partial.input().output_partitioning(), Partitioning::Hash(..))
     {
         return Ok(None);

@@ -491,6 +491,14 @@ async fn many_groups_are_hashed_into_smaller_tables() {
     let users: std::collections::HashSet<String> = five.iter().map(|r| r[0].to_string()).collect();
     assert_eq!(users.len(), 5, "{five:?}");
     assert_answers_as_reference(&f, "SELECT country, COUNT(*) FROM clicks GROUP BY country").await;
+    // Aggregates that need their rows in order keep them in order.
+    let ordered = "SELECT country, device, status, url, ARRAY_AGG(latency_ms ORDER BY ts DESC) FROM clicks \
+                   GROUP BY country, device, status, url ORDER BY country, device, status, url";
+    let plan = plan(&f, ordered).await;
+    let lines: Vec<&str> = plan.lines().collect();
+    let partial = lines.iter().position(|l| l.contains("mode=Partial")).unwrap_or_else(|| panic!("{plan}"));
+    assert!(lines[partial + 1].contains("SortExec: expr=[ts@"), "{plan}");
+    assert_answers_as_reference(&f, ordered).await;
     let failures = differences(&f.engine, &f.reference).await;
     assert!(failures.is_empty(), "{} of {} queries differ:\n{}", failures.len(), CORPUS.len(), failures.join("\n"));
 }
