@@ -112,7 +112,9 @@ fn hashed(partial: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let group = partial.group_expr();
     // A repartition keeps no order: aggregates that need their rows
     // ordered (`ARRAY_AGG(x ORDER BY y)`), or groups streamed in the
-    // order of a sorted input, keep the input DataFusion gave them.
+    // order of a sorted input, keep the input DataFusion gave them. (Today
+    // their sort also hides the groups from the estimate; this does not
+    // rely on it.)
     let needs_order = partial.required_input_ordering().iter().any(Option::is_some)
         || *partial.input_order_mode() != InputOrderMode::Linear;
     if !matches!(partial.mode(), AggregateMode::Partial)
