@@ -52,6 +52,7 @@ use uuid::Uuid;
 
 use crate::dictionary_group::DictionaryGroupBy;
 use crate::distributed::ClusterScanExec;
+use crate::hashed_groups::{MergedPartial, estimated_groups};
 
 /// Groups per segment above which the holders merge a grouping's partial
 /// states among themselves: 200,000 users shipped whole by three nodes
@@ -217,28 +218,14 @@ impl PlaceBoundaries {
         }
         // DataFusion merges either on several partitions hashed by the keys
         // (FinalPartitioned), or, on one thread, on one partition (Final).
-        let (partials, partitions) = match merge.mode() {
-            AggregateMode::FinalPartitioned => match merge.input().downcast_ref::<RepartitionExec>() {
-                Some(r) if matches!(r.partitioning(), Partitioning::Hash(..)) => {
-                    (r.input().clone(), r.partitioning().partition_count())
-                }
-                _ => return Ok(None),
-            },
-            AggregateMode::Final => match merge.input().downcast_ref::<CoalescePartitionsExec>() {
-                Some(c) => (c.input().clone(), 1),
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
+        let Some(MergedPartial { input: partials, partial, partitions, .. }) = MergedPartial::of(merge) else {
+            return Ok(None);
         };
-        let Some(partial) = partials.downcast_ref::<AggregateExec>() else { return Ok(None) };
-        if !matches!(partial.mode(), AggregateMode::Partial) {
-            return Ok(None);
-        }
         let few = |groups: Option<u64>| groups.is_none_or(|groups| groups < self.shuffle_min_groups);
-        if self.shuffle_min_groups > 0 && few(crate::hashed_groups::estimated_groups(partial)) {
+        if self.shuffle_min_groups > 0 && few(estimated_groups(partial)) {
             return Ok(None);
         }
-        let Some((partials, tasks)) = self.next_to_data(&partials)? else { return Ok(None) };
+        let Some((partials, tasks)) = self.next_to_data(partials)? else { return Ok(None) };
         if tasks < 2 {
             return Ok(None);
         }

@@ -73,24 +73,10 @@ impl PhysicalOptimizerRule for HashedGroups {
             let Some(merge) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let [between] = merge.children()[..] else { return Ok(Transformed::no(node)) };
-            // DataFusion's merges: hashed by the keys, or on one partition.
-            let merged_by_datafusion = match merge.mode() {
-                AggregateMode::FinalPartitioned => between
-                    .downcast_ref::<RepartitionExec>()
-                    .is_some_and(|r| matches!(r.partitioning(), Partitioning::Hash(..))),
-                AggregateMode::Final => between.is::<CoalescePartitionsExec>(),
-                _ => false,
-            };
-            if !merged_by_datafusion {
-                return Ok(Transformed::no(node));
-            }
-            let [partial] = between.children()[..] else { return Ok(Transformed::no(node)) };
-            let Some(hashed) = partial.downcast_ref::<AggregateExec>().map(hashed).transpose()?.flatten() else {
-                return Ok(Transformed::no(node));
-            };
+            let Some(merged) = MergedPartial::of(merge) else { return Ok(Transformed::no(node)) };
+            let Some(hashed) = hashed(merged.partial)? else { return Ok(Transformed::no(node)) };
             let recompute = || ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
-            let between = Arc::clone(between).replace_children(vec![hashed], recompute())?;
+            let between = Arc::clone(merged.between).replace_children(vec![hashed], recompute())?;
             Ok(Transformed::yes(Arc::clone(&node).replace_children(vec![between], recompute())?))
         })
         .map(|t| t.data)
@@ -105,9 +91,41 @@ impl PhysicalOptimizerRule for HashedGroups {
     }
 }
 
+/// DataFusion's merge of a grouping over its partial step, as it plans
+/// one: a `FinalPartitioned` merge over a repartition hashed by the keys,
+/// or, on one thread, a `Final` merge over a coalesce.
+pub(crate) struct MergedPartial<'a> {
+    /// The repartition or coalesce between the merge and the partial step.
+    pub between: &'a Arc<dyn ExecutionPlan>,
+    /// The partial step, as the plan it is.
+    pub input: &'a Arc<dyn ExecutionPlan>,
+    /// The partial step, as the aggregation it is.
+    pub partial: &'a AggregateExec,
+    /// The partitions the merge runs on.
+    pub partitions: usize,
+}
+
+impl<'a> MergedPartial<'a> {
+    /// `merge`'s shape, when it is DataFusion's merge over a partial step.
+    pub(crate) fn of(merge: &'a AggregateExec) -> Option<MergedPartial<'a>> {
+        let between = merge.input();
+        let partitions = match merge.mode() {
+            AggregateMode::FinalPartitioned => match between.downcast_ref::<RepartitionExec>()?.partitioning() {
+                hashed @ Partitioning::Hash(..) => hashed.partition_count(),
+                _ => return None,
+            },
+            AggregateMode::Final => between.downcast_ref::<CoalescePartitionsExec>().map(|_| 1)?,
+            _ => return None,
+        };
+        let [input] = between.children()[..] else { return None };
+        let partial = input.downcast_ref::<AggregateExec>().filter(|p| matches!(p.mode(), AggregateMode::Partial))?;
+        Some(MergedPartial { between, input, partial, partitions })
+    }
+}
+
 /// `partial` reading its rows hashed by its keys into enough partitions for
 /// its estimated groups; `None` when it is not a plain partial step with
-/// many groups.
+/// many groups (it is a partial step: [`MergedPartial::of`] found it).
 fn hashed(partial: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let group = partial.group_expr();
     // A repartition keeps no order: aggregates that need their rows
@@ -117,8 +135,7 @@ fn hashed(partial: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     // rely on it.)
     let needs_order = partial.required_input_ordering().iter().any(Option::is_some)
         || *partial.input_order_mode() != InputOrderMode::Linear;
-    if !matches!(partial.mode(), AggregateMode::Partial)
-        || group.expr().is_empty()
+    if group.expr().is_empty()
         || group.has_grouping_set()
         || partial.limit_options().is_some()
         || needs_order
@@ -172,7 +189,7 @@ fn distinct_values(plan: &Arc<dyn ExecutionPlan>, name: &str) -> Option<u64> {
         return distinct_values(projection.input(), column.name());
     }
     if plan.is::<FilterExec>() || plan.is::<RepartitionExec>() {
-        return distinct_values(&plan.children()[0].clone(), name);
+        return distinct_values(plan.children()[0], name);
     }
     None
 }
