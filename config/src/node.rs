@@ -182,6 +182,17 @@ pub struct HttpConfig {
     /// unless `protect_metrics`). Absent: no authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuth>,
+    /// Origins (`https://grafana.example.com`) whose pages may send
+    /// requests other than GET (a query) to this node. A request from
+    /// another origin than the node's own is refused (403). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Host names (without port) a request may name in `Host` when the node
+    /// listens on a loopback address, besides `localhost`, `127.0.0.1` and
+    /// `::1`: any other is refused (403), so a page whose name was rebound
+    /// to 127.0.0.1 (DNS rebinding) cannot read the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -237,6 +248,8 @@ impl HttpConfig {
             max_body_size: Self::default_max_body_size(),
             tls: None,
             auth: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
     fn default_header_read_timeout() -> Duration {
@@ -271,6 +284,21 @@ impl HttpConfig {
         }
         if !(ByteSize::kib(1)..=ByteSize::gib(1)).contains(&self.max_body_size) {
             p.push("http.max_body_size", self.max_body_size.to_string(), "a size from `1KiB` to `1GiB`");
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let authority = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            if !authority.is_some_and(|a| !a.is_empty() && !a.contains(['/', ' ', '?', '#'])) {
+                p.push(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("`{origin}`"),
+                    "an origin: `scheme://host[:port]`",
+                );
+            }
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains([':', '/', ' ']) {
+                p.push(format!("http.allowed_hosts[{i}]"), format!("`{host}`"), "a host name without port");
+            }
         }
         if let Some(auth) = &self.auth {
             if auth.users.is_empty() && auth.tokens.is_empty() {
@@ -417,6 +445,20 @@ pub struct QueryLimits {
     /// arguments, a select list.
     #[serde(default = "QueryLimits::default_max_list_items")]
     pub max_list_items: u32,
+    /// The most common table expressions (`WITH` items) in a statement.
+    #[serde(default = "QueryLimits::default_max_ctes")]
+    pub max_ctes: u32,
+    /// The most relations a statement names: each `SELECT` block and each
+    /// table, view or subquery in a `FROM` or `JOIN`.
+    #[serde(default = "QueryLimits::default_max_relations")]
+    pub max_relations: u32,
+    /// The most nodes of a statement's logical plan before optimization,
+    /// each reference to a CTE counting its whole plan.
+    #[serde(default = "QueryLimits::default_max_plan_nodes")]
+    pub max_plan_nodes: u32,
+    /// The most iterations of a recursive CTE (413 beyond).
+    #[serde(default = "QueryLimits::default_max_recursive_iterations")]
+    pub max_recursive_iterations: u32,
     /// The largest result, in bytes of Arrow data (413 beyond).
     #[serde(default = "QueryLimits::default_max_result_bytes")]
     pub max_result_bytes: ByteSize,
@@ -457,6 +499,18 @@ impl QueryLimits {
     fn default_max_list_items() -> u32 {
         10_000
     }
+    fn default_max_ctes() -> u32 {
+        64
+    }
+    fn default_max_relations() -> u32 {
+        128
+    }
+    fn default_max_plan_nodes() -> u32 {
+        10_000
+    }
+    fn default_max_recursive_iterations() -> u32 {
+        10_000
+    }
     fn default_max_result_bytes() -> ByteSize {
         ByteSize::mib(64)
     }
@@ -478,6 +532,10 @@ impl Default for QueryLimits {
             max_query_size: Self::default_max_query_size(),
             max_expression_depth: Self::default_max_expression_depth(),
             max_list_items: Self::default_max_list_items(),
+            max_ctes: Self::default_max_ctes(),
+            max_relations: Self::default_max_relations(),
+            max_plan_nodes: Self::default_max_plan_nodes(),
+            max_recursive_iterations: Self::default_max_recursive_iterations(),
             max_result_bytes: Self::default_max_result_bytes(),
             max_function_output: Self::default_max_function_output(),
             tail_memory: Self::default_tail_memory(),
@@ -549,11 +607,49 @@ pub struct PgWireConfig {
     /// Connections served at once; more are refused.
     #[serde(default = "PgWireConfig::default_max_connections")]
     pub max_connections: u32,
+    /// A connection must complete its startup (and log in) within this
+    /// time; otherwise it is closed.
+    #[serde(default = "PgWireConfig::default_startup_timeout", with = "units::duration")]
+    pub startup_timeout: Duration,
+    /// Connections still in their startup, counted apart from
+    /// `max_connections`. At the cap a new connection closes the oldest of
+    /// them, so stalled startups never lock a client out.
+    #[serde(default = "PgWireConfig::default_max_startups")]
+    pub max_startups: u32,
+    /// Named prepared statements one connection may hold at once.
+    #[serde(default = "PgWireConfig::default_max_prepared_statements")]
+    pub max_prepared_statements: u32,
+    /// The bytes of the prepared statements one connection may hold.
+    #[serde(default = "PgWireConfig::default_max_prepared_bytes")]
+    pub max_prepared_bytes: ByteSize,
 }
 
 impl PgWireConfig {
+    /// Listening on `listen` with every other setting at its default.
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_connections: Self::default_max_connections(),
+            startup_timeout: Self::default_startup_timeout(),
+            max_startups: Self::default_max_startups(),
+            max_prepared_statements: Self::default_max_prepared_statements(),
+            max_prepared_bytes: Self::default_max_prepared_bytes(),
+        }
+    }
     fn default_max_connections() -> u32 {
         256
+    }
+    fn default_startup_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_max_startups() -> u32 {
+        64
+    }
+    fn default_max_prepared_statements() -> u32 {
+        1000
+    }
+    fn default_max_prepared_bytes() -> ByteSize {
+        ByteSize::mib(64)
     }
 }
 
@@ -621,6 +717,19 @@ impl QueryNodeConfig {
             if !(1..=100_000).contains(&pg.max_connections) {
                 p.push("pgwire.max_connections", pg.max_connections.to_string(), "from 1 to 100000 connections");
             }
+            if !(1..=100_000).contains(&pg.max_startups) {
+                p.push("pgwire.max_startups", pg.max_startups.to_string(), "from 1 to 100000 connections");
+            }
+            if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&pg.startup_timeout) {
+                let found = format!("`{}`", humantime::format_duration(pg.startup_timeout));
+                p.push("pgwire.startup_timeout", found, "a duration from `100ms` to `10m`");
+            }
+            if pg.max_prepared_statements == 0 {
+                p.push("pgwire.max_prepared_statements", "0", "at least one statement");
+            }
+            if pg.max_prepared_bytes < ByteSize::kib(64) {
+                p.push("pgwire.max_prepared_bytes", pg.max_prepared_bytes.to_string(), "at least `64KiB`");
+            }
             if pg.listen == self.http.listen && pg.listen.port() != 0 {
                 p.push("pgwire.listen", pg.listen.to_string(), "another address than http.listen");
             }
@@ -652,6 +761,19 @@ impl QueryNodeConfig {
         }
         if limits.max_list_items == 0 {
             p.push("limits.max_list_items", "0", "at least one item");
+        }
+        // Planning time grows with these faster than linearly; the upper
+        // bounds keep one statement's planning within seconds (query crate
+        // tests plan the largest statements they admit).
+        for (field, value, range) in [
+            ("limits.max_ctes", limits.max_ctes, 1..=1000),
+            ("limits.max_relations", limits.max_relations, 2..=1000),
+            ("limits.max_plan_nodes", limits.max_plan_nodes, 16..=100_000),
+            ("limits.max_recursive_iterations", limits.max_recursive_iterations, 1..=1_000_000),
+        ] {
+            if !range.contains(&value) {
+                p.push(field, value.to_string(), format!("from {} to {}", range.start(), range.end()));
+            }
         }
         if let Some(threads) = limits.threads.filter(|t| !(1..=1024).contains(t)) {
             p.push("limits.threads", threads.to_string(), "from 1 to 1024 threads");

@@ -25,9 +25,14 @@ impl Credentials {
         Credentials { accepted, protect_metrics: auth.protect_metrics }
     }
 
+    /// Whether `path` is served without credentials.
+    pub(crate) fn is_open(&self, path: &str) -> bool {
+        OPEN.contains(&path) || (path == "/metrics" && !self.protect_metrics)
+    }
+
     /// Whether a request for `path` with `headers` may proceed.
     pub(crate) fn allows(&self, path: &str, headers: &HeaderMap) -> bool {
-        if OPEN.contains(&path) || (path == "/metrics" && !self.protect_metrics) {
+        if self.is_open(path) {
             return true;
         }
         let Some(given) = headers.get(header::AUTHORIZATION) else { return false };
@@ -71,16 +76,34 @@ fn base64(bytes: &[u8]) -> String {
 /// 401 with a challenge, in the shape of Pinot's broker errors (an
 /// `exceptions` list) so Pinot clients show the reason.
 pub(crate) fn unauthorized() -> axum::response::Response {
-    use axum::response::IntoResponse;
     let message = "authentication required: send HTTP basic credentials or a bearer token (http.auth)";
+    let mut response = refusal(StatusCode::UNAUTHORIZED, message, None);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"sluice\""));
+    response
+}
+
+/// A request refused before the router, in the shape of Pinot's broker
+/// errors; `retry` becomes `Retry-After`.
+pub(crate) fn refusal(
+    status: StatusCode,
+    message: &str,
+    retry: Option<std::time::Duration>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let code = status.as_u16();
     let body = serde_json::json!({
-        "exceptions": [{"errorCode": 401, "message": message}],
+        "exceptions": [{"errorCode": code, "message": message}],
         "numServersQueried": 0,
         "numServersResponded": 0,
         "error": message,
-        "code": 401,
+        "code": code,
     });
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"sluice\"")], axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(retry) = retry {
+        let seconds = header::HeaderValue::from(retry.as_secs().max(1));
+        response.headers_mut().insert(header::RETRY_AFTER, seconds);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -20,9 +20,18 @@
 //!   challenge is answered here, before any handler runs.
 //! - With `http.tls`, a connection that does not complete its TLS handshake
 //!   within `header_read_timeout` is closed; nothing is served in clear.
+//! - An address that keeps sending wrong credentials waits before they are
+//!   checked again ([`LoginThrottle`]): 429 with `Retry-After`.
+//! - A request from another site's page, or naming a host the node does not
+//!   answer for on loopback, is refused before the router runs
+//!   ([`origin`]).
 
 mod auth;
+mod origin;
+mod throttle;
 mod tls;
+
+pub use throttle::LoginThrottle;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -58,7 +67,9 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let credentials = config.auth.as_ref().map(auth::Credentials::new);
-    Ok(tokio::spawn(accept_loop(listener, app, config, Guards { tls, credentials }, shutdown)))
+    let origins = origin::Origins::new(&config);
+    let guards = Guards { tls, credentials, origins, throttle: LoginThrottle::new() };
+    Ok(tokio::spawn(accept_loop(listener, app, config, guards, shutdown)))
 }
 
 /// What a connection passes before its requests reach the router.
@@ -66,6 +77,8 @@ pub fn spawn(
 struct Guards {
     tls: Option<tokio_rustls::TlsAcceptor>,
     credentials: Option<auth::Credentials>,
+    origins: origin::Origins,
+    throttle: LoginThrottle,
 }
 
 /// One served connection, as the accept loop sees it.
@@ -140,8 +153,8 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => (stream, peer.ip()),
             Err(e) => {
                 // EMFILE and friends: the listener stays; connections that
                 // end free descriptors.
@@ -164,12 +177,12 @@ async fn accept_loop(
         let (registry, app, config, shutdown, id, guards) =
             (registry.clone(), app.clone(), config.clone(), shutdown.clone(), next_id, guards.clone());
         tokio::spawn(async move {
-            let credentials = guards.credentials;
+            let client = Client { peer, conn, epoch };
             match &guards.tls {
-                None => serve_connection(stream, app, &config, credentials, conn, epoch, shutdown).await,
+                None => serve_connection(stream, app, &config, guards.clone(), client, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(config.header_read_timeout, acceptor.accept(stream)).await
                 {
-                    Ok(Ok(tls)) => serve_connection(tls, app, &config, credentials, conn, epoch, shutdown).await,
+                    Ok(Ok(tls)) => serve_connection(tls, app, &config, guards.clone(), client, shutdown).await,
                     Ok(Err(e)) => {
                         metrics::counter!("sluice_http_tls_handshake_failures_total").increment(1);
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -186,29 +199,61 @@ async fn accept_loop(
     }
 }
 
+/// Who is on the other end of a connection.
+struct Client {
+    peer: std::net::IpAddr,
+    conn: Arc<Conn>,
+    epoch: Instant,
+}
+
+/// What happens to a request before the router: the checks of
+/// [`origin`], then credentials under the login backoff.
+fn admit(guards: &Guards, peer: std::net::IpAddr, request: &Request<Incoming>) -> Option<axum::response::Response> {
+    if let Some(reason) = guards.origins.refuse(request.method(), request.headers()) {
+        return Some(auth::refusal(StatusCode::FORBIDDEN, &reason, None));
+    }
+    let credentials = guards.credentials.as_ref()?;
+    let path = request.uri().path();
+    if credentials.is_open(path) {
+        return None;
+    }
+    if let Some(wait) = guards.throttle.blocked(peer) {
+        let reason = format!("too many failed logins from this address; retry in {} s", wait.as_secs().max(1));
+        return Some(auth::refusal(StatusCode::TOO_MANY_REQUESTS, &reason, Some(wait)));
+    }
+    if credentials.allows(path, request.headers()) {
+        guards.throttle.succeeded(peer);
+        return None;
+    }
+    // A request without credentials is no guess; a wrong one is.
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        guards.throttle.failed(peer);
+    }
+    metrics::counter!("sluice_http_unauthorized_total").increment(1);
+    Some(auth::unauthorized())
+}
+
 async fn serve_connection<S>(
     stream: S,
     app: Router,
     config: &HttpConfig,
-    credentials: Option<auth::Credentials>,
-    conn: Arc<Conn>,
-    epoch: Instant,
+    guards: Guards,
+    client: Client,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Client { peer, conn, epoch } = client;
     let tracked = conn.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut app = app.clone();
         let conn = tracked.clone();
         conn.busy.fetch_add(1, Ordering::Relaxed);
-        let allowed = credentials.as_ref().is_none_or(|c| c.allows(request.uri().path(), request.headers()));
+        let refused = admit(&guards, peer, &request);
         async move {
-            let response = if allowed {
-                app.call(request.map(Body::new)).await.unwrap_or_else(|never| match never {})
-            } else {
-                metrics::counter!("sluice_http_unauthorized_total").increment(1);
-                auth::unauthorized()
+            let response = match refused {
+                None => app.call(request.map(Body::new)).await.unwrap_or_else(|never| match never {}),
+                Some(refusal) => refusal,
             };
             conn.last_active_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             conn.busy.fetch_sub(1, Ordering::Relaxed);

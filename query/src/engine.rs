@@ -153,9 +153,13 @@ impl QueryError {
             DataFusionError::Internal(m) if m.contains("Compute error") || m.contains("did not compile") => {
                 QueryError::Execution { message }
             }
-            DataFusionError::ResourcesExhausted(m) if m.starts_with(crate::functions::REFUSED) => {
+            DataFusionError::ResourcesExhausted(m)
+                if m.starts_with(crate::functions::REFUSED) || m.starts_with(crate::bounds::RECURSION_REFUSED) =>
+            {
                 QueryError::TooExpensive { message }
             }
+            // A task of DataFusion's that panicked (its text stays in the log).
+            DataFusionError::ExecutionJoin(join) => crashed(&join.to_string()),
             DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory { message },
             _ => QueryError::Internal { message },
         }
@@ -268,6 +272,13 @@ impl QueryEngine {
             // Then groups too many for a core's cache: what the star-trees
             // and dictionaries left is hashed into smaller tables.
             .with_physical_optimizer_rule(Arc::new(crate::hashed_groups::HashedGroups))
+            // Last of the node's own rules (a cluster's distribution rules
+            // come after it, so a recursive query's cap stays with the node
+            // that plans it): operators that amplify yield per batch, and
+            // recursion is capped.
+            .with_physical_optimizer_rule(Arc::new(crate::bounds::ContainWork {
+                max_recursive_iterations: limits.max_recursive_iterations,
+            }))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
@@ -473,10 +484,7 @@ impl QueryEngine {
         })));
         match tokio::time::timeout(remaining, &mut task.0).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => {
-                tracing::error!(error = %join, "query task panicked");
-                Err(QueryError::Internal { message: format!("the query crashed ({join})") })
-            }
+            Ok(Err(join)) => Err(crashed(&join.to_string())),
             Err(_) => Err(QueryError::Timeout { limit: timeout }),
         }
     }
@@ -505,16 +513,22 @@ impl QueryEngine {
     /// under the statement limits and the read-only rules.
     pub async fn output_schema(&self, sql: &str) -> Result<arrow::datatypes::SchemaRef, QueryError> {
         crate::limits::check(sql, self.limits())?;
-        let plan = self.executor.ctx.state().create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
-        read_only(&plan)?;
+        let (limits, owned) = (self.limits().clone(), sql.to_string());
+        let state = self.executor.ctx.state();
+        // Planned on the query runtime: its threads' stacks hold the
+        // deepest statement the limits admit.
+        let plan = self
+            .spawn(async move { logical_plan(&state, &owned, &limits).await })
+            .await
+            .map_err(|join| crashed(&join.to_string()))??;
         Ok(Arc::new(plan.schema().as_arrow().clone()))
     }
 
     /// The physical plan of `sql`, as `EXPLAIN` prints it.
     pub async fn explain(&self, sql: &str) -> Result<String, QueryError> {
-        let ctx = &self.executor.ctx;
-        let frame = ctx.sql(sql).await.map_err(QueryError::from_datafusion)?;
-        let physical = frame.create_physical_plan().await.map_err(QueryError::from_datafusion)?;
+        let state = self.executor.ctx.state();
+        let plan = logical_plan(&state, sql, self.limits()).await?;
+        let physical = state.create_physical_plan(&plan).await.map_err(QueryError::from_datafusion)?;
         Ok(datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string())
     }
 
@@ -522,6 +536,32 @@ impl QueryEngine {
     pub fn context(&self) -> &SessionContext {
         &self.executor.ctx
     }
+}
+
+/// A panic in a query's work: a 500 that says no more than that (its text
+/// may name the node's internals), counted and logged with the text.
+fn crashed(panic: &str) -> QueryError {
+    metrics::counter!("sluice_query_panics_total").increment(1);
+    tracing::error!(panic = %panic, "a query panicked");
+    QueryError::Internal { message: "the query failed unexpectedly; the node logged the cause".into() }
+}
+
+/// Parses and plans `sql` within the planning limits: the statement's CTEs
+/// and relations before it is planned, the plan's nodes before it is
+/// optimized ([`crate::limits`]), and nothing that would change the node.
+async fn logical_plan(
+    state: &SessionState,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<datafusion::logical_expr::LogicalPlan, QueryError> {
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(QueryError::from_planning)?;
+    crate::limits::check_statement(&statement, limits)?;
+    let plan = state.statement_to_plan(statement).await.map_err(QueryError::from_planning)?;
+    crate::limits::check_plan(&plan, limits)?;
+    // Only a query passes: no statement that would change the session.
+    read_only(&plan)?;
+    Ok(plan)
 }
 
 /// Refuses a plan that would write or change the session: the node is
@@ -646,9 +686,7 @@ impl Executor {
         // start (what `now()` answers): each copy clones its function
         // registries and options.
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await.map_err(QueryError::from_planning)?;
-        // Only a query passes: no statement that would change the session.
-        read_only(&plan)?;
+        let plan = logical_plan(&state, sql, &self.limits).await?;
         let physical = state.create_physical_plan(&plan).await.map_err(QueryError::from_planning)?;
         self.run(physical, state.task_ctx()).await
     }
@@ -694,13 +732,7 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 /// variadic buffers): those are counted from the values, so a result of
 /// large strings is measured as large.
 fn array_bytes(array: &dyn arrow::array::Array) -> u64 {
-    use arrow::array::AsArray;
-    use arrow::datatypes::DataType;
-    match array.data_type() {
-        DataType::Utf8View => (array.len() * 16 + array.as_string_view().total_bytes_len()) as u64,
-        DataType::BinaryView => (array.len() * 16 + array.as_binary_view().total_bytes_len()) as u64,
-        _ => array.to_data().get_slice_memory_size().unwrap_or(array.get_array_memory_size()) as u64,
-    }
+    crate::functions::array_bytes(array) as u64
 }
 
 fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {

@@ -1,24 +1,42 @@
-//! String functions whose output can dwarf their input, bounded.
+//! Functions whose output can dwarf their input, bounded.
 //!
-//! `lpad('x', 2147483647)`, `repeat(url, 1000000)` or `replace(s, '', big)`
-//! are a few bytes of SQL that ask one kernel call for gigabytes: the memory
-//! pool never sees scalar function outputs, and the call does not yield to
-//! the query's deadline until it returns. Each such function is registered
-//! under its own name as a wrapper that estimates the output of the call
-//! from its arguments (an upper bound) *before* calling, and refuses a call
-//! over `limits.max_function_output` with a resources error, which the
-//! engine answers 413. Constant folding at planning calls the same wrapper.
+//! The memory pool never sees what an expression produces, and one kernel
+//! call does not yield to the query's deadline until it returns. So every
+//! scalar function is registered as a wrapper ([`Bounded`]) that measures
+//! what each call produced when its output is variable-width (strings,
+//! binary, lists): a call over `limits.max_function_output` fails with a
+//! resources error the engine answers 413. That bounds any growth that
+//! needs more than one call (a recursive CTE doubling a string, nested
+//! concatenations) at one call past the limit. The functions that grow
+//! their input many times in *one* call are also estimated before the call
+//! allocates, from their arguments (an upper bound): `lpad('x',
+//! 2147483647)`, `repeat(url, 1000000)`, `replace(s, '', big)`,
+//! `concat`/`concat_ws` and the `||` operator (rewritten into a bounded
+//! call, [`ConcatRewrite`], with DataFusion's own kernel and semantics).
+//! Constant folding at planning calls the same wrappers.
+//!
+//! Aggregates whose result holds every input row (`string_agg`,
+//! `array_agg`) are bounded the same way per accumulator, cumulatively: in
+//! a window each row's frame is evaluated again, so an unbounded frame
+//! would otherwise build n results of n rows each.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, FieldRef, Int64Type};
-use datafusion::common::ScalarValue;
+use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema};
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, ColumnarValue, Documentation, Expr, ExprSchemable,
+    Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 /// The prefix of the error a refused call raises; the engine recognises it.
@@ -33,34 +51,89 @@ enum Growth {
     /// `replace(s, from, to)`: every match of `from` (every position when
     /// empty) becomes `to`.
     Replace,
+    /// `concat(a, b, ...)`, `concat_ws(sep, a, ...)` and `||`: at most the
+    /// sum of the arguments (the separator once per argument).
+    Concat,
+    /// `array_repeat(x, n)`, `array_resize(a, n [, x])`: n elements of at
+    /// most 16 bytes (a larger element is measured after the call).
+    Elements,
 }
 
-const BOUNDED: [(&str, Growth); 4] =
-    [("lpad", Growth::Pad), ("rpad", Growth::Pad), ("repeat", Growth::Repeat), ("replace", Growth::Replace)];
+const GROWING: [(&str, Growth); 8] = [
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("repeat", Growth::Repeat),
+    ("replace", Growth::Replace),
+    ("concat", Growth::Concat),
+    ("concat_ws", Growth::Concat),
+    ("array_repeat", Growth::Elements),
+    ("array_resize", Growth::Elements),
+];
 
-/// Replaces the growing functions of `ctx` by bounded wrappers.
+/// Functions DataFusion recognises by their concrete type while planning
+/// (`get_field` over `named_struct`, `log` against `power`): left
+/// unwrapped. None of them outgrows its arguments.
+const UNWRAPPED: [&str; 5] = ["get_field", "named_struct", "struct", "log", "power"];
+
+/// Aggregates whose result holds every row they read.
+const COLLECTING: [&str; 2] = ["string_agg", "array_agg"];
+
+/// Replaces the functions of `registry` by bounded wrappers and makes `||`
+/// a bounded call.
 pub(crate) fn register(registry: &mut impl FunctionRegistry, max_output: u64) {
-    for (name, growth) in BOUNDED {
-        if let Ok(inner) = registry.udf(name) {
-            let bounded = Bounded { inner: inner.as_ref().clone(), growth, max_output };
-            // Only fails for registries that take no functions; ours do.
-            let _ = registry.register_udf(Arc::new(ScalarUDF::new_from_impl(bounded)));
+    let mut names: Vec<String> = registry.udfs().into_iter().collect();
+    names.sort();
+    let mut done = std::collections::HashSet::new();
+    for name in names {
+        let Ok(inner) = registry.udf(&name) else { continue };
+        // Aliases name the same function: wrap it once, under all names.
+        if UNWRAPPED.contains(&inner.name()) || !done.insert(inner.name().to_string()) {
+            continue;
+        }
+        if inner.inner().as_ref().type_id() == std::any::TypeId::of::<Bounded>() {
+            continue;
+        }
+        let growth = GROWING.iter().find(|(n, _)| *n == inner.name()).map(|(_, g)| *g);
+        // Only fails for registries that take no functions; ours do.
+        let _ = registry.register_udf(Arc::new(bounded(inner.as_ref().clone(), growth, max_output)));
+    }
+    for name in COLLECTING {
+        if let Ok(inner) = registry.udaf(name) {
+            let collecting = Collecting { inner: inner.as_ref().clone(), max_output };
+            let _ = registry.register_udaf(Arc::new(AggregateUDF::new_from_impl(collecting)));
         }
     }
+    let concat = ScalarUDF::new_from_impl(ConcatOperator::new());
+    let concat = Arc::new(bounded(concat, Some(Growth::Concat), max_output));
+    let _ = registry.register_function_rewrite(Arc::new(ConcatRewrite { concat }));
 }
 
+fn bounded(inner: ScalarUDF, growth: Option<Growth>, max_output: u64) -> ScalarUDF {
+    ScalarUDF::new_from_impl(Bounded { inner, growth, max_output })
+}
+
+fn refused(name: &str, bytes: u128, rows: usize, max_output: u64, when: &str) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "{REFUSED}: {name}() {when} {bytes} bytes for {rows} row(s), more than the {max_output} bytes of the node's \
+         limits.max_function_output"
+    ))
+}
+
+/// A scalar function whose variable-width output is measured after each
+/// call, and, for the growing ones, estimated before it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
     inner: ScalarUDF,
-    growth: Growth,
+    growth: Option<Growth>,
     max_output: u64,
 }
 
 impl Bounded {
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
+        let Some(growth) = self.growth else { return Ok(()) };
         let rows = args.number_rows.max(1) as u128;
         let a = &args.args;
-        let estimate = match self.growth {
+        let estimate = match growth {
             Growth::Pad => {
                 let width = match a.get(2) {
                     Some(fill) => max_char_width(fill),
@@ -83,15 +156,30 @@ impl Bounded {
                 }
                 _ => 0,
             },
+            Growth::Concat => {
+                let separator = if self.inner.name() == "concat_ws" { a.first() } else { None };
+                let separators = separator.map_or(0, |s| text_total(s, rows) * a.len() as u128);
+                a.iter().map(|v| value_bytes(v, rows)).sum::<u128>() + separators
+            }
+            Growth::Elements => a.get(1).map_or(0, |n| int_sum(n, rows)) * 16,
         };
         if estimate > u128::from(self.max_output) {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{REFUSED}: {}() would produce up to {estimate} bytes for {} row(s), more than the {} bytes of \
-                 the node's limits.max_function_output",
-                self.inner.name(),
-                args.number_rows,
-                self.max_output
-            )));
+            return Err(refused(self.inner.name(), estimate, args.number_rows, self.max_output, "would produce up to"));
+        }
+        Ok(())
+    }
+
+    /// Refuses an output over the limit: the call is done, but the
+    /// expression above it, and the next iteration of a recursive query,
+    /// will not grow it further.
+    fn measure(&self, output: &ColumnarValue, rows: usize) -> Result<()> {
+        let bytes = match output {
+            ColumnarValue::Array(array) if variable_width(array.data_type()) => array_bytes(array.as_ref()),
+            ColumnarValue::Scalar(scalar) if variable_width(&scalar.data_type()) => scalar.size() as u128,
+            _ => return Ok(()),
+        };
+        if bytes > u128::from(self.max_output) {
+            return Err(refused(self.inner.name(), bytes, rows, self.max_output, "produced"));
         }
         Ok(())
     }
@@ -104,11 +192,20 @@ impl ScalarUDFImpl for Bounded {
     fn aliases(&self) -> &[String] {
         self.inner.aliases()
     }
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.inner().schema_name(args)
+    }
     fn signature(&self) -> &Signature {
         self.inner.signature()
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         self.inner.return_type(arg_types)
+    }
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        // `now()` and the time zone functions take the session's settings:
+        // the updated function is wrapped again.
+        let updated = self.inner.inner().with_updated_config(config)?;
+        Some(bounded(updated, self.growth, self.max_output))
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         self.inner.return_field_from_args(args)
@@ -118,19 +215,328 @@ impl ScalarUDFImpl for Bounded {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         self.check(&args)?;
-        self.inner.invoke_with_args(args)
+        let rows = args.number_rows;
+        let output = self.inner.invoke_with_args(args)?;
+        self.measure(&output, rows)?;
+        Ok(output)
     }
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
         self.inner.simplify(args, info)
     }
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        self.inner.coerce_types(arg_types)
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> Result<datafusion::logical_expr::preimage::PreimageResult> {
+        self.inner.inner().preimage(args, lit_expr, info)
     }
     fn short_circuits(&self) -> bool {
         self.inner.short_circuits()
     }
+    fn conditional_arguments<'a>(&self, args: &'a [Expr]) -> Option<(Vec<&'a Expr>, Vec<&'a Expr>)> {
+        self.inner.inner().conditional_arguments(args)
+    }
+    fn evaluate_bounds(
+        &self,
+        input: &[&datafusion::logical_expr::interval_arithmetic::Interval],
+    ) -> Result<datafusion::logical_expr::interval_arithmetic::Interval> {
+        self.inner.evaluate_bounds(input)
+    }
+    fn propagate_constraints(
+        &self,
+        interval: &datafusion::logical_expr::interval_arithmetic::Interval,
+        inputs: &[&datafusion::logical_expr::interval_arithmetic::Interval],
+    ) -> Result<Option<Vec<datafusion::logical_expr::interval_arithmetic::Interval>>> {
+        self.inner.propagate_constraints(interval, inputs)
+    }
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.output_ordering(inputs)
+    }
+    fn preserves_lex_ordering(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.preserves_lex_ordering(inputs)
+    }
+    fn strictly_order_preserving(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner.inner().strictly_order_preserving(inputs)
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+    fn struct_field_mapping(
+        &self,
+        literal_args: &[Option<ScalarValue>],
+    ) -> Option<datafusion::logical_expr::StructFieldMapping> {
+        self.inner.inner().struct_field_mapping(literal_args)
+    }
     fn documentation(&self) -> Option<&Documentation> {
         self.inner.documentation()
+    }
+    fn placement(
+        &self,
+        args: &[datafusion::logical_expr::ExpressionPlacement],
+    ) -> datafusion::logical_expr::ExpressionPlacement {
+        self.inner.inner().placement(args)
+    }
+}
+
+/// `a || b` on strings as a function call, so that it is bounded like
+/// `concat` ([`Bounded`] with [`Growth::Concat`]). It evaluates
+/// DataFusion's own `||` over its two arguments: same types, same NULLs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConcatOperator {
+    signature: Signature,
+}
+
+impl ConcatOperator {
+    const NAME: &str = "sluice_concat_operator";
+
+    fn new() -> Self {
+        ConcatOperator { signature: Signature::any(2, Volatility::Immutable) }
+    }
+
+    fn operator(types: &[DataType]) -> Result<(Arc<dyn datafusion::physical_plan::PhysicalExpr>, Schema)> {
+        use datafusion::physical_expr::expressions::{BinaryExpr, Column};
+        let [left, right] = types else {
+            return Err(DataFusionError::Internal("|| takes two arguments".into()));
+        };
+        let schema = Schema::new(vec![Field::new("l", left.clone(), true), Field::new("r", right.clone(), true)]);
+        let expr =
+            BinaryExpr::new(Arc::new(Column::new("l", 0)), Operator::StringConcat, Arc::new(Column::new("r", 1)));
+        Ok((Arc::new(expr), schema))
+    }
+}
+
+impl ScalarUDFImpl for ConcatOperator {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        let [left, right] = args else { return Ok(Self::NAME.to_string()) };
+        Ok(format!("{} || {}", left.schema_name(), right.schema_name()))
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let (expr, schema) = Self::operator(arg_types)?;
+        expr.data_type(&schema)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let types: Vec<DataType> = args.args.iter().map(ColumnarValue::data_type).collect();
+        let (expr, schema) = Self::operator(&types)?;
+        let columns = ColumnarValue::values_to_arrays(&args.args)?;
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(columns[0].len()));
+        let batch = arrow::record_batch::RecordBatch::try_new_with_options(Arc::new(schema), columns, &options)?;
+        let value = expr.evaluate(&batch)?;
+        // Scalars in, a scalar out (what constant folding expects).
+        match value {
+            ColumnarValue::Array(array) if scalar && rows <= 1 && array.len() == 1 => {
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?))
+            }
+            value => Ok(value),
+        }
+    }
+}
+
+/// Rewrites `a || b` over two strings into [`ConcatOperator`] (the name of
+/// the column stays `a || b`). Arrays keep DataFusion's own rewrite.
+#[derive(Debug)]
+struct ConcatRewrite {
+    concat: Arc<ScalarUDF>,
+}
+
+impl FunctionRewrite for ConcatRewrite {
+    fn name(&self) -> &str {
+        "bounded_string_concat"
+    }
+
+    fn rewrite(&self, expr: Expr, schema: &DFSchema, _config: &ConfigOptions) -> Result<Transformed<Expr>> {
+        let Expr::BinaryExpr(BinaryExpr { left, op: Operator::StringConcat, right }) = &expr else {
+            return Ok(Transformed::no(expr));
+        };
+        let text = |e: &Expr| {
+            e.get_type(schema).is_ok_and(|t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+        };
+        if !(text(left) && text(right)) {
+            return Ok(Transformed::no(expr));
+        }
+        let Expr::BinaryExpr(BinaryExpr { left, right, .. }) = expr else { unreachable!("matched above") };
+        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(self.concat.clone(), vec![*left, *right]))))
+    }
+}
+
+/// An aggregate whose result holds every row it read, bounded per
+/// accumulator by the bytes of everything it evaluated (see the module's
+/// doc).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Collecting {
+    inner: AggregateUDF,
+    max_output: u64,
+}
+
+impl Collecting {
+    fn wrap(&self, inner: Box<dyn Accumulator>) -> Box<dyn Accumulator> {
+        Box::new(BoundedAccumulator {
+            inner,
+            name: self.inner.name().to_string(),
+            produced: 0,
+            max_output: self.max_output,
+        })
+    }
+}
+
+impl AggregateUDFImpl for Collecting {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+    fn schema_name(&self, params: &datafusion::logical_expr::expr::AggregateFunctionParams) -> Result<String> {
+        self.inner.inner().schema_name(params)
+    }
+    fn human_display(&self, params: &datafusion::logical_expr::expr::AggregateFunctionParams) -> Result<String> {
+        self.inner.inner().human_display(params)
+    }
+    fn window_function_schema_name(
+        &self,
+        params: &datafusion::logical_expr::expr::WindowFunctionParams,
+    ) -> Result<String> {
+        self.inner.inner().window_function_schema_name(params)
+    }
+    fn display_name(&self, params: &datafusion::logical_expr::expr::AggregateFunctionParams) -> Result<String> {
+        self.inner.inner().display_name(params)
+    }
+    fn window_function_display_name(
+        &self,
+        params: &datafusion::logical_expr::expr::WindowFunctionParams,
+    ) -> Result<String> {
+        self.inner.inner().window_function_display_name(params)
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+    fn is_nullable(&self) -> bool {
+        self.inner.is_nullable()
+    }
+    fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(self.wrap(self.inner.accumulator(acc_args)?))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+    // Grouped aggregation accounts its groups' state in the memory pool
+    // and evaluates each group once: the plain accumulator serves it.
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        false
+    }
+    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(self.wrap(self.inner.create_sliding_accumulator(args)?))
+    }
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
+        let Some(inner) = self.inner.clone().with_beneficial_ordering(beneficial_ordering)? else { return Ok(None) };
+        Ok(Some(Arc::new(Collecting { inner, max_output: self.max_output })))
+    }
+    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
+        self.inner.inner().order_sensitivity()
+    }
+    fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
+        use datafusion::logical_expr::ReversedUDAF;
+        match self.inner.reverse_udf() {
+            ReversedUDAF::Reversed(reversed) => {
+                ReversedUDAF::Reversed(Arc::new(AggregateUDF::new_from_impl(Collecting {
+                    inner: reversed.as_ref().clone(),
+                    max_output: self.max_output,
+                })))
+            }
+            other => other,
+        }
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+    fn supports_null_handling_clause(&self) -> bool {
+        self.inner.inner().supports_null_handling_clause()
+    }
+    fn supports_within_group_clause(&self) -> bool {
+        self.inner.inner().supports_within_group_clause()
+    }
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+}
+
+#[derive(Debug)]
+struct BoundedAccumulator {
+    inner: Box<dyn Accumulator>,
+    name: String,
+    /// Bytes of every value evaluated so far.
+    produced: u128,
+    max_output: u64,
+}
+
+impl Accumulator for BoundedAccumulator {
+    fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> Result<()> {
+        self.inner.update_batch(values)
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let value = self.inner.evaluate()?;
+        self.produced += value.size() as u128;
+        if self.produced > u128::from(self.max_output) {
+            return Err(refused(&self.name, self.produced, 1, self.max_output, "produced"));
+        }
+        Ok(value)
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.inner.state()
+    }
+    fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> Result<()> {
+        self.inner.merge_batch(states)
+    }
+    fn retract_batch(&mut self, values: &[arrow::array::ArrayRef]) -> Result<()> {
+        self.inner.retract_batch(values)
+    }
+    fn supports_retract_batch(&self) -> bool {
+        self.inner.supports_retract_batch()
+    }
+}
+
+fn variable_width(data_type: &DataType) -> bool {
+    !data_type.is_primitive() && !matches!(data_type, DataType::Boolean | DataType::Null)
+}
+
+/// The bytes of an array's values: the sliced length of its buffers, and
+/// for view types the strings its views point to.
+pub(crate) fn array_bytes(array: &dyn Array) -> u128 {
+    match array.data_type() {
+        DataType::Utf8View => (array.len() * 16 + array.as_string_view().total_bytes_len()) as u128,
+        DataType::BinaryView => (array.len() * 16 + array.as_binary_view().total_bytes_len()) as u128,
+        _ => array.to_data().get_slice_memory_size().unwrap_or(array.get_array_memory_size()) as u128,
+    }
+}
+
+/// An argument's bytes over `rows` rows.
+fn value_bytes(value: &ColumnarValue, rows: u128) -> u128 {
+    match value {
+        ColumnarValue::Scalar(s) => s.size() as u128 * rows,
+        ColumnarValue::Array(a) => array_bytes(a.as_ref()),
     }
 }
 

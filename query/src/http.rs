@@ -65,6 +65,15 @@ pub async fn serve(
     Ok((addr, sluice_http::spawn(listener, app, config.clone(), shutdown)?))
 }
 
+/// Whether a request says its body is JSON (`application/json`, with
+/// parameters such as `; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    value.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Corrupt segments the node refused are listed (they are not served, the
 /// rest is). A tail consumer that is failing makes the node unhealthy
 /// (503): its answers are no longer fresh.
@@ -109,6 +118,14 @@ fn pinot(status: u16, body: &PinotResponse) -> Response {
 
 async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    // JSON only, as Pinot's clients send it: a page on another site can
+    // post a form or `text/plain` without asking the browser first, never
+    // `application/json`.
+    if !is_json(&headers) {
+        metrics::counter!("sluice_query_queries_total", "outcome" => "bad_request").increment(1);
+        let message = "the request's Content-Type must be application/json".to_string();
+        return pinot(415, &PinotResponse::error(415, message, started.elapsed()));
+    }
     let body = match sluice_http::read_body(&headers, body, &state.http).await {
         Ok(body) => body,
         Err(e) => {
@@ -136,8 +153,9 @@ async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body
         Ok(Ok(response)) => match tokio::task::spawn_blocking(move || serde_json::to_vec(&response)).await {
             Ok(Ok(body)) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
             failed => {
-                let message = format!("internal error: the response could not be written ({failed:?})");
-                pinot(500, &PinotResponse::error(200, message, started.elapsed()))
+                tracing::error!(failure = ?failed, "a query's response could not be written");
+                let message = "internal error: the response could not be written; the node logged the cause";
+                pinot(500, &PinotResponse::error(200, message.to_string(), started.elapsed()))
             }
         },
         Ok(Err(e)) => {
@@ -147,8 +165,9 @@ async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body
             pinot(e.status(), &PinotResponse::error(e.pinot_code(), e.to_string(), started.elapsed()))
         }
         Err(join) => {
+            metrics::counter!("sluice_query_panics_total").increment(1);
             tracing::error!(error = %join, "query task panicked");
-            let message = format!("internal error: the query crashed ({join})");
+            let message = "internal error: the query failed unexpectedly; the node logged the cause".to_string();
             pinot(500, &PinotResponse::error(200, message, started.elapsed()))
         }
     }

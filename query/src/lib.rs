@@ -33,6 +33,7 @@
 //!   quarantined, never served and never reloaded from the cache.
 
 pub mod boundaries;
+mod bounds;
 pub mod catalog;
 mod channels;
 pub mod cluster;

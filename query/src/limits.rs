@@ -19,6 +19,22 @@
 //! counts three operators for a tree two deep). The engine runs queries on
 //! threads whose stacks hold the deepest tree this admits
 //! (see [`crate::engine`]).
+//!
+//! Planning itself is bounded next ([`check_statement`], [`check_plan`]):
+//! it runs on the query's thread without yielding, so the deadline cannot
+//! stop it, and its cost grows with the relations and CTEs a statement
+//! names faster than with its length — 7,000 chained CTEs (222 KB) planned
+//! for a minute at 12 GB, and a CTE read twice by the next one doubles
+//! the plan at each step. So the parsed statement's CTEs and relations are
+//! counted before it is planned, and the logical plan's nodes (each
+//! reference to a CTE counting its whole plan) before it is optimized.
+
+use std::ops::ControlFlow;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Query, Select, TableFactor, Visit, Visitor};
 
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -56,6 +72,129 @@ pub fn check(sql: &str, limits: &QueryLimits) -> Result<(), QueryError> {
             message: format!(
                 "a list in the statement has {} items, more than the {} allowed",
                 shape.list_items, limits.max_list_items
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a parsed statement against `limits.max_ctes` and
+/// `limits.max_relations`, before it is planned. Relations are counted as
+/// planning expands them: a reference to a CTE counts every relation of
+/// the CTE (DataFusion plans a CTE again at each reference), so a chain of
+/// CTEs that each read the one before twice doubles at every step and is
+/// refused here, before planning takes exponential time.
+pub fn check_statement(statement: &DFStatement, limits: &QueryLimits) -> Result<(), QueryError> {
+    let mut counts = Relations::default();
+    visit(statement, &mut counts);
+    counts.relations = counts.relations.saturating_sub(counts.definitions);
+    if counts.ctes > u64::from(limits.max_ctes) {
+        return Err(QueryError::TooComplex {
+            limit: "limits.max_ctes",
+            message: format!(
+                "the statement defines {} common table expressions (WITH items), more than the {} allowed",
+                counts.ctes, limits.max_ctes
+            ),
+        });
+    }
+    if counts.relations > u64::from(limits.max_relations) {
+        return Err(QueryError::TooComplex {
+            limit: "limits.max_relations",
+            message: format!(
+                "the statement reads {} relations (SELECT blocks, and tables or subqueries in FROM and JOIN, \
+                 a CTE counting its own at each reference), more than the {} allowed",
+                counts.relations, limits.max_relations
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn visit(statement: &DFStatement, counts: &mut Relations) {
+    match statement {
+        DFStatement::Statement(statement) => {
+            let _ = statement.visit(counts);
+        }
+        DFStatement::Explain(explain) => visit(&explain.statement, counts),
+        // Refused as statements once planned; nothing to plan before that.
+        DFStatement::CreateExternalTable(_) | DFStatement::CopyTo(_) | DFStatement::Reset(_) => {}
+    }
+}
+
+/// What [`check_statement`] counts.
+#[derive(Default)]
+struct Relations {
+    ctes: u64,
+    relations: u64,
+    /// The relations each CTE seen so far expands to, by lowercase name.
+    expansions: std::collections::HashMap<String, u64>,
+    /// The relations of CTE definitions: the visit counts them where they
+    /// are defined, but they count where they are read.
+    definitions: u64,
+}
+
+impl Relations {
+    /// The relations `node` expands to, with the CTEs known so far.
+    fn expansion(&self, node: &impl Visit) -> u64 {
+        let mut inner = Relations { expansions: self.expansions.clone(), ..Relations::default() };
+        let _ = node.visit(&mut inner);
+        inner.relations.saturating_sub(inner.definitions)
+    }
+}
+
+impl Visitor for Relations {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            self.ctes += with.cte_tables.len() as u64;
+            // A query's WITH is visited before its body: the body's
+            // references find the CTEs' expansions.
+            for cte in &with.cte_tables {
+                let expansion = self.expansion(&cte.query);
+                self.definitions = self.definitions.saturating_add(expansion);
+                self.expansions.insert(cte.alias.name.value.to_lowercase(), expansion);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, _select: &Select) -> ControlFlow<()> {
+        self.relations = self.relations.saturating_add(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let expansion = match factor {
+            TableFactor::Table { name, .. } if name.0.len() == 1 => name.0[0]
+                .as_ident()
+                .and_then(|ident| self.expansions.get(&ident.value.to_lowercase()))
+                .copied()
+                .unwrap_or(1),
+            _ => 1,
+        };
+        self.relations = self.relations.saturating_add(expansion);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Checks a logical plan against `limits.max_plan_nodes` before it is
+/// optimized: its nodes and its subqueries' nodes, counted until the limit
+/// is passed (a plan may share a CTE's nodes many times over; its count is
+/// what optimizing it would visit).
+pub fn check_plan(plan: &LogicalPlan, limits: &QueryLimits) -> Result<(), QueryError> {
+    let max = u64::from(limits.max_plan_nodes);
+    let mut nodes = 0u64;
+    let _ = plan.apply_with_subqueries(|_| {
+        nodes += 1;
+        Ok(if nodes > max { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    if nodes > max {
+        return Err(QueryError::TooComplex {
+            limit: "limits.max_plan_nodes",
+            message: format!(
+                "the statement's plan has more than {max} nodes (each reference to a CTE counts its whole plan); \
+                 simplify the statement"
             ),
         });
     }
@@ -240,5 +379,65 @@ mod tests {
         let long = format!("SELECT '{}'", "x".repeat(300 * 1024));
         assert!(check(&long, &QueryLimits::default()).unwrap_err().to_string().contains("limits.max_query_size"));
         check("SELECT a, b FROM t WHERE a = 1 AND b IN (1, 2, 3)", &limits).unwrap();
+    }
+
+    fn parse(sql: &str) -> DFStatement {
+        datafusion::sql::parser::DFParser::parse_sql(sql).unwrap().pop_front().unwrap()
+    }
+
+    #[test]
+    fn ctes_and_relations_are_counted_before_planning() {
+        let limits = QueryLimits { max_ctes: 10, max_relations: 200, ..QueryLimits::default() };
+        let chain = |n: usize| {
+            let ctes: Vec<String> = (1..n).map(|i| format!("c{i} AS (SELECT * FROM c{})", i - 1)).collect();
+            format!("WITH c0 AS (SELECT 1 AS x), {} SELECT * FROM c{}", ctes.join(", "), n - 1)
+        };
+        check_statement(&parse(&chain(10)), &limits).unwrap();
+        let e = check_statement(&parse(&chain(11)), &limits).unwrap_err();
+        assert!(e.to_string().contains("limits.max_ctes"), "{e}");
+        assert_eq!(e.status(), 400);
+        // A chain that reads each CTE twice doubles at every step: eight
+        // steps expand to over 200 relations, however short the text.
+        let doubling = |n: usize| {
+            let ctes: Vec<String> = (1..n)
+                .map(|i| format!("c{i} AS (SELECT * FROM c{p} UNION ALL SELECT * FROM c{p})", p = i - 1))
+                .collect();
+            format!("WITH c0 AS (SELECT 1 AS x), {} SELECT count(*) FROM c{}", ctes.join(", "), n - 1)
+        };
+        check_statement(&parse(&doubling(6)), &limits).unwrap();
+        let e = check_statement(&parse(&doubling(9)), &limits).unwrap_err();
+        assert!(e.to_string().contains("limits.max_relations"), "{e}");
+        // Nested WITHs double too.
+        let nested = "WITH a AS (WITH b AS (SELECT * FROM t, t, t, t, t, t, t, t) SELECT * FROM b, b, b, b, b, b, b, b) \
+                      SELECT * FROM a, a, a, a";
+        assert!(check_statement(&parse(nested), &limits).is_err());
+        let limits = QueryLimits { max_relations: 20, ..limits };
+        let joins = |n: usize| {
+            let joined: Vec<String> = (1..n).map(|i| format!("JOIN t t{i} ON t{i}.a = t0.a")).collect();
+            format!("SELECT count(*) FROM t t0 {}", joined.join(" "))
+        };
+        // One SELECT block and n tables.
+        check_statement(&parse(&joins(19)), &limits).unwrap();
+        let e = check_statement(&parse(&joins(20)), &limits).unwrap_err();
+        assert!(e.to_string().contains("limits.max_relations"), "{e}");
+        let unions = vec!["SELECT 1"; 21].join(" UNION ALL ");
+        assert!(check_statement(&parse(&unions), &limits).is_err());
+        // An EXPLAIN counts what it explains.
+        assert!(check_statement(&parse(&format!("EXPLAIN {}", joins(20))), &limits).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_plan_that_doubles_is_refused_before_it_is_optimized() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        // Each CTE reads the one before twice: 2^n nodes by n CTEs (what
+        // `check_statement` admits with a high `max_relations`).
+        let ctes: Vec<String> =
+            (1..13).map(|i| format!("c{i} AS (SELECT * FROM c{p} UNION ALL SELECT * FROM c{p})", p = i - 1)).collect();
+        let sql = format!("WITH c0 AS (SELECT 1 AS x), {} SELECT count(*) FROM c12", ctes.join(", "));
+        let plan = ctx.state().create_logical_plan(&sql).await.unwrap();
+        let e = check_plan(&plan, &QueryLimits { max_plan_nodes: 5000, ..QueryLimits::default() }).unwrap_err();
+        assert!(e.to_string().contains("limits.max_plan_nodes"), "{e}");
+        let plan = ctx.state().create_logical_plan("SELECT 1 UNION ALL SELECT 2").await.unwrap();
+        check_plan(&plan, &QueryLimits::default()).unwrap();
     }
 }

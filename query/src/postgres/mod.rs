@@ -39,12 +39,13 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use sluice_config::{HttpUser, PgWireConfig};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::QueryError;
 use crate::engine::QueryEngine;
 
 pub(crate) mod catalog;
+mod guard;
 mod rewrite;
 
 /// Binds `config.listen` and serves until `shutdown` turns true. Returns
@@ -60,14 +61,14 @@ pub async fn serve(
     // A statement longer than `limits.max_query_size` is refused anyway; a
     // message may carry it plus its parameters.
     let max_message = engine.limits().max_query_size.as_u64().max(64 << 10) as usize + (1 << 20);
-    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
+    let admission = Arc::new(guard::Admission::new(config, max_message));
     let backend = Arc::new(Backend { engine, parser: Arc::new(NoopQueryParser::new()) });
     let users = users.map(|users| Users(Arc::new(users)));
     let task = tokio::spawn(async move {
         loop {
-            let socket = tokio::select! {
+            let (socket, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => socket,
+                    Ok((socket, peer)) => (socket, peer.ip()),
                     Err(e) => {
                         // Out of file descriptors, say: counted, and the
                         // loop goes on after a pause.
@@ -79,21 +80,16 @@ pub async fn serve(
                 },
                 _ = shutdown.changed() => break,
             };
-            // Over the cap a connection is closed at once: a flood of
-            // clients cannot exhaust the node's tasks or memory.
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
-                metrics::counter!("sluice_query_pgwire_refused_total").increment(1);
-                continue;
-            };
+            // Admitted as a startup (the oldest startup makes room at the
+            // cap); a session slot is taken once it has logged in (`guard`).
+            let startup = admission.admit();
             let _ = socket.set_nodelay(true);
-            let backend = backend.clone();
-            let users = users.clone();
+            let (backend, users, admission) = (backend.clone(), users.clone(), admission.clone());
             tokio::spawn(async move {
-                let _permit = permit;
                 let open = metrics::gauge!("sluice_query_pgwire_connections");
                 open.increment(1.0);
                 let _closed = scopeguard(move || open.decrement(1.0));
-                let socket = match guard(socket, max_message) {
+                let socket = match guard::relay(socket, peer, admission, startup) {
                     Ok(socket) => socket,
                     Err(e) => {
                         tracing::warn!(error = %e, "pgwire: cannot relay a connection");
@@ -129,95 +125,6 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-/// The client's side of a connection relayed through a socket pair, each
-/// message checked against `max_message` bytes before it is passed on:
-/// `pgwire` buffers a message whole (up to 1 GiB), and a client must not
-/// make the node do that. An oversized or malformed message closes the
-/// connection.
-fn guard(client: tokio::net::TcpStream, max_message: usize) -> std::io::Result<tokio::net::UnixStream> {
-    let (ours, theirs) = tokio::net::UnixStream::pair()?;
-    tokio::spawn(async move {
-        let (mut from_client, mut to_client) = client.into_split();
-        let (mut from_server, mut to_server) = ours.into_split();
-        let result = match startup(&mut from_client, &mut to_client, &mut to_server, max_message).await {
-            Ok(()) => tokio::select! {
-                relayed = relay(&mut from_client, &mut to_server, max_message) => relayed,
-                _ = tokio::io::copy(&mut from_server, &mut to_client) => Ok(()),
-            },
-            failed => failed,
-        };
-        if let Err(e) = result
-            && e.kind() == std::io::ErrorKind::InvalidData
-        {
-            metrics::counter!("sluice_query_pgwire_refused_total").increment(1);
-            tracing::warn!(error = %e, "pgwire: connection closed");
-        }
-    });
-    Ok(theirs)
-}
-
-/// One message's body after its 4-byte length (which counts itself).
-async fn body(
-    from: &mut (impl tokio::io::AsyncRead + Unpin),
-    length: [u8; 4],
-    max_message: usize,
-) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let length = i32::from_be_bytes(length);
-    let size = usize::try_from(length).ok().and_then(|l| l.checked_sub(4)).filter(|b| *b <= max_message);
-    let Some(size) = size else {
-        let reason = format!("a message of {length} bytes (at most {max_message})");
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
-    };
-    let mut bytes = vec![0u8; size];
-    from.read_exact(&mut bytes).await?;
-    Ok(bytes)
-}
-
-/// The untyped startup messages: SSL and GSSAPI requests are declined
-/// here (`N`, as by a server without them), then the startup (or cancel)
-/// message is passed on.
-async fn startup(
-    from: &mut (impl tokio::io::AsyncRead + Unpin),
-    to_client: &mut (impl tokio::io::AsyncWrite + Unpin),
-    to_server: &mut (impl tokio::io::AsyncWrite + Unpin),
-    max_message: usize,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SSL_REQUEST: i32 = 80_877_103;
-    const GSSENC_REQUEST: i32 = 80_877_104;
-    loop {
-        let mut length = [0u8; 4];
-        from.read_exact(&mut length).await?;
-        let bytes = body(from, length, max_message).await?;
-        let code = bytes.get(..4).map(|c| i32::from_be_bytes(c.try_into().expect("4 bytes")));
-        if matches!(code, Some(SSL_REQUEST | GSSENC_REQUEST)) {
-            to_client.write_all(b"N").await?;
-            continue;
-        }
-        to_server.write_all(&length).await?;
-        return to_server.write_all(&bytes).await;
-    }
-}
-
-/// The typed messages after startup (tag, length, body), passed on whole.
-async fn relay(
-    from: &mut (impl tokio::io::AsyncRead + Unpin),
-    to: &mut (impl tokio::io::AsyncWrite + Unpin),
-    max_message: usize,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = [0u8; 5];
-    loop {
-        if from.read_exact(&mut head).await.is_err() {
-            return Ok(()); // the client is gone
-        }
-        let bytes = body(from, head[1..].try_into().expect("4 bytes"), max_message).await?;
-        to.write_all(&head).await?;
-        to.write_all(&bytes).await?;
-    }
-}
-
 /// Runs statements for both protocols.
 struct Backend {
     engine: Arc<QueryEngine>,
@@ -248,9 +155,33 @@ impl AuthSource for Users {
         let user = login.user().and_then(|name| self.0.iter().find(|u| u.username == name));
         match user {
             Some(user) => Ok(Password::new(None, user.password.as_bytes().to_vec())),
-            None => Err(user_error("FATAL", "28P01", "password authentication failed")),
+            None => Err(login_failed(login)),
         }
     }
+
+    /// One answer for an unknown user and a wrong password (nothing tells
+    /// which names exist), every password compared in full.
+    async fn verify_password(&self, login: &LoginInfo, presented: &[u8]) -> PgWireResult<Option<()>> {
+        let name = login.user().unwrap_or_default();
+        let matched = self.0.iter().fold(false, |found, user| {
+            found
+                | (constant_time_eq(user.username.as_bytes(), name.as_bytes())
+                    & constant_time_eq(user.password.as_bytes(), presented))
+        });
+        if matched { Ok(None) } else { Err(login_failed(login)) }
+    }
+}
+
+fn login_failed(login: &LoginInfo) -> PgWireError {
+    let name = login.user().unwrap_or_default();
+    user_error("FATAL", "28P01", &format!("password authentication failed for user \"{name}\""))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl NoopStartupHandler for Open {}
@@ -318,7 +249,7 @@ impl ExtendedQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = bind(&portal.statement.statement, &portal_parameters(portal)?)?;
+        let sql = portal_sql(portal)?;
         if is_empty_statement(&sql) {
             return Ok(Response::EmptyQuery);
         }
@@ -360,7 +291,7 @@ impl ExtendedQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = bind(&portal.statement.statement, &portal_parameters(portal)?)?;
+        let sql = portal_sql(portal)?;
         Ok(DescribePortalResponse::new(self.describe(&sql, user(client)).await?))
     }
 }
@@ -551,6 +482,21 @@ impl<'a> Text<'a> {
             Text::Other(a, formatter) => a.is_valid(row).then(|| formatter.value(row).to_string()),
         }
     }
+}
+
+/// A portal's statement with its parameters bound. As Postgres, a Bind
+/// with more values than the statement takes is a protocol violation, not
+/// a statement with ignored values.
+fn portal_sql(portal: &Portal<String>) -> PgWireResult<String> {
+    let takes = placeholders(&portal.statement.statement).max(portal.statement.parameter_types.len());
+    if portal.parameter_len() > takes {
+        let message = format!(
+            "bind message supplies {} parameters, but prepared statement requires {takes}",
+            portal.parameter_len()
+        );
+        return Err(user_error("ERROR", "08P01", &message));
+    }
+    bind(&portal.statement.statement, &portal_parameters(portal)?)
 }
 
 /// A portal's parameters as SQL literals (None for NULL).
