@@ -85,9 +85,14 @@ pub fn check(sql: &str, limits: &QueryLimits) -> Result<(), QueryError> {
 /// CTEs that each read the one before twice doubles at every step and is
 /// refused here, before planning takes exponential time.
 pub fn check_statement(statement: &DFStatement, limits: &QueryLimits) -> Result<(), QueryError> {
-    let mut counts = Relations::default();
-    visit(statement, &mut counts);
-    counts.relations = counts.relations.saturating_sub(counts.definitions);
+    // CTEs first: expanding each one's relations visits the CTEs before it.
+    let mut ctes = Ctes(0);
+    visit(statement, &mut ctes);
+    let mut counts = Relations { ctes: ctes.0, ..Relations::default() };
+    if counts.ctes <= u64::from(limits.max_ctes) {
+        visit(statement, &mut counts);
+        counts.relations = counts.relations.saturating_sub(counts.definitions);
+    }
     if counts.ctes > u64::from(limits.max_ctes) {
         return Err(QueryError::TooComplex {
             limit: "limits.max_ctes",
@@ -110,7 +115,7 @@ pub fn check_statement(statement: &DFStatement, limits: &QueryLimits) -> Result<
     Ok(())
 }
 
-fn visit(statement: &DFStatement, counts: &mut Relations) {
+fn visit(statement: &DFStatement, counts: &mut impl Visitor) {
     match statement {
         DFStatement::Statement(statement) => {
             let _ = statement.visit(counts);
@@ -118,6 +123,18 @@ fn visit(statement: &DFStatement, counts: &mut Relations) {
         DFStatement::Explain(explain) => visit(&explain.statement, counts),
         // Refused as statements once planned; nothing to plan before that.
         DFStatement::CreateExternalTable(_) | DFStatement::CopyTo(_) | DFStatement::Reset(_) => {}
+    }
+}
+
+/// The CTEs of a statement.
+struct Ctes(u64);
+
+impl Visitor for Ctes {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.0 += query.with.as_ref().map_or(0, |with| with.cte_tables.len() as u64);
+        ControlFlow::Continue(())
     }
 }
 
@@ -147,7 +164,6 @@ impl Visitor for Relations {
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         if let Some(with) = &query.with {
-            self.ctes += with.cte_tables.len() as u64;
             // A query's WITH is visited before its body: the body's
             // references find the CTEs' expansions.
             for cte in &with.cte_tables {
