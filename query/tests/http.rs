@@ -237,7 +237,9 @@ async fn http_limits_bound_slow_large_and_idle_clients() {
         })
     };
     let head = |length: u64| {
-        format!("POST /query/sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n")
+        format!(
+            "POST /query/sql HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+        )
     };
     let too_large = exchange(head(1 << 20).into_bytes()).await.unwrap();
     assert!(too_large.starts_with("HTTP/1.1 413"), "{too_large}");
