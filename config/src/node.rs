@@ -625,17 +625,6 @@ pub struct PgWireConfig {
 }
 
 impl PgWireConfig {
-    /// Listening on `listen` with every other setting at its default.
-    pub fn on(listen: SocketAddr) -> Self {
-        Self {
-            listen,
-            max_connections: Self::default_max_connections(),
-            startup_timeout: Self::default_startup_timeout(),
-            max_startups: Self::default_max_startups(),
-            max_prepared_statements: Self::default_max_prepared_statements(),
-            max_prepared_bytes: Self::default_max_prepared_bytes(),
-        }
-    }
     fn default_max_connections() -> u32 {
         256
     }

@@ -31,7 +31,8 @@ mod origin;
 mod throttle;
 mod tls;
 
-pub use throttle::LoginThrottle;
+pub use auth::constant_time_eq;
+pub use throttle::{LoginThrottle, refusal as login_refusal};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -218,8 +219,7 @@ fn admit(guards: &Guards, peer: std::net::IpAddr, request: &Request<Incoming>) -
         return None;
     }
     if let Some(wait) = guards.throttle.blocked(peer) {
-        let reason = format!("too many failed logins from this address; retry in {} s", wait.as_secs().max(1));
-        return Some(auth::refusal(StatusCode::TOO_MANY_REQUESTS, &reason, Some(wait)));
+        return Some(auth::refusal(StatusCode::TOO_MANY_REQUESTS, &throttle::refusal(wait), Some(wait)));
     }
     if credentials.allows(path, request.headers()) {
         guards.throttle.succeeded(peer);

@@ -30,6 +30,11 @@ struct Failures {
     until: Option<Instant>,
 }
 
+/// What a client shut out for `wait` is told, on every port.
+pub fn refusal(wait: Duration) -> String {
+    format!("too many failed logins from this address; retry in {} s", wait.as_secs().max(1))
+}
+
 /// Failed logins per client address. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct LoginThrottle {

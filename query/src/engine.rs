@@ -540,7 +540,7 @@ impl QueryEngine {
 
 /// A panic in a query's work: a 500 that says no more than that (its text
 /// may name the node's internals), counted and logged with the text.
-fn crashed(panic: &str) -> QueryError {
+pub(crate) fn crashed(panic: &str) -> QueryError {
     metrics::counter!("sluice_query_panics_total").increment(1);
     tracing::error!(panic = %panic, "a query panicked");
     QueryError::Internal { message: "the query failed unexpectedly; the node logged the cause".into() }
@@ -724,15 +724,7 @@ impl Executor {
 /// buffers, not the buffers it shares with others (a slice of a segment
 /// column counts its rows, not the column).
 fn batch_bytes(batch: &RecordBatch) -> u64 {
-    batch.columns().iter().map(|c| array_bytes(c.as_ref())).sum()
-}
-
-/// One column's share of a result. Arrow's slice size counts only the
-/// 16-byte views of a string-view column, not the strings (they live in
-/// variadic buffers): those are counted from the values, so a result of
-/// large strings is measured as large.
-fn array_bytes(array: &dyn arrow::array::Array) -> u64 {
-    crate::functions::array_bytes(array) as u64
+    batch.columns().iter().map(|c| crate::functions::array_bytes(c.as_ref()) as u64).sum()
 }
 
 fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {

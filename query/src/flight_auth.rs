@@ -35,17 +35,13 @@ impl ClusterToken {
     /// independent of where a wrong one differs.
     pub fn check(&self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         let presented = request.metadata().get(AUTHORIZATION.as_str()).map(MetadataValue::as_bytes).unwrap_or_default();
-        if constant_time_eq(presented, self.0.as_bytes()) {
+        if sluice_http::constant_time_eq(presented, self.0.as_bytes()) {
             Ok(request)
         } else {
             metrics::counter!("sluice_query_flight_refused_total").increment(1);
             Err(Status::unauthenticated("this Flight port needs the cluster's token (`flight_token`)"))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[cfg(test)]

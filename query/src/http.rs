@@ -165,10 +165,8 @@ async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body
             pinot(e.status(), &PinotResponse::error(e.pinot_code(), e.to_string(), started.elapsed()))
         }
         Err(join) => {
-            metrics::counter!("sluice_query_panics_total").increment(1);
-            tracing::error!(error = %join, "query task panicked");
-            let message = "internal error: the query failed unexpectedly; the node logged the cause".to_string();
-            pinot(500, &PinotResponse::error(200, message, started.elapsed()))
+            let e = crate::engine::crashed(&join.to_string());
+            pinot(e.status(), &PinotResponse::error(e.pinot_code(), e.to_string(), started.elapsed()))
         }
     }
 }

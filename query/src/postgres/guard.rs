@@ -180,8 +180,7 @@ async fn serve(
         refused("08P01", "the connection did not complete its startup in time (pgwire.startup_timeout)")
     };
     if let Some(wait) = admission.throttle.blocked(peer) {
-        let retry = wait.as_secs().max(1);
-        return refused("28000", format!("too many failed logins from this address; retry in {retry} s"));
+        return refused("28000", sluice_http::login_refusal(wait));
     }
     let max_message = admission.max_message;
     tokio::select! {

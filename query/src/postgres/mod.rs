@@ -165,8 +165,8 @@ impl AuthSource for Users {
         let name = login.user().unwrap_or_default();
         let matched = self.0.iter().fold(false, |found, user| {
             found
-                | (constant_time_eq(user.username.as_bytes(), name.as_bytes())
-                    & constant_time_eq(user.password.as_bytes(), presented))
+                | (sluice_http::constant_time_eq(user.username.as_bytes(), name.as_bytes())
+                    & sluice_http::constant_time_eq(user.password.as_bytes(), presented))
         });
         if matched { Ok(None) } else { Err(login_failed(login)) }
     }
@@ -175,13 +175,6 @@ impl AuthSource for Users {
 fn login_failed(login: &LoginInfo) -> PgWireError {
     let name = login.user().unwrap_or_default();
     user_error("FATAL", "28P01", &format!("password authentication failed for user \"{name}\""))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl NoopStartupHandler for Open {}
