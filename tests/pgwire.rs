@@ -206,3 +206,92 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     let (_, metrics) = http_request_with(&addr, "GET", "/metrics", b"", &bearer);
     assert!(metrics.contains("sluice_query_pgwire_connections"), "{metrics}");
 }
+
+/// An address that keeps guessing passwords waits, on the Postgres port and
+/// on HTTP alike, and a wrong password answers as an unknown user does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_on_both_ports() {
+    let clicks = CommittedClicks::start("pgwire-logins", 10, |o| (format!("u-{o}"), 200)).await;
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let pg_port = free_port().unwrap();
+    let config = clicks.query_config(
+        &addr,
+        &format!(
+            "[http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n"
+        ),
+    );
+    let _node = start_query_node(clicks.dir.path(), &config);
+    let served = || async { http_rows(&addr, "SELECT COUNT(*) FROM clicks") == Some(vec![vec!["10".to_string()]]) };
+    wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap();
+
+    // Postgres: the same answer for an unknown user and a wrong password.
+    let as_user = |user: &str, password: &str| {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", user, "-d", "sluice", "-c", "SELECT 1"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).replace(user, "<user>"))
+    };
+    let (ok, unknown) = as_user("nobody", "guess");
+    assert!(!ok);
+    let (ok, wrong) = as_user(USER, "guess");
+    assert!(!ok);
+    assert!(wrong.contains("password authentication failed for user"), "{wrong}");
+    assert_eq!(unknown, wrong, "an unknown user and a wrong password answer alike");
+    // Five failures are free (two above); the sixth shuts the address out.
+    for _ in 0..4 {
+        let (ok, stderr) = as_user(USER, "guess");
+        assert!(!ok && stderr.contains("password authentication failed"), "{stderr}");
+    }
+    let (ok, stderr) = as_user(USER, PASSWORD);
+    assert!(!ok && stderr.contains("too many failed logins"), "even the right password waits: {stderr}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (ok, stderr) = as_user(USER, PASSWORD);
+    assert!(ok, "after the backoff the right password logs in: {stderr}");
+
+    // HTTP: the same backoff, answered 429 with Retry-After.
+    let basic = |password: &str| {
+        use std::io::Write;
+        let mut encoded = Vec::new();
+        let mut command = Command::new("base64")
+            .args(["-w", "0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        command.stdin.take().unwrap().write_all(format!("{USER}:{password}").as_bytes()).unwrap();
+        encoded.extend(command.wait_with_output().unwrap().stdout);
+        format!("Authorization: Basic {}\r\n", String::from_utf8(encoded).unwrap())
+    };
+    let body = serde_json::to_vec(&json!({ "sql": "SELECT 1" })).unwrap();
+    let post = |password: &str| http_request_with(&addr, "POST", "/query/sql", &body, &basic(password));
+    assert_eq!(post(PASSWORD).0, 200);
+    for _ in 0..6 {
+        assert_eq!(post("guess").0, 401);
+    }
+    // Raw, to read the headers too.
+    let response = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /query/sql HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{}\
+             Content-Length: {}\r\n\r\n",
+            basic(PASSWORD),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response
+    };
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    assert!(response.contains("too many failed logins"), "{response}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(post(PASSWORD).0, 200);
+}

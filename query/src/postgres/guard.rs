@@ -179,19 +179,22 @@ async fn serve(
         metrics::counter!("sluice_query_pgwire_startup_timeouts_total").increment(1);
         refused("08P01", "the connection did not complete its startup in time (pgwire.startup_timeout)")
     };
+    let max_message = admission.max_message;
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, read_startup(from_client, to_client, max_message)) => match first {
+            Err(_) => return timed_out(),
+            Ok(Err(ending)) => return ending,
+            Ok(Ok(first)) => first,
+        },
+        _ = &mut startup.evicted => return Ending::Closed,
+    };
+    // Refused once the client speaks plainly (after declining its SSL
+    // request), so that it shows the reason.
     if let Some(wait) = admission.throttle.blocked(peer) {
         return refused("28000", sluice_http::login_refusal(wait));
     }
-    let max_message = admission.max_message;
-    tokio::select! {
-        first = tokio::time::timeout_at(deadline, forward_startup(from_client, to_client, to_server, max_message)) => {
-            match first {
-                Err(_) => return timed_out(),
-                Ok(Err(ending)) => return ending,
-                Ok(Ok(())) => {}
-            }
-        }
-        _ = &mut startup.evicted => return Ending::Closed,
+    if let Err(e) = to_server.write_all(&first).await {
+        return e.into();
     }
     let mut held = Held::default();
     let upstream = forward_messages(from_client, to_server, admission, &mut held);
@@ -235,14 +238,13 @@ async fn body(from: &mut (impl AsyncRead + Unpin), length: [u8; 4], max_message:
     Ok(bytes)
 }
 
-/// The untyped startup messages: SSL and GSSAPI requests are declined,
-/// then the startup (or cancel) message is passed on.
-async fn forward_startup(
+/// The untyped startup messages: SSL and GSSAPI requests are declined;
+/// returns the startup (or cancel) message, its length first.
+async fn read_startup(
     from: &mut (impl AsyncRead + Unpin),
     to_client: &mut (impl AsyncWrite + Unpin),
-    to_server: &mut (impl AsyncWrite + Unpin),
     max_message: usize,
-) -> Result<(), Ending> {
+) -> Result<Vec<u8>, Ending> {
     const SSL_REQUEST: i32 = 80_877_103;
     const GSSENC_REQUEST: i32 = 80_877_104;
     loop {
@@ -254,9 +256,7 @@ async fn forward_startup(
             to_client.write_all(b"N").await?;
             continue;
         }
-        to_server.write_all(&length).await?;
-        to_server.write_all(&bytes).await?;
-        return Ok(());
+        return Ok([length.as_slice(), &bytes].concat());
     }
 }
 
