@@ -558,6 +558,14 @@ struct ScanProto {
     /// node that predates the field ignores it and refuses the input.
     #[prost(message, optional, tag = "5")]
     dictionary_group: Option<protobuf::PhysicalPlanNode>,
+    /// Set instead of the scan's fields for a [`crate::bounds::YieldExec`]
+    /// over the node's input.
+    #[prost(bool, tag = "6")]
+    yield_point: bool,
+    /// Set instead of the scan's fields for a [`crate::bounds::RecursionCap`]
+    /// over the node's input: its most iterations.
+    #[prost(uint32, tag = "7")]
+    recursion_cap: u32,
 }
 
 fn decode_error(what: &str, e: impl fmt::Display) -> DataFusionError {
@@ -573,6 +581,15 @@ impl PhysicalExtensionCodec for ClusterCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let proto = ScanProto::decode(buf).map_err(|e| decode_error("message", e))?;
+        if proto.yield_point || proto.recursion_cap > 0 {
+            let [input] = inputs else {
+                return Err(decode_error("yield point or recursion cap", "not exactly one input"));
+            };
+            if proto.yield_point {
+                return Ok(Arc::new(crate::bounds::YieldExec::new(Arc::clone(input))));
+            }
+            return Ok(Arc::new(crate::bounds::RecursionCap::new(Arc::clone(input), proto.recursion_cap)));
+        }
         if let Some(aggregate) = &proto.dictionary_group {
             let [scan] = inputs else {
                 return Err(decode_error("grouping", "not exactly one input"));
@@ -644,6 +661,15 @@ impl PhysicalExtensionCodec for ClusterCodec {
                 .encode(buf)
                 .map_err(|e| DataFusionError::Internal(format!("encoding a distributed grouping: {e}")));
         }
+        let wrapper = if node.is::<crate::bounds::YieldExec>() {
+            Some(ScanProto { yield_point: true, ..Default::default() })
+        } else {
+            node.downcast_ref::<crate::bounds::RecursionCap>()
+                .map(|cap| ScanProto { recursion_cap: cap.max(), ..Default::default() })
+        };
+        if let Some(proto) = wrapper {
+            return proto.encode(buf).map_err(|e| DataFusionError::Internal(format!("encoding a yield point: {e}")));
+        }
         let Some(scan) = node.downcast_ref::<ClusterScanExec>() else {
             return Err(DataFusionError::Internal(format!("ClusterCodec cannot encode {}", node.name())));
         };
@@ -665,7 +691,7 @@ impl PhysicalExtensionCodec for ClusterCodec {
             schema: Some(scan.spec.schema.as_ref().try_into()?),
             read_schema: Some(scan.spec.reader.read_schema.as_ref().try_into()?),
             residual,
-            dictionary_group: None,
+            ..Default::default()
         };
         proto.encode(buf).map_err(|e| DataFusionError::Internal(format!("encoding a distributed scan: {e}")))
     }
@@ -871,7 +897,7 @@ pub(crate) mod tests {
             schema: Some((&schema).try_into().unwrap()),
             read_schema: Some((&schema).try_into().unwrap()),
             residual: None,
-            dictionary_group: None,
+            ..Default::default()
         }
     }
 
@@ -947,6 +973,28 @@ pub(crate) mod tests {
         for inputs in [vec![], vec![empty], vec![well_formed.clone(), well_formed.clone()], vec![well_formed]] {
             let decoded = ClusterCodec.try_decode(&grouping, &inputs, &ctx, &converter);
             assert!(decoded.is_err(), "{} inputs", inputs.len());
+        }
+    }
+
+    /// A stage sent to another node keeps its yield points and its
+    /// recursion cap; either needs exactly one input.
+    #[test]
+    fn yield_points_and_recursion_caps_travel() {
+        let (ctx, converter) = (TaskContext::default(), DefaultPhysicalProtoConverter {});
+        let input: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        let round_trip = |node: Arc<dyn ExecutionPlan>, inputs: &[Arc<dyn ExecutionPlan>]| {
+            let mut buf = Vec::new();
+            ClusterCodec.try_encode(node, &mut buf, &converter).unwrap();
+            ClusterCodec.try_decode(&buf, inputs, &ctx, &converter)
+        };
+        let yielding = Arc::new(crate::bounds::YieldExec::new(input.clone()));
+        let decoded = round_trip(yielding.clone(), std::slice::from_ref(&input)).unwrap();
+        assert!(decoded.is::<crate::bounds::YieldExec>());
+        let capped = Arc::new(crate::bounds::RecursionCap::new(input.clone(), 77));
+        let decoded = round_trip(capped, std::slice::from_ref(&input)).unwrap();
+        assert_eq!(decoded.downcast_ref::<crate::bounds::RecursionCap>().map(|c| c.max()), Some(77));
+        for inputs in [vec![], vec![input.clone(), input.clone()]] {
+            assert!(round_trip(yielding.clone(), &inputs).is_err(), "{} inputs", inputs.len());
         }
     }
 }

@@ -55,6 +55,7 @@ mod selection;
 mod star_tree;
 pub mod table;
 pub mod tail;
+mod yielding;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -681,7 +681,10 @@ impl ExecutionPlan for SegmentScanExec {
             .ok_or_else(|| DataFusionError::Internal(format!("SegmentScanExec has no partition {partition}")))?;
         let batch_size = context.session_config().batch_size().max(1) as u32;
         let batches = read_parts(parts, Arc::new(self.reader.clone()), self.schema.clone(), batch_size);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batches))))
+        // Time-sliced: what a query does with each batch (a projection
+        // building megabytes per row) must not hold the thread for longer.
+        let batches = crate::yielding::TimeSliced::new(futures::stream::iter(batches));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }
 
     fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
