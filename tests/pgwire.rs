@@ -35,6 +35,22 @@ fn http_rows(addr: &str, sql: &str) -> Option<Vec<Vec<String>>> {
     )
 }
 
+/// `sluice query` over `clicks`, with `USER`/`PASSWORD` and `TOKEN` on HTTP
+/// and the Postgres port: its HTTP address, its Postgres port, the process.
+fn start_authenticated_node(clicks: &CommittedClicks) -> (String, u16, sluice_testkit::GuardedChild) {
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let pg_port = free_port().unwrap();
+    let config = clicks.query_config(
+        &addr,
+        &format!(
+            "[http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n"
+        ),
+    );
+    let node = start_query_node(clicks.dir.path(), &config);
+    (addr, pg_port, node)
+}
+
 fn psql(port: u16, password: &str, sql: &str) -> std::process::Output {
     Command::new("psql")
         .args([
@@ -63,16 +79,7 @@ fn psql(port: u16, password: &str, sql: &str) -> std::process::Output {
 async fn psql_and_psycopg_answer_as_the_http_endpoint() {
     let statuses = [200, 404, 500];
     let clicks = CommittedClicks::start("pgwire", 300, |o| (format!("u-{}", o % 5), statuses[(o % 3) as usize])).await;
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let pg_port = free_port().unwrap();
-    let config = clicks.query_config(
-        &addr,
-        &format!(
-            "[http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n"
-        ),
-    );
-    let _node = start_query_node(clicks.dir.path(), &config);
+    let (addr, pg_port, _node) = start_authenticated_node(&clicks);
     let served = || async { http_rows(&addr, "SELECT COUNT(*) FROM clicks") == Some(vec![vec!["300".to_string()]]) };
     wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap_or_else(|e| {
         panic!("{e}\n{}", std::fs::read_to_string(clicks.dir.path().join("query.log")).unwrap_or_default())
@@ -212,16 +219,7 @@ async fn psql_and_psycopg_answer_as_the_http_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_back_off_on_both_ports() {
     let clicks = CommittedClicks::start("pgwire-logins", 10, |o| (format!("u-{o}"), 200)).await;
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let pg_port = free_port().unwrap();
-    let config = clicks.query_config(
-        &addr,
-        &format!(
-            "[http.auth]\ntokens = [\"{TOKEN}\"]\n[[http.auth.users]]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\n"
-        ),
-    );
-    let _node = start_query_node(clicks.dir.path(), &config);
+    let (addr, pg_port, _node) = start_authenticated_node(&clicks);
     let served = || async { http_rows(&addr, "SELECT COUNT(*) FROM clicks") == Some(vec![vec!["10".to_string()]]) };
     wait_until("the node serves the segment", Duration::from_secs(30), served).await.unwrap();
 
