@@ -280,6 +280,13 @@ impl QueryEngine {
                 max_recursive_iterations: limits.max_recursive_iterations,
             }))
             .build();
+        // Planning stops within one rule once the query's deadline passed.
+        let logical = crate::deadline::interleave_logical(state.optimizer().rules.clone());
+        let physical = crate::deadline::interleave_physical(state.physical_optimizers().to_vec());
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_optimizer_rules(logical)
+            .with_physical_optimizer_rules(physical)
+            .build();
         let mut ctx = SessionContext::new_with_state(state);
         crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
         let tables = Tables::default();
@@ -476,13 +483,18 @@ impl QueryEngine {
         // slot and the deadline: for a large result that is real work, and
         // it must not hold up the threads that accept and answer requests.
         let scan_stats = stats.clone();
-        let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats, async move {
+        let deadline = tokio::time::Instant::now() + remaining;
+        let work = crate::deadline::DEADLINE.scope(deadline, async move {
             let _slot = slot;
             let batches = executor.execute(&owned).await?;
             let stats = *scan_stats.lock().unwrap_or_else(|e| e.into_inner());
             build(batches, &stats, started.elapsed())
-        })));
+        });
+        let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats, work)));
         match tokio::time::timeout(remaining, &mut task.0).await {
+            // Planning past the deadline fails (`crate::deadline`), maybe
+            // before the timer here fires: a timeout either way.
+            Ok(Ok(Err(_))) if tokio::time::Instant::now() >= deadline => Err(QueryError::Timeout { limit: timeout }),
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(crashed(&join.to_string())),
             Err(_) => Err(QueryError::Timeout { limit: timeout }),

@@ -38,6 +38,7 @@ pub mod catalog;
 mod channels;
 pub mod cluster;
 mod console;
+mod deadline;
 mod dictionary_group;
 pub mod distributed;
 pub mod engine;
