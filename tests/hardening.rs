@@ -218,6 +218,15 @@ fn hostile() -> Vec<String> {
         "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r) SELECT count(*) FROM r".to_string(),
         format!("SELECT length(concat({})) FROM clickstream", vec!["repeat(url, 20)"; 64].join(", ")),
         "SELECT max(length(s)) FROM (SELECT string_agg(url, ',') OVER (ORDER BY ts) AS s FROM clickstream)".to_string(),
+        // Windows over all rows, and cross joins: one value repeated into
+        // every row.
+        "SELECT max(length(s)) FROM (SELECT string_agg(url, ',') OVER () AS s FROM clickstream)".to_string(),
+        "SELECT max(length(s)) FROM (SELECT first_value(CASE WHEN status = 500 THEN repeat(url, 10000) END) \
+         OVER (ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS s FROM clickstream)"
+            .to_string(),
+        "SELECT length(string_agg(a.url, ',')) FROM clickstream a CROSS JOIN clickstream b".to_string(),
+        "SELECT max(length(a.s)) FROM (SELECT string_agg(url, ',') s FROM clickstream) a CROSS JOIN clickstream b"
+            .to_string(),
     ]
 }
 
@@ -547,7 +556,7 @@ impl Shapes {
     }
 
     fn statement(&mut self) -> String {
-        match self.below(7) {
+        match self.below(8) {
             0 => chained_ctes(1 + self.below(200) as usize),
             1 => {
                 let n = 2 + self.below(20);
@@ -588,17 +597,32 @@ impl Shapes {
             }
             5 => {
                 let function =
-                    ["string_agg(url, ',')", "array_agg(url)", "count(*)", "sum(latency_ms)"][self.below(4) as usize];
-                let order = ["ts", "session_id", "country, ts"][self.below(3) as usize];
-                let frame = [
+                    ["string_agg(url, ',')", "array_agg(url)", "count(*)", "sum(latency_ms)", "first_value(url)"]
+                        [self.below(5) as usize];
+                // Running frames, sliding ones, and whole partitions (which
+                // repeat one value into every row).
+                let window = [
+                    "ORDER BY ts",
+                    "ORDER BY session_id",
+                    "ORDER BY country, ts",
+                    "ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW",
+                    "ORDER BY ts ROWS BETWEEN 10 PRECEDING AND CURRENT ROW",
                     "",
-                    " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW",
-                    " ROWS BETWEEN 10 PRECEDING AND CURRENT ROW",
-                ][self.below(3) as usize];
+                    "PARTITION BY country",
+                    "PARTITION BY session_id",
+                    "ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING",
+                ][self.below(9) as usize];
                 format!(
-                    "SELECT max(length(CAST(w AS VARCHAR))) FROM (SELECT {function} OVER (ORDER BY {order}{frame}) AS w \
-                     FROM clickstream)"
+                    "SELECT max(length(CAST(w AS VARCHAR))) FROM (SELECT {function} OVER ({window}) AS w FROM clickstream)"
                 )
+            }
+            6 => {
+                // A cross join repeating each build row into every probe row.
+                let build =
+                    ["SELECT string_agg(url, ',') AS v FROM clickstream", "SELECT url AS v FROM clickstream LIMIT 100"]
+                        [self.below(2) as usize];
+                let probe = ["clickstream", "(SELECT * FROM clickstream LIMIT 1000)"][self.below(2) as usize];
+                format!("SELECT max(length(a.v)), count(*) FROM ({build}) a CROSS JOIN {probe} b")
             }
             _ => {
                 let key = ["country", "url", "session_id", "country, url"][self.below(4) as usize];
@@ -612,10 +636,7 @@ impl Shapes {
 
 /// Seeded statement shapes, for a bounded time: every one gets an answer,
 /// `SELECT 1` stays under a second, the peak RSS under the pool plus the
-/// allowance, and the query threads fall idle after each answer. Not
-/// generated: a window whose frame is the whole partition (`OVER ()`) over
-/// an aggregate of strings, and a cross join that repeats a large value;
-/// both still run past their deadline (see the README's limits).
+/// allowance, and the query threads fall idle after each answer.
 #[test]
 fn seeded_statement_shapes_keep_every_limit() {
     let q = Quickstart::start();

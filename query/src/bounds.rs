@@ -186,11 +186,15 @@ impl ExecutionPlan for RecursionCap {
 #[derive(Debug)]
 pub struct YieldExec {
     input: Arc<dyn ExecutionPlan>,
+    /// What runs in the input's place: the input, or its guarded copy
+    /// ([`crate::guarded`]), made once for all partitions (a cross join's
+    /// partitions share its build side).
+    runs: std::sync::OnceLock<Arc<dyn ExecutionPlan>>,
 }
 
 impl YieldExec {
     pub(crate) fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        YieldExec { input }
+        YieldExec { input, runs: Default::default() }
     }
 }
 
@@ -227,7 +231,7 @@ impl ExecutionPlan for YieldExec {
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] =
             <[_; 1]>::try_from(children).map_err(|_| DataFusionError::Internal("YieldExec takes one input".into()))?;
-        Ok(Arc::new(YieldExec { input }))
+        Ok(Arc::new(YieldExec::new(input)))
     }
 
     // Transparent to statistics and limits, as DataFusion's own
@@ -253,7 +257,14 @@ impl ExecutionPlan for YieldExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let inner = self.input.execute(partition, context)?;
+        let runs = match self.runs.get() {
+            Some(runs) => runs.clone(),
+            None => {
+                let guarded = crate::guarded::guarded(&self.input, &context)?;
+                self.runs.get_or_init(|| guarded).clone()
+            }
+        };
+        let inner = runs.execute(partition, context)?;
         let schema = inner.schema();
         let batches = TimeSliced::new(inner).map(|batch| batch.and_then(compact_views));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))

@@ -724,6 +724,8 @@ pub(crate) struct WorkerSessions {
     pub(crate) tables: crate::engine::Tables,
     /// This node's `limits.threads`.
     pub(crate) threads: usize,
+    /// This node's `limits.max_function_output`.
+    pub(crate) max_function_output: u64,
     /// Workers call each other too: with the cluster's token.
     pub(crate) channels: crate::channels::TokenChannels,
     /// Every task's session but its config. Building a session registers
@@ -750,7 +752,7 @@ impl WorkerSessions {
         let bare = SessionStateBuilder::new().with_runtime_env(runtime.clone()).build();
         let mut template = SessionStateBuilder::new().with_default_features().with_runtime_env(runtime).build();
         crate::functions::register(&mut template, max_function_output);
-        WorkerSessions { tables, threads, channels, template, bare }
+        WorkerSessions { tables, threads, max_function_output, channels, template, bare }
     }
 }
 
@@ -763,6 +765,7 @@ impl WorkerSessionBuilder for WorkerSessions {
         config.set_distributed_user_codec(ClusterCodec);
         config.set_distributed_channel_resolver(self.channels.clone());
         config.set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
+        config.set_extension(Arc::new(crate::guarded::OutputLimit(self.max_function_output)));
         let selection = ctx.headers.get(TASK_HEADER).is_some_and(|v| v == SELECTION_TASK);
         let mut state = if selection { self.bare.clone() } else { self.template.clone() };
         *state.config_mut() = config;

@@ -256,7 +256,8 @@ impl QueryEngine {
         let config = SessionConfig::new()
             .with_target_partitions(threads)
             .with_information_schema(true)
-            .with_default_catalog_and_schema("sluice", "public");
+            .with_default_catalog_and_schema("sluice", "public")
+            .with_extension(Arc::new(crate::guarded::OutputLimit(limits.max_function_output.as_u64())));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory.as_u64() as usize, 1.0)
             .build_arc()
@@ -736,7 +737,7 @@ impl Executor {
 /// buffers, not the buffers it shares with others (a slice of a segment
 /// column counts its rows, not the column).
 fn batch_bytes(batch: &RecordBatch) -> u64 {
-    batch.columns().iter().map(|c| crate::functions::array_bytes(c.as_ref()) as u64).sum()
+    batch.columns().iter().map(|c| crate::sizes::array_bytes(c.as_ref()) as u64).sum()
 }
 
 fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {

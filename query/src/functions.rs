@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 
+use crate::sizes::{array_bytes, variable_width};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema};
 use datafusion::common::tree_node::Transformed;
@@ -538,23 +539,6 @@ impl Accumulator for BoundedAccumulator {
     }
     fn supports_retract_batch(&self) -> bool {
         self.inner.supports_retract_batch()
-    }
-}
-
-fn variable_width(data_type: &DataType) -> bool {
-    !data_type.is_primitive() && !matches!(data_type, DataType::Boolean | DataType::Null)
-}
-
-/// The bytes of an array's values (a function's output, a result's
-/// column): the sliced length of its buffers, not the buffers it shares
-/// with others. Arrow's slice size counts only the 16-byte views of a
-/// string-view column, not the strings (they live in variadic buffers):
-/// those are counted from the values, so large strings measure as large.
-pub(crate) fn array_bytes(array: &dyn Array) -> u128 {
-    match array.data_type() {
-        DataType::Utf8View => (array.len() * 16 + array.as_string_view().total_bytes_len()) as u128,
-        DataType::BinaryView => (array.len() * 16 + array.as_binary_view().total_bytes_len()) as u128,
-        _ => array.to_data().get_slice_memory_size().unwrap_or(array.get_array_memory_size()) as u128,
     }
 }
 

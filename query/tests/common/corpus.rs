@@ -94,6 +94,12 @@ pub const CORPUS: &[&str] = &[
     "SELECT plan, COUNT(*), MIN(age), MAX(age) FROM users GROUP BY plan",
     "SELECT * FROM (SELECT country, COUNT(*) AS n FROM clicks GROUP BY country) t WHERE n > 100",
     "SELECT country, ROW_NUMBER() OVER (ORDER BY COUNT(*) DESC, country) FROM clicks GROUP BY country",
+    // windows over whole partitions, emitted a batch of partitions at a time
+    "SELECT country, device, COUNT(*) OVER (PARTITION BY country), MAX(url) OVER (PARTITION BY country, device), \
+     SUM(latency_ms) OVER () FROM clicks",
+    "SELECT user_id, FIRST_VALUE(url) OVER (PARTITION BY user_id ORDER BY ts, url ROWS BETWEEN UNBOUNDED PRECEDING \
+     AND UNBOUNDED FOLLOWING) FROM clicks",
+    "SELECT country, MIN(status) OVER (PARTITION BY country) FROM clicks WHERE latency_ms < 100",
     "SELECT COUNT(*) FROM clicks WHERE country = 'FR' UNION ALL SELECT COUNT(*) FROM clicks WHERE country = 'DE'",
     "SELECT user_id, COUNT(*) FROM clicks WHERE user_id LIKE 'u-0001%' GROUP BY user_id ORDER BY 2 DESC, 1 LIMIT 5",
 ];
