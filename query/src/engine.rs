@@ -294,10 +294,18 @@ impl QueryEngine {
         crate::postgres::catalog::register(&ctx, tables.clone());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            // One worker more than a scan's partitions: a query's
+            // partitions cannot hold every worker, so the next query (a
+            // `SELECT 1` behind one whose batches each build 64 MB of
+            // strings, 1.4 s per batch in a debug build) starts at once.
+            .worker_threads(threads + 1)
             .max_blocking_threads(4 * threads + 4)
             .thread_stack_size(QUERY_STACK_SIZE)
             .thread_name("sluice-query")
+            // A query's tasks yield every time slice and queue again on
+            // their own thread: look at newly arrived queries (`SELECT 1`
+            // behind a long query) every few turns, not every 61.
+            .global_queue_interval(4)
             .enable_all()
             .build()
             .map_err(|e| QueryError::Internal { message: format!("cannot start the query runtime: {e}") })?;

@@ -8,8 +8,12 @@
 //! seconds between yields. Until a task yields, no other query runs on its
 //! thread (`SELECT 1` waited 1.8 s behind one) and an abort at the
 //! deadline does not land. Yielding every slice bounds both by one batch's
-//! work.
+//! work. The yield is tokio's `yield_now`, which queues the task behind
+//! the others on its thread: a task that wakes itself lands in the
+//! thread's LIFO slot and runs again at once, so a new query waited for
+//! several of a long query's slices before its first poll (200-600 ms).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,16 +23,56 @@ use futures::{Stream, StreamExt};
 /// How long a task may run in a time-sliced stream without yielding.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 
+/// A task's time slice: when it last yielded, and the yield under way.
+#[derive(Default)]
+struct Slice {
+    /// When the task last found the stream without a yield in between.
+    since: Option<Instant>,
+    /// tokio's `yield_now`, which queues the task behind the others. A
+    /// task that wakes itself and returns `Pending` lands in its thread's
+    /// LIFO slot and is polled again at once, ahead of every other task (a
+    /// new query's first poll waited 200-600 ms).
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Slice {
+    /// `Pending` while the task yields, once its slice has run out; the
+    /// task is then polled again after the tasks queued before it, unless
+    /// it was aborted meanwhile.
+    fn poll_yield(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(yielding) = self.yielding.as_mut() {
+            if yielding.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.yielding = None;
+        }
+        let now = Instant::now();
+        if now.duration_since(*self.since.get_or_insert(now)) >= SLICE {
+            self.since = None;
+            let mut yielding: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(tokio::task::yield_now());
+            if yielding.as_mut().poll(cx).is_pending() {
+                self.yielding = Some(yielding);
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// The stream found nothing ready: the task yields anyway.
+    fn waited(&mut self) {
+        self.since = None;
+    }
+}
+
 /// `inner`, yielding its task every [`SLICE`].
 pub(crate) struct TimeSliced<S> {
     inner: S,
-    /// When the task last found this stream without a yield in between.
-    since: Option<Instant>,
+    slice: Slice,
 }
 
 impl<S> TimeSliced<S> {
     pub(crate) fn new(inner: S) -> Self {
-        TimeSliced { inner, since: None }
+        TimeSliced { inner, slice: Slice::default() }
     }
 }
 
@@ -36,18 +80,10 @@ impl<S: Stream + Unpin> Stream for TimeSliced<S> {
     type Item = S::Item;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let now = Instant::now();
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= SLICE {
-            // Yield: the task is polled again at once, unless it was
-            // aborted meanwhile.
-            self.since = None;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
+        std::task::ready!(self.slice.poll_yield(cx));
         let polled = self.inner.poll_next_unpin(cx);
         if polled.is_pending() {
-            self.since = None;
+            self.slice.waited();
         }
         polled
     }
