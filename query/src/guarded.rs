@@ -509,6 +509,31 @@ mod tests {
         assert_eq!(longs(&context(1), &counted).await.unwrap(), vec![2000]);
     }
 
+    /// A window over many partitions is emitted in batches of whole
+    /// partitions, with DataFusion's answers.
+    #[tokio::test]
+    async fn a_window_emits_batches_of_whole_partitions() {
+        let ctx = context(64 << 20);
+        let sql = "SELECT n % 1000 AS k, n, count(*) OVER (PARTITION BY n % 1000) AS c, \
+                   max(n) OVER (PARTITION BY n % 1000) AS m FROM generate_series(1, 40000) t(n)";
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 40000);
+        assert!(batches.len() > 2, "{} batches", batches.len());
+        for batch in &batches {
+            // Each batch holds whole partitions of 40 rows: about 8,192 rows.
+            assert!(batch.num_rows() % 40 == 0 && batch.num_rows() <= WINDOW_BATCH_ROWS + 40, "{}", batch.num_rows());
+            let (k, n) = (batch.column(0).as_primitive::<Int64Type>(), batch.column(1).as_primitive::<Int64Type>());
+            let (c, m) = (batch.column(2).as_primitive::<Int64Type>(), batch.column(3).as_primitive::<Int64Type>());
+            for row in 0..batch.num_rows() {
+                assert_eq!(c.value(row), 40);
+                assert_eq!(m.value(row) % 1000, k.value(row));
+                assert!(m.value(row) >= n.value(row) && m.value(row) > 39000);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_cross_join_cuts_its_probe_side_to_its_widest_build_row() {
         let ctx = context(64 << 20);
