@@ -217,6 +217,12 @@ fn hostile() -> Vec<String> {
             .to_string(),
         "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r) SELECT count(*) FROM r".to_string(),
         format!("SELECT length(concat({})) FROM clickstream", vec!["repeat(url, 20)"; 64].join(", ")),
+        // 300 large arguments, all held before the call runs (19 GB at 64 MB
+        // each).
+        format!(
+            "SELECT length(concat({})) FROM clickstream",
+            (0..300).map(|i| format!("repeat(url, {})", 100 + i)).collect::<Vec<_>>().join(", ")
+        ),
         "SELECT max(length(s)) FROM (SELECT string_agg(url, ',') OVER (ORDER BY ts) AS s FROM clickstream)".to_string(),
         // Windows over all rows, and cross joins: one value repeated into
         // every row.

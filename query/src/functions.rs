@@ -118,6 +118,61 @@ fn refused(name: &str, bytes: u128, rows: usize, max_output: u64, when: &str) ->
     ))
 }
 
+/// What function outputs a query thread holds at once. Each call is
+/// bounded alone, but a call's arguments are all evaluated before it runs:
+/// `concat` of 300 arguments of 64 MB each would hold 19 GB before
+/// `concat` could refuse. So every variable-width output is noted (weakly:
+/// it counts while anything still holds it), and a call that would bring
+/// the thread's held outputs past [`CALLS`] full outputs is refused, before
+/// it allocates when it is estimated. Outputs a pool-accounted operator
+/// buffers (a sort of computed strings) count too, so the bound is set
+/// well above what one expression needs.
+mod held {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Weak};
+
+    use arrow::array::Array;
+    use datafusion::error::DataFusionError;
+    use datafusion::logical_expr::ColumnarValue;
+
+    use super::REFUSED;
+
+    /// How many full outputs (`limits.max_function_output` each) one
+    /// thread may hold at once: 1 GiB at the default.
+    pub(super) const CALLS: u128 = 16;
+
+    thread_local! {
+        static HELD: RefCell<Vec<(Weak<dyn Array>, u128)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The bytes of the outputs still held, forgetting those dropped.
+    pub(super) fn bytes() -> u128 {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            held.retain(|(output, _)| output.strong_count() > 0);
+            held.iter().map(|(_, bytes)| bytes).sum()
+        })
+    }
+
+    /// Notes an output of `bytes`.
+    pub(super) fn hold(output: &ColumnarValue, bytes: u128) {
+        if let ColumnarValue::Array(array) = output
+            && bytes > 0
+        {
+            HELD.with(|held| held.borrow_mut().push((Arc::downgrade(array), bytes)));
+        }
+    }
+
+    pub(super) fn refused(name: &str, held: u128, bytes: u128, joint: u128) -> DataFusionError {
+        DataFusionError::ResourcesExhausted(format!(
+            "{REFUSED}: {name}() would bring the function outputs held at once to {} bytes, more than {CALLS} \
+             times the node's limits.max_function_output ({joint} bytes; a call's arguments are all held before \
+             it runs)",
+            held + bytes
+        ))
+    }
+}
+
 /// A scalar function whose variable-width output is measured after each
 /// call, and, for the growing ones, estimated before it.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -128,8 +183,10 @@ struct Bounded {
 }
 
 impl Bounded {
-    fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
-        let Some(growth) = self.growth else { return Ok(()) };
+    /// The call's estimated output (0 for a function that does not grow
+    /// its arguments), refused over the limit.
+    fn check(&self, args: &ScalarFunctionArgs) -> Result<u128> {
+        let Some(growth) = self.growth else { return Ok(0) };
         let rows = args.number_rows.max(1) as u128;
         let a = &args.args;
         let estimate = match growth {
@@ -165,22 +222,22 @@ impl Bounded {
         if estimate > u128::from(self.max_output) {
             return Err(refused(self.inner.name(), estimate, args.number_rows, self.max_output, "would produce up to"));
         }
-        Ok(())
+        Ok(estimate)
     }
 
     /// Refuses an output over the limit: the call is done, but the
     /// expression above it, and the next iteration of a recursive query,
     /// will not grow it further.
-    fn measure(&self, output: &ColumnarValue, rows: usize) -> Result<()> {
+    fn measure(&self, output: &ColumnarValue, rows: usize) -> Result<u128> {
         let bytes = match output {
             ColumnarValue::Array(array) if variable_width(array.data_type()) => array_bytes(array.as_ref()),
             ColumnarValue::Scalar(scalar) if variable_width(&scalar.data_type()) => scalar.size() as u128,
-            _ => return Ok(()),
+            _ => return Ok(0),
         };
         if bytes > u128::from(self.max_output) {
             return Err(refused(self.inner.name(), bytes, rows, self.max_output, "produced"));
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 
@@ -213,10 +270,19 @@ impl ScalarUDFImpl for Bounded {
         self.inner.inner().is_strict()
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.check(&args)?;
+        let estimate = self.check(&args)?;
+        let held = held::bytes();
+        let joint = u128::from(self.max_output) * held::CALLS;
+        if held + estimate > joint {
+            return Err(held::refused(self.inner.name(), held, estimate, joint));
+        }
         let rows = args.number_rows;
         let output = self.inner.invoke_with_args(args)?;
-        self.measure(&output, rows)?;
+        let bytes = self.measure(&output, rows)?;
+        if held + bytes > joint {
+            return Err(held::refused(self.inner.name(), held, bytes, joint));
+        }
+        held::hold(&output, bytes);
         Ok(output)
     }
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
@@ -658,6 +724,29 @@ mod tests {
         let r = batches[0].column(0);
         let text = arrow::util::display::array_value_to_string(r, 0).unwrap();
         assert_eq!(text, "ababab");
+    }
+
+    /// A call's arguments are held together before it runs: many large
+    /// ones are refused before they are all built; a few pass, and what a
+    /// thread held is forgotten once dropped.
+    #[tokio::test]
+    async fn arguments_held_together_are_bounded_together() {
+        let mut ctx = SessionContext::new();
+        register(&mut ctx, 1 << 20);
+        // 8,192 rows of 100 bytes each: 800 KB per argument, under the 1 MiB
+        // of one call; 40 of them are 32 MB, past 16 calls' worth.
+        let rows = "(SELECT repeat('x', n % 10 + 95) AS s FROM generate_series(1, 8192) t(n))";
+        // Distinct arguments: identical ones are computed once.
+        let args = |n: usize| (0..n).map(|i| format!("lpad(s, {})", 100 + i)).collect::<Vec<_>>().join(", ");
+        let many = format!("SELECT max(length(concat({}))) FROM {rows}", args(40));
+        let e = run(&ctx, &many).await.unwrap_err();
+        assert!(e.to_string().contains("held at once"), "{e}");
+        // Four held at once, fifty times over: nothing stays counted.
+        let lengths = (0..4).map(|i| format!("length(lpad(s, {}))", 100 + i)).collect::<Vec<_>>().join(" + ");
+        let few = format!("SELECT count(*) FROM {rows} WHERE {lengths} > 0");
+        for _ in 0..50 {
+            run(&ctx, &few).await.unwrap_or_else(|e| panic!("{few}: {e}"));
+        }
     }
 
     /// `||` as a bounded call answers what DataFusion's operator answers,
