@@ -271,12 +271,17 @@ impl ScalarUDFImpl for Bounded {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let estimate = self.check(&args)?;
+        let rows = args.number_rows;
+        // Fixed-width outputs are the size of their input: only
+        // variable-width ones are held to account.
+        if !variable_width(args.return_field.data_type()) {
+            return self.inner.invoke_with_args(args);
+        }
         let held = held::bytes();
         let joint = u128::from(self.max_output) * held::CALLS;
         if held + estimate > joint {
             return Err(held::refused(self.inner.name(), held, estimate, joint));
         }
-        let rows = args.number_rows;
         let output = self.inner.invoke_with_args(args)?;
         let bytes = self.measure(&output, rows)?;
         if held + bytes > joint {

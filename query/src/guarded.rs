@@ -77,9 +77,9 @@ pub(crate) struct OutputLimit(pub u64);
 /// What the node runs in place of `plan` (see the module's doc): a guarded
 /// copy of a window or cross join, or `plan` itself.
 pub(crate) fn guarded(plan: &Arc<dyn ExecutionPlan>, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-    if let Some(window) = plan.downcast_ref::<WindowAggExec>() {
+    if plan.is::<WindowAggExec>() {
         let limit = context.session_config().get_extension::<OutputLimit>().map_or(DEFAULT_LIMIT, |l| l.0);
-        return Ok(Arc::new(WindowRun::new(window, limit)?));
+        return Ok(Arc::new(WindowRun::new(plan.clone(), limit)?));
     }
     // A cross join builds its left side and probes it with its right.
     if plan.is::<CrossJoinExec>() {
@@ -218,6 +218,7 @@ pub(crate) const WINDOW_BATCH_ROWS: usize = 8192;
 /// module's doc). The same rows in the same order as DataFusion's.
 #[derive(Debug)]
 struct WindowRun {
+    /// The planned window: its properties are this node's.
     window: Arc<dyn ExecutionPlan>,
     input: Arc<dyn ExecutionPlan>,
     exprs: Vec<Arc<dyn WindowExpr>>,
@@ -228,18 +229,18 @@ struct WindowRun {
 }
 
 impl WindowRun {
-    fn new(window: &WindowAggExec, limit: u64) -> Result<Self> {
+    /// The run of `planned`, a `WindowAggExec`.
+    fn new(planned: Arc<dyn ExecutionPlan>, limit: u64) -> Result<Self> {
+        let window = planned
+            .downcast_ref::<WindowAggExec>()
+            .ok_or_else(|| DataFusionError::Internal(format!("WindowRun cannot run {}", planned.name())))?;
         Ok(WindowRun {
-            window: Arc::new(WindowAggExec::try_new(
-                window.window_expr().to_vec(),
-                window.input().clone(),
-                !window.partition_keys().is_empty(),
-            )?),
             input: window.input().clone(),
             exprs: window.window_expr().to_vec(),
             repeated: Arc::new(window.window_expr().iter().map(Repeated::of).collect()),
             keys: window.partition_by_sort_keys()?,
             limit,
+            window: planned,
         })
     }
 }
@@ -276,7 +277,7 @@ impl ExecutionPlan for WindowRun {
         let can_repartition =
             self.window.downcast_ref::<WindowAggExec>().is_some_and(|w| !w.partition_keys().is_empty());
         let window = WindowAggExec::try_new(self.exprs.clone(), input, can_repartition)?;
-        Ok(Arc::new(WindowRun::new(&window, self.limit)?))
+        Ok(Arc::new(WindowRun::new(Arc::new(window), self.limit)?))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {

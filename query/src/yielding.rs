@@ -23,23 +23,25 @@ use futures::{Stream, StreamExt};
 /// How long a task may run in a time-sliced stream without yielding.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 
-/// A task's time slice: when it last yielded, and the yield under way.
-#[derive(Default)]
-struct Slice {
-    /// When the task last found the stream without a yield in between.
+/// `inner`, yielding its task every [`SLICE`].
+pub(crate) struct TimeSliced<S> {
+    inner: S,
+    /// When the task last found this stream without a yield in between.
     since: Option<Instant>,
-    /// tokio's `yield_now`, which queues the task behind the others. A
-    /// task that wakes itself and returns `Pending` lands in its thread's
-    /// LIFO slot and is polled again at once, ahead of every other task (a
-    /// new query's first poll waited 200-600 ms).
+    /// The yield under way (tokio's `yield_now`; see the module's doc).
     yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl Slice {
-    /// `Pending` while the task yields, once its slice has run out; the
-    /// task is then polled again after the tasks queued before it, unless
-    /// it was aborted meanwhile.
-    fn poll_yield(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+impl<S> TimeSliced<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        TimeSliced { inner, since: None, yielding: None }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for TimeSliced<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(yielding) = self.yielding.as_mut() {
             if yielding.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -48,6 +50,8 @@ impl Slice {
         }
         let now = Instant::now();
         if now.duration_since(*self.since.get_or_insert(now)) >= SLICE {
+            // Yield: the task is polled again after the tasks queued
+            // before it, unless it was aborted meanwhile.
             self.since = None;
             let mut yielding: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(tokio::task::yield_now());
             if yielding.as_mut().poll(cx).is_pending() {
@@ -55,35 +59,10 @@ impl Slice {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(())
-    }
-
-    /// The stream found nothing ready: the task yields anyway.
-    fn waited(&mut self) {
-        self.since = None;
-    }
-}
-
-/// `inner`, yielding its task every [`SLICE`].
-pub(crate) struct TimeSliced<S> {
-    inner: S,
-    slice: Slice,
-}
-
-impl<S> TimeSliced<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        TimeSliced { inner, slice: Slice::default() }
-    }
-}
-
-impl<S: Stream + Unpin> Stream for TimeSliced<S> {
-    type Item = S::Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        std::task::ready!(self.slice.poll_yield(cx));
         let polled = self.inner.poll_next_unpin(cx);
         if polled.is_pending() {
-            self.slice.waited();
+            // It waits: the task yields anyway.
+            self.since = None;
         }
         polled
     }
