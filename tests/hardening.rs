@@ -231,6 +231,15 @@ fn hostile() -> Vec<String> {
          OVER (ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS s FROM clickstream)"
             .to_string(),
         "SELECT length(string_agg(a.url, ',')) FROM clickstream a CROSS JOIN clickstream b".to_string(),
+        // A 1 MB build row met by every probe row of its country, copied;
+        // and a running window repeating a 600 KB value into every later
+        // row (both 8,192 copies per batch in DataFusion).
+        "SELECT max(arrow_cast(a.v, 'LargeUtf8')) FROM (SELECT country, repeat(url, 100000) v FROM clickstream \
+         LIMIT 3) a JOIN clickstream b ON a.country = b.country"
+            .to_string(),
+        "SELECT max(length(w)) FROM (SELECT max(CASE WHEN status = 500 AND latency_ms > 1000 THEN repeat(url, 50000) \
+         END) OVER (ORDER BY ts) AS w FROM clickstream)"
+            .to_string(),
         "SELECT max(length(a.s)) FROM (SELECT string_agg(url, ',') s FROM clickstream) a CROSS JOIN clickstream b"
             .to_string(),
     ]
@@ -623,12 +632,18 @@ impl Shapes {
                 )
             }
             6 => {
-                // A cross join repeating each build row into every probe row.
-                let build =
-                    ["SELECT string_agg(url, ',') AS v FROM clickstream", "SELECT url AS v FROM clickstream LIMIT 100"]
-                        [self.below(2) as usize];
+                // Cross and equi-joins repeating each build row into every
+                // probe row it meets, read as they are or copied (a cast).
+                let build = [
+                    "SELECT country, string_agg(url, ',') AS v FROM clickstream GROUP BY country",
+                    "SELECT country, url AS v FROM clickstream LIMIT 100",
+                    "SELECT country, repeat(url, 8000) AS v FROM clickstream LIMIT 10",
+                ][self.below(3) as usize];
                 let probe = ["clickstream", "(SELECT * FROM clickstream LIMIT 1000)"][self.below(2) as usize];
-                format!("SELECT max(length(a.v)), count(*) FROM ({build}) a CROSS JOIN {probe} b")
+                let join = ["CROSS JOIN", "JOIN"][self.below(2) as usize];
+                let on = if join == "JOIN" { " ON a.country = b.country" } else { "" };
+                let read = ["length(a.v)", "length(arrow_cast(a.v, 'LargeUtf8'))"][self.below(2) as usize];
+                format!("SELECT max({read}), count(*) FROM ({build}) a {join} {probe} b{on}")
             }
             _ => {
                 let key = ["country", "url", "session_id", "country, url"][self.below(4) as usize];

@@ -1,7 +1,4 @@
-//! Guarded copies of the operators DataFusion runs in one step: what the
-//! `crate::bounds::YieldExec` above a window or a cross join executes in
-//! its place ([`guarded`]), built when the query executes (the plan that
-//! is shown, optimized and sent to other nodes stays DataFusion's own).
+//! Guarded windows.
 //!
 //! **Windows over partitions.** DataFusion's `WindowAggExec` gathers its
 //! whole input outside the memory pool, then evaluates every partition and
@@ -20,25 +17,18 @@
 //! `first_value`). Past `limits.max_function_output` the query is refused
 //! as a function's output is (413), naming the window.
 //!
-//! **Cross joins.** A cross join copies each row of its build side into
-//! every row of a probe batch the same way: one 1 MB value against a batch
-//! of 8,192 rows is 8 GB. The guarded copy measures the widest row of its
-//! build side as it loads, and cuts its probe batches so that a slice's
-//! rows times that width stay under [`REPEATED_BATCH_BYTES`] (one row at
-//! least): the same rows in smaller batches, each of which yields.
 //!
-//! Not bounded here: a hash or nested-loop join gathers its output into
-//! batches of 8,192 rows itself (cutting its probe side changes nothing),
-//! and a window over a running frame (`max(s) OVER (ORDER BY ts)`, which
-//! DataFusion streams) fills a batch with one value; each repeats at most
-//! one batch of copies at a time, which the pool's margin holds for values
-//! of kilobytes but not of megabytes.
+//! **Streamed windows.** A `BoundedWindowAggExec` (running and sliding
+//! frames) gives each row of an input batch its own copy of the running
+//! value. The copy cuts its input to the widest value the window can give
+//! a row ([`input_cut_to_window`]) and stores a view column's repeated
+//! values once ([`share_repeats`]), so an operator above that gathers
+//! 8,192 rows holds views of one copy.
+//!
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
@@ -48,88 +38,125 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{WindowFrame, WindowFrameBound, WindowFrameUnits};
-use datafusion::physical_expr::window::{PlainAggregateWindowExpr, StandardWindowExpr, WindowExpr};
+use datafusion::physical_expr::window::{
+    PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr, WindowExpr,
+};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_expr_common::utils::evaluate_expressions_to_arrays;
-use datafusion::physical_plan::joins::CrossJoinExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::windows::{WindowAggExec, WindowUDFExpr};
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec, WindowUDFExpr};
 use datafusion::physical_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
+use super::batches::{BatchMap, REPEATED_BATCH_BYTES, slices};
 use crate::functions::REFUSED;
 use crate::sizes::{array_bytes, variable_width, widest_value};
 
-/// The most bytes of repeated build-side values one slice of a join's
-/// probe side may draw: large enough that ordinary joins keep their batches whole
-/// (8,192 rows of a 2 KB row), small enough that a batch is a moment's
-/// copy.
-pub(crate) const REPEATED_BATCH_BYTES: usize = 16 << 20;
-
-/// The node's `limits.max_function_output`, carried in the session config
-/// of its queries and of the tasks it runs for other nodes.
-#[derive(Debug)]
-pub(crate) struct OutputLimit(pub u64);
-
-/// What the node runs in place of `plan` (see the module's doc): a guarded
-/// copy of a window or cross join, or `plan` itself.
-pub(crate) fn guarded(plan: &Arc<dyn ExecutionPlan>, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-    if plan.is::<WindowAggExec>() {
-        let limit = context.session_config().get_extension::<OutputLimit>().map_or(DEFAULT_LIMIT, |l| l.0);
-        return Ok(Arc::new(WindowRun::new(plan.clone(), limit)?));
+/// The guarded copy of a streamed window: its input cut to the widest
+/// value it can give a row, its repeated values stored once; `plan`
+/// itself when it gives no variable-width value.
+pub(super) fn streamed(plan: &Arc<dyn ExecutionPlan>, window: &BoundedWindowAggExec) -> Result<Arc<dyn ExecutionPlan>> {
+    let streamed: Vec<Streamed> = window.window_expr().iter().filter_map(Streamed::of).collect();
+    if streamed.is_empty() {
+        return Ok(plan.clone());
     }
-    // A cross join builds its left side and probes it with its right.
-    if plan.is::<CrossJoinExec>() {
-        let [build, probe] = <[_; 2]>::try_from(plan.children())
-            .map_err(|_| DataFusionError::Internal(format!("{} takes two inputs", plan.name())))?;
-        let (build, probe) = probe_cut_to_build(build.clone(), probe.clone());
-        let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
-        return plan.clone().replace_children(vec![build, probe], options);
-    }
-    Ok(plan.clone())
+    let input = input_cut_to_window(window.input().clone(), Arc::new(streamed));
+    let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
+    let window_columns = window.window_expr().len();
+    let cut = plan.clone().replace_children(vec![input], options)?;
+    Ok(Arc::new(BatchMap::new(cut, "SharedRepeats", move || {
+        Box::new(move |batch| share_repeats(batch, window_columns).map(|batch| vec![batch]))
+    })))
 }
 
-/// `limits.max_function_output`'s default, for a session that lacks the
-/// node's setting.
-const DEFAULT_LIMIT: u64 = 64 << 20;
-
-/// A join's inputs, its build side measured as it loads and its probe
-/// side cut to the widest build row.
-fn probe_cut_to_build(
-    build: Arc<dyn ExecutionPlan>,
-    probe: Arc<dyn ExecutionPlan>,
-) -> (Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>) {
-    let widest = Arc::new(AtomicUsize::new(0));
-    let measuring = widest.clone();
-    let build = BatchMap::new(build, "WidestRow", move || {
-        let measuring = measuring.clone();
-        Box::new(move |batch| {
-            let row: u128 = batch.columns().iter().map(|c| widest_value(c.as_ref())).sum();
-            measuring.fetch_max(row.min(usize::MAX as u128) as usize, Ordering::Relaxed);
-            Ok(vec![batch])
-        })
-    });
-    // The join loads its build side before it reads a probe batch, so the
-    // width is known by then.
-    let probe = BatchMap::new(probe, "SlicedProbe", move || {
-        let widest = widest.clone();
-        Box::new(move |batch| {
-            let rows = (REPEATED_BATCH_BYTES / widest.load(Ordering::Relaxed).max(1)).max(1);
-            Ok(slices(batch, rows))
-        })
-    });
-    (Arc::new(build), Arc::new(probe))
+/// A streamed window expression with a variable-width value, and what one
+/// row's value can hold.
+struct Streamed {
+    args: Vec<Arc<dyn PhysicalExpr>>,
+    /// Whether a row's value can hold every row read before it (an
+    /// aggregate that collects them, or one this module does not know),
+    /// rather than one of them.
+    collects: bool,
 }
 
-/// `batch` in batches of at most `rows` rows (views of it, no copy).
-fn slices(batch: RecordBatch, rows: usize) -> Vec<RecordBatch> {
-    if batch.num_rows() <= rows {
-        return vec![batch];
+impl Streamed {
+    fn of(expr: &Arc<dyn WindowExpr>) -> Option<Streamed> {
+        if !variable_width(expr.field().ok()?.data_type()) {
+            return None;
+        }
+        let any = expr.as_any();
+        let aggregate = any
+            .downcast_ref::<PlainAggregateWindowExpr>()
+            .map(|a| a.get_aggregate_expr().fun().name())
+            .or_else(|| any.downcast_ref::<SlidingAggregateWindowExpr>().map(|a| a.get_aggregate_expr().fun().name()));
+        // Window functions (lag, first_value, …) give one row's value.
+        let collects = match aggregate {
+            Some(name) => !ONE_VALUE_AGGREGATES.contains(&name),
+            None => !any.is::<StandardWindowExpr>(),
+        };
+        Some(Streamed { args: expr.expressions(), collects })
     }
-    (0..batch.num_rows()).step_by(rows).map(|at| batch.slice(at, rows.min(batch.num_rows() - at))).collect()
+}
+
+/// `batch` with its last `columns` columns' repeated values stored once:
+/// a running window gives every row its own copy of the value it repeats,
+/// and an operator above that gathers rows into batches of DataFusion's
+/// size (a repartition, a filter) would hold thousands of copies. A view
+/// column whose values take more than [`SHARED_ABOVE`] is rebuilt with each
+/// distinct value stored once; the rows and their values are the same.
+fn share_repeats(batch: RecordBatch, columns: usize) -> Result<RecordBatch> {
+    use arrow::array::{Array, AsArray, BinaryViewBuilder, StringViewBuilder};
+    use arrow::datatypes::DataType;
+    let first = batch.num_columns().saturating_sub(columns);
+    let mut arrays = batch.columns().to_vec();
+    for array in &mut arrays[first..] {
+        let shared: ArrayRef = match array.data_type() {
+            DataType::Utf8View if array.as_string_view().total_buffer_bytes_used() > SHARED_ABOVE => {
+                let mut builder = StringViewBuilder::with_capacity(array.len()).with_deduplicate_strings();
+                array.as_string_view().iter().for_each(|v| builder.append_option(v));
+                Arc::new(builder.finish())
+            }
+            DataType::BinaryView if array.as_binary_view().total_buffer_bytes_used() > SHARED_ABOVE => {
+                let mut builder = BinaryViewBuilder::with_capacity(array.len()).with_deduplicate_strings();
+                array.as_binary_view().iter().for_each(|v| builder.append_option(v));
+                Arc::new(builder.finish())
+            }
+            _ => continue,
+        };
+        *array = shared;
+    }
+    Ok(RecordBatch::try_new(batch.schema(), arrays)?)
+}
+
+/// The bytes of a window column's values past which its repeats are
+/// stored once ([`share_repeats`]).
+const SHARED_ABOVE: usize = 1 << 20;
+
+/// A streamed window's input, cut so that a batch's rows times the widest
+/// value the window can give a row stay under [`REPEATED_BATCH_BYTES`]: a
+/// running `max(s) OVER (ORDER BY ts)` copies its value into every row of
+/// the batch it reads. The widest value is the widest argument read so
+/// far, or, for an aggregate that collects its rows, all it has read.
+fn input_cut_to_window(input: Arc<dyn ExecutionPlan>, streamed: Arc<Vec<Streamed>>) -> Arc<dyn ExecutionPlan> {
+    Arc::new(BatchMap::new(input, "WindowSlices", move || {
+        let streamed = streamed.clone();
+        let (mut widest, mut read) = (0u128, 0u128);
+        Box::new(move |batch| {
+            for expr in streamed.iter() {
+                let args = evaluate_expressions_to_arrays(&expr.args, &batch)?;
+                if expr.collects {
+                    read += args.iter().map(|a| array_bytes(a.as_ref())).sum::<u128>();
+                } else {
+                    widest = widest.max(args.iter().map(|a| widest_value(a.as_ref())).sum());
+                }
+            }
+            let value = widest.max(read).min(usize::MAX as u128) as usize;
+            Ok(slices(batch, (REPEATED_BATCH_BYTES / value.max(1)).max(1)))
+        })
+    }))
 }
 
 /// A window expression that repeats one value over a partition, and what
@@ -211,13 +238,13 @@ fn whole_partition(order_by: &[PhysicalSortExpr], frame: &WindowFrame) -> bool {
 }
 
 /// Rows of whole partitions a window emits per batch, at least.
-pub(crate) const WINDOW_BATCH_ROWS: usize = 8192;
+const WINDOW_BATCH_ROWS: usize = 8192;
 
 /// A `WindowAggExec` run in batches of whole partitions, its gathered
 /// input reserved in the pool, its repeated values bounded (see the
 /// module's doc). The same rows in the same order as DataFusion's.
 #[derive(Debug)]
-struct WindowRun {
+pub(super) struct WindowRun {
     /// The planned window: its properties are this node's.
     window: Arc<dyn ExecutionPlan>,
     input: Arc<dyn ExecutionPlan>,
@@ -230,7 +257,7 @@ struct WindowRun {
 
 impl WindowRun {
     /// The run of `planned`, a `WindowAggExec`.
-    fn new(planned: Arc<dyn ExecutionPlan>, limit: u64) -> Result<Self> {
+    pub(super) fn new(planned: Arc<dyn ExecutionPlan>, limit: u64) -> Result<Self> {
         let window = planned
             .downcast_ref::<WindowAggExec>()
             .ok_or_else(|| DataFusionError::Internal(format!("WindowRun cannot run {}", planned.name())))?;
@@ -378,106 +405,12 @@ impl Iterator for Partitions {
     }
 }
 
-/// What a stream does to each batch it reads.
-type Map = Box<dyn FnMut(RecordBatch) -> Result<Vec<RecordBatch>> + Send>;
-
-/// Its input's batches, each passed through a function (counted, measured,
-/// cut) made for each of its streams: the same rows, the same properties.
-struct BatchMap {
-    input: Arc<dyn ExecutionPlan>,
-    name: &'static str,
-    map: Arc<dyn Fn() -> Map + Send + Sync>,
-}
-
-impl BatchMap {
-    fn new(input: Arc<dyn ExecutionPlan>, name: &'static str, map: impl Fn() -> Map + Send + Sync + 'static) -> Self {
-        BatchMap { input, name, map: Arc::new(map) }
-    }
-}
-
-impl fmt::Debug for BatchMap {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_struct("BatchMap").field("name", &self.name).finish()
-    }
-}
-
-impl DisplayAs for BatchMap {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}", self.name)
-    }
-}
-
-impl ExecutionPlan for BatchMap {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children)
-            .map_err(|_| DataFusionError::Internal(format!("{} takes one input", self.name)))?;
-        Ok(Arc::new(BatchMap { input, name: self.name, map: self.map.clone() }))
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let inner = self.input.execute(partition, context)?;
-        let schema = inner.schema();
-        let mut map = (self.map)();
-        let batches = inner.flat_map(move |batch| {
-            let out: Vec<Result<RecordBatch>> = match batch.and_then(&mut map) {
-                Ok(batches) => batches.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, Int64Array};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
-
-    /// A session whose windows and joins are contained, with `limit` bytes
-    /// of function output.
-    fn context(limit: u64) -> SessionContext {
-        let config = SessionConfig::new().with_target_partitions(2).with_extension(Arc::new(OutputLimit(limit)));
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_config(config)
-            .with_physical_optimizer_rule(Arc::new(crate::bounds::ContainWork { max_recursive_iterations: 10 }))
-            .build();
-        SessionContext::new_with_state(state)
-    }
-
-    async fn longs(ctx: &SessionContext, sql: &str) -> Result<Vec<i64>> {
-        let batches = ctx.sql(sql).await?.collect().await?;
-        let column = |b: &RecordBatch| arrow::compute::cast(b.column(0), &DataType::Int64);
-        let columns = batches.iter().map(column).collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(columns.iter().flat_map(|c| c.as_primitive::<Int64Type>().values().to_vec()).collect())
-    }
+    use crate::guarded::batches::testing::{context, longs};
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
 
     /// 2,000 rows, 10 keys; `s` is 100 bytes.
     const ROWS: &str = "(SELECT n % 10 AS k, repeat('x', 100) AS s FROM generate_series(1, 2000) t(n))";
@@ -509,7 +442,6 @@ mod tests {
         let counted = format!("SELECT max(c) FROM (SELECT count(*) OVER () AS c FROM {ROWS})");
         assert_eq!(longs(&context(1), &counted).await.unwrap(), vec![2000]);
     }
-
     /// A window over many partitions is emitted in batches of whole
     /// partitions, with DataFusion's answers.
     #[tokio::test]
@@ -534,44 +466,33 @@ mod tests {
             }
         }
     }
-
     #[tokio::test]
-    async fn a_cross_join_cuts_its_probe_side_to_its_widest_build_row() {
+    async fn a_running_window_reads_its_input_cut_and_stores_its_repeats_once() {
         let ctx = context(64 << 20);
-        // A 1 MB build row against 500 probe rows: one batch of 500 MB in
-        // DataFusion; here 16 rows per batch, all of them.
-        let sql = "SELECT length(a.w), b.n FROM (SELECT repeat('x', 1048576) AS w) a \
-                   CROSS JOIN (SELECT n FROM generate_series(1, 500) t(n)) b";
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
-        let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).unwrap();
-        let (mut rows, mut largest) = (0, 0);
-        while let Some(batch) = futures::StreamExt::next(&mut stream).await {
-            let batch = batch.unwrap();
-            rows += batch.num_rows();
-            largest = largest.max(batch.num_rows());
-            assert!(
-                batch.column(0).as_primitive::<arrow::datatypes::Int32Type>().values().iter().all(|l| *l == 1048576)
-            );
+        // A 100 KB value, the running maximum of every later row: 8,192
+        // copies (800 MB) per batch in DataFusion.
+        let sql = "SELECT w FROM (SELECT max(CASE WHEN n = 5 THEN repeat(arrow_cast('x', 'Utf8View'), 102400) END) \
+                   OVER (ORDER BY n) AS w FROM generate_series(1, 20000) t(n))";
+        for partitions in [1, 2] {
+            // Two partitions put a repartition above the window, which
+            // gathers its rows into batches of 8,192 again.
+            ctx.sql(&format!("SET datafusion.execution.target_partitions = {partitions}")).await.unwrap();
+            let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+            let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).unwrap();
+            let (mut rows, mut largest, mut held) = (0, 0, 0);
+            while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                let batch = batch.unwrap();
+                let values = batch.column(0).as_string_view();
+                assert!(values.iter().all(|v| v.is_none_or(|v| v.len() == 102400)));
+                rows += batch.num_rows();
+                largest = largest.max(batch.num_rows());
+                held += batch.get_array_memory_size();
+            }
+            assert_eq!(rows, 20000);
+            if partitions == 1 {
+                assert!(largest <= REPEATED_BATCH_BYTES / 102400 + 8, "{largest} rows in a batch");
+            }
+            assert!(held < 64 << 20, "{held} bytes for {partitions} partition(s)");
         }
-        assert_eq!(rows, 500);
-        assert!(largest <= REPEATED_BATCH_BYTES / 1048576, "{largest} rows in a batch");
-        // Narrow build rows keep whole batches.
-        let narrow =
-            "SELECT count(*) FROM (SELECT 'x' AS w) a CROSS JOIN (SELECT n FROM generate_series(1, 2000) t(n)) b";
-        assert_eq!(longs(&ctx, narrow).await.unwrap(), vec![2000]);
-    }
-
-    fn batch(rows: usize) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..rows as i64))]).unwrap()
-    }
-
-    #[test]
-    fn slices_keep_every_row_in_order() {
-        let cut = slices(batch(10), 3);
-        assert_eq!(cut.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
-        let joined = arrow::compute::concat_batches(&cut[0].schema(), &cut).unwrap();
-        assert_eq!(joined, batch(10));
-        assert_eq!(slices(batch(3), 3).len(), 1);
     }
 }
