@@ -37,6 +37,7 @@ use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
+use crate::error::RECURSION_REFUSED;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::config::ConfigOptions;
@@ -53,10 +54,6 @@ use datafusion::physical_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
-
-/// The prefix of the error a recursive query over its cap raises; the
-/// engine answers it 413.
-pub(crate) const RECURSION_REFUSED: &str = "recursion limit";
 
 /// The physical optimizer rule of this module; registered last.
 #[derive(Debug)]

@@ -32,8 +32,9 @@ use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
-use crate::table::{RemoteSegment, SegmentTable, TimeRange, UnservedSegment};
+use crate::table::SegmentTable;
 use crate::tail::{self, TableView, TailBudget};
+use crate::topology::{RemoteSegment, TimeRange, UnservedSegment};
 
 /// Resync even without a watch firing, in case a notification was missed
 /// across a session change.

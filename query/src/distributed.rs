@@ -56,7 +56,9 @@ use url::Url;
 use crate::cluster::Cluster;
 use crate::dictionary_group::DictionaryGroupBy;
 use crate::selection::{Part, select, truncate};
-use crate::table::{Elsewhere, Reader, RemoteTail, ScanStats, SegmentTable, read_parts};
+use crate::stats::ScanStats;
+use crate::table::{Reader, SegmentTable, read_parts};
+use crate::topology::{Elsewhere, RemoteTail};
 
 /// The mark of a task that reached a node no longer serving one of its
 /// segments: the engine re-plans the query (the view has moved on).
@@ -444,7 +446,7 @@ pub(crate) fn tail_rows(
         }
         _ => {}
     }
-    let name = format!("{table}__{}{}", tail.partition, crate::tail::CONSUMING_SUFFIX);
+    let name = format!("{table}__{}{}", tail.partition, crate::topology::CONSUMING_SUFFIX);
     let mut out = Vec::new();
     for chunk in snapshot.iter().filter(|s| s.meta().name == name) {
         let meta = chunk.meta();

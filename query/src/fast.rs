@@ -54,10 +54,11 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use sluice_segments::Predicate;
 
-use crate::engine::QueryError;
+use crate::error::QueryError;
 use crate::pushdown;
 use crate::selection::{Part, par_map, select, truncate};
-use crate::table::{Reader, ScanStats, SegmentTable};
+use crate::stats::ScanStats;
+use crate::table::{Reader, SegmentTable};
 
 /// A query the fast path answers.
 pub(crate) struct FastQuery {

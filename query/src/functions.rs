@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 
+use crate::error::REFUSED;
 use crate::sizes::{array_bytes, variable_width};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema};
@@ -40,9 +41,6 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, BinaryExpr, ColumnarValue, Documentation, Expr, Operator,
     ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-
-/// The prefix of the error a refused call raises; the engine recognises it.
-pub(crate) const REFUSED: &str = "function output limit";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {

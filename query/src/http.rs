@@ -165,7 +165,7 @@ async fn query_sql(State(state): State<AppState>, headers: HeaderMap, body: Body
             pinot(e.status(), &PinotResponse::error(e.pinot_code(), e.to_string(), started.elapsed()))
         }
         Err(join) => {
-            let e = crate::engine::crashed(&join.to_string());
+            let e = crate::error::crashed(&join.to_string());
             pinot(e.status(), &PinotResponse::error(e.pinot_code(), e.to_string(), started.elapsed()))
         }
     }

@@ -42,6 +42,7 @@ mod deadline;
 mod dictionary_group;
 pub mod distributed;
 pub mod engine;
+pub mod error;
 pub mod evolution;
 mod fast;
 pub mod flight_auth;
@@ -56,17 +57,21 @@ pub mod response;
 mod selection;
 mod sizes;
 mod star_tree;
+pub mod stats;
 pub mod table;
 pub mod tail;
+pub mod topology;
 mod yielding;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use catalog::CatalogFollower;
-pub use engine::{QueryEngine, QueryError};
+pub use engine::QueryEngine;
+pub use error::QueryError;
 pub use response::PinotResponse;
-pub use table::{ScanStats, SegmentScanExec, SegmentTable};
+pub use stats::ScanStats;
+pub use table::{SegmentScanExec, SegmentTable};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sluice_config::QueryNodeConfig;

@@ -16,7 +16,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::Serialize;
 use serde_json::{Number, Value};
 
-use crate::table::ScanStats;
+use crate::stats::ScanStats;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

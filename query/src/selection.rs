@@ -14,7 +14,7 @@ use datafusion::common::{DataFusionError, Result};
 use roaring::RoaringBitmap;
 use sluice_segments::{Predicate, Segment};
 
-use crate::table::ScanStats;
+use crate::stats::ScanStats;
 
 /// The rows of one segment a scan reads.
 #[derive(Clone)]
@@ -261,7 +261,7 @@ fn spread<T>(items: Vec<T>, target: usize, weight: impl Fn(&T) -> u64) -> Vec<Ve
 /// creation time.
 pub(crate) fn consuming_stats(segments: &[Arc<Segment>]) -> ScanStats {
     let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
-    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)) {
+    for tail in segments.iter().filter(|s| s.meta().name.ends_with(crate::topology::CONSUMING_SUFFIX)) {
         let at = newest.entry(tail.meta().name.as_str()).or_insert(i64::MIN);
         *at = (*at).max(tail.meta().created_at_ms);
     }
@@ -287,7 +287,7 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(
             .chunks(chunk)
             .map(|c| {
                 std::thread::Builder::new()
-                    .stack_size(crate::engine::QUERY_STACK_SIZE)
+                    .stack_size(crate::limits::QUERY_STACK_SIZE)
                     .spawn_scoped(scope, move || c.iter().map(f).collect::<Vec<_>>())
             })
             .collect();

@@ -42,7 +42,9 @@ use futures::StreamExt;
 use sluice_config::MetricFunction;
 use sluice_segments::{Predicate, Segment, StarMetric};
 
-use crate::table::{QUERY_STATS, ScanStats, SegmentScanExec};
+use crate::stats::{QUERY_STATS, ScanStats};
+
+use crate::table::SegmentScanExec;
 
 /// Replaces partial aggregations that a segment's star-tree answers with
 /// [`StarTreeExec`].

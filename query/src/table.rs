@@ -12,7 +12,6 @@
 //! defers its bitmaps to first use (the trees never read them), and until
 //! then reports its candidates' rows as an inexact bound.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -39,6 +38,8 @@ use sluice_segments::{OFFSET_COLUMN, Predicate, Scalar, Segment, time_range_can_
 
 use crate::pushdown;
 use crate::selection::{Part, Selection, evaluate, matched, prune, truncate};
+use crate::stats::QUERY_STATS;
+use crate::topology::Elsewhere;
 
 /// The type a column is served as. Strings are served as `Utf8View`:
 /// dictionary-encoded segment columns convert to views without copying a
@@ -65,133 +66,6 @@ fn served_schema(segment_schema: &Schema) -> Schema {
         .map(|f| f.as_ref().clone().with_nullable(true).with_data_type(served_type(f.data_type())))
         .collect();
     Schema::new(fields)
-}
-
-/// Counters of one query's scans, in Pinot's vocabulary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScanStats {
-    /// Segments of the tables read.
-    pub segments_queried: u64,
-    /// Segments left after pruning by statistics and bloom filters.
-    pub segments_processed: u64,
-    /// Segments with at least one matching row.
-    pub segments_matched: u64,
-    /// Rows selected by the pushed filters (before DataFusion's own).
-    pub docs_scanned: u64,
-    /// Rows in the segments of the tables read.
-    pub total_docs: u64,
-    /// Offsets without records within the segments read (Kafka delivered
-    /// past them: compaction, transaction markers, retention).
-    pub offset_gaps: u64,
-    /// Tail (consuming) segments read, and the oldest of their newest
-    /// records' Kafka timestamps (Pinot's `minConsumingFreshnessTimeMs`).
-    pub consuming_segments: u64,
-    pub min_consuming_freshness_ms: i64,
-    /// Partitions whose tail was left out (over the tail memory).
-    pub tails_excluded: u64,
-    /// Query nodes the query's tasks went to (this one included), and the
-    /// ones that answered; 0 for a query answered by this node alone.
-    pub servers_queried: u64,
-    pub servers_responded: u64,
-    /// Committed segments no live query node serves: the answer is partial.
-    pub segments_missing: u64,
-    /// Partition tails no live query node serves caught up: partial too.
-    pub tails_unavailable: u64,
-}
-
-impl ScanStats {
-    pub fn add(&mut self, other: &ScanStats) {
-        self.segments_queried += other.segments_queried;
-        self.segments_processed += other.segments_processed;
-        self.segments_matched += other.segments_matched;
-        self.docs_scanned += other.docs_scanned;
-        self.total_docs += other.total_docs;
-        self.offset_gaps += other.offset_gaps;
-        self.consuming_segments += other.consuming_segments;
-        self.tails_excluded += other.tails_excluded;
-        self.servers_queried = self.servers_queried.max(other.servers_queried);
-        self.servers_responded = self.servers_responded.max(other.servers_responded);
-        self.segments_missing += other.segments_missing;
-        self.tails_unavailable += other.tails_unavailable;
-        self.min_consuming_freshness_ms = match (self.min_consuming_freshness_ms, other.min_consuming_freshness_ms) {
-            (0, theirs) => theirs,
-            (ours, 0) => ours,
-            (ours, theirs) => ours.min(theirs),
-        };
-    }
-}
-
-tokio::task_local! {
-    /// Where the scans planned by one query report their counters. Planning
-    /// runs in the task that called it, so a task-local reaches every scan
-    /// of the query, including those DataFusion later folds into constants.
-    pub static QUERY_STATS: Arc<std::sync::Mutex<ScanStats>>;
-}
-
-/// A committed segment that other query nodes serve (in a cluster).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteSegment {
-    pub name: String,
-    pub partition: i32,
-    pub end_offset: i64,
-    pub rows: u64,
-    /// The segment's time column and its range of values, from its
-    /// catalog record.
-    pub time: Option<TimeRange>,
-}
-
-/// A time column's range of values in a segment (in the column's unit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeRange {
-    pub column: Arc<str>,
-    pub from: i64,
-    pub to: i64,
-}
-
-/// A committed segment no live query node serves (in a cluster).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnservedSegment {
-    pub name: String,
-    pub partition: i32,
-    pub start_offset: i64,
-}
-
-/// The tail of a partition this node does not serve (in a cluster): its
-/// rows above `after`, this node's committed end of the partition (none:
-/// nothing committed yet), are read on a node that serves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RemoteTail {
-    pub partition: i32,
-    pub after: Option<i64>,
-}
-
-/// The part of a table this node does not hold: segments served by other
-/// query nodes, committed segments no live node serves, and tails other
-/// nodes follow; and, for the tasks others send here, where each tail this
-/// node serves begins. Published with the segments in one swap, so a task
-/// never pairs a tail's chunks with another moment's beginning.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Elsewhere {
-    pub remote: Vec<RemoteSegment>,
-    pub missing: Vec<String>,
-    pub remote_tails: Vec<RemoteTail>,
-    /// Partition → where the tail this node serves to others begins.
-    pub tails_from: BTreeMap<i32, TailStart>,
-}
-
-/// Where a tail begins: `from`, its first offset (`i64::MIN`: the start of
-/// the partition), after `committed_end` when it was cut at a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TailStart {
-    pub from: i64,
-    pub committed_end: Option<i64>,
-}
-
-impl Elsewhere {
-    /// Whether this node holds the whole table.
-    pub fn is_empty(&self) -> bool {
-        self.remote.is_empty() && self.missing.is_empty() && self.remote_tails.is_empty()
-    }
 }
 
 /// One snapshot of a table: what this node holds, and what it does not.
@@ -637,7 +511,7 @@ impl SegmentScanExec {
 impl DisplayAs for SegmentScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let segments: Vec<Arc<Segment>> = self.segments().into_iter().flatten().collect();
-        let consuming = segments.iter().filter(|s| s.meta().name.ends_with(crate::tail::CONSUMING_SUFFIX)).count();
+        let consuming = segments.iter().filter(|s| s.meta().name.ends_with(crate::topology::CONSUMING_SUFFIX)).count();
         write!(f, "SegmentScanExec: table={}, segments={} (consuming={consuming}), ", self.table, segments.len())?;
         // A deferred selection is not evaluated for display.
         match self.selection.is_selected().then(|| self.rows(None)) {

@@ -44,10 +44,10 @@ use sluice_decode::Decoder;
 use sluice_segments::{ConsumingSegment, Segment, SegmentSchema, reseal, seal};
 use tokio::sync::watch;
 
-use crate::table::{Elsewhere, RemoteSegment, RemoteTail, SegmentTable, TailStart, UnservedSegment};
+use crate::topology::{Elsewhere, RemoteSegment, RemoteTail, TailStart, UnservedSegment};
 
-/// The suffix of a tail segment's name; scans count these as consuming.
-pub const CONSUMING_SUFFIX: &str = "__CONSUMING";
+use crate::table::SegmentTable;
+use crate::topology::CONSUMING_SUFFIX;
 
 /// How often changed tails are sealed and published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);

@@ -52,7 +52,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::batches::{BatchMap, REPEATED_BATCH_BYTES, slices};
-use crate::functions::REFUSED;
+use crate::error::REFUSED;
 use crate::sizes::{array_bytes, variable_width, widest_value};
 
 /// The guarded copy of a streamed window: its input cut to the widest
