@@ -145,7 +145,7 @@ pub struct CatalogFollower {
     shutdown: Option<watch::Receiver<bool>>,
     /// In a cluster: the other query nodes, and where this node publishes
     /// what it serves.
-    cluster: Option<(Arc<crate::cluster::Cluster>, Arc<watch::Sender<sluice_coordinator::NodeInfo>>)>,
+    cluster: Option<(Arc<crate::membership::Cluster>, Arc<watch::Sender<sluice_coordinator::NodeInfo>>)>,
 }
 
 impl CatalogFollower {
@@ -172,7 +172,7 @@ impl CatalogFollower {
     /// publishes what it serves through `registration`.
     pub fn in_cluster(
         mut self,
-        cluster: Arc<crate::cluster::Cluster>,
+        cluster: Arc<crate::membership::Cluster>,
         registration: watch::Sender<sluice_coordinator::NodeInfo>,
     ) -> Self {
         self.cluster = Some((cluster, Arc::new(registration)));
@@ -417,7 +417,7 @@ impl CatalogFollower {
 /// pending, [`TableView::set_committed_with`]). Remote segments carry their
 /// records' time ranges of the table's `time_column`, for pruning.
 fn elsewhere(
-    cluster: &crate::cluster::Cluster,
+    cluster: &crate::membership::Cluster,
     table: &str,
     time_column: Option<&str>,
     records: &[SegmentRecord],

@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use sluice_segments::{Predicate, Segment};
 use url::Url;
 
-use crate::cluster::Cluster;
+use crate::membership::Cluster;
 use crate::dictionary_group::DictionaryGroupBy;
 use crate::selection::{Part, select, truncate};
 use crate::stats::ScanStats;

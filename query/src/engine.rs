@@ -68,7 +68,7 @@ struct Executor {
     threads: usize,
     tables: Tables,
     /// Set when the node is part of a cluster of query nodes.
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    cluster: Option<Arc<crate::membership::Cluster>>,
 }
 
 /// The engine's runtime. Shut down in the background on drop, so an engine
@@ -193,7 +193,7 @@ impl QueryEngine {
     /// pool). Called before any table is registered.
     pub fn join_cluster(
         &mut self,
-        cluster: Arc<crate::cluster::Cluster>,
+        cluster: Arc<crate::membership::Cluster>,
         token: Option<crate::flight_auth::ClusterToken>,
         compression: sluice_config::FlightCompression,
         shuffle_min_groups: u64,
@@ -212,7 +212,7 @@ impl QueryEngine {
         .with_runtime_env(state.runtime_env().clone());
         let mut distributed = SessionStateBuilder::new_from_existing(state)
             .with_physical_optimizer_rule(Arc::new(crate::boundaries::PlaceBoundaries { shuffle_min_groups }))
-            .with_distributed_worker_resolver(crate::cluster::ClusterResolver(cluster.clone()))
+            .with_distributed_worker_resolver(crate::membership::ClusterResolver(cluster.clone()))
             .with_distributed_user_codec(crate::distributed::ClusterCodec)
             .with_distributed_route_tasks_handler(crate::boundaries::route_tasks)
             .with_distributed_channel_resolver(channels)

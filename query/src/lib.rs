@@ -36,7 +36,7 @@ pub mod boundaries;
 mod bounds;
 pub mod catalog;
 mod channels;
-pub mod cluster;
+pub mod membership;
 mod console;
 mod deadline;
 mod dictionary_group;
@@ -124,7 +124,7 @@ impl QueryNode {
                 let reachable = info.reachable_flight_addr().unwrap_or_else(|| flight.to_string());
                 let url = url::Url::parse(&format!("http://{reachable}"))
                     .map_err(|e| StartError::Listen { listen: listen.to_string(), source: std::io::Error::other(e) })?;
-                let cluster = cluster::Cluster::new(info.id.clone(), url, config.replication);
+                let cluster = membership::Cluster::new(info.id.clone(), url, config.replication);
                 let token = config.flight_token.as_ref().map(|t| flight_auth::ClusterToken::new(&t.0));
                 let worker = engine.join_cluster(
                     cluster.clone(),
@@ -168,7 +168,7 @@ impl QueryNode {
         }
         tasks.push(tokio::spawn(follower.run(shutdown.clone())));
         tasks.push(server);
-        tasks.push(tokio::spawn(cluster::publish(coordinator, published, shutdown)));
+        tasks.push(tokio::spawn(membership::publish(coordinator, published, shutdown)));
         Ok(QueryNode { addr, pg_addr, engine, tasks })
     }
 

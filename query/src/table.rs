@@ -243,7 +243,7 @@ impl TableProvider for SegmentTable {
         if !elsewhere.is_empty() {
             // Part of the table is on other query nodes: the scan runs there
             // too, next to the data (DataFusion Distributed).
-            let Some(cluster) = state.config().get_extension::<crate::cluster::Cluster>() else {
+            let Some(cluster) = state.config().get_extension::<crate::membership::Cluster>() else {
                 return Err(DataFusionError::Execution(format!(
                     "table `{}` is spread over the cluster, and this session cannot reach it",
                     self.name

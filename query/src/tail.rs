@@ -222,7 +222,7 @@ struct ViewState {
 /// A view's place in a cluster: which tails it follows, and where it says
 /// which ones it serves.
 struct Membership {
-    cluster: Arc<crate::cluster::Cluster>,
+    cluster: Arc<crate::membership::Cluster>,
     registration: Arc<watch::Sender<NodeInfo>>,
 }
 
@@ -260,7 +260,7 @@ impl TableView {
 
     /// In a cluster: this view follows only the tails assigned to this node
     /// and publishes, in `registration`, those it serves caught up.
-    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>, registration: Arc<watch::Sender<NodeInfo>>) {
+    pub fn join_cluster(&self, cluster: Arc<crate::membership::Cluster>, registration: Arc<watch::Sender<NodeInfo>>) {
         *self.membership.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::new(Membership { cluster, registration }));
     }
@@ -1333,7 +1333,7 @@ inverted = ["status"]
     async fn a_tail_is_served_to_other_nodes_above_their_cut_only() {
         use crate::distributed::tail_rows;
         let f = fixture(1 << 30);
-        let cluster = crate::cluster::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
+        let cluster = crate::membership::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
         let (registration, published) = watch::channel(NodeInfo::default());
         f.view.join_cluster(cluster, Arc::new(registration));
         // Partition 0 reaches its watermark with records a minute old: not
