@@ -51,8 +51,8 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::dictionary_group::DictionaryGroupBy;
-use crate::distributed::ClusterScanExec;
 use crate::hashed_groups::{MergedPartial, estimated_groups};
+use crate::scan::spread::ClusterScanExec;
 
 /// Groups per segment above which the holders merge a grouping's partial
 /// states among themselves: 200,000 users shipped whole by three nodes
@@ -357,7 +357,7 @@ fn stage_urls(plan: &Arc<dyn ExecutionPlan>) -> Option<Result<Vec<Url>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distributed::tests::scan_over;
+    use crate::scan::spread::tests::scan_over;
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::physical_expr::PhysicalExpr;
     use datafusion::physical_expr::expressions::Column;
@@ -444,7 +444,7 @@ mod tests {
     /// partition.
     #[test]
     fn a_scan_all_elsewhere_runs_as_one_remote_task() {
-        use crate::distributed::tests::scan_beside_an_idle_planner;
+        use crate::scan::spread::tests::scan_beside_an_idle_planner;
         let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));
         let stages = |plan: &Arc<dyn ExecutionPlan>| {
             let mut stages = Vec::new();

@@ -32,7 +32,7 @@ use sluice_storage::Resolver;
 use tokio::sync::watch;
 
 use crate::engine::QueryEngine;
-use crate::table::SegmentTable;
+use crate::scan::table::SegmentTable;
 use crate::tail::{self, TableView, TailBudget};
 use crate::topology::{RemoteSegment, TimeRange, UnservedSegment};
 
@@ -274,7 +274,7 @@ impl CatalogFollower {
         let state = self.tables.entry(name.to_string()).or_default();
         let parsed = config.and_then(|text| parse_config(name, text));
         if let Some(config) = &parsed {
-            let schema = crate::evolution::pipeline_schema(config);
+            let schema = crate::scan::evolution::pipeline_schema(config);
             match &state.table {
                 None => state.table = Some(Arc::new(SegmentTable::new(name, &schema))),
                 // A pipeline applied with new columns: served from now on,

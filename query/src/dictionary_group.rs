@@ -60,9 +60,9 @@ use futures::StreamExt;
 use roaring::RoaringBitmap;
 use sluice_segments::{Encoding, Segment};
 
-use crate::distributed::ClusterScanExec;
-use crate::selection::Part;
-use crate::table::{Reader, SegmentScanExec, chunks};
+use crate::scan::read::{Reader, SegmentScanExec, chunks};
+use crate::scan::selection::Part;
+use crate::scan::spread::ClusterScanExec;
 
 /// Replaces partial aggregations that group a segment scan by one string
 /// column with [`DictionaryGroupBy`].
@@ -378,7 +378,7 @@ const UNMAPPED: u32 = u32::MAX;
 
 /// One partition's work.
 struct Grouping {
-    reader: crate::table::Reader,
+    reader: crate::scan::read::Reader,
     scan_schema: SchemaRef,
     schema: SchemaRef,
     /// The grouping column: its name and index in the scan; None without

@@ -16,9 +16,8 @@
 //! over a plan recurses once per level). The caller's runtime — in the
 //! quickstart, the one ingesting — only waits for the answer.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -34,10 +33,10 @@ use crate::error::{QueryError, crashed};
 use crate::fast;
 use crate::limits::QUERY_STACK_SIZE;
 use crate::response::{self, PinotResponse};
+use crate::scan::spread::ClusterPlanner;
+use crate::scan::table::SegmentTable;
+use crate::scan::table::{SpreadScans, Tables};
 use crate::stats::{QUERY_STATS, ScanStats};
-use crate::table::SegmentTable;
-
-pub(crate) type Tables = Arc<RwLock<BTreeMap<String, Arc<SegmentTable>>>>;
 
 /// The tables a query node serves, and how it runs queries over them.
 pub struct QueryEngine {
@@ -234,7 +233,7 @@ impl QueryEngine {
         if let Err(e) = tuned {
             tracing::warn!(error = %e, "could not tune the distributed session");
         }
-        distributed.config_mut().set_extension(cluster.clone());
+        distributed.config_mut().set_extension(Arc::new(SpreadScans(Arc::new(ClusterPlanner(cluster.clone())))));
         self.executor.ctx = SessionContext::new_with_state(distributed);
         self.executor.session = Default::default();
         self.executor.cluster = Some(cluster);
@@ -511,7 +510,7 @@ impl Executor {
     fn remote_failure(&self, e: &DataFusionError) -> Option<QueryError> {
         let cluster = self.cluster.as_ref()?;
         let message = e.to_string();
-        if message.contains(crate::distributed::NOT_SERVED) {
+        if message.contains(crate::scan::spread::NOT_SERVED) {
             return Some(QueryError::Remote { message, node: None });
         }
         let unreachable = [

@@ -16,7 +16,7 @@
 //! where the columns are plain, distinct names and the filter is built of
 //! comparisons, IN, BETWEEN, IS [NOT] NULL, `LIKE 'prefix%'`, bare boolean
 //! columns, AND, OR and NOT, over literals of the column's own type, and
-//! [`crate::pushdown`] translates it *exactly*. Everything else, and
+//! [`crate::scan::pushdown`] translates it *exactly*. Everything else, and
 //! everything this module is unsure of (a literal of another type, a NULL
 //! literal, a qualified name, any clause it does not model), returns None
 //! and goes to DataFusion. So the invariant is: the fast path answers with
@@ -55,10 +55,11 @@ use datafusion::sql::sqlparser::parser::Parser;
 use sluice_segments::Predicate;
 
 use crate::error::QueryError;
-use crate::pushdown;
-use crate::selection::{Part, par_map, select, truncate};
+use crate::scan::pushdown;
+use crate::scan::read::Reader;
+use crate::scan::selection::{Part, par_map, select, truncate};
+use crate::scan::table::SegmentTable;
 use crate::stats::ScanStats;
-use crate::table::{Reader, SegmentTable};
 
 /// A query the fast path answers.
 pub(crate) struct FastQuery {

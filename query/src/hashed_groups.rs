@@ -43,8 +43,8 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 
-use crate::distributed::ClusterScanExec;
-use crate::table::SegmentScanExec;
+use crate::scan::read::SegmentScanExec;
+use crate::scan::spread::ClusterScanExec;
 
 /// Estimated groups from which a partial aggregation hashes its rows first:
 /// at about 32 bytes a group, a table of 65,536 groups outgrows a core's

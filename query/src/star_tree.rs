@@ -44,7 +44,7 @@ use sluice_segments::{Predicate, Segment, StarMetric};
 
 use crate::stats::{QUERY_STATS, ScanStats};
 
-use crate::table::SegmentScanExec;
+use crate::scan::read::SegmentScanExec;
 
 /// Replaces partial aggregations that a segment's star-tree answers with
 /// [`StarTreeExec`].

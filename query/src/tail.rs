@@ -46,7 +46,7 @@ use tokio::sync::watch;
 
 use crate::topology::{Elsewhere, RemoteSegment, RemoteTail, TailStart, UnservedSegment};
 
-use crate::table::SegmentTable;
+use crate::scan::table::SegmentTable;
 use crate::topology::CONSUMING_SUFFIX;
 
 /// How often changed tails are sealed and published.
@@ -1331,9 +1331,10 @@ inverted = ["status"]
     /// does not follow, is refused rather than answered short.
     #[tokio::test]
     async fn a_tail_is_served_to_other_nodes_above_their_cut_only() {
-        use crate::distributed::tail_rows;
+        use crate::scan::spread::tail_rows;
         let f = fixture(1 << 30);
-        let cluster = crate::membership::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
+        let cluster =
+            crate::membership::Cluster::new("q1".into(), url::Url::parse("http://127.0.0.1:1").unwrap(), None);
         let (registration, published) = watch::channel(NodeInfo::default());
         f.view.join_cluster(cluster, Arc::new(registration));
         // Partition 0 reaches its watermark with records a minute old: not
@@ -1365,7 +1366,7 @@ inverted = ["status"]
         assert_eq!(rows(Some(i64::MAX), 0), Ok(0), "a cut past every offset (from the network): nothing, no overflow");
         let refused = [rows(Some(49), 0), rows(None, 0), rows(Some(59), 2)];
         for refusal in refused {
-            assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::distributed::NOT_SERVED)), "{refusal:?}");
+            assert!(refusal.as_ref().is_err_and(|e| e.contains(crate::scan::spread::NOT_SERVED)), "{refusal:?}");
         }
 
         // Handed over: the tail goes, and a record still in flight for the

@@ -531,7 +531,7 @@ async fn segments_without_a_later_column_answer_its_default() {
             .iter()
             .map(|f| match (f.name().as_str(), default) {
                 ("is_bot", Some(value)) => f.as_ref().clone().with_metadata(HashMap::from([(
-                    sluice_query::evolution::DEFAULT_KEY.to_string(),
+                    sluice_query::scan::evolution::DEFAULT_KEY.to_string(),
                     serde_json::to_string(&sluice_segments::Scalar::Bool(value)).unwrap(),
                 )])),
                 _ => f.as_ref().clone(),

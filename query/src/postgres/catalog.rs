@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use pgwire::api::Type;
 
-use crate::engine::Tables;
+use crate::scan::table::Tables;
 
 /// The database name clients see.
 pub(crate) const DATABASE: &str = "sluice";
@@ -729,7 +729,7 @@ mod tests {
     fn the_tables_said_to_be_empty_are_and_the_others_are_not() {
         let tables = Tables::default();
         let schema = Schema::new(vec![Field::new("ts", DataType::Int64, false)]);
-        let segments = crate::table::SegmentTable::new("clicks", &schema);
+        let segments = crate::scan::table::SegmentTable::new("clicks", &schema);
         tables.write().unwrap().insert("clicks".into(), Arc::new(segments));
         let catalog = PgCatalog { tables };
         for (name, _) in TABLES {

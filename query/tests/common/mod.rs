@@ -385,7 +385,7 @@ pub fn served(batch: &RecordBatch) -> RecordBatch {
         .schema()
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_data_type(sluice_query::table::served_type(f.data_type())))
+        .map(|f| f.as_ref().clone().with_data_type(sluice_query::scan::table::served_type(f.data_type())))
         .collect();
     let columns =
         batch.columns().iter().zip(&fields).map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap()).collect();

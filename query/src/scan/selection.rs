@@ -93,7 +93,7 @@ fn evaluate_one(segment: &Arc<Segment>, predicate: Option<&Predicate>, table: &S
 
 /// `predicate` as `segment` answers it: a column of `table` the segment
 /// lacks (added since it was written) holds the column's default in every
-/// row ([`crate::evolution`]).
+/// row ([`crate::scan::evolution`]).
 fn bound<'p>(predicate: &'p Predicate, segment: &Segment, table: &Schema) -> Cow<'p, Predicate> {
     let schema = &segment.meta().schema;
     if predicate.columns().iter().all(|c| schema.column_index(c).is_some()) {
@@ -101,7 +101,7 @@ fn bound<'p>(predicate: &'p Predicate, segment: &Segment, table: &Schema) -> Cow
     }
     Cow::Owned(predicate.bind(&|column| match schema.column_index(column) {
         Some(_) => None,
-        None => crate::evolution::absent_value(table, column),
+        None => crate::scan::evolution::absent_value(table, column),
     }))
 }
 
