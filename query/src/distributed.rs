@@ -65,11 +65,11 @@ struct ScanProto {
     /// node that predates the field ignores it and refuses the input.
     #[prost(message, optional, tag = "5")]
     dictionary_group: Option<protobuf::PhysicalPlanNode>,
-    /// Set instead of the scan's fields for a [`crate::bounds::YieldExec`]
+    /// Set instead of the scan's fields for a [`crate::limits::bounds::YieldExec`]
     /// over the node's input.
     #[prost(bool, tag = "6")]
     yield_point: bool,
-    /// Set instead of the scan's fields for a [`crate::bounds::RecursionCap`]
+    /// Set instead of the scan's fields for a [`crate::limits::bounds::RecursionCap`]
     /// over the node's input: its most iterations.
     #[prost(uint32, tag = "7")]
     recursion_cap: u32,
@@ -93,9 +93,9 @@ impl PhysicalExtensionCodec for ClusterCodec {
                 return Err(decode_error("yield point or recursion cap", "not exactly one input"));
             };
             if proto.yield_point {
-                return Ok(Arc::new(crate::bounds::YieldExec::new(Arc::clone(input))));
+                return Ok(Arc::new(crate::limits::bounds::YieldExec::new(Arc::clone(input))));
             }
-            return Ok(Arc::new(crate::bounds::RecursionCap::new(Arc::clone(input), proto.recursion_cap)));
+            return Ok(Arc::new(crate::limits::bounds::RecursionCap::new(Arc::clone(input), proto.recursion_cap)));
         }
         if let Some(aggregate) = &proto.dictionary_group {
             let [scan] = inputs else {
@@ -168,10 +168,10 @@ impl PhysicalExtensionCodec for ClusterCodec {
                 .encode(buf)
                 .map_err(|e| DataFusionError::Internal(format!("encoding a distributed grouping: {e}")));
         }
-        let wrapper = if node.is::<crate::bounds::YieldExec>() {
+        let wrapper = if node.is::<crate::limits::bounds::YieldExec>() {
             Some(ScanProto { yield_point: true, ..Default::default() })
         } else {
-            node.downcast_ref::<crate::bounds::RecursionCap>()
+            node.downcast_ref::<crate::limits::bounds::RecursionCap>()
                 .map(|cap| ScanProto { recursion_cap: cap.max(), ..Default::default() })
         };
         if let Some(proto) = wrapper {
@@ -258,7 +258,7 @@ impl WorkerSessions {
         use datafusion::execution::SessionStateBuilder;
         let bare = SessionStateBuilder::new().with_runtime_env(runtime.clone()).build();
         let mut template = SessionStateBuilder::new().with_default_features().with_runtime_env(runtime).build();
-        crate::functions::register(&mut template, max_function_output);
+        crate::limits::functions::register(&mut template, max_function_output);
         WorkerSessions { tables, threads, max_function_output, channels, template, bare }
     }
 }
@@ -272,7 +272,7 @@ impl WorkerSessionBuilder for WorkerSessions {
         config.set_distributed_user_codec(ClusterCodec);
         config.set_distributed_channel_resolver(self.channels.clone());
         config.set_extension(Arc::new(NodeTables { tables: self.tables.clone(), threads: self.threads }));
-        config.set_extension(Arc::new(crate::guarded::OutputLimit(self.max_function_output)));
+        config.set_extension(Arc::new(crate::limits::guarded::OutputLimit(self.max_function_output)));
         let selection = ctx.headers.get(TASK_HEADER).is_some_and(|v| v == SELECTION_TASK);
         let mut state = if selection { self.bare.clone() } else { self.template.clone() };
         *state.config_mut() = config;
@@ -461,12 +461,12 @@ pub(crate) mod tests {
             ClusterCodec.try_encode(node, &mut buf, &converter).unwrap();
             ClusterCodec.try_decode(&buf, inputs, &ctx, &converter)
         };
-        let yielding = Arc::new(crate::bounds::YieldExec::new(input.clone()));
+        let yielding = Arc::new(crate::limits::bounds::YieldExec::new(input.clone()));
         let decoded = round_trip(yielding.clone(), std::slice::from_ref(&input)).unwrap();
-        assert!(decoded.is::<crate::bounds::YieldExec>());
-        let capped = Arc::new(crate::bounds::RecursionCap::new(input.clone(), 77));
+        assert!(decoded.is::<crate::limits::bounds::YieldExec>());
+        let capped = Arc::new(crate::limits::bounds::RecursionCap::new(input.clone(), 77));
         let decoded = round_trip(capped, std::slice::from_ref(&input)).unwrap();
-        assert_eq!(decoded.downcast_ref::<crate::bounds::RecursionCap>().map(|c| c.max()), Some(77));
+        assert_eq!(decoded.downcast_ref::<crate::limits::bounds::RecursionCap>().map(|c| c.max()), Some(77));
         for inputs in [vec![], vec![input.clone(), input.clone()]] {
             assert!(round_trip(yielding.clone(), &inputs).is_err(), "{} inputs", inputs.len());
         }

@@ -2,12 +2,12 @@
 //!
 //! Limits are enforced here, not by the HTTP layer: the statement's size,
 //! expression depth and list lengths are checked before it is parsed
-//! ([`crate::limits`]); a bounded number of queries run at once and a
+//! ([`crate::limits::statement`]); a bounded number of queries run at once and a
 //! bounded number wait (beyond that: overloaded); each query has a deadline
 //! covering its wait, planning and execution (the query's task is aborted at
 //! the deadline, which cancels DataFusion's tasks and returns their memory);
 //! a memory pool bounds sorts, joins and aggregations; string functions
-//! that grow their input are bounded per call ([`crate::functions`]); and a
+//! that grow their input are bounded per call ([`crate::limits::functions`]); and a
 //! result may hold at most `max_result_rows` rows and `max_result_bytes`
 //! bytes.
 //!
@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{QueryError, crashed};
 use crate::fast;
-use crate::limits::QUERY_STACK_SIZE;
+use crate::limits::statement::QUERY_STACK_SIZE;
 use crate::response::{self, PinotResponse};
 use crate::scan::spread::ClusterPlanner;
 use crate::scan::table::SegmentTable;
@@ -120,7 +120,7 @@ impl QueryEngine {
             .with_target_partitions(threads)
             .with_information_schema(true)
             .with_default_catalog_and_schema("sluice", "public")
-            .with_extension(Arc::new(crate::guarded::OutputLimit(limits.max_function_output.as_u64())));
+            .with_extension(Arc::new(crate::limits::guarded::OutputLimit(limits.max_function_output.as_u64())));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory.as_u64() as usize, 1.0)
             .build_arc()
@@ -140,19 +140,19 @@ impl QueryEngine {
             // come after it, so a recursive query's cap stays with the node
             // that plans it): operators that amplify yield per batch, and
             // recursion is capped.
-            .with_physical_optimizer_rule(Arc::new(crate::bounds::ContainWork {
+            .with_physical_optimizer_rule(Arc::new(crate::limits::bounds::ContainWork {
                 max_recursive_iterations: limits.max_recursive_iterations,
             }))
             .build();
         // Planning stops within one rule once the query's deadline passed.
-        let logical = crate::deadline::interleave_logical(state.optimizer().rules.clone());
-        let physical = crate::deadline::interleave_physical(state.physical_optimizers().to_vec());
+        let logical = crate::limits::deadline::interleave_logical(state.optimizer().rules.clone());
+        let physical = crate::limits::deadline::interleave_physical(state.physical_optimizers().to_vec());
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
             .with_optimizer_rules(logical)
             .with_physical_optimizer_rules(physical)
             .build();
         let mut ctx = SessionContext::new_with_state(state);
-        crate::functions::register(&mut ctx, limits.max_function_output.as_u64());
+        crate::limits::functions::register(&mut ctx, limits.max_function_output.as_u64());
         let tables = Tables::default();
         crate::postgres::catalog::register(&ctx, tables.clone());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
@@ -320,7 +320,7 @@ impl QueryEngine {
         started: Instant,
         build: impl FnOnce(Answer, &ScanStats, Duration) -> Result<T, QueryError> + Send + 'static,
     ) -> Result<T, QueryError> {
-        crate::limits::check(sql, self.limits())?;
+        crate::limits::statement::check(sql, self.limits())?;
         let queue_limit = self.limits().max_concurrent_queries.max(1) as usize * QUEUE_PER_SLOT;
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -356,7 +356,7 @@ impl QueryEngine {
         // it must not hold up the threads that accept and answer requests.
         let scan_stats = stats.clone();
         let deadline = tokio::time::Instant::now() + remaining;
-        let work = crate::deadline::DEADLINE.scope(deadline, async move {
+        let work = crate::limits::deadline::DEADLINE.scope(deadline, async move {
             let _slot = slot;
             let batches = executor.execute(&owned).await?;
             let stats = *scan_stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -364,7 +364,7 @@ impl QueryEngine {
         });
         let mut task = AbortOnDrop(runtime.spawn(QUERY_STATS.scope(stats, work)));
         match tokio::time::timeout(remaining, &mut task.0).await {
-            // Planning past the deadline fails (`crate::deadline`), maybe
+            // Planning past the deadline fails (`crate::limits::deadline`), maybe
             // before the timer here fires: a timeout either way.
             Ok(Ok(Err(_))) if tokio::time::Instant::now() >= deadline => Err(QueryError::Timeout { limit: timeout }),
             Ok(Ok(result)) => result,
@@ -396,7 +396,7 @@ impl QueryEngine {
     /// The columns `sql` answers with, from its logical plan (nothing runs),
     /// under the statement limits and the read-only rules.
     pub async fn output_schema(&self, sql: &str) -> Result<arrow::datatypes::SchemaRef, QueryError> {
-        crate::limits::check(sql, self.limits())?;
+        crate::limits::statement::check(sql, self.limits())?;
         let (limits, owned) = (self.limits().clone(), sql.to_string());
         let state = self.executor.ctx.state();
         // Planned on the query runtime: its threads' stacks hold the
@@ -424,7 +424,7 @@ impl QueryEngine {
 
 /// Parses and plans `sql` within the planning limits: the statement's CTEs
 /// and relations before it is planned, the plan's nodes before it is
-/// optimized ([`crate::limits`]), and nothing that would change the node.
+/// optimized ([`crate::limits::statement`]), and nothing that would change the node.
 async fn logical_plan(
     state: &SessionState,
     sql: &str,
@@ -432,9 +432,9 @@ async fn logical_plan(
 ) -> Result<datafusion::logical_expr::LogicalPlan, QueryError> {
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect).map_err(QueryError::from_planning)?;
-    crate::limits::check_statement(&statement, limits)?;
+    crate::limits::statement::check_statement(&statement, limits)?;
     let plan = state.statement_to_plan(statement).await.map_err(QueryError::from_planning)?;
-    crate::limits::check_plan(&plan, limits)?;
+    crate::limits::statement::check_plan(&plan, limits)?;
     // Only a query passes: no statement that would change the session.
     read_only(&plan)?;
     Ok(plan)
@@ -600,7 +600,7 @@ impl Executor {
 /// buffers, not the buffers it shares with others (a slice of a segment
 /// column counts its rows, not the column).
 fn batch_bytes(batch: &RecordBatch) -> u64 {
-    batch.columns().iter().map(|c| crate::sizes::array_bytes(c.as_ref()) as u64).sum()
+    batch.columns().iter().map(|c| crate::limits::sizes::array_bytes(c.as_ref()) as u64).sum()
 }
 
 fn check_result_bytes(batches: &[RecordBatch], limit: u64) -> Result<(), QueryError> {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 
 /// The prefix of a refusal by a function's output bound
-/// (`crate::functions`): the query is too expensive (413).
+/// (`crate::limits::functions`): the query is too expensive (413).
 pub(crate) const REFUSED: &str = "function output limit";
 
 /// The prefix of a refusal by a recursive query's iteration cap
-/// (`crate::bounds`): too expensive (413).
+/// (`crate::limits::bounds`): too expensive (413).
 pub(crate) const RECURSION_REFUSED: &str = "recursion limit";
 
 /// Why a query did not answer. Each maps to an HTTP status and a Pinot

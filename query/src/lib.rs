@@ -33,19 +33,15 @@
 //!   quarantined, never served and never reloaded from the cache.
 
 pub mod boundaries;
-mod bounds;
 pub mod catalog;
 mod channels;
 mod console;
-mod deadline;
 mod dictionary_group;
 pub mod distributed;
 pub mod engine;
 pub mod error;
 mod fast;
 pub mod flight_auth;
-mod functions;
-mod guarded;
 mod hashed_groups;
 pub mod http;
 pub mod limits;
@@ -53,12 +49,10 @@ pub mod membership;
 pub mod postgres;
 pub mod response;
 pub mod scan;
-mod sizes;
 mod star_tree;
 pub mod stats;
 pub mod tail;
 pub mod topology;
-mod yielding;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

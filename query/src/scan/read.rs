@@ -261,7 +261,7 @@ impl ExecutionPlan for SegmentScanExec {
         let batches = read_parts(parts, Arc::new(self.reader.clone()), self.schema.clone(), batch_size);
         // Time-sliced: what a query does with each batch (a projection
         // building megabytes per row) must not hold the thread for longer.
-        let batches = crate::yielding::TimeSliced::new(futures::stream::iter(batches));
+        let batches = crate::limits::yielding::TimeSliced::new(futures::stream::iter(batches));
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches)))
     }
 

@@ -282,12 +282,12 @@ pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(
     let f = &f;
     std::thread::scope(|scope| {
         // The query runtime's stack size: predicates nest as deep as the
-        // statement limits admit (see `crate::limits`).
+        // statement limits admit (see `crate::limits::statement`).
         let handles: Vec<_> = items
             .chunks(chunk)
             .map(|c| {
                 std::thread::Builder::new()
-                    .stack_size(crate::limits::QUERY_STACK_SIZE)
+                    .stack_size(crate::limits::statement::QUERY_STACK_SIZE)
                     .spawn_scoped(scope, move || c.iter().map(f).collect::<Vec<_>>())
             })
             .collect();

@@ -33,7 +33,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::batches::{BatchMap, REPEATED_BATCH_BYTES, slices};
-use crate::sizes::widest_value;
+use crate::limits::sizes::widest_value;
 
 /// The guarded copy of a cross join: its build side (its left) measured
 /// as it loads, its probe side cut to the widest build row.
@@ -204,7 +204,7 @@ impl ExecutionPlan for JoinRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guarded::batches::testing::{context, longs};
+    use crate::limits::guarded::batches::testing::{context, longs};
     use arrow::array::AsArray;
     use datafusion::prelude::{SessionConfig, SessionContext};
 

@@ -16,20 +16,20 @@
 //! every operator whose output can outgrow its input — joins, unnest,
 //! windows, recursive queries — is wrapped in [`YieldExec`], whose stream
 //! yields the task once it has run a time slice without yielding
-//! ([`crate::yielding`], as the scans do): a cancelled
+//! ([`crate::limits::yielding`], as the scans do): a cancelled
 //! query stops within a slice plus one batch's work.
 //!
 //! A recursive CTE's recursive term runs once per iteration, as long as it
 //! returns rows: [`RecursionCap`] counts the iterations and refuses the
 //! query beyond `limits.max_recursive_iterations` (413). Its working rows
 //! are reserved in the memory pool by DataFusion; what one iteration's
-//! expressions build is bounded by `crate::functions`.
+//! expressions build is bounded by `crate::limits::functions`.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::yielding::{SLICE, TimeSliced};
+use crate::limits::yielding::{SLICE, TimeSliced};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Statistics;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
@@ -184,7 +184,7 @@ impl ExecutionPlan for RecursionCap {
 pub struct YieldExec {
     input: Arc<dyn ExecutionPlan>,
     /// What runs in the input's place: the input, or its guarded copy
-    /// ([`crate::guarded`]), made once for all partitions (a cross join's
+    /// ([`crate::limits::guarded`]), made once for all partitions (a cross join's
     /// partitions share its build side).
     runs: std::sync::OnceLock<Arc<dyn ExecutionPlan>>,
 }
@@ -257,7 +257,7 @@ impl ExecutionPlan for YieldExec {
         let runs = match self.runs.get() {
             Some(runs) => runs.clone(),
             None => {
-                let guarded = crate::guarded::guarded(&self.input, &context)?;
+                let guarded = crate::limits::guarded::guarded(&self.input, &context)?;
                 self.runs.get_or_init(|| guarded).clone()
             }
         };

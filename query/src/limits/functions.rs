@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use crate::error::REFUSED;
-use crate::sizes::{array_bytes, variable_width};
+use crate::limits::sizes::{array_bytes, variable_width};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema};
 use datafusion::common::tree_node::Transformed;

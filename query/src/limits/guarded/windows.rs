@@ -53,7 +53,7 @@ use futures::StreamExt;
 
 use super::batches::{BatchMap, REPEATED_BATCH_BYTES, slices};
 use crate::error::REFUSED;
-use crate::sizes::{array_bytes, variable_width, widest_value};
+use crate::limits::sizes::{array_bytes, variable_width, widest_value};
 
 /// The guarded copy of a streamed window: its input cut to the widest
 /// value it can give a row, its repeated values stored once; `plan`
@@ -408,7 +408,7 @@ impl Iterator for Partitions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guarded::batches::testing::{context, longs};
+    use crate::limits::guarded::batches::testing::{context, longs};
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
 

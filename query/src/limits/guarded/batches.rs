@@ -133,17 +133,17 @@ pub(super) mod testing {
 
     /// A session whose windows and joins are contained, with `limit` bytes
     /// of function output.
-    pub(in crate::guarded) fn context(limit: u64) -> SessionContext {
+    pub(in crate::limits::guarded) fn context(limit: u64) -> SessionContext {
         let config = SessionConfig::new().with_target_partitions(2).with_extension(Arc::new(OutputLimit(limit)));
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
-            .with_physical_optimizer_rule(Arc::new(crate::bounds::ContainWork { max_recursive_iterations: 10 }))
+            .with_physical_optimizer_rule(Arc::new(crate::limits::bounds::ContainWork { max_recursive_iterations: 10 }))
             .build();
         SessionContext::new_with_state(state)
     }
 
-    pub(in crate::guarded) async fn longs(ctx: &SessionContext, sql: &str) -> Result<Vec<i64>> {
+    pub(in crate::limits::guarded) async fn longs(ctx: &SessionContext, sql: &str) -> Result<Vec<i64>> {
         let batches = ctx.sql(sql).await?.collect().await?;
         let column = |b: &RecordBatch| arrow::compute::cast(b.column(0), &DataType::Int64);
         let columns = batches.iter().map(column).collect::<std::result::Result<Vec<_>, _>>()?;

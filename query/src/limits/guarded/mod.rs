@@ -1,6 +1,6 @@
 //! Guarded copies of the operators DataFusion runs in one step, or whose
 //! batches can repeat one value thousands of times: what the
-//! `crate::bounds::YieldExec` above a window or a join executes in its
+//! `crate::limits::bounds::YieldExec` above a window or a join executes in its
 //! place ([`guarded`]), built when the query executes (the plan that is
 //! shown, optimized and sent to other nodes stays DataFusion's own).
 //! DataFusion sizes batches in rows (8,192), whatever a row holds; each
