@@ -39,7 +39,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf;
 use prost::Message;
 
-use crate::dictionary_group::DictionaryGroupBy;
+use crate::optimizer::dictionary_group::DictionaryGroupBy;
 use crate::scan::read::Reader;
 use crate::scan::read::ScanSpec;
 use crate::scan::spread::ClusterScanExec;

@@ -131,11 +131,11 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             // Star-trees first: an aggregation a tree answers reads no rows,
             // and the segments it leaves may still group on dictionary ids.
-            .with_physical_optimizer_rule(Arc::new(crate::star_tree::StarTreeAggregate))
-            .with_physical_optimizer_rule(Arc::new(crate::dictionary_group::GroupByDictionary))
+            .with_physical_optimizer_rule(Arc::new(crate::optimizer::star_tree::StarTreeAggregate))
+            .with_physical_optimizer_rule(Arc::new(crate::optimizer::dictionary_group::GroupByDictionary))
             // Then groups too many for a core's cache: what the star-trees
             // and dictionaries left is hashed into smaller tables.
-            .with_physical_optimizer_rule(Arc::new(crate::hashed_groups::HashedGroups))
+            .with_physical_optimizer_rule(Arc::new(crate::optimizer::hashed_groups::HashedGroups))
             // Last of the node's own rules (a cluster's distribution rules
             // come after it, so a recursive query's cap stays with the node
             // that plans it): operators that amplify yield per batch, and
@@ -210,10 +210,12 @@ impl QueryEngine {
         ))
         .with_runtime_env(state.runtime_env().clone());
         let mut distributed = SessionStateBuilder::new_from_existing(state)
-            .with_physical_optimizer_rule(Arc::new(crate::boundaries::PlaceBoundaries { shuffle_min_groups }))
+            .with_physical_optimizer_rule(Arc::new(crate::optimizer::boundaries::PlaceBoundaries {
+                shuffle_min_groups,
+            }))
             .with_distributed_worker_resolver(crate::membership::ClusterResolver(cluster.clone()))
             .with_distributed_user_codec(crate::distributed::ClusterCodec)
-            .with_distributed_route_tasks_handler(crate::boundaries::route_tasks)
+            .with_distributed_route_tasks_handler(crate::optimizer::boundaries::route_tasks)
             .with_distributed_channel_resolver(channels)
             .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
             .with_distributed_planner()
@@ -539,9 +541,11 @@ impl Executor {
                 metrics::counter!("sluice_query_planner_total", "planner" => "fast_distributed").increment(1);
                 let (state, task) = self.session();
                 let physical = query.physical_plan(state).await.map_err(QueryError::from_planning)?;
-                let physical =
-                    crate::boundaries::PlaceBoundaries::distribute_selection(physical, state.config_options())
-                        .map_err(QueryError::from_planning)?;
+                let physical = crate::optimizer::boundaries::PlaceBoundaries::distribute_selection(
+                    physical,
+                    state.config_options(),
+                )
+                .map_err(QueryError::from_planning)?;
                 return self.run(physical, task.clone()).await;
             }
             metrics::counter!("sluice_query_planner_total", "planner" => "fast").increment(1);

@@ -32,24 +32,21 @@
 //! - A segment file that fails verification or Arrow validation is
 //!   quarantined, never served and never reloaded from the cache.
 
-pub mod boundaries;
 pub mod catalog;
 mod channels;
 mod console;
-mod dictionary_group;
 pub mod distributed;
 pub mod engine;
 pub mod error;
 mod fast;
 pub mod flight_auth;
-mod hashed_groups;
 pub mod http;
 pub mod limits;
 pub mod membership;
+pub mod optimizer;
 pub mod postgres;
 pub mod response;
 pub mod scan;
-mod star_tree;
 pub mod stats;
 pub mod tail;
 pub mod topology;
@@ -122,7 +119,7 @@ impl QueryNode {
                     cluster.clone(),
                     token.clone(),
                     config.flight_compression,
-                    config.shuffle_min_groups.unwrap_or(boundaries::DEFAULT_SHUFFLE_MIN_GROUPS),
+                    config.shuffle_min_groups.unwrap_or(optimizer::boundaries::DEFAULT_SHUFFLE_MIN_GROUPS),
                 );
                 tasks.push(engine.spawn(distributed::serve(listener, worker, token, shutdown.clone())));
                 tasks.push(tokio::spawn(cluster.clone().follow(coordinator.clone(), shutdown.clone())));

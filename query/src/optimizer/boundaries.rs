@@ -50,8 +50,8 @@ use datafusion_distributed::{
 use url::Url;
 use uuid::Uuid;
 
-use crate::dictionary_group::DictionaryGroupBy;
-use crate::hashed_groups::{MergedPartial, estimated_groups};
+use crate::optimizer::dictionary_group::DictionaryGroupBy;
+use crate::optimizer::hashed_groups::{MergedPartial, estimated_groups};
 use crate::scan::spread::ClusterScanExec;
 
 /// Groups per segment above which the holders merge a grouping's partial
@@ -174,7 +174,7 @@ impl PlaceBoundaries {
             return Ok(Some(merged));
         }
         // A partial step over a repartition by its own keys
-        // (`crate::hashed_groups`) runs in the task, repartition and all:
+        // (`crate::optimizer::hashed_groups`) runs in the task, repartition and all:
         // the repartition only sorts the task's rows into smaller tables.
         if let Some(partial) = plan.downcast_ref::<AggregateExec>()
             && matches!(partial.mode(), AggregateMode::Partial)
@@ -366,7 +366,7 @@ mod tests {
     /// threads: a partial step over the scan, then a `Final` merge over one
     /// partition or a `FinalPartitioned` one over a hash repartition. With
     /// `hashed`, the partial step reads the scan hashed by its key, as
-    /// `crate::hashed_groups` plans many groups.
+    /// `crate::optimizer::hashed_groups` plans many groups.
     fn distinct_status(threads: usize, hashed: bool) -> Arc<dyn ExecutionPlan> {
         use datafusion::physical_plan::aggregates::PhysicalGroupBy;
         let schema = Arc::new(Schema::new(vec![Field::new("status", DataType::Int32, true)]));

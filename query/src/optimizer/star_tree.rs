@@ -338,7 +338,7 @@ impl ExecutionPlan for StarTreeExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        crate::dictionary_group::apply_aggregate_arguments(&self.aggregate, f)
+        crate::optimizer::dictionary_group::apply_aggregate_arguments(&self.aggregate, f)
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
