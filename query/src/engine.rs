@@ -193,15 +193,15 @@ impl QueryEngine {
     pub fn join_cluster(
         &mut self,
         cluster: Arc<crate::membership::Cluster>,
-        token: Option<crate::flight_auth::ClusterToken>,
+        token: Option<crate::cluster::auth::ClusterToken>,
         compression: sluice_config::FlightCompression,
         shuffle_min_groups: u64,
     ) -> datafusion_distributed::Worker {
         use datafusion::execution::SessionStateBuilder;
         use datafusion_distributed::{DistributedExt, SessionStateBuilderExt};
         let state = self.executor.ctx.state();
-        let channels = crate::channels::TokenChannels::new(token.as_ref());
-        let worker = datafusion_distributed::Worker::from_session_builder(crate::distributed::WorkerSessions::new(
+        let channels = crate::cluster::channels::TokenChannels::new(token.as_ref());
+        let worker = datafusion_distributed::Worker::from_session_builder(crate::cluster::worker::WorkerSessions::new(
             self.executor.tables.clone(),
             self.executor.threads,
             self.executor.limits.max_function_output.as_u64(),
@@ -214,7 +214,7 @@ impl QueryEngine {
                 shuffle_min_groups,
             }))
             .with_distributed_worker_resolver(crate::membership::ClusterResolver(cluster.clone()))
-            .with_distributed_user_codec(crate::distributed::ClusterCodec)
+            .with_distributed_user_codec(crate::cluster::codec::ClusterCodec)
             .with_distributed_route_tasks_handler(crate::optimizer::boundaries::route_tasks)
             .with_distributed_channel_resolver(channels)
             .with_distributed_local_worker_context(worker.to_local_worker_context(cluster.self_url().clone()))
@@ -466,7 +466,7 @@ impl Executor {
                 // Its tasks name no function: their workers build them a
                 // bare session.
                 use datafusion_distributed::DistributedExt;
-                let headers = crate::distributed::selection_task_headers();
+                let headers = crate::cluster::worker::selection_task_headers();
                 if let Err(e) = state.set_distributed_passthrough_headers(headers) {
                     tracing::warn!(error = %e, "a selection's tasks will get a whole session");
                 }

@@ -33,13 +33,11 @@
 //!   quarantined, never served and never reloaded from the cache.
 
 pub mod catalog;
-mod channels;
+pub mod cluster;
 mod console;
-pub mod distributed;
 pub mod engine;
 pub mod error;
 mod fast;
-pub mod flight_auth;
 pub mod http;
 pub mod limits;
 pub mod membership;
@@ -114,14 +112,14 @@ impl QueryNode {
                 let url = url::Url::parse(&format!("http://{reachable}"))
                     .map_err(|e| StartError::Listen { listen: listen.to_string(), source: std::io::Error::other(e) })?;
                 let cluster = membership::Cluster::new(info.id.clone(), url, config.replication);
-                let token = config.flight_token.as_ref().map(|t| flight_auth::ClusterToken::new(&t.0));
+                let token = config.flight_token.as_ref().map(|t| cluster::auth::ClusterToken::new(&t.0));
                 let worker = engine.join_cluster(
                     cluster.clone(),
                     token.clone(),
                     config.flight_compression,
                     config.shuffle_min_groups.unwrap_or(optimizer::boundaries::DEFAULT_SHUFFLE_MIN_GROUPS),
                 );
-                tasks.push(engine.spawn(distributed::serve(listener, worker, token, shutdown.clone())));
+                tasks.push(engine.spawn(cluster::worker::serve(listener, worker, token, shutdown.clone())));
                 tasks.push(tokio::spawn(cluster.clone().follow(coordinator.clone(), shutdown.clone())));
                 tracing::info!(%flight, "query node serving distributed tasks (Arrow Flight)");
                 Some(cluster)

@@ -179,7 +179,7 @@ impl ExecutionPlan for RecursionCap {
 
 /// An operator's output, yielding its task every [`SLICE`] (see the
 /// module's doc). Placed by [`ContainWork`]; travels to other nodes in a
-/// distributed plan (`crate::distributed::ClusterCodec`).
+/// distributed plan (`crate::cluster::codec::ClusterCodec`).
 #[derive(Debug)]
 pub struct YieldExec {
     input: Arc<dyn ExecutionPlan>,

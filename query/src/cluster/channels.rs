@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::ServiceExt;
 use url::Url;
 
-use crate::flight_auth::ClusterToken;
+use crate::cluster::auth::ClusterToken;
 
 /// The largest HTTP/2 frame (2^24 - 1 bytes, RFC 9113 §4.2), which each
 /// end of a Flight connection lets the other send.
@@ -151,7 +151,7 @@ mod tests {
         let token = ClusterToken::new("the-cluster-secret-0123456789");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server =
-            tokio::spawn(crate::distributed::serve(listener, Worker::default(), Some(token.clone()), shutdown));
+            tokio::spawn(crate::cluster::worker::serve(listener, Worker::default(), Some(token.clone()), shutdown));
         let info = |channels: TokenChannels| {
             let url = url.clone();
             async move {
