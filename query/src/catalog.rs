@@ -367,7 +367,7 @@ impl CatalogFollower {
                     if failure.attempts >= CORRUPT_AFTER {
                         self.health.set(name, &record.name, Some(&reason));
                     }
-                    let backoff = crate::backoff(RETRY_MIN, RETRY_MAX, failure.attempts);
+                    let backoff = crate::retry::backoff(RETRY_MIN, RETRY_MAX, failure.attempts);
                     failure.retry_at = now + backoff;
                     next_retry = Some(next_retry.map_or(failure.retry_at, |t| t.min(failure.retry_at)));
                     tracing::warn!(

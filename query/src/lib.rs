@@ -12,12 +12,12 @@
 //!   A snapshot is a consistent cut per partition: loaded segments up to
 //!   their largest end offset, tail rows above it — never a row twice.
 //! - Filter pushdown is decided and translated by one function
-//!   ([`pushdown::translate`]). A filter answered `Exact` is evaluated by the
+//!   ([`scan::pushdown::translate`]). A filter answered `Exact` is evaluated by the
 //!   segments with SQL's three-valued logic, so DataFusion drops it from the
 //!   plan; anything the indexes cannot answer exactly is left to DataFusion.
 //!   Results never depend on which path a filter took.
 //! - Selection queries (`SELECT columns FROM t WHERE exact filter LIMIT n`)
-//!   skip DataFusion's planner ([`fast`]); their answer is the one DataFusion
+//!   skip DataFusion's planner ([`engine::fast`]); their answer is the one DataFusion
 //!   gives, row order aside.
 //! - The node is read-only: DDL, DML and statements are refused before
 //!   planning reaches any table.
@@ -34,16 +34,14 @@
 
 pub mod catalog;
 pub mod cluster;
-mod console;
 pub mod engine;
 pub mod error;
-mod fast;
-pub mod http;
+pub mod frontends;
 pub mod limits;
 pub mod membership;
 pub mod optimizer;
-pub mod postgres;
 pub mod response;
+mod retry;
 pub mod scan;
 pub mod stats;
 pub mod tail;
@@ -65,12 +63,6 @@ use sluice_config::QueryNodeConfig;
 use sluice_coordinator::{Coordinator, NodeInfo};
 use tokio::sync::watch;
 
-/// The wait before retry number `attempts` + 1: `min`, doubling, at most
-/// `max` (segment loads and the tail consumer back off alike).
-pub(crate) fn backoff(min: std::time::Duration, max: std::time::Duration, attempts: u32) -> std::time::Duration {
-    min.saturating_mul(1 << attempts.min(16)).min(max)
-}
-
 /// A running query node: the catalog follower and the HTTP server.
 pub struct QueryNode {
     pub addr: SocketAddr,
@@ -90,6 +82,9 @@ impl QueryNode {
         shutdown: watch::Receiver<bool>,
     ) -> Result<QueryNode, StartError> {
         let mut engine = QueryEngine::new(config.limits.clone())?;
+        // The node's sessions know Postgres' catalog and functions whichever
+        // front end a query comes through (clients probe them over HTTP too).
+        frontends::postgres::catalog::register(engine.context(), engine.tables_handle());
         std::fs::create_dir_all(&config.cache_dir)
             .map_err(|source| StartError::CacheDir { path: config.cache_dir.display().to_string(), source })?;
         let started_at_ms =
@@ -129,14 +124,15 @@ impl QueryNode {
         let health = Arc::new(catalog::NodeHealth::default());
         let tails = tail::TailBudget::new(config.limits.tail_memory.as_u64());
         let listen = config.http.listen;
-        let (addr, server) = http::serve(&config.http, engine.clone(), metrics, health.clone(), shutdown.clone())
-            .await
-            .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
+        let (addr, server) =
+            frontends::http::serve(&config.http, engine.clone(), metrics, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| StartError::Listen { listen: listen.to_string(), source })?;
         tracing::info!(%addr, "query node serving SQL on /query/sql");
         let mut pg_addr = None;
         if let Some(pg) = &config.pgwire {
             let users = config.http.auth.as_ref().map(|a| a.users.clone());
-            let (bound, server) = postgres::serve(pg, users, engine.clone(), shutdown.clone())
+            let (bound, server) = frontends::postgres::serve(pg, users, engine.clone(), shutdown.clone())
                 .await
                 .map_err(|source| StartError::Listen { listen: pg.listen.to_string(), source })?;
             tracing::info!(addr = %bound, "query node speaking the Postgres wire protocol");

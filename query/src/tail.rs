@@ -964,7 +964,7 @@ async fn supervise(view: Arc<TableView>, coordinator: Arc<dyn Coordinator>, mut 
         if started.elapsed() > RETRY_MAX * 2 {
             attempts = 0; // it ran fine for a while: start the backoff over
         }
-        let backoff = crate::backoff(RETRY_MIN, RETRY_MAX, attempts);
+        let backoff = crate::retry::backoff(RETRY_MIN, RETRY_MAX, attempts);
         attempts += 1;
         tracing::error!(table = %config.table, %error, retry_in = ?backoff, "the tail consumer failed; retrying");
         metrics::counter!("sluice_query_tail_failures_total", "table" => config.table.clone()).increment(1);
@@ -1173,7 +1173,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::QueryEngine;
+    use crate::engine::QueryEngine;
     use sluice_config::QueryLimits;
 
     const PIPELINE: &str = r#"

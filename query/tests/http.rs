@@ -26,7 +26,7 @@ async fn server_with(limits: QueryLimits, http: HttpConfig) -> Server {
     common::register_fixture(&engine);
     let (stop, rx) = watch::channel(false);
     let health = Arc::new(sluice_query::catalog::NodeHealth::default());
-    let (addr, _) = sluice_query::http::serve(&http, engine, None, health, rx).await.unwrap();
+    let (addr, _) = sluice_query::frontends::http::serve(&http, engine, None, health, rx).await.unwrap();
     Server { addr: addr.to_string(), _stop: stop }
 }
 

@@ -103,7 +103,7 @@ impl PhysicalOptimizerRule for PlaceBoundaries {
 
 impl PlaceBoundaries {
     /// `plan` of a selection (no grouping, so no shuffle) planned without
-    /// DataFusion's planner (`crate::fast`), cut into stages and prepared to
+    /// DataFusion's planner (`crate::engine::fast`), cut into stages and prepared to
     /// run on DataFusion Distributed.
     pub(crate) fn distribute_selection(
         plan: Arc<dyn ExecutionPlan>,

@@ -16,6 +16,8 @@
 //! over a plan recurses once per level). The caller's runtime — in the
 //! quickstart, the one ingesting — only waits for the answer.
 
+pub(crate) mod fast;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +32,6 @@ use sluice_config::QueryLimits;
 use tokio::sync::Semaphore;
 
 use crate::error::{QueryError, crashed};
-use crate::fast;
 use crate::limits::statement::QUERY_STACK_SIZE;
 use crate::response::{self, PinotResponse};
 use crate::scan::spread::ClusterPlanner;
@@ -154,7 +155,6 @@ impl QueryEngine {
         let mut ctx = SessionContext::new_with_state(state);
         crate::limits::functions::register(&mut ctx, limits.max_function_output.as_u64());
         let tables = Tables::default();
-        crate::postgres::catalog::register(&ctx, tables.clone());
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1) as usize));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             // One worker more than a scan's partitions: a query's
@@ -274,6 +274,12 @@ impl QueryEngine {
         self.executor.table(name)
     }
 
+    /// The map of served tables itself, for a catalog over them that
+    /// follows every change (the Postgres front end's `pg_catalog`).
+    pub(crate) fn tables_handle(&self) -> Tables {
+        self.executor.tables.clone()
+    }
+
     /// Served tables, sorted by name.
     pub fn tables(&self) -> Vec<Arc<SegmentTable>> {
         self.executor.tables.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
@@ -376,7 +382,7 @@ impl QueryEngine {
     }
 
     /// Runs `sql` to Arrow batches, by the fast path when it applies
-    /// ([`crate::fast`]), else through DataFusion. No slot, deadline or
+    /// ([`crate::engine::fast`]), else through DataFusion. No slot, deadline or
     /// metrics: [`QueryEngine::query`] adds those.
     pub async fn execute(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), QueryError> {
         self.executor.execute(sql).await

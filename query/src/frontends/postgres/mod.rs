@@ -41,8 +41,8 @@ use pgwire::messages::PgWireBackendMessage;
 use sluice_config::{HttpUser, PgWireConfig};
 use tokio::sync::watch;
 
-use crate::QueryError;
 use crate::engine::QueryEngine;
+use crate::error::QueryError;
 
 pub(crate) mod catalog;
 mod guard;

@@ -1,7 +1,7 @@
 //! The query node's HTTP API, shaped like a Pinot broker's so existing Pinot
 //! clients work: `POST /query/sql`, `GET /tables`, `GET /tables/{t}/schema`,
 //! plus `GET /health`, `GET /metrics` and the web console at `/`
-//! ([`crate::console`]).
+//! ([`crate::frontends::console`]).
 //!
 //! Every answer to `/query/sql` is a Pinot response body, errors included
 //! (an `exceptions` entry with a Pinot error code and the reason), with the
@@ -51,9 +51,9 @@ pub async fn serve(
     let listener = sluice_http::bind(config).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()
-        .route("/", get(crate::console::index))
-        .route("/console.js", get(crate::console::script))
-        .route("/console.css", get(crate::console::style))
+        .route("/", get(crate::frontends::console::index))
+        .route("/console.js", get(crate::frontends::console::script))
+        .route("/console.css", get(crate::frontends::console::style))
         .route("/query/sql", post(query_sql))
         .route("/tables", get(tables))
         .route("/tables/{table}/schema", get(schema))
