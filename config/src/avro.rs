@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::pipeline::{Column, ColumnType, TimestampFormat};
+use crate::schema::{Column, ColumnType, TimestampFormat};
 
 /// An index into [`AvroSchema`]'s nodes.
 pub type NodeId = usize;

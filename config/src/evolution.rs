@@ -30,7 +30,7 @@ pub fn schema_change_problems(current: &PipelineConfig, next: &PipelineConfig) -
             ),
             Some(after)
                 if after.time_unit() != before.time_unit()
-                    && after.data_type == crate::pipeline::ColumnType::Timestamp =>
+                    && after.data_type == crate::schema::ColumnType::Timestamp =>
             {
                 p.push(
                     format!("{field}.unit"),

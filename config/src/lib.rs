@@ -21,6 +21,7 @@ pub mod evolution;
 pub mod interpolate;
 pub mod node;
 pub mod pipeline;
+pub mod schema;
 pub mod star_tree;
 pub mod units;
 
@@ -37,9 +38,10 @@ pub use node::{
     ZooKeeperAuthConfig, ZooKeeperTlsConfig,
 };
 pub use pipeline::{
-    BadRecordPolicy, BadRecords, Column, ColumnType, DeepStore, FlushThresholds, Indexes, KafkaSource, Literal,
-    PipelineConfig, Schema, SourceFormat, StartPosition, TimeUnit, TimestampFormat,
+    BadRecordPolicy, BadRecords, DeepStore, FlushThresholds, Indexes, KafkaSource, PipelineConfig, SourceFormat,
+    StartPosition,
 };
+pub use schema::{Column, ColumnType, Literal, Schema, TimeUnit, TimestampFormat};
 pub use star_tree::{MetricFunction, MetricSpec, StarTreeConfig};
 pub use units::{ByteSize, HostPort};
 

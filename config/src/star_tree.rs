@@ -15,7 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Problems;
-use crate::pipeline::{ColumnType, Schema};
+use crate::schema::{ColumnType, Schema};
 
 /// At most this many dimensions: a star-tree is as deep as its dimensions.
 pub const MAX_DIMENSIONS: usize = 16;

@@ -2,9 +2,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
-use sluice_config::{ColumnType, PipelineConfig, TimeUnit};
-
-use crate::star_tree::{StarMetric, StarTreeSpec};
+use sluice_config::{ColumnType, MetricFunction, PipelineConfig, TimeUnit};
 
 use crate::types::{OFFSET_COLUMN, logical_arrow_type};
 
@@ -96,6 +94,40 @@ impl SegmentSchema {
         let mut fields: Vec<Field> =
             self.columns.iter().map(|c| Field::new(&c.name, c.arrow_type(), c.nullable)).collect();
         fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// One star-tree of a table, with columns by position in the schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StarTreeSpec {
+    pub dimensions: Vec<usize>,
+    pub metrics: Vec<StarMetric>,
+    pub max_leaf_records: u32,
+}
+
+/// An aggregate a star-tree holds: `function(column)`, `COUNT(*)` without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StarMetric {
+    pub function: MetricFunction,
+    pub column: Option<usize>,
+}
+
+impl StarTreeSpec {
+    /// The records' Arrow schema: dimensions, then value and count per metric.
+    pub(crate) fn records_schema(&self, schema: &SegmentSchema) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .dimensions
+            .iter()
+            .map(|&d| {
+                let column = &schema.columns[d];
+                Field::new(&column.name, column.arrow_type(), true)
+            })
+            .collect();
+        for (i, _) in self.metrics.iter().enumerate() {
+            fields.push(Field::new(format!("metric{i}"), DataType::Int64, true));
+            fields.push(Field::new(format!("metric{i}_count"), DataType::Int64, false));
+        }
         Arc::new(Schema::new(fields))
     }
 }

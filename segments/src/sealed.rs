@@ -14,8 +14,6 @@ use arrow::datatypes::{
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::error::ArrowError;
-use arrow::ipc::reader::FileDecoder;
-use arrow::ipc::{convert::fb_to_schema, reader::read_footer_length, root_as_footer};
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use sluice_config::ColumnType;
@@ -23,6 +21,7 @@ use sluice_config::ColumnType;
 use crate::error::{Section, SegmentError};
 use crate::format::{self, FORMAT_VERSION};
 use crate::index::{self, IndexEntry, IndexKind, Inverted};
+use crate::ipc::read_ipc;
 use crate::predicate::{self, Columns, Predicate, StatsSource};
 use crate::schema::SegmentSchema;
 use crate::star_tree::StarTree;
@@ -416,47 +415,6 @@ impl Segment {
     fn corrupt_index(&self, reason: String) -> SegmentError {
         SegmentError::corrupt(&self.file, Section::Index, reason)
     }
-}
-
-/// Decodes the data section. `validate`: check every offset, length and
-/// dictionary key against its buffers, as Arrow's reader does by default.
-/// Checksums prove the bytes are the ones a writer produced, not that the
-/// writer was ours: a file crafted with valid CRCs and broken offsets would
-/// make later reads go out of bounds. [`Segment::open`] validates, once per
-/// file on arrival; [`Segment::open_trusted`] skips it for files that passed.
-pub(crate) fn read_ipc(data: &Buffer, validate: bool) -> Result<RecordBatch, String> {
-    let bytes = data.as_slice();
-    if bytes.len() < 10 {
-        return Err("Arrow IPC data too short".into());
-    }
-    let trailer = bytes.len() - 10;
-    let footer_len = read_footer_length(bytes[trailer..].try_into().expect("10 bytes")).map_err(|e| e.to_string())?;
-    let footer_start = trailer.checked_sub(footer_len).ok_or("Arrow IPC footer out of bounds")?;
-    let footer = root_as_footer(&bytes[footer_start..trailer]).map_err(|e| e.to_string())?;
-    let schema = fb_to_schema(footer.schema().ok_or("Arrow IPC footer without schema")?);
-    // SAFETY: validation is skipped only for `open_trusted`, whose caller
-    // guarantees the file passed `open` (and so this validation) before.
-    let mut decoder = unsafe { FileDecoder::new(Arc::new(schema), footer.version()).with_skip_validation(!validate) };
-    let block_slice = |block: &arrow::ipc::Block| -> Result<Buffer, String> {
-        let start = usize::try_from(block.offset()).map_err(|e| e.to_string())?;
-        let len = block.metaDataLength() as usize + block.bodyLength() as usize;
-        if start.checked_add(len).is_none_or(|end| end > bytes.len()) {
-            return Err("Arrow IPC block out of bounds".into());
-        }
-        Ok(data.slice_with_length(start, len))
-    };
-    for block in footer.dictionaries().iter().flatten() {
-        decoder.read_dictionary(block, &block_slice(block)?).map_err(|e| e.to_string())?;
-    }
-    let blocks = footer.recordBatches().ok_or("Arrow IPC file without record batches")?;
-    if blocks.len() != 1 {
-        return Err(format!("expected one record batch, found {}", blocks.len()));
-    }
-    let block = blocks.get(0);
-    decoder
-        .read_record_batch(block, &block_slice(block)?)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "empty Arrow IPC message".to_string())
 }
 
 /// Selected rows of projected columns, converted to the logical schema.

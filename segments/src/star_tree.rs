@@ -29,56 +29,19 @@ use std::collections::HashSet;
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::buffer::Buffer;
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use roaring::RoaringBitmap;
-use serde::{Deserialize, Serialize};
-use sluice_config::{ColumnType, MetricFunction};
+use sluice_config::ColumnType;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use crate::error::SegmentError;
 use crate::index::{Corrupt, Reader};
 use crate::predicate::{self, Columns, Predicate};
-use crate::schema::SegmentSchema;
+use crate::schema::{SegmentSchema, StarMetric, StarTreeSpec};
 use crate::types::Key;
 
 /// A node's "no star child".
 pub(crate) const NO_STAR: u32 = u32::MAX;
 pub(crate) const NODE_LEN: usize = 24;
-
-/// One star-tree of a table, with columns by position in the schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StarTreeSpec {
-    pub dimensions: Vec<usize>,
-    pub metrics: Vec<StarMetric>,
-    pub max_leaf_records: u32,
-}
-
-/// An aggregate a star-tree holds: `function(column)`, `COUNT(*)` without one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct StarMetric {
-    pub function: MetricFunction,
-    pub column: Option<usize>,
-}
-
-impl StarTreeSpec {
-    /// The records' Arrow schema: dimensions, then value and count per metric.
-    pub(crate) fn records_schema(&self, schema: &SegmentSchema) -> SchemaRef {
-        let mut fields: Vec<Field> = self
-            .dimensions
-            .iter()
-            .map(|&d| {
-                let column = &schema.columns[d];
-                Field::new(&column.name, column.arrow_type(), true)
-            })
-            .collect();
-        for (i, _) in self.metrics.iter().enumerate() {
-            fields.push(Field::new(format!("metric{i}"), DataType::Int64, true));
-            fields.push(Field::new(format!("metric{i}_count"), DataType::Int64, false));
-        }
-        Arc::new(Schema::new(fields))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Node {
@@ -134,7 +97,7 @@ impl StarTree {
             })
             .collect::<Result<Vec<_>, Corrupt>>()?;
         let ipc = payload.slice_with_length(nodes_end, payload.len() - nodes_end);
-        let decoded = std::panic::catch_unwind(|| crate::sealed::read_ipc(&ipc, true))
+        let decoded = std::panic::catch_unwind(|| crate::ipc::read_ipc(&ipc, true))
             .unwrap_or_else(|_| Err("malformed Arrow data".to_string()));
         let records = decoded.map_err(|e| format!("star-tree records: {e}"))?;
         let expected = spec.records_schema(schema);

@@ -13,7 +13,8 @@ use sluice_config::MetricFunction;
 
 use crate::error::SegmentError;
 use crate::schema::SegmentSchema;
-use crate::star_tree::{NO_STAR, Node, StarTreeSpec};
+use crate::schema::StarTreeSpec;
+use crate::star_tree::{NO_STAR, Node};
 
 /// A dimension of a record aggregated over (`*`).
 const STAR: u32 = u32::MAX;
