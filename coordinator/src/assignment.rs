@@ -15,7 +15,7 @@ fn score(worker: &str, pipeline: &str, partition: i32) -> u64 {
     bytes.extend_from_slice(pipeline.as_bytes());
     bytes.push(0);
     bytes.extend_from_slice(&partition.to_le_bytes());
-    sluice_segments::types::stable_hash(&bytes, 0)
+    sluice_hash::stable_hash(&bytes, 0)
 }
 
 /// Partitions per worker: rendezvous hashing (each partition prefers the
@@ -69,7 +69,7 @@ pub fn replica_assignment(
     let cap = (segments.len() * replication).div_ceil(nodes.len());
     let score = |node: &str, segment: &str| {
         let key = [node.as_bytes(), &[0], table.as_bytes(), &[0], segment.as_bytes()].concat();
-        sluice_segments::types::stable_hash(&key, 0)
+        sluice_hash::stable_hash(&key, 0)
     };
     let mut pairs: Vec<(u64, &String, &String)> = Vec::with_capacity(segments.len() * nodes.len());
     for segment in segments {

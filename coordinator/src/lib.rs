@@ -28,7 +28,6 @@
 
 mod assignment;
 mod balancer;
-pub mod duties;
 mod error;
 mod memory;
 pub mod record;

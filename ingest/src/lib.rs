@@ -23,6 +23,7 @@
 //!   logged, counted and recorded in the segment's metadata, never silent.
 
 pub mod budget;
+pub mod duties;
 pub mod health;
 pub mod metrics;
 pub mod partition;

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::duties::Duties;
 use rdkafka::consumer::Consumer;
 use sluice_config::{LoadedWorker, PipelineConfig, ProcessEnv};
-use sluice_coordinator::duties::Duties;
 use sluice_coordinator::{Coordinator, WorkerInfo, assigned_partitions};
 use sluice_storage::{Resolver, file_uri};
 use tokio::sync::watch;

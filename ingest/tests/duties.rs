@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sluice_config::TimeUnit;
-use sluice_coordinator::duties::{Duties, collect_orphans, enforce_retention};
 use sluice_coordinator::{CommitOutcome, Coordinator, SegmentRecord, ZooKeeperCoordinator, ZooKeeperOptions};
+use sluice_ingest::duties::{Duties, collect_orphans, enforce_retention};
 use sluice_storage::{DeepStore, Resolver, file_uri_path};
 use sluice_testkit::{TcpProxy, ZooKeeper, unique_name, wait_until};
 

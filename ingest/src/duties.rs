@@ -1,4 +1,4 @@
-//! Cluster-wide duties, run by the elected leader only: time-based retention
+//! Cluster-wide duties of the workers, run by the elected leader only: time-based retention
 //! and collection of orphaned deep-store files.
 //!
 //! Retention removes the catalog entry first and the file second: a crash in
@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sluice_config::{PipelineConfig, ProcessEnv, TimeUnit};
 use sluice_storage::{DeepStore, Resolver};
 
-use crate::{CoordError, Coordinator};
+use sluice_coordinator::{CoordError, Coordinator};
 
 fn to_millis(value: i64, unit: TimeUnit) -> i64 {
     match unit {
