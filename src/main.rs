@@ -250,7 +250,7 @@ async fn query(path: &std::path::Path) -> anyhow::Result<()> {
     let shutdown_rx = shutdown_on_signals("finishing running queries, then exiting", "running queries were cut off");
     let config = sluice_config::load_query_node(path)?;
     let coordinator = connect_coordinator(&config.coordinator).await?;
-    let metrics = sluice_ingest::metrics::install_recorder();
+    let metrics = sluice_http::install_recorder();
     let node = sluice_query::QueryNode::start(&config, coordinator, Some(metrics), shutdown_rx).await?;
     node.join().await;
     Ok(())

@@ -98,7 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "stopping the generator, committing what was consumed",
         "the uncommitted tail is lost with the embedded broker",
     );
-    let metrics = sluice_ingest::metrics::install_recorder();
+    let metrics = sluice_http::install_recorder();
     let node =
         QueryNode::start(&query, coordinator.clone(), Some(metrics), shutdown.clone()).await.with_context(|| {
             format!("start the query node on 127.0.0.1:{} (use --port and --pg-port to pick others)", args.port)

@@ -28,10 +28,12 @@
 
 mod auth;
 mod origin;
+mod recorder;
 mod throttle;
 mod tls;
 
 pub use auth::constant_time_eq;
+pub use recorder::install_recorder;
 pub use throttle::{LoginThrottle, refusal as login_refusal};
 
 use std::collections::BTreeMap;

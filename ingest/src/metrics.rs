@@ -4,7 +4,7 @@
 //! installs a Prometheus recorder and serves its rendering at `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,7 +13,7 @@ use axum::routing::get;
 use sluice_config::HttpConfig;
 
 use crate::health::PartitionHealth;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const RECORDS_CONSUMED: &str = "sluice_records_consumed_total";
 pub const BYTES_CONSUMED: &str = "sluice_bytes_consumed_total";
@@ -50,29 +50,6 @@ pub const COORDINATION_TIMEOUTS: &str = "sluice_worker_coordination_timeouts_tot
 pub const PARTITIONS_STALLED: &str = "sluice_partitions_stalled";
 /// Pipelines that cannot run: not started, or their source unreadable.
 pub const PIPELINES_FAILING: &str = "sluice_pipelines_failing";
-
-/// Installs the process-wide Prometheus recorder (once) and returns its handle.
-pub fn install_recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0])
-                .expect("static buckets are valid")
-                .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
-            let upkeep = handle.clone();
-            // Histograms are drained on render; upkeep keeps idle ones bounded.
-            std::thread::spawn(move || {
-                loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                }
-            });
-            handle
-        })
-        .clone()
-}
 
 /// Binds the worker's HTTP port: `/health` (503 with the stalled
 /// partitions and failing pipelines while there are any, see

@@ -68,7 +68,7 @@ pub async fn run_worker(
     let http_addr = crate::metrics::serve(
         &config.http,
         id.clone(),
-        crate::metrics::install_recorder(),
+        sluice_http::install_recorder(),
         health.clone(),
         config.stall_timeout,
     )

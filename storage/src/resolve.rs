@@ -21,8 +21,9 @@ use url::Url;
 use crate::error::StorageError;
 use crate::store::DeepStore;
 
-/// The URI schemes of deep stores.
-pub const SCHEMES: &[&str] = &["file", "memory", "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
+/// The URI schemes of deep stores: one list, the one pipeline files are
+/// validated against.
+pub use sluice_config::pipeline::DEEP_STORE_SCHEMES as SCHEMES;
 
 /// Resolves URIs to object stores with one node's options; clones share
 /// the clients.
